@@ -1,0 +1,1 @@
+"""Configuration files shipped with yolo_unified (installed as the `yolo_unified.cfg` package)."""

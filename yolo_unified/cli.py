@@ -1,0 +1,95 @@
+"""``yolo-unified MODE key=value ...``: the command line, in Ultralytics' syntax."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from ultralytics.cfg import DEFAULT_CFG_DICT, check_dict_alignment, smart_value
+from ultralytics.utils import LOGGER, YAML
+
+import yolo_unified
+
+MODES = ("train", "val", "data")
+HELP = f"""yolo-unified {yolo_unified.__version__}: one YOLOv8n model, one head, three tasks (det, seg, cls).
+
+Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml loads keys from a YAML, the command line wins)
+
+  yolo-unified train                                    # built-in synthetic data, all tasks, minutes on a CPU
+  yolo-unified train task=seg data=datasets/hw2.yaml epochs=30 imgsz=512
+  yolo-unified train task=det data=datasets/hw2.yaml model=runs/unified/train/weights/best.pt
+  yolo-unified val model=runs/unified/train/weights/best.pt data=datasets/hw2.yaml
+  yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2
+
+MODE     one of {", ".join(MODES)}, or help, --version
+task     seg | det | cls (train only; omitted: every task of the data YAML in order seg, det, cls)
+data     multi-task data YAML (default: the built-in synthetic data, generated into ./datasets)
+model    unified model YAML or checkpoint (*.pt); a YOLOv8 detection/classification checkpoint gives its backbone
+other    any Ultralytics train/val argument: epochs, imgsz, batch, lr0, optimizer, pretrained, device, ...
+"""
+
+
+def parse_args(tokens: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` tokens (``cfg=file.yaml`` first, then the rest over it) into a dict."""
+    pairs: dict[str, Any] = {}
+    for token in tokens:
+        if "=" not in token:
+            raise SyntaxError(f"'{token}' is not a key=value argument. See 'yolo-unified help'.")
+        key, value = token.split("=", 1)
+        pairs[key.strip()] = smart_value(value.strip())
+    if cfg := pairs.pop("cfg", None):
+        if not Path(cfg).is_file():
+            raise FileNotFoundError(f"cfg file '{cfg}' not found")
+        pairs = {**(YAML.load(cfg) or {}), **pairs}
+    return pairs
+
+
+def check_keys(args: dict[str, Any], extra: set[str] = frozenset()) -> None:
+    """Fail on keys that are neither Ultralytics' nor ours, listing the valid ones."""
+    try:
+        check_dict_alignment(DEFAULT_CFG_DICT, args, allowed_custom_keys={"save_dir", *extra})
+    except SyntaxError as e:
+        valid = ", ".join(sorted({*DEFAULT_CFG_DICT, *extra}))
+        raise SyntaxError(f"{e}Valid keys: {valid}") from None
+
+
+def run(argv: list[str]) -> Any:
+    """Dispatch one command line; return what the mode returns."""
+    if not argv or argv[0] in {"help", "-h", "--help"}:
+        print(HELP)
+        return None
+    if argv[0] in {"--version", "-V", "version"}:
+        print(yolo_unified.__version__)
+        return None
+    mode, rest = argv[0], argv[1:]
+    from yolo_unified import engine
+
+    if mode == "data":
+        if not rest or rest[0] != "prepare":
+            raise SyntaxError("usage: yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2 [yaml=...]")
+        from yolo_unified.data.prepare import prepare_hw2
+
+        args = parse_args(rest[1:])
+        if unknown := set(args) - {"src", "dst", "yaml"}:
+            raise SyntaxError(f"unknown key(s) {sorted(unknown)} for 'data prepare'; valid keys: src, dst, yaml")
+        return prepare_hw2(args.get("src", "../shared/data/hw2"), args.get("dst", "datasets/hw2"), args.get("yaml"))
+    args = parse_args(rest)
+    if mode == "train":
+        check_keys(args)
+        return engine.train(**args)
+    if mode == "val":
+        check_keys(args)
+        if not args.get("model"):
+            raise SyntaxError("val needs model=path/to/best.pt")
+        return engine.val(**args)
+    raise SyntaxError(f"unknown mode '{mode}'; valid modes: {', '.join(MODES)}, help, --version")
+
+
+def entrypoint() -> None:
+    """Console-script entry point: run, turning input errors into a one-line message and exit code 2."""
+    try:
+        run(sys.argv[1:])
+    except (SyntaxError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        LOGGER.error(f"yolo-unified: {e}")
+        sys.exit(2)

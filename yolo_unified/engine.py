@@ -1,0 +1,98 @@
+"""High-level train / val entry points used by the CLI (and usable from Python)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.utils import LOGGER, colorstr
+from ultralytics.utils.files import increment_path
+
+from yolo_unified.data.config import ULTRALYTICS_TASK, load_data_config
+from yolo_unified.models.unified.train import TRAINERS
+from yolo_unified.models.unified.val import VALIDATORS
+from yolo_unified.nn.modules import TASKS
+
+DEFAULT_DATA_NAME = "unified-synth"  # the built-in synthetic dataset, generated into ./datasets on first use
+METRIC_KEYS = {  # headline metrics per task, as Ultralytics' validators name them
+    "seg": ("metrics/mIoU", "metrics/pixel_acc"),
+    "det": ("metrics/mAP50(B)", "metrics/mAP50-95(B)"),
+    "cls": ("metrics/accuracy_top1", "metrics/accuracy_top5"),
+}
+
+
+def default_data(datasets_dir: str | Path = "datasets") -> str:
+    """Return the built-in default data YAML, generating the synthetic three-task dataset on first use."""
+    from yolo_unified.data.synthetic import make_synthetic
+
+    return str(make_synthetic(Path(datasets_dir) / DEFAULT_DATA_NAME))
+
+
+def run_dir(project: str | Path | None, name: str | None, default_name: str, exist_ok: bool = False) -> Path:
+    """An incremented run directory ``project/name`` (``train``, ``train2``, ...) as Ultralytics names its runs."""
+    return increment_path(Path(project or "runs/unified").resolve() / (name or default_name), exist_ok=exist_ok)
+
+
+def train(task: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """Train one task (``task=seg|det|cls``), or, with no task, every task of the data YAML one after another.
+
+    Each stage of a chain starts from the previous stage's ``best.pt`` and runs in ``<run>/<task>/``. Returns
+    ``{"weights": the last stage's best.pt, "save_dirs": {task: run dir}}``.
+    """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if not overrides.get("data"):
+        overrides["data"] = default_data()
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task='{task}' is not a yolo-unified task; use one of {list(TASKS)} (or omit it)")
+    order = [task] if task else [t for t in TASKS if t in load_data_config(overrides["data"])["tasks"]]
+    root = run_dir(
+        overrides.pop("project", None), overrides.pop("name", None), "train", overrides.get("exist_ok", False)
+    )
+    save_dirs, weights = {}, overrides.pop("model", None)
+    for t in order:
+        save_dir = root / t if len(order) > 1 else root
+        trainer = TRAINERS[t](overrides={**overrides, "model": weights, "save_dir": str(save_dir)})
+        trainer.train()
+        save_dirs[t] = str(trainer.save_dir)
+        weights = str(trainer.best if trainer.best.exists() else trainer.last)
+    return {"weights": weights, "save_dirs": save_dirs}
+
+
+def val(model: str, data: str | None = None, **overrides: Any) -> dict[str, dict[str, float]]:
+    """Validate every task the data YAML and the model share; print and save a summary.
+
+    Returns ``{task: {metric: value}}`` with Ultralytics' metric names. Results go to ``runs/unified/val*/<task>/``
+    (plots, confusion matrices) plus ``metrics.json`` and ``metrics.csv`` beside them.
+    """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    data = data or default_data()
+    cfg = load_data_config(data)
+    weights = load_checkpoint(model)[0] if str(model).endswith(".pt") else None
+    model_tasks = set(getattr(weights, "task_names", None) or TASKS)
+    tasks = [t for t in TASKS if t in cfg["tasks"] and t in model_tasks]
+    if not tasks:
+        raise ValueError(f"{data} and {model} share no task")
+    save_dir = run_dir(
+        overrides.pop("project", None), overrides.pop("name", None), "val", overrides.get("exist_ok", False)
+    )
+    results = {}
+    for t in tasks:
+        args = {**overrides, "model": str(model), "data": str(data), "task": ULTRALYTICS_TASK[t], "mode": "val"}
+        stats = VALIDATORS[t](save_dir=save_dir / t, args=args)()
+        results[t] = {k: float(stats[k]) for k in METRIC_KEYS[t]}
+    write_summary(results, save_dir)
+    return results
+
+
+def write_summary(results: dict[str, dict[str, float]], save_dir: Path) -> None:
+    """Log a one-table summary of the tasks' headline metrics and save it as JSON and CSV."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    (save_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    lines = ["task,metric,value"] + [f"{t},{k},{v:.6f}" for t, m in results.items() for k, v in m.items()]
+    (save_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    table = "\n".join(
+        f"{t:>5}  " + "  ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in m.items()) for t, m in results.items()
+    )
+    LOGGER.info(f"\n{colorstr('bold', 'yolo-unified val')}\n{table}\nResults saved to {colorstr('bold', save_dir)}")

@@ -1,0 +1,117 @@
+"""Validators: Ultralytics' detection, semantic-segmentation and classification validators on the unified outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from ultralytics.models.yolo.classify import ClassificationValidator
+from ultralytics.models.yolo.detect import DetectionValidator
+from ultralytics.models.yolo.semantic import SemanticSegmentationValidator
+from ultralytics.nn.autobackend import check_class_names
+from ultralytics.utils import YAML
+
+from yolo_unified.data.config import load_data_config, task_data
+from yolo_unified.nn.modules import TASKS
+
+
+def model_task_names(model: Any, task: str) -> dict[int, str]:
+    """Class names of `task` from a unified model, an AutoBackend wrapping one, or exported-model metadata."""
+    for obj in (model, getattr(model, "model", None)):
+        names = getattr(obj, "task_names", None)
+        if isinstance(names, dict) and task in names:
+            return names[task]
+    metadata = getattr(model, "metadata", None) or {}
+    if task in (metadata.get("task_names") or {}):
+        return check_class_names(metadata["task_names"][task])
+    raise ValueError(f"the model has no class names for task '{task}': is it a yolo-unified model?")
+
+
+def is_multitask_yaml(data: Any) -> bool:
+    """True for a yolo-unified data YAML (one with seg/det/cls sections)."""
+    if not str(data).endswith((".yaml", ".yml")) or not Path(data).is_file():
+        return False
+    d = YAML.load(data) or {}
+    return any(isinstance(d.get(t), dict) for t in TASKS)
+
+
+class UnifiedValidatorMixin:
+    """What the three task validators share: pick the task's output, use the task's class names, read the data YAML.
+
+    During training the trainer hands over the dataset; a standalone run (``yolo-unified val``, the final validation
+    of ``best.pt``) turns the multi-task data YAML into the file or folder Ultralytics expects for this task, written
+    inside the validation run directory.
+    """
+
+    task_key: str = ""
+    output_index: int = 0  # position of this task's output in the model's (det, seg, cls) tuple
+
+    def __call__(self, trainer=None, model=None, **kwargs):
+        """Validate; a standalone run first resolves the multi-task data YAML to this task's dataset."""
+        if trainer is None and is_multitask_yaml(self.args.data):
+            self.args.data = self.task_dataset(self.args.data)
+        return super().__call__(trainer=trainer, model=model, **kwargs)
+
+    def task_dataset(self, data: str) -> str:
+        """Write this task's Ultralytics data YAML into the run directory and return its path."""
+        section = task_data(load_data_config(data), self.task_key, splits=(self.args.split,))
+        file = Path(self.save_dir) / f"data-{self.task_key}.yaml"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        YAML.save(file, {k: v for k, v in section.items() if k != "yaml_file"})
+        return str(file)
+
+    def init_metrics(self, model: torch.nn.Module) -> None:
+        """Initialise Ultralytics' metrics with this task's class names."""
+        names, kept = model_task_names(model, self.task_key), model.names
+        model.names = names
+        try:
+            super().init_metrics(model)
+        finally:
+            model.names = kept
+
+    def postprocess(self, preds: Any) -> Any:
+        """Select this task's output, then post-process it exactly as Ultralytics does."""
+        if isinstance(preds, (list, tuple)):
+            preds = preds[self.output_index]
+        return super().postprocess(preds)
+
+    def get_dataloader(self, dataset_path: str, batch_size: int):
+        """Build the loader with this task's class names (Ultralytics would take the model's detection names)."""
+        self.names = self.data["names"]
+        return super().get_dataloader(dataset_path, batch_size)
+
+
+class UnifiedDetectionValidator(UnifiedValidatorMixin, DetectionValidator):
+    """mAP50 / mAP50-95 of the unified model's detection output, by Ultralytics' ``DetectionValidator``."""
+
+    task_key, output_index = "det", 0
+
+
+class UnifiedSegmentationValidator(UnifiedValidatorMixin, SemanticSegmentationValidator):
+    """mIoU / pixel accuracy of the segmentation output, by Ultralytics' ``SemanticSegmentationValidator``."""
+
+    task_key, output_index = "seg", 1
+
+
+class UnifiedClassificationValidator(UnifiedValidatorMixin, ClassificationValidator):
+    """Top-1 / top-5 accuracy of the classification output, by Ultralytics' ``ClassificationValidator``."""
+
+    task_key, output_index = "cls", 2
+
+    def task_dataset(self, data: str) -> str:
+        """Return the folder holding this task's ``train/`` and ``val/`` class folders (Ultralytics' layout)."""
+        section = task_data(load_data_config(data), "cls", splits=(self.args.split,))
+        folder = Path(section[self.args.split])
+        if folder.name != self.args.split:
+            raise ValueError(
+                f"{data}: cls '{self.args.split}:' must be a folder named '{self.args.split}', got {folder}"
+            )
+        return str(folder.parent)
+
+
+VALIDATORS = {
+    "seg": UnifiedSegmentationValidator,
+    "det": UnifiedDetectionValidator,
+    "cls": UnifiedClassificationValidator,
+}

@@ -1,0 +1,117 @@
+"""Network modules of the unified model: a light FPN neck and the single-branch unified head."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from ultralytics.nn.modules import Conv, Detect
+from ultralytics.nn.modules.block import DFL
+
+TASKS = ("seg", "det", "cls")  # the three tasks, in the order the sequential protocol learns them
+
+
+class UnifiedFPN(nn.Module):
+    """Feature pyramid: a 1x1 lateral per tapped level, top-down nearest upsample-add, a 3x3 smoothing conv per level.
+
+    Maps backbone features of strides 8/16/32 (any widths) to three maps of one common width, so a single head tower
+    with shared weights can run on every level.
+    """
+
+    def __init__(self, ch: list[int] | tuple[int, ...], width: int = 64):
+        """Build laterals for input widths `ch` (shallow to deep) and smoothing convs of output width `width`."""
+        super().__init__()
+        self.lateral = nn.ModuleList(Conv(c, width, 1) for c in ch)
+        self.smooth = nn.ModuleList(Conv(width, width, 3) for _ in ch)
+
+    def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Return the fused pyramid, shallow (stride 8) to deep (stride 32)."""
+        lat = [conv(xi) for conv, xi in zip(self.lateral, x)]
+        for i in range(len(lat) - 2, -1, -1):  # top-down pathway
+            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
+        return [conv(li) for conv, li in zip(self.smooth, lat)]
+
+
+class UnifiedHead(Detect):
+    """One head for three tasks: a conv tower shared by every FPN level and by all tasks, then one 1x1 projection per task.
+
+    - detection: the projection gives ``4 * reg_max`` box-distribution channels and ``nc`` class logits per anchor on
+      every level, exactly the layout of Ultralytics' ``Detect`` (so ``v8DetectionLoss``, decoding and NMS are reused);
+    - semantic segmentation: ``nc_seg`` logits from the stride-8 level, upsampled to the input size at inference;
+    - classification: global average pooling of the tower features of every level, averaged, then a linear layer.
+
+    Outputs: in training a dict with ``boxes``, ``scores``, ``feats`` (detection, Ultralytics' raw format), ``seg``
+    (stride-8 logits) and ``cls`` (logits). At inference the tuple ``(det, seg, cls, raw)`` with decoded boxes
+    ``(B, 4 + nc, A)``, full-resolution seg logits ``(B, nc_seg, H, W)``, class probabilities ``(B, nc_cls)`` and the
+    raw dict; in export mode only ``(det, seg, cls)``.
+    """
+
+    bake_argmax = False  # export: emit the seg class map (B, H, W) instead of logits
+    cv2 = cv3 = None  # no per-branch convs: Ultralytics' fuse/load code checks these
+
+    @property
+    def end2end(self) -> bool:
+        """Always NMS-based (no one-to-one branch)."""
+        return False
+
+    @end2end.setter
+    def end2end(self, value: bool) -> None:
+        """Validators set this from ``nms``; there is nothing to switch."""
+
+    def __init__(self, nc: int = 80, nc_seg: int = 21, nc_cls: int = 10, tower: int = 2, reg_max: int = 16, ch=()):
+        """Build the shared tower (`tower` 3x3 convs) on width ``ch[0]`` and the per-task projections."""
+        nn.Module.__init__(self)
+        if len(set(ch)) != 1:
+            raise ValueError(f"UnifiedHead needs equal widths on every level, got {list(ch)}")
+        width = ch[0]
+        self.nc, self.nc_seg, self.nc_cls = nc, nc_seg, nc_cls
+        self.nl = len(ch)
+        self.reg_max = reg_max
+        self.no = nc + reg_max * 4
+        self.stride = torch.zeros(self.nl)
+        self.tower = nn.Sequential(*(Conv(width, width, 3) for _ in range(tower)))
+        self.det = nn.Conv2d(width, self.no, 1)
+        self.seg = nn.Conv2d(width, nc_seg, 1)
+        self.cls = nn.Linear(width, nc_cls)
+        self.dfl = DFL(reg_max) if reg_max > 1 else nn.Identity()
+
+    @property
+    def one2many(self) -> dict:
+        """No separate one-to-many branches: the projection is shared (kept for Ultralytics code that asks)."""
+        return {"box_head": None, "cls_head": None}
+
+    def forward_head(self, x: list[torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+        """Run the shared tower and projections on every level; return the raw outputs of all tasks."""
+        bs = x[0].shape[0]
+        feats = [self.tower(xi) for xi in x]
+        det = torch.cat([self.det(f).view(bs, self.no, -1) for f in feats], dim=-1)
+        boxes, scores = det.split((4 * self.reg_max, self.nc), dim=1)
+        pooled = torch.stack([f.mean(dim=(2, 3)) for f in feats]).mean(0)
+        return {"boxes": boxes, "scores": scores, "feats": x, "seg": self.seg(feats[0]), "cls": self.cls(pooled)}
+
+    def forward(self, x: list[torch.Tensor]):
+        """Return raw outputs in training, decoded ``(det, seg, cls[, raw])`` at inference."""
+        raw = self.forward_head(x)
+        if self.training:
+            return raw
+        det = self._inference(raw)
+        size = [s * int(self.stride[0]) for s in x[0].shape[-2:]]
+        seg = F.interpolate(raw["seg"], size=size, mode="bilinear", align_corners=False)
+        if self.export and self.bake_argmax:
+            seg = seg.argmax(1)
+        cls = raw["cls"].softmax(1)
+        return (det, seg, cls) if self.export else (det, seg, cls, raw)
+
+    def bias_init(self):
+        """Initialise projection biases: boxes 2.0, detection classes for ~5 objects per 640 image at stride 16,
+        segmentation and classification at zero (uniform prior)."""
+        s = float(self.stride[min(1, self.nl - 1)])
+        self.det.bias.data[: 4 * self.reg_max] = 2.0
+        self.det.bias.data[4 * self.reg_max :] = math.log(5 / self.nc / (640 / s) ** 2)
+        nn.init.zeros_(self.seg.bias)
+        nn.init.zeros_(self.cls.bias)
+
+    def fuse(self) -> None:
+        """Nothing to remove: the head has no training-only branch."""

@@ -1,0 +1,192 @@
+"""The unified model: YOLOv8n backbone layers 0-9, an FPN and one head for detection, segmentation and classification."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from importlib.resources import files
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from ultralytics.cfg import get_cfg
+from ultralytics.nn.tasks import DetectionModel, parse_model
+from ultralytics.utils import LOGGER, YAML
+from ultralytics.utils.loss import SemanticSegmentationLoss, v8DetectionLoss
+from ultralytics.utils.torch_utils import initialize_weights
+
+from yolo_unified.nn.modules import UnifiedFPN, UnifiedHead
+
+CFG_DIR = Path(str(files("yolo_unified.cfg")))  # the repo's top-level cfg/, installed as a package
+DEFAULT_MODEL_YAML = "yolov8n-unified.yaml"
+BACKBONE_LAYERS = 10  # layers 0-9 are YOLOv8's backbone
+HEAD_MODULES = {"UnifiedFPN": UnifiedFPN, "UnifiedHead": UnifiedHead}
+
+
+def load_model_yaml(cfg: str | Path) -> dict:
+    """Load a model YAML from a path, or by name from the packaged ``cfg/models`` folder."""
+    path = Path(cfg)
+    if not path.is_file():
+        path = CFG_DIR / "models" / path.name
+    if not path.is_file():
+        known = sorted(p.name for p in (CFG_DIR / "models").glob("*.yaml"))
+        raise FileNotFoundError(f"model config '{cfg}' not found; packaged model configs: {known}")
+    d = YAML.load(path)
+    d["yaml_file"] = str(path)
+    return d
+
+
+def batch_task(batch: dict) -> str:
+    """Name the task a batch belongs to from the labels it carries."""
+    if "semantic_mask" in batch:
+        return "seg"
+    return "det" if "bboxes" in batch else "cls"
+
+
+class UnifiedModel(DetectionModel):
+    """One network, three tasks: ``(det, seg, cls)`` from a single forward pass.
+
+    Built from a model YAML whose ``backbone`` rows are parsed by Ultralytics' own ``parse_model`` (so layers 0-9 are
+    YOLOv8's and load YOLOv8 weights), and whose ``head`` rows name ``UnifiedFPN`` and ``UnifiedHead``.
+    ``task_names`` holds the class names of each task; ``names`` (what Ultralytics tools read) are the detection names.
+    """
+
+    def __init__(
+        self,
+        cfg: str | Path | dict = DEFAULT_MODEL_YAML,
+        ch: int = 3,
+        nc: int | None = None,
+        verbose: bool = True,
+        task_names: dict[str, dict[int, str]] | None = None,
+    ):
+        """Build the model; class counts come from ``task_names`` when given (else ``nc`` / the YAML)."""
+        nn.Module.__init__(self)
+        self.yaml = deepcopy(cfg) if isinstance(cfg, dict) else load_model_yaml(cfg)
+        self.yaml["channels"] = ch
+        counts = {"det": "nc", "seg": "nc_seg", "cls": "nc_cls"}
+        if nc:
+            self.yaml["nc"] = nc
+        for task, names in (task_names or {}).items():
+            self.yaml[counts[task]] = len(names)
+        self.model, self.save = self._build(self.yaml, ch, verbose)
+        self.task_names = {
+            task: dict((task_names or {}).get(task) or {i: str(i) for i in range(self.yaml[key])})
+            for task, key in counts.items()
+        }
+        self.names = self.task_names["det"]
+        self.inplace = True
+
+        head = self.model[-1]
+        s = 256
+        self.model.eval()
+        head.training = True
+        feats = self.forward(torch.zeros(1, ch, s, s))["feats"]
+        head.stride = torch.tensor([s / f.shape[-2] for f in feats])
+        self.stride = head.stride
+        self.model.train()
+        initialize_weights(self)
+        head.bias_init()
+        if verbose:
+            self.info()
+
+    @staticmethod
+    def _build(d: dict, ch: int, verbose: bool) -> tuple[nn.Sequential, list[int]]:
+        """Parse the backbone with Ultralytics, then add the neck and head rows with the widths they tap."""
+        backbone, save = parse_model({**deepcopy(d), "head": []}, ch=ch, verbose=verbose)
+        widths, x = [], torch.zeros(1, ch, 64, 64)
+        with torch.no_grad():
+            for m in backbone.eval():  # backbone rows are sequential; record each layer's width
+                x = m(x)
+                widths.append(x.shape[1])
+        backbone.train()
+        layers = list(backbone)
+        for f, _, name, args in d["head"]:
+            if name not in HEAD_MODULES:
+                raise ValueError(f"unknown head module '{name}', expected one of {sorted(HEAD_MODULES)}")
+            args = [d[a] if isinstance(a, str) and a in d else a for a in args]
+            i = len(layers)
+            if name == "UnifiedFPN":
+                m = UnifiedFPN([widths[j] for j in f], *args)
+                widths.append(args[0])
+            else:
+                m = UnifiedHead(*args, reg_max=d.get("reg_max", 16), ch=[widths[-1]] * len(layers[-1].lateral))
+                widths.append(None)
+            m.i, m.f, m.type, m.np = i, f, name, sum(p.numel() for p in m.parameters())
+            save.extend(j for j in ([f] if isinstance(f, int) else f) if j != -1)
+            layers.append(m)
+            if verbose:
+                LOGGER.info(f"{i:>3}{f!s:>20}{1:>3}{m.np:10.0f}  {name:<45}{args!s:<30}")
+        return nn.Sequential(*layers), sorted(set(save))
+
+    def load(self, weights: Any, verbose: bool = True) -> int:
+        """Copy every tensor whose name and shape match from a checkpoint or model; return how many were copied.
+
+        Works for YOLOv8 detection (``yolov8n.pt``), YOLOv8 classification (``yolov8n-cls.pt``: layers 0-8) and
+        unified checkpoints alike.
+        """
+        src = (weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights
+        csd = src.float().state_dict()
+        own = self.state_dict()
+        match = {k: v for k, v in csd.items() if k in own and v.shape == own[k].shape}
+        self.load_state_dict(match, strict=False)
+        if verbose:
+            backbone = sum(k.startswith(f"model.{i}.") for k in match for i in range(BACKBONE_LAYERS))
+            LOGGER.info(
+                f"Transferred {len(match)}/{len(own)} tensors from pretrained weights "
+                f"({backbone} in backbone layers 0-{BACKBONE_LAYERS - 1})"
+            )
+        return len(match)
+
+    def init_criterion(self) -> UnifiedLoss:
+        """Return the loss that dispatches each batch to its task's Ultralytics loss."""
+        return UnifiedLoss(self)
+
+
+class UnifiedLoss:
+    """Ultralytics' own losses, one per task; a batch gets the loss of the task its labels belong to.
+
+    Detection: ``v8DetectionLoss`` (box, cls, dfl); segmentation: ``SemanticSegmentationLoss`` (CE + Dice, 255
+    ignored); classification: cross-entropy as in ``v8ClassificationLoss``. Outputs of the other tasks get no loss.
+    """
+
+    def __init__(self, model: UnifiedModel):
+        """Keep the model; sub-losses are built on first use (so class weights of the training task apply)."""
+        self.model = model
+        self.criteria: dict[str, Any] = {}
+
+    def _view(self, nc: int) -> SimpleNamespace:
+        """What Ultralytics' loss constructors read from a model, restricted to one task with `nc` classes."""
+        m, head = self.model, self.model.model[-1]
+        args = m.args if hasattr(getattr(m, "args", None), "box") else get_cfg(overrides=getattr(m, "args", None))
+        weights = getattr(m, "class_weights", None)
+        return SimpleNamespace(
+            model=[SimpleNamespace(nc=nc, reg_max=head.reg_max, stride=head.stride)],
+            args=args,
+            parameters=m.parameters,
+            class_weights=weights if weights is not None and len(weights) == nc else None,
+        )
+
+    def criterion(self, task: str):
+        """Return (building once) the Ultralytics loss of `task`."""
+        if task not in self.criteria:
+            head = self.model.model[-1]
+            if task == "det":
+                self.criteria[task] = v8DetectionLoss(self._view(head.nc))
+            elif task == "seg":
+                self.criteria[task] = SemanticSegmentationLoss(self._view(head.nc_seg))
+        return self.criteria.get(task)
+
+    def __call__(self, preds: dict | tuple, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of the batch's task on raw or inference outputs; returns (loss, detached items)."""
+        raw = preds[-1] if isinstance(preds, (tuple, list)) else preds
+        task = batch_task(batch)
+        if task == "det":
+            return self.criterion("det").loss(raw, batch)
+        if task == "seg":
+            loss, items = self.criterion("seg")(raw["seg"], batch)
+            items.pop("aux_loss", None)  # the unified head has no auxiliary seg output
+            return loss, items
+        loss = F.cross_entropy(raw["cls"], batch["cls"].to(raw["cls"].device))
+        return loss, {"loss": loss.detach()}
