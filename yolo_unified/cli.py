@@ -14,7 +14,7 @@ import yolo_unified
 MODES = ("train", "val", "data")
 HELP = f"""yolo-unified {yolo_unified.__version__}: one YOLOv8n model, one head, three tasks (det, seg, cls).
 
-Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml loads keys from a YAML, the command line wins)
+Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml loads keys, the command line wins)
 
   yolo-unified train                                    # built-in synthetic data, all tasks, minutes on a CPU
   yolo-unified train task=seg data=datasets/hw2.yaml epochs=30 imgsz=512

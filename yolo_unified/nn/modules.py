@@ -28,14 +28,14 @@ class UnifiedFPN(nn.Module):
 
     def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
         """Return the fused pyramid, shallow (stride 8) to deep (stride 32)."""
-        lat = [conv(xi) for conv, xi in zip(self.lateral, x)]
+        lat = [conv(xi) for conv, xi in zip(self.lateral, x, strict=True)]
         for i in range(len(lat) - 2, -1, -1):  # top-down pathway
             lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
-        return [conv(li) for conv, li in zip(self.smooth, lat)]
+        return [conv(li) for conv, li in zip(self.smooth, lat, strict=True)]
 
 
 class UnifiedHead(Detect):
-    """One head for three tasks: a conv tower shared by every FPN level and by all tasks, then one 1x1 projection per task.
+    """One head for three tasks: a conv tower shared by every FPN level and every task, then a 1x1 projection per task.
 
     - detection: the projection gives ``4 * reg_max`` box-distribution channels and ``nc`` class logits per anchor on
       every level, exactly the layout of Ultralytics' ``Detect`` (so ``v8DetectionLoss``, decoding and NMS are reused);

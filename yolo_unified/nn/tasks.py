@@ -1,4 +1,4 @@
-"""The unified model: YOLOv8n backbone layers 0-9, an FPN and one head for detection, segmentation and classification."""
+"""The unified model: YOLOv8n layers 0-9, an FPN and one head for detection, segmentation and classification."""
 
 from __future__ import annotations
 
