@@ -1,0 +1,93 @@
+"""The unified model: output shapes, parameter and latency budget, weight transfer, checkpoints."""
+
+import time
+
+import pytest
+import torch
+from ultralytics.nn.tasks import ClassificationModel, DetectionModel, load_checkpoint
+
+from conftest import REPO
+from yolo_unified.nn import UnifiedModel
+
+NAMES = {
+    "seg": {i: f"s{i}" for i in range(21)},
+    "det": {i: f"d{i}" for i in range(10)},
+    "cls": {i: f"c{i}" for i in range(10)},
+}
+SHARED_CLS = (REPO / "../shared/weights/yolov8n-cls-imagenette.pt").resolve()
+
+
+@pytest.fixture(scope="module")
+def model() -> UnifiedModel:
+    return UnifiedModel(task_names=NAMES, verbose=False).eval()
+
+
+def test_outputs_have_the_documented_shapes(model):
+    x = torch.rand(2, 3, 256, 192)
+    with torch.no_grad():
+        det, seg, cls, raw = model(x)
+    anchors = sum((256 // s) * (192 // s) for s in (8, 16, 32))
+    assert det.shape == (2, 4 + 10, anchors)
+    assert seg.shape == (2, 21, 256, 192)
+    assert cls.shape == (2, 10)
+    torch.testing.assert_close(cls.sum(1), torch.ones(2))
+    assert raw["seg"].shape == (2, 21, 32, 24)  # stride-8 logits before upsampling
+    assert model.stride.tolist() == [8.0, 16.0, 32.0]
+
+
+def test_training_mode_returns_raw_outputs_of_every_task():
+    m = UnifiedModel(task_names=NAMES, verbose=False).train()
+    raw = m(torch.rand(1, 3, 128, 128))
+    assert set(raw) == {"boxes", "scores", "feats", "seg", "cls"}
+    assert raw["boxes"].shape == (1, 64, 16 * 16 + 8 * 8 + 4 * 4)
+    assert raw["scores"].shape == (1, 10, 16 * 16 + 8 * 8 + 4 * 4)
+
+
+def test_class_counts_follow_the_data():
+    m = UnifiedModel(task_names={"seg": {0: "bg", 1: "a"}, "det": {0: "x"}, "cls": {0: "p", 1: "q", 2: "r"}}, verbose=False)
+    head = m.model[-1]
+    assert (head.nc, head.nc_seg, head.nc_cls) == (1, 2, 3)
+    assert m.names == {0: "x"} and m.task_names["cls"] == {0: "p", 1: "q", 2: "r"}
+
+
+def test_parameter_and_latency_budget(model):
+    params = sum(p.numel() for p in model.parameters())
+    assert params < 2_000_000  # issue goal: well under the 8M budget
+    x = torch.rand(1, 3, 512, 512)
+    times = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(5):
+            t = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t)
+    assert sorted(times)[2] < 0.150  # median under the 150 ms budget
+
+
+def test_backbone_is_yolov8n_layers_0_to_9(model):
+    ref = DetectionModel("yolov8n.yaml", nc=10, verbose=False)
+    own = {k: v.shape for k, v in model.state_dict().items() if int(k.split(".")[1]) < 10}
+    theirs = {k: v.shape for k, v in ref.state_dict().items() if int(k.split(".")[1]) < 10}
+    assert own == theirs and len(own) == 162
+
+
+def test_pretrained_detection_checkpoint_transfers_the_backbone(tmp_path):
+    src = DetectionModel("yolov8n.yaml", nc=80, verbose=False)
+    torch.save({"model": src.half()}, tmp_path / "yolov8n.pt")
+    weights, _ = load_checkpoint(tmp_path / "yolov8n.pt")
+    m = UnifiedModel(task_names=NAMES, verbose=False)
+    assert m.load(weights) == 162  # all of layers 0-9, nothing of the YOLOv8 neck/head
+    torch.testing.assert_close(m.model[4].cv1.conv.weight, weights.model[4].cv1.conv.weight.float())
+
+
+def test_pretrained_classification_checkpoint_transfers_layers_0_to_8(tmp_path):
+    src = ClassificationModel("yolov8n-cls.yaml", nc=10, verbose=False)
+    torch.save({"model": src}, tmp_path / "yolov8n-cls.pt")
+    weights, _ = load_checkpoint(tmp_path / "yolov8n-cls.pt")
+    assert UnifiedModel(task_names=NAMES, verbose=False).load(weights) == 150  # SPPF (layer 9) differs
+
+
+@pytest.mark.skipif(not SHARED_CLS.is_file(), reason=f"shared backbone weights not found at {SHARED_CLS}")
+def test_shared_imagenette_backbone_loads():
+    weights, _ = load_checkpoint(SHARED_CLS)
+    assert UnifiedModel(task_names=NAMES, verbose=False).load(weights) == 150
