@@ -53,6 +53,8 @@ class UnifiedModel(DetectionModel):
     ``task_names`` holds the class names of each task; ``names`` (what Ultralytics tools read) are the detection names.
     """
 
+    task = "unified"  # Ultralytics' YOLO() reads this from checkpoints and refuses the unknown task with a clear error
+
     def __init__(
         self,
         cfg: str | Path | dict = DEFAULT_MODEL_YAML,
