@@ -4,9 +4,9 @@ import time
 
 import pytest
 import torch
+from conftest import REPO
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel, load_checkpoint
 
-from conftest import REPO
 from yolo_unified.nn import UnifiedModel
 
 NAMES = {
@@ -44,7 +44,8 @@ def test_training_mode_returns_raw_outputs_of_every_task():
 
 
 def test_class_counts_follow_the_data():
-    m = UnifiedModel(task_names={"seg": {0: "bg", 1: "a"}, "det": {0: "x"}, "cls": {0: "p", 1: "q", 2: "r"}}, verbose=False)
+    names = {"seg": {0: "bg", 1: "a"}, "det": {0: "x"}, "cls": {0: "p", 1: "q", 2: "r"}}
+    m = UnifiedModel(task_names=names, verbose=False)
     head = m.model[-1]
     assert (head.nc, head.nc_seg, head.nc_cls) == (1, 2, 3)
     assert m.names == {0: "x"} and m.task_names["cls"] == {0: "p", 1: "q", 2: "r"}
