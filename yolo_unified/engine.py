@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
+import torch
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.files import increment_path
@@ -16,10 +18,10 @@ from yolo_unified.models.unified.val import VALIDATORS
 from yolo_unified.nn.modules import TASKS
 
 DEFAULT_DATA_NAME = "unified-synth"  # the built-in synthetic dataset, generated into ./datasets on first use
-METRIC_KEYS = {  # headline metrics per task, as Ultralytics' validators name them
-    "seg": ("metrics/mIoU", "metrics/pixel_acc"),
-    "det": ("metrics/mAP50(B)", "metrics/mAP50-95(B)"),
-    "cls": ("metrics/accuracy_top1", "metrics/accuracy_top5"),
+PRIMARY_METRIC = {  # the score of each task that forgetting is measured on, as Ultralytics' validators name it
+    "seg": "metrics/mIoU",
+    "det": "metrics/mAP50(B)",
+    "cls": "metrics/accuracy_top1",
 }
 
 
@@ -44,6 +46,8 @@ def train(task: str | None = None, **overrides: Any) -> dict[str, Any]:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if not overrides.get("data"):
         overrides["data"] = default_data()
+    if overrides.get("stages"):
+        return train_protocol(**overrides)
     if task is not None and task not in TASKS:
         raise ValueError(f"task='{task}' is not a yolo-unified task; use one of {list(TASKS)} (or omit it)")
     order = [task] if task else [t for t in TASKS if t in load_data_config(overrides["data"])["tasks"]]
@@ -60,28 +64,62 @@ def train(task: str | None = None, **overrides: Any) -> dict[str, Any]:
     return {"weights": weights, "save_dirs": save_dirs}
 
 
-def val(model: str, data: str | None = None, **overrides: Any) -> dict[str, dict[str, float]]:
-    """Validate every task the data YAML and the model share; print and save a summary.
+def train_protocol(stages: list[dict], resume: str | bool | None = None, **overrides: Any) -> dict[str, Any]:
+    """Run a sequential protocol (``cfg/seq.yaml``): its stages in order, resumable; returns the protocol state.
 
-    Returns ``{task: {metric: value}}`` with Ultralytics' metric names. Results go to ``runs/unified/val*/<task>/``
-    (plots, confusion matrices) plus ``metrics.json`` and ``metrics.csv`` beside them.
+    ``resume=<protocol run dir>`` continues an interrupted run: finished stages are skipped, an interrupted stage
+    resumes from its last checkpoint. ``chain=False`` trains every stage from the initial model (single-task
+    baselines); ``baselines=<baselines run dir>`` adds retention to the report.
+    """
+    from yolo_unified.continual.protocol import STATE_FILE, Protocol
+
+    chain, baselines = overrides.pop("chain", True), overrides.pop("baselines", None)
+    if resume:
+        root = Path(str(resume))
+        if not (root / STATE_FILE).is_file() and not any(root.glob("*/weights/last.pt")):
+            raise FileNotFoundError(f"resume={resume}: no protocol run there (no {STATE_FILE}, no stage checkpoints)")
+    else:
+        default = "seq" if chain else "baselines"
+        root = run_dir(overrides.pop("project", None), overrides.pop("name", None), default, overrides.get("exist_ok"))
+    return Protocol(stages, root, overrides, chain=chain, baselines=baselines).run()
+
+
+def val(
+    model: str | torch.nn.Module, data: str | None = None, tasks: list[str] | None = None, **overrides: Any
+) -> dict[str, dict[str, float]]:
+    """Validate every task the data YAML and the model share (or just `tasks`); print and save a summary.
+
+    `model` is a checkpoint path (or an exported model) or a unified model in memory (a copy is validated, so a
+    training model is left as it is). Returns ``{task: {metric: value}}`` with Ultralytics' metric names, MAP50-95
+    and the rest included. Results go to ``runs/unified/val*/<task>/`` (plots, confusion matrices) plus
+    ``metrics.json`` and ``metrics.csv`` beside them (``save_dir=`` puts them elsewhere).
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     data = data or default_data()
     cfg = load_data_config(data)
-    weights = load_checkpoint(model)[0] if str(model).endswith(".pt") else None
-    model_tasks = set(getattr(weights, "task_names", None) or TASKS)
-    tasks = [t for t in TASKS if t in cfg["tasks"] and t in model_tasks]
+    module = model if isinstance(model, torch.nn.Module) else None
+    if module is None and str(model).endswith(".pt"):
+        module = load_checkpoint(model)[0]
+    model_tasks = set(getattr(module, "task_names", None) or TASKS)
+    tasks = [t for t in (tasks or TASKS) if t in cfg["tasks"] and t in model_tasks]
     if not tasks:
-        raise ValueError(f"{data} and {model} share no task")
-    save_dir = run_dir(
-        overrides.pop("project", None), overrides.pop("name", None), "val", overrides.get("exist_ok", False)
+        raise ValueError(f"{data} and the model share no task")
+    save_dir = overrides.pop("save_dir", None)
+    save_dir = (
+        Path(save_dir)
+        if save_dir
+        else run_dir(
+            overrides.pop("project", None), overrides.pop("name", None), "val", overrides.get("exist_ok", False)
+        )
     )
     results = {}
     for t in tasks:
-        args = {**overrides, "model": str(model), "data": str(data), "task": ULTRALYTICS_TASK[t], "mode": "val"}
-        stats = VALIDATORS[t](save_dir=save_dir / t, args=args)()
-        results[t] = {k: float(stats[k]) for k in METRIC_KEYS[t]}
+        args = {**overrides, "data": str(data), "task": ULTRALYTICS_TASK[t], "mode": "val"}
+        if isinstance(model, torch.nn.Module):
+            stats = VALIDATORS[t](save_dir=save_dir / t, args=args)(model=deepcopy(model).float())
+        else:
+            stats = VALIDATORS[t](save_dir=save_dir / t, args={**args, "model": str(model)})()
+        results[t] = {k: float(v) for k, v in stats.items() if k.startswith("metrics/")}
     write_summary(results, save_dir)
     return results
 

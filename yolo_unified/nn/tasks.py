@@ -141,6 +141,26 @@ class UnifiedModel(DetectionModel):
             )
         return len(match)
 
+    def loss(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The batch's task loss, plus the terms of the forgetting-mitigation strategies in ``loss_terms``.
+
+        Only the model being trained carries ``loss_terms`` (the trainer sets it after the EMA copy is made), so
+        validation losses are the task losses alone. Terms are per image and scaled like Ultralytics' task loss
+        (summed over the batch for detection and segmentation, a mean for classification).
+        """
+        if getattr(self, "criterion", None) is None:
+            self.criterion = self.init_criterion()
+        preds = self.forward(batch["img"]) if preds is None else preds
+        loss, items = self.criterion(preds, batch)
+        terms = [
+            t for t in (s.loss(self, self.criterion.raw(preds), batch) for s in getattr(self, "loss_terms", ())) if t
+        ]
+        if terms:
+            scale = batch["img"].shape[0] if batch_task(batch) != "cls" else 1
+            loss = loss.sum() + scale * sum(term for term, _ in terms)
+            items = {**items, **{k: v for _, parts in terms for k, v in parts.items()}}
+        return loss, items
+
     def init_criterion(self) -> UnifiedLoss:
         """Return the loss that dispatches each batch to its task's Ultralytics loss."""
         return UnifiedLoss(self)
@@ -180,9 +200,14 @@ class UnifiedLoss:
                 self.criteria[task] = SemanticSegmentationLoss(self._view(head.nc_seg))
         return self.criteria.get(task)
 
+    @staticmethod
+    def raw(preds: dict | tuple) -> dict:
+        """The raw output dict, from training outputs or from an inference ``(det, seg, cls, raw)`` tuple."""
+        return preds[-1] if isinstance(preds, (tuple, list)) else preds
+
     def __call__(self, preds: dict | tuple, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of the batch's task on raw or inference outputs; returns (loss, detached items)."""
-        raw = preds[-1] if isinstance(preds, (tuple, list)) else preds
+        raw = self.raw(preds)
         task = batch_task(batch)
         if task == "det":
             return self.criterion("det").loss(raw, batch)

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from copy import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ultralytics.models.yolo.classify import ClassificationTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.semantic import SemanticSegmentationTrainer
 from ultralytics.nn.tasks import load_checkpoint
-from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
+from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
 
+from yolo_unified.continual import StageContext, build_strategies, module_of
 from yolo_unified.data.config import load_data_config, task_data, task_names
 from yolo_unified.models.unified import val
 from yolo_unified.nn.tasks import DEFAULT_MODEL_YAML, UnifiedModel
+
+
+def strip_atomically(f: Path, **kwargs: Any) -> dict:
+    """Ultralytics' ``strip_optimizer`` on `f`, written to a temporary file first and then moved over `f`."""
+    tmp = f.with_name(f.name + ".tmp")
+    ckpt = strip_optimizer(f, s=str(tmp), **kwargs)
+    os.replace(tmp, f)
+    return ckpt
 
 
 class UnifiedTrainerMixin:
@@ -28,12 +40,142 @@ class UnifiedTrainerMixin:
     task_key: str = ""  # "seg", "det" or "cls"
     validator_class: type = object
 
-    def __init__(self, cfg=DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None):
-        """Default the model to the packaged unified YAML; everything else as in Ultralytics."""
+    def __init__(
+        self,
+        cfg=DEFAULT_CFG,
+        overrides: dict[str, Any] | None = None,
+        _callbacks: dict | None = None,
+        context: StageContext | None = None,
+    ):
+        """Default the model to the packaged unified YAML, build the stage's strategies; the rest is Ultralytics'.
+
+        `context` is what a sequential protocol tells the stage (finished tasks, their scores, the shared memory);
+        a stand-alone run is a first stage with nothing before it.
+        """
         overrides = dict(overrides or {})
         if not overrides.get("model"):
             overrides["model"] = DEFAULT_MODEL_YAML
         super().__init__(cfg, overrides, _callbacks)
+        self.context = context or StageContext(index=0, task=self.task_key, data=str(self.args.data))
+        self.strategies = build_strategies(self.args, self.context)
+        self.nan_stopped = False
+        self.add_callback("on_pretrain_routine_end", UnifiedTrainerMixin._setup_strategies)
+        self.add_callback("on_train_end", UnifiedTrainerMixin._end_strategies)
+
+    def _setup_strategies(self) -> None:
+        """Set the strategies up and give their loss terms to the model being trained (not to its EMA copy)."""
+        for s in self.strategies:
+            s.setup(self)
+        unwrap_model(self.model).loss_terms = self.strategies
+
+    def _end_strategies(self) -> None:
+        """Let the strategies store what later stages need, from the stage's best weights."""
+        weights = self.best if self.best.exists() else self.last
+        if not self.strategies or not weights.exists():
+            return
+        best = load_checkpoint(weights)[0].float().to(self.device)
+        best.args = self.args
+        for s in self.strategies:
+            s.stage_end(self, best)
+
+    def finish_stage(self) -> None:
+        """Finish a stage whose training ended before its protocol recorded it: the strategies' end-of-stage work."""
+        self.model = load_checkpoint(self.best if self.best.exists() else self.last)[0].float().to(self.device)
+        self._end_strategies()
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """Ultralytics' optimizer, split into one parameter group per module group when strategies set multipliers.
+
+        A multiplier of 0 leaves the module's parameters out of the optimizer and stops their gradients.
+        """
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        mult = {k: v for s in self.strategies for k, v in s.lr_multipliers().items()}
+        if not mult:
+            return optimizer
+        names = {id(p): n for n, p in unwrap_model(model).named_parameters()}
+        groups = []
+        for group in optimizer.param_groups:
+            split: dict[str, list] = {}
+            for p in group["params"]:
+                split.setdefault(module_of(names[id(p)]), []).append(p)
+            for module, params in split.items():
+                m = mult.get(module, 1.0)
+                if m == 0:
+                    for p in params:
+                        p.requires_grad_(False)
+                    continue
+                groups.append({**group, "params": params, "lr": group["lr"] * m, "module": module})
+        LOGGER.info(f"{colorstr('lr_mult:')} " + ", ".join(f"{k} x{v:g}" for k, v in mult.items()))
+        optimizer.param_groups.clear()  # the optimizer is new (no state yet): refill it with the split groups
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
+
+    def optimizer_step(self):
+        """Ultralytics' step, with the strategies' gradient hooks (clipping among them) in place of its fixed clip."""
+        self.scaler.unscale_(self.optimizer)
+        for s in self.strategies:
+            s.before_optimizer_step(self)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        if self.ema:
+            self.ema.update(self.model)
+
+    def _model_train(self):
+        """Train mode as Ultralytics sets it every epoch, then the strategies' adjustments (frozen BatchNorm)."""
+        super()._model_train()
+        for s in self.strategies:
+            s.after_model_train(self)
+
+    def validate(self):
+        """Validate; an epoch a strategy vetoes (forgetting too much) never becomes the stage's best."""
+        best_before = self.best_fitness
+        metrics, fitness = super().validate()
+        if metrics is not None and not all([s.accept_epoch(self) for s in self.strategies]):
+            self.best_fitness = best_before
+            fitness = float("-inf")
+        return metrics, fitness
+
+    def _handle_nan_recovery(self, epoch: int) -> bool:
+        """A NaN/inf loss or fitness ends the stage: the last good checkpoints are kept, not overwritten."""
+        loss_bad = self.loss is not None and not torch.isfinite(self.loss).all()
+        if loss_bad or (self.fitness is not None and not np.isfinite(self.fitness) and self.fitness != float("-inf")):
+            LOGGER.error(
+                f"{'Loss' if loss_bad else 'Fitness'} is NaN/inf in epoch {epoch + 1}: stopping this stage and keeping "
+                f"the last good weights ({self.best if self.best.exists() else 'none saved yet'})."
+            )
+            self.nan_stopped = self.stop = True
+        return False
+
+    def save_model(self) -> bool:
+        """Write checkpoints atomically (a kill mid-write never leaves a broken last.pt); none after a NaN."""
+        if self.nan_stopped:
+            return False
+        final = self.last, self.best
+        self.last, self.best = (f.with_name(f.name + ".tmp") for f in final)
+        try:
+            saved = super().save_model()
+        finally:
+            tmp, (self.last, self.best) = (self.last, self.best), final
+        for t, f in zip(tmp, final, strict=True):
+            if t.exists():
+                os.replace(t, f)
+        return saved
+
+    def final_eval(self):
+        """Strip the optimizer from last.pt and best.pt atomically, then validate best.pt as Ultralytics does."""
+        (self.wdir / ".trained").touch()  # the training loop is over: a resumed protocol only finishes this stage
+        last = strip_atomically(self.last) if self.last.exists() else {}
+        if self.best.exists():
+            strip_atomically(self.best, updates={"train_results": last.get("train_results")})
+            LOGGER.info(f"\nValidating {self.best}...")
+            self.validator.args.plots = self.args.plots
+            self.metrics = self.validator(model=self.best)
+            self.metrics.pop("fitness", None)
+            self.epoch += 1  # log best metrics at step epochs+1, as Ultralytics does
+            self.run_callbacks("on_fit_epoch_end")
+            self.epoch -= 1
 
     def get_dataset(self) -> dict[str, Any]:
         """Read the multi-task data YAML and return this task's section as an Ultralytics dataset dict."""

@@ -1,0 +1,107 @@
+"""The interface every forgetting-mitigation strategy implements, and what a strategy knows about its stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+# module groups of the unified model, by parameter-name prefix (used for per-module learning rates and freezing)
+MODULE_PREFIXES = {
+    "backbone": tuple(f"model.{i}." for i in range(10)),
+    "neck": ("model.10.",),
+    "tower": ("model.11.tower.",),
+    "det": ("model.11.det.", "model.11.dfl."),
+    "seg": ("model.11.seg.",),
+    "cls": ("model.11.cls.",),
+}
+
+
+def module_of(name: str) -> str:
+    """The module group (backbone, neck, tower, det, seg, cls) a parameter or module name belongs to."""
+    name = name if name.endswith(".") else name + "."
+    return next((group for group, prefixes in MODULE_PREFIXES.items() if name.startswith(prefixes)), "other")
+
+
+@dataclass
+class StageContext:
+    """What a stage's strategies know: the stage, the tasks finished before it, and the memory they left.
+
+    ``memory`` is shared by all stages of a protocol: strategies read what earlier stages stored (Fisher, anchors,
+    replay images) and add their own at the end of the stage; the protocol saves it between stages.
+    """
+
+    index: int  # 0-based stage number
+    task: str  # task of this stage: seg, det or cls
+    previous: list[str] = field(default_factory=list)  # tasks finished before this stage, in order
+    own_scores: dict[str, float] = field(default_factory=dict)  # score of each finished task right after its stage
+    prev_weights: str | None = None  # checkpoint the stage starts from (the previous stage's best.pt)
+    data: str = ""  # multi-task data YAML
+    memory: dict[str, Any] = field(default_factory=dict)
+    forget_limit: float = 0.05
+    root: Path = Path(".")
+
+
+class Strategy:
+    """A forgetting-mitigation strategy: one file, one cfg key, switched on and tuned per stage.
+
+    ``key`` names its setting in the cfg (``ewc: {lam: ...}``); the trainer builds one instance per stage from that
+    setting and calls the hooks below at the named points of Ultralytics' training loop. Every hook is optional.
+    """
+
+    key: ClassVar[str] = ""
+
+    def __init__(self, cfg: Any, context: StageContext):
+        """Keep the cfg value (a dict, number or bool) and the stage context."""
+        self.cfg = cfg if isinstance(cfg, dict) else {}
+        self.value = cfg
+        self.context = context
+
+    def setup(self, trainer) -> None:
+        """Once the model, optimizer and EMA exist (Ultralytics' ``on_pretrain_routine_end``)."""
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """Learning-rate multiplier per module group; applied when the optimizer is built."""
+        return {}
+
+    def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
+        """An extra term for the batch's training loss, with its named parts for the progress bar (None: no term).
+
+        The term is per image: the trainer scales it by the batch size where Ultralytics' task loss is summed.
+        """
+        return None
+
+    def before_optimizer_step(self, trainer) -> None:
+        """After backward and gradient unscaling, before the optimizer step."""
+
+    def after_model_train(self, trainer) -> None:
+        """After Ultralytics puts the model in train mode at the start of every epoch."""
+
+    def accept_epoch(self, trainer) -> bool:
+        """After each epoch's validation: False vetoes this epoch's weights as the stage's best and stops the stage."""
+        return True
+
+    def stage_end(self, trainer, best: torch.nn.Module) -> None:
+        """After the stage, with its best model: store what later stages need in ``context.memory``."""
+
+
+def stage_samples(trainer, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Up to `n` single-image batches from the stage's train split with validation transforms (no augmentation).
+
+    Images come out as float tensors in [0, 1] on the trainer's device, labels in Ultralytics' batch format.
+    """
+    from torch.utils.data import default_collate
+
+    dataset = trainer.build_dataset(trainer.data["train"], mode="val", batch=1)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    collate = getattr(dataset, "collate_fn", default_collate)
+    batches = []
+    for i in order:
+        batch = collate([dataset[i]])
+        batch = {k: v.to(trainer.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if batch["img"].dtype == torch.uint8:
+            batch["img"] = batch["img"].float() / 255
+        batches.append(batch)
+    return batches

@@ -1,0 +1,24 @@
+"""BatchNorm freezing: running statistics stay as they were when the stage started."""
+
+from __future__ import annotations
+
+import torch
+
+from yolo_unified.continual.base import Strategy
+
+
+class BNFreeze(Strategy):
+    """cfg: ``bn_freeze: True``. Ultralytics calls ``model.train()`` at every epoch start, so this re-applies each time.
+
+    The affine BatchNorm weights still train (unless their module's learning rate is 0); only the statistics that
+    earlier tasks were normalised with are held.
+    """
+
+    key = "bn_freeze"
+
+    def after_model_train(self, trainer) -> None:
+        """Put every BatchNorm layer back in eval mode."""
+        if self.value:
+            for m in trainer.model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()

@@ -1,0 +1,81 @@
+"""Elastic weight consolidation (Kirkpatrick et al., 2017), online variant (Schwarz et al., 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+from yolo_unified.continual.base import Strategy, stage_samples
+
+
+def diagonal_fisher(
+    model: torch.nn.Module, samples: Iterable[dict], loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher: the mean over samples of each sample's squared loss gradient.
+
+    Each sample is its own backward pass. Squaring the gradient of a mini-batch mean instead would shrink the estimate
+    by the batch size and drop the per-sample variance that the Fisher is made of.
+    """
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
+    count = 0
+    for sample in samples:
+        model.zero_grad(set_to_none=True)
+        loss_fn(model, sample).backward()
+        for n, p in params.items():
+            if p.grad is not None:
+                fisher[n] += p.grad.detach() ** 2
+        count += 1
+    model.zero_grad(set_to_none=True)
+    return {n: f / max(count, 1) for n, f in fisher.items()}
+
+
+class EWC(Strategy):
+    """Penalty ``lam * sum F (theta - theta*)^2`` that anchors the weights the finished tasks' losses are sensitive to.
+
+    cfg: ``{lam: penalty weight, samples: images per task for the Fisher, decay: online decay of older Fishers}``.
+    At the end of every stage in which it is on, the Fisher of that stage's task is computed at the stage's best
+    weights from per-sample gradients and merged into ``memory["ewc"]`` (``F = decay * F_old + F_new``, anchors = the
+    latest weights), which the protocol saves with the checkpoints. The penalty applies in later stages.
+    """
+
+    key = "ewc"
+
+    def setup(self, trainer) -> None:
+        """Move the stored Fisher and anchors to the training device."""
+        state = self.context.memory.get("ewc")
+        self.fisher = {k: v.to(trainer.device) for k, v in state["fisher"].items()} if state else {}
+        self.anchor = {k: v.to(trainer.device) for k, v in state["anchor"].items()} if state else {}
+
+    def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
+        """The EWC penalty of the current weights."""
+        if not self.fisher:
+            return None
+        penalty = sum(
+            (self.fisher[n] * (p - self.anchor[n]) ** 2).sum() for n, p in model.named_parameters() if n in self.fisher
+        )
+        penalty = float(self.cfg.get("lam", 1000.0)) * penalty
+        return penalty, {"ewc": penalty.detach()}
+
+    def stage_end(self, trainer, best: torch.nn.Module) -> None:
+        """Add this stage's task Fisher (at the best weights) to the memory, online-decaying older ones."""
+        samples = stage_samples(trainer, int(self.cfg.get("samples", 64)), seed=int(trainer.args.seed))
+        best.eval()  # fixed BatchNorm statistics: a per-sample gradient of a 1-image batch in train mode is meaningless
+
+        def loss_fn(model, sample):
+            return model.loss(sample, model(sample["img"]))[0].sum()
+
+        with torch.enable_grad():
+            for p in best.parameters():
+                p.requires_grad_(True)
+            new = diagonal_fisher(best, samples, loss_fn)
+        old = self.context.memory.get("ewc")
+        decay = float(self.cfg.get("decay", 1.0))
+        fisher = {n: f.cpu() + (decay * old["fisher"][n] if old else 0) for n, f in new.items()}
+        anchor = {n: p.detach().cpu().clone() for n, p in best.named_parameters()}
+        self.context.memory["ewc"] = {
+            "fisher": fisher,
+            "anchor": anchor,
+            "tasks": [*self.context.previous, self.context.task],
+        }

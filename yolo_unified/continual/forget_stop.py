@@ -1,0 +1,60 @@
+"""Early stopping on forgetting: end the stage, keeping its best weights, before a finished task drops too far."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+
+from ultralytics.utils import LOGGER
+
+from yolo_unified.continual.base import Strategy
+
+
+class ForgetStop(Strategy):
+    """cfg: ``{every: 1, patience: 0}``. The limit is the protocol's ``forget_limit``.
+
+    After every ``every``-th epoch the EMA weights are validated on each finished task's val set. An epoch after
+    which some task's score is below ``(1 - forget_limit) * its score right after its own stage`` is never kept as
+    the stage's best; after ``patience + 1`` such epochs in a row the stage stops. Note that this selects weights on
+    the same val sets the forgetting report is computed on.
+    """
+
+    key = "forget_stop"
+
+    def setup(self, trainer) -> None:
+        """Start with no violation seen."""
+        self.violations = 0
+        self.history: list[dict[str, float]] = []
+
+    def accept_epoch(self, trainer) -> bool:
+        """Validate the finished tasks; False when one dropped more than the limit."""
+        every = int(self.cfg.get("every", 1))
+        if not self.context.previous or (trainer.epoch + 1) % every:
+            return True
+        from yolo_unified.engine import PRIMARY_METRIC, val
+
+        scores = val(
+            deepcopy(trainer.ema.ema),
+            self.context.data,
+            tasks=self.context.previous,
+            imgsz=trainer.args.imgsz,
+            batch=trainer.args.batch,
+            plots=False,
+            save_dir=str(trainer.save_dir / "forget_stop"),
+            exist_ok=True,
+        )
+        scores = {t: m[PRIMARY_METRIC[t]] for t, m in scores.items()}
+        self.history.append(scores)
+        limit = self.context.forget_limit
+        worst = {t: 1 - s / own for t, s in scores.items() if (own := self.context.own_scores.get(t))}
+        bad = {t: d for t, d in worst.items() if d > limit}
+        if not bad:
+            self.violations = 0
+            return True
+        self.violations += 1
+        LOGGER.warning(
+            f"forget_stop: epoch {trainer.epoch + 1} forgets {', '.join(f'{t} {d:.1%}' for t, d in bad.items())} "
+            f"(limit {limit:.0%}); these weights are not kept"
+        )
+        if self.violations > int(self.cfg.get("patience", 0)):
+            trainer.stop = True
+        return False

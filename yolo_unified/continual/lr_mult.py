@@ -1,0 +1,31 @@
+"""Staged and per-module learning rates: one multiplier per module group; 0 freezes a group exactly."""
+
+from __future__ import annotations
+
+import torch
+
+from yolo_unified.continual.base import MODULE_PREFIXES, Strategy, module_of
+
+
+class LRMult(Strategy):
+    """cfg: ``{backbone: 0.01, neck: 0.1, tower: 0.1, det: 0.1, seg: 0.0, cls: 10}`` (missing groups: 1.0).
+
+    The optimizer gets one parameter group per module group (and Ultralytics' decay / no-decay / bias split), at
+    ``lr0 * multiplier``. A group at 0 is left out of the optimizer and its parameters stop requiring gradients, so
+    neither weight decay nor momentum can move them, and its BatchNorm statistics are held as well.
+    """
+
+    key = "lr_mult"
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """The configured multipliers, checked against the known module groups."""
+        if unknown := set(self.cfg) - set(MODULE_PREFIXES):
+            raise ValueError(f"lr_mult: unknown module group(s) {sorted(unknown)}; valid: {list(MODULE_PREFIXES)}")
+        return {k: float(v) for k, v in self.cfg.items()}
+
+    def after_model_train(self, trainer) -> None:
+        """Hold the running statistics of frozen groups' BatchNorm layers."""
+        frozen = {k for k, v in self.lr_multipliers().items() if v == 0}
+        for name, m in trainer.model.named_modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and module_of(name) in frozen:
+                m.eval()

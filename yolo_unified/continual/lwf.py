@@ -1,0 +1,54 @@
+"""Learning without Forgetting (Li & Hoiem, 2016): distil the old tasks' outputs of the model before the stage."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from ultralytics.nn.tasks import load_checkpoint
+
+from yolo_unified.continual.base import Strategy
+
+OUTPUTS = {"det": ("scores", "boxes"), "seg": ("seg",), "cls": ("cls",)}  # raw head outputs of each task
+
+
+class LwF(Strategy):
+    """cfg: ``{weight: 1.0, temperature: 2.0}``.
+
+    A frozen copy of the model the stage starts from (the previous stage's best weights, so a resumed stage distils
+    from the same teacher) runs on the current stage's images; the current model's outputs for every finished task
+    are pulled toward it: softened-softmax KL for segmentation and classification logits, BCE toward the teacher's
+    sigmoid for detection class scores and KL between DFL box distributions.
+    """
+
+    key = "lwf"
+
+    def setup(self, trainer) -> None:
+        """Load the frozen teacher."""
+        self.teacher = None
+        if self.context.previous and self.context.prev_weights:
+            self.teacher = load_checkpoint(self.context.prev_weights)[0].float().to(trainer.device).eval()
+            self.teacher.requires_grad_(False)
+
+    def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
+        """Weighted distance between the model's and the teacher's outputs for the finished tasks."""
+        if self.teacher is None:
+            return None
+        with torch.no_grad():
+            target = self.teacher(batch["img"])[-1]
+        term = sum(self.distance(name, preds[name], target[name]) for t in self.context.previous for name in OUTPUTS[t])
+        term = float(self.cfg.get("weight", 1.0)) * term
+        return term, {self.key: term.detach()}
+
+    def distance(self, name: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Distillation loss of one raw output (channels in dim 1)."""
+        t = float(self.cfg.get("temperature", 2.0))
+        if name == "scores":
+            return F.binary_cross_entropy_with_logits(student, teacher.sigmoid())
+        if name == "boxes":  # (B, 4 * reg_max, A): one distribution over reg_max bins per box side and anchor
+            b, c, a = student.shape
+            student, teacher = (x.view(b, 4, c // 4, a).transpose(1, 2) for x in (student, teacher))
+        positions = student[0, 0].numel()  # pixels, box sides x anchors, or 1 for image-level logits
+        kl = F.kl_div(
+            F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True, reduction="batchmean"
+        )
+        return kl * t * t / positions

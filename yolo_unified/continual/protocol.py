@@ -1,0 +1,135 @@
+"""The sequential protocol: one Ultralytics training run per stage, evaluation of every learned task in between."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from ultralytics.utils import LOGGER, colorstr
+
+from yolo_unified.continual.base import StageContext
+from yolo_unified.continual.report import write_report
+from yolo_unified.nn.modules import TASKS
+
+STATE_FILE = "protocol.json"
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """torch.save (or JSON for dicts bound for .json) to a temporary file, then move it over `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".json":
+        tmp.write_text(json.dumps(obj, indent=2))
+    else:
+        torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def stage_memory(weights: str | None) -> dict[str, Any]:
+    """The strategies' memory saved in a finished stage's checkpoint (empty for a plain checkpoint)."""
+    if not weights or not Path(weights).is_file():
+        return {}
+    return torch.load(weights, map_location="cpu", weights_only=False).get("continual") or {}
+
+
+class Protocol:
+    """Run ``stages`` (a list of dicts with ``task`` and any train/strategy keys) in order, resumably, in ``root``.
+
+    Each stage is a unified trainer of its task, started from the previous stage's best weights (``chain=True``) or
+    from the initial model (``chain=False``: independent single-task baselines with the same budgets). After each
+    stage every task learned so far is validated on its val set at its own stage's image size; the scores, weights
+    and the strategies' memory are recorded in ``protocol.json`` and in the stage's ``best.pt`` (key ``continual``).
+    """
+
+    def __init__(
+        self, stages: list[dict], root: Path, common: dict[str, Any], chain: bool = True, baselines: str | None = None
+    ):
+        """Check the stages and remember where and how to run them (`baselines`: a baselines run for retention)."""
+        if not stages:
+            raise ValueError("the protocol has no stages")
+        for i, stage in enumerate(stages):
+            if stage.get("task") not in TASKS:
+                raise ValueError(f"stage {i + 1}: task must be one of {list(TASKS)}, got {stage.get('task')!r}")
+        self.stages, self.root, self.common, self.chain, self.baselines = stages, Path(root), common, chain, baselines
+        self.state_file = self.root / STATE_FILE
+        self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {"stages": []}
+
+    def stage_args(self, i: int) -> dict[str, Any]:
+        """Ultralytics overrides of stage `i`: the common keys, then the stage's own (``task`` removed)."""
+        return {**self.common, **{k: v for k, v in self.stages[i].items() if k != "task"}}
+
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) every stage, then write the forgetting report; return the protocol state."""
+        from yolo_unified.engine import PRIMARY_METRIC, val
+        from yolo_unified.models.unified.train import TRAINERS
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = self.common["data"]
+        initial = self.common.get("model")
+        done = self.state["stages"]
+        weights = done[-1]["weights"] if done and self.chain else initial
+        for i, stage in enumerate(self.stages):
+            task = stage["task"]
+            if i < len(done):
+                LOGGER.info(f"{colorstr('protocol:')} stage {i + 1} ({task}) already done, skipping")
+                continue
+            learned = [s["task"] for s in done]
+            context = StageContext(
+                index=i,
+                task=task,
+                previous=learned if self.chain else [],
+                own_scores={s["task"]: s["own_score"] for s in done},
+                prev_weights=weights if self.chain else None,
+                data=data,
+                memory=stage_memory(weights) if self.chain else {},
+                forget_limit=float(self.common.get("forget_limit", 0.05)),
+                root=self.root,
+            )
+            stage_dir = self.root / f"{i + 1}-{task}"
+            args = {**self.stage_args(i), "model": weights if self.chain else initial, "save_dir": str(stage_dir)}
+            best = self.train_stage(TRAINERS[task], args, context, stage_dir)
+            if best is None:  # nothing acceptable was trained (e.g. every epoch forgot too much): keep the start
+                LOGGER.warning(f"stage {i + 1} ({task}) kept no weights; the protocol continues from {weights}")
+                best = weights
+            ckpt = torch.load(best, map_location="cpu", weights_only=False)
+            ckpt["continual"] = context.memory
+            save_atomically(ckpt, Path(best))
+            scores = {}
+            for t in [*learned, task] if self.chain else [task]:
+                t_args = self.stage_args([s["task"] for s in self.stages].index(t))
+                imgsz, batch = t_args.get("imgsz", 640), t_args.get("batch", 16)
+                save_dir = stage_dir / "eval"
+                scores.update(val(best, data, tasks=[t], imgsz=imgsz, batch=batch, save_dir=str(save_dir), plots=False))
+            done.append(
+                {
+                    "task": task,
+                    "weights": str(best),
+                    "save_dir": str(stage_dir),
+                    "scores": scores,
+                    "own_score": scores[task][PRIMARY_METRIC[task]],
+                }
+            )
+            save_atomically(self.state, self.state_file)
+            weights = str(best) if self.chain else initial
+        limit = float(self.common.get("forget_limit", 0.05))
+        write_report(self.root, self.state, forget_limit=limit, baselines=self.baselines)
+        return self.state
+
+    @staticmethod
+    def train_stage(trainer_class: type, args: dict, context: StageContext, stage_dir: Path) -> str | None:
+        """Train one stage, resuming an interrupted one; return its best (else last) checkpoint, or None."""
+        weights = stage_dir / "weights"
+        if (weights / ".trained").is_file():  # training ended but the stage was not recorded: finish it
+            trainer = trainer_class(overrides={**args, "save_dir": str(stage_dir / "finish")}, context=context)
+            trainer.best, trainer.last = weights / "best.pt", weights / "last.pt"
+            trainer.finish_stage()
+        elif (weights / "last.pt").is_file():
+            LOGGER.info(f"{colorstr('protocol:')} resuming {weights / 'last.pt'}")
+            trainer = trainer_class(overrides={"resume": str(weights / "last.pt")}, context=context)
+            trainer.train()
+        else:
+            trainer = trainer_class(overrides=args, context=context)
+            trainer.train()
+        return str(weights / "best.pt") if (weights / "best.pt").is_file() else None

@@ -1,0 +1,77 @@
+"""Replay: a few stored images of every finished task, trained with their own task's loss in later stages."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+
+from yolo_unified.continual.base import Strategy, stage_samples
+from yolo_unified.nn.tasks import batch_task
+
+
+def resize_sample(sample: dict, size: int) -> dict:
+    """A single-image batch resized to ``size x size`` (normalised boxes stay valid; masks use nearest)."""
+    out = {k: v for k, v in sample.items() if k in {"img", "cls", "bboxes", "batch_idx", "semantic_mask"}}
+    out["img"] = F.interpolate(sample["img"], size=(size, size), mode="bilinear", align_corners=False)
+    if "semantic_mask" in sample:
+        mask = sample["semantic_mask"][:, None].float()
+        out["semantic_mask"] = F.interpolate(mask, size=(size, size), mode="nearest")[:, 0].to(torch.uint8)
+    return out
+
+
+def collate(samples: list[dict]) -> dict:
+    """Join single-image batches of one task into one batch."""
+    batch = {"img": torch.cat([s["img"] for s in samples])}
+    if "semantic_mask" in samples[0]:
+        batch["semantic_mask"] = torch.cat([s["semantic_mask"] for s in samples])
+    elif "bboxes" in samples[0]:
+        batch["bboxes"] = torch.cat([s["bboxes"] for s in samples])
+        batch["cls"] = torch.cat([s["cls"] for s in samples])
+        batch["batch_idx"] = torch.cat([torch.full_like(s["batch_idx"], i) for i, s in enumerate(samples)])
+    else:
+        batch["cls"] = torch.cat([s["cls"] for s in samples])
+    return batch
+
+
+class Replay(Strategy):
+    """cfg: ``{size: images kept per task (<= 10 by default), batch: replayed per step and task, weight: 1.0}``.
+
+    At the end of a stage, ``size`` training images of its task (validation transforms, resized to the stage's
+    imgsz, on the CPU) join ``memory["replay"][task]``. In later stages every training step adds the loss of a
+    random ``batch`` of each finished task's stored images, computed by that task's own Ultralytics loss.
+    """
+
+    key = "replay"
+
+    def setup(self, trainer) -> None:
+        """Move the stored images of the finished tasks to the device."""
+        stored = self.context.memory.get("replay", {})
+        self.buffers = {
+            t: [{k: v.to(trainer.device) for k, v in s.items()} for s in stored[t]]
+            for t in self.context.previous
+            if stored.get(t)
+        }
+        self.rng = random.Random(int(trainer.args.seed))
+
+    def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
+        """Weighted sum of the finished tasks' losses on replayed images (per image, like the trainer's loss)."""
+        if not self.buffers:
+            return None
+        k = int(self.cfg.get("batch", 2))
+        total = torch.zeros((), device=batch["img"].device)
+        for samples in self.buffers.values():
+            replayed = collate(self.rng.sample(samples, min(k, len(samples))))
+            loss, _ = model.criterion(model.predict(replayed["img"]), replayed)
+            per_image = replayed["img"].shape[0] if batch_task(replayed) != "cls" else 1  # det/seg losses are summed
+            total = total + loss.sum() / per_image
+        total = float(self.cfg.get("weight", 1.0)) * total
+        return total, {self.key: total.detach()}
+
+    def stage_end(self, trainer, best: torch.nn.Module) -> None:
+        """Store this stage's images for later stages."""
+        size = int(trainer.args.imgsz)
+        samples = stage_samples(trainer, int(self.cfg.get("size", 10)), seed=int(trainer.args.seed))
+        kept = [{k: v.cpu() for k, v in resize_sample(s, size).items()} for s in samples]
+        self.context.memory.setdefault("replay", {})[self.context.task] = kept

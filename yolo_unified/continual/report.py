@@ -1,0 +1,130 @@
+"""The forgetting report of a protocol run: tables (CSV, Markdown, console) and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from ultralytics.utils import LOGGER, colorstr
+
+COLUMNS = {  # report column -> (task, Ultralytics metric name)
+    "mIoU": ("seg", "metrics/mIoU"),
+    "mAP50": ("det", "metrics/mAP50(B)"),
+    "mAP50-95": ("det", "metrics/mAP50-95(B)"),
+    "top-1": ("cls", "metrics/accuracy_top1"),
+}
+PRIMARY = {"seg": "mIoU", "det": "mAP50", "cls": "top-1"}
+
+
+def forgetting(state: dict[str, Any], limit: float) -> dict[str, dict[str, Any]]:
+    """Per task: score right after its own stage, final score, relative and absolute drop, PASS/FAIL."""
+    stages = state["stages"]
+    final = stages[-1]["scores"]
+    out = {}
+    for s in stages:
+        t = s["task"]
+        if t not in final:
+            continue
+        own, last = s["own_score"], final[t][COLUMNS[PRIMARY[t]][1]]
+        rel = (own - last) / own if own > 0 else 0.0
+        out[t] = {"own": own, "final": last, "relative": rel, "points": 100 * (own - last), "pass": rel <= limit}
+    return out
+
+
+def table_rows(state: dict[str, Any], limit: float, baselines: dict | None = None) -> list[list[str]]:
+    """The report table: a header, one row per stage, the forgetting row, and the retention row with baselines."""
+    rows = [["after stage", *COLUMNS]]
+    for i, s in enumerate(state["stages"]):
+        row = [f"{i + 1} ({s['task']})"]
+        for task, metric in COLUMNS.values():
+            value = s["scores"].get(task, {}).get(metric)
+            row.append("" if value is None else f"{value:.4f}")
+        rows.append(row)
+    drops = forgetting(state, limit)
+    cells = {
+        PRIMARY[t]: f"{d['relative']:+.2%} ({d['points']:+.2f} pts) {'PASS' if d['pass'] else 'FAIL'}"
+        for t, d in drops.items()
+    }
+    rows.append(["forgetting", *(cells.get(c, "") for c in COLUMNS)])
+    if baselines:
+        own = {s["task"]: s["own_score"] for s in baselines["stages"]}
+        cells = {PRIMARY[t]: f"{d['final'] / own[t]:.2%}" for t, d in drops.items() if own.get(t)}
+        rows.append(["retention vs single-task", *(cells.get(c, "") for c in COLUMNS)])
+    return rows
+
+
+def markdown(rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]]) + "\n"
+
+
+def write_report(root: Path, state: dict[str, Any], forget_limit: float = 0.05, baselines: str | None = None) -> str:
+    """Write forgetting.csv, forgetting.md and the plots into `root`, print the table; return the Markdown."""
+    base = json.loads((Path(baselines) / "protocol.json").read_text()) if baselines else None
+    rows = table_rows(state, forget_limit, base)
+    with open(root / "forgetting.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    drops = forgetting(state, forget_limit)
+    verdict = "PASS" if all(d["pass"] for d in drops.values()) else "FAIL"
+    md = (
+        f"# Forgetting report\n\nLimit: relative drop <= {forget_limit:.0%} of each task's score right after its own "
+        f"stage (mIoU for seg, mAP50 for det, top-1 for cls). Overall: **{verdict}**.\n\n{markdown(rows)}"
+    )
+    (root / "forgetting.md").write_text(md)
+    plot_report(root, state)
+    LOGGER.info(f"\n{colorstr('bold', 'Forgetting report')} ({root / 'forgetting.md'})\n{markdown(rows)}")
+    return md
+
+
+def plot_report(root: Path, state: dict[str, Any]) -> None:
+    """Task scores across stages (lines), relative change per task and stage (heatmap), training curves per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    stages = state["stages"]
+    tasks = list(dict.fromkeys(s["task"] for s in stages))
+    labels = [f"{i + 1}\n{s['task']}" for i, s in enumerate(stages)]
+    score = [[s["scores"].get(t, {}).get(COLUMNS[PRIMARY[t]][1], np.nan) for s in stages] for t in tasks]
+
+    fig, ax = plt.subplots(figsize=(6, 4), tight_layout=True)
+    for t, ys in zip(tasks, score, strict=True):
+        ax.plot(range(len(stages)), ys, marker="o", label=f"{t} ({PRIMARY[t]})")
+    ax.set(xticks=range(len(stages)), xticklabels=labels, ylabel="score", title="Task scores after each stage")
+    ax.legend()
+    fig.savefig(root / "metrics_across_stages.png", dpi=150)
+    plt.close(fig)
+
+    own = {s["task"]: s["own_score"] for s in stages}
+    change = np.array(
+        [[(v - own[t]) / own[t] if own[t] else np.nan for v in ys] for t, ys in zip(tasks, score, strict=True)]
+    )
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(stages), 1 + 0.8 * len(tasks)), tight_layout=True)
+    im = ax.imshow(change * 100, cmap="RdYlGn", vmin=-20, vmax=20)
+    for (r, c), v in np.ndenumerate(change):
+        if np.isfinite(v):
+            ax.text(c, r, f"{v:+.1%}", ha="center", va="center", fontsize=8)
+    ax.set(xticks=range(len(stages)), xticklabels=labels, yticks=range(len(tasks)), yticklabels=tasks)
+    ax.set_title("Change vs score after own stage (%)")
+    fig.colorbar(im, ax=ax)
+    fig.savefig(root / "forgetting_heatmap.png", dpi=150)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3), tight_layout=True, squeeze=False)
+    for ax, s, label in zip(axes[0], stages, labels, strict=True):
+        results = Path(s["save_dir"]) / "results.csv"
+        if not results.is_file():
+            continue
+        with open(results) as f:
+            rows = [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        for key in (k for k in rows[0] if k.startswith("train/")):
+            ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], label=key.split("/")[-1])
+        ax.set(title=f"stage {label.replace(chr(10), ' ')}", xlabel="epoch")
+        ax.legend(fontsize=7)
+    fig.savefig(root / "training_curves.png", dpi=150)
+    plt.close(fig)
