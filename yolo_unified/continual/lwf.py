@@ -16,8 +16,8 @@ class LwF(Strategy):
 
     A frozen copy of the model the stage starts from (the previous stage's best weights, so a resumed stage distils
     from the same teacher) runs on the current stage's images; the current model's outputs for every finished task
-    are pulled toward it: softened-softmax KL for segmentation and classification logits, BCE toward the teacher's
-    sigmoid for detection class scores and KL between DFL box distributions.
+    are pulled toward it: softened-softmax KL for segmentation and classification logits, binary KL for the
+    detection class scores and KL between DFL box distributions (all zero when the outputs agree).
     """
 
     key = "lwf"
@@ -42,8 +42,10 @@ class LwF(Strategy):
     def distance(self, name: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """Distillation loss of one raw output (channels in dim 1)."""
         t = float(self.cfg.get("temperature", 2.0))
-        if name == "scores":
-            return F.binary_cross_entropy_with_logits(student, teacher.sigmoid())
+        if name == "scores":  # independent sigmoid classes: binary KL, zero when the logits agree
+            p = teacher.sigmoid()
+            log_s, log_s_not, log_t, log_t_not = (F.logsigmoid(x) for x in (student, -student, teacher, -teacher))
+            return (p * (log_t - log_s) + (1 - p) * (log_t_not - log_s_not)).mean()
         if name == "boxes":  # (B, 4 * reg_max, A): one distribution over reg_max bins per box side and anchor
             b, c, a = student.shape
             student, teacher = (x.view(b, 4, c // 4, a).transpose(1, 2) for x in (student, teacher))
