@@ -1,0 +1,103 @@
+"""The sequential protocol: the default cfg at a tiny size, the report, resume after a kill, NaN handling."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO
+from ultralytics.utils.torch_utils import unwrap_model
+
+from yolo_unified import engine
+from yolo_unified.continual import StageContext, Strategy
+from yolo_unified.models.unified.train import TRAINERS
+
+TINY = {"imgsz": 64, "batch": 4, "workers": 0, "plots": False}
+
+
+def tiny_protocol(epochs: int = 1) -> dict:
+    """cfg/seq.yaml with every stage shortened to `epochs` at 64 px."""
+    cfg = yaml.safe_load((REPO / "cfg/seq.yaml").read_text())
+    cfg.update(TINY)
+    for stage in cfg["stages"]:
+        stage.update(TINY, epochs=epochs)
+        if isinstance(stage.get("ewc"), dict):
+            stage["ewc"]["samples"] = 4
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def protocol_run(synth_yaml, tmp_path_factory):
+    root = tmp_path_factory.mktemp("proto")
+    cfg = tiny_protocol()
+    state = engine.train(**{**cfg, "data": synth_yaml, "project": str(root), "name": "seq"})
+    return root / "seq", state
+
+
+def test_default_protocol_runs_every_stage_and_writes_the_report(protocol_run):
+    root, state = protocol_run
+    assert [s["task"] for s in state["stages"]] == ["seg", "det", "cls"]
+    for f in ("forgetting.csv", "forgetting.md", "metrics_across_stages.png", "forgetting_heatmap.png",
+              "training_curves.png", "protocol.json"):  # fmt: skip
+        assert (root / f).is_file(), f
+    assert set(state["stages"][-1]["scores"]) == {"seg", "det", "cls"}  # every learned task evaluated at the end
+    md = (root / "forgetting.md").read_text()
+    assert "| forgetting |" in md and ("PASS" in md or "FAIL" in md)
+    for s in state["stages"]:
+        ckpt = torch.load(s["weights"], weights_only=False)
+        assert "continual" in ckpt  # the strategies' memory (Fisher, anchors, replay) travels with the checkpoint
+    assert "ewc" in torch.load(state["stages"][-1]["weights"], weights_only=False)["continual"]
+
+
+def test_resume_after_a_kill_finishes_every_stage(synth_yaml, tmp_path):
+    cfg = tiny_protocol(epochs=4)
+    cfg_file = tmp_path / "seq.yaml"
+    cfg_file.write_text(yaml.safe_dump({**cfg, "data": synth_yaml, "project": str(tmp_path), "name": "seq"}))
+    cmd = [str(Path(sys.executable).parent / "yolo-unified"), "train", f"cfg={cfg_file}"]  # the installed command
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    root, stage2 = tmp_path / "seq", tmp_path / "seq/2-det/weights"
+    deadline = time.time() + 240
+    while not (stage2 / "last.pt").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (stage2 / "last.pt").is_file() and not (stage2 / ".trained").is_file(), "not killed in the middle of stage 2"
+    assert len(json.loads((root / "protocol.json").read_text())["stages"]) == 1
+    torch.load(stage2 / "last.pt", weights_only=False)  # the checkpoint the kill left is whole
+
+    state = engine.train(**{**cfg, "data": synth_yaml, "resume": str(root)})
+    assert [s["task"] for s in state["stages"]] == ["seg", "det", "cls"]
+    assert all(Path(s["weights"]).is_file() for s in state["stages"])
+    rows = (root / "2-det/results.csv").read_text().strip().splitlines()[1:]
+    assert [int(float(r.split(",")[0])) for r in rows] == [1, 2, 3, 4]  # resumed, not restarted
+    assert (root / "forgetting.md").is_file()
+
+
+class Poison(Strategy):
+    """Makes the loss NaN from the second epoch on."""
+
+    def loss(self, model, preds, batch):
+        bad = torch.tensor(float("nan") if self.trainer.epoch >= 1 else 0.0)
+        return bad, {"poison": bad}
+
+
+def test_nan_loss_stops_the_stage_and_keeps_the_good_weights(synth_yaml, tmp_path):
+    trainer = TRAINERS["det"](overrides={**TINY, "data": synth_yaml, "epochs": 4, "save_dir": str(tmp_path / "det")})
+    poison = Poison(None, StageContext(index=0, task="det"))
+    poison.trainer = trainer
+
+    def add_poison(t):
+        unwrap_model(t.model).loss_terms = [*t.strategies, poison]
+
+    trainer.add_callback("on_pretrain_routine_end", add_poison)
+    trainer.train()
+    assert trainer.nan_stopped and trainer.epoch == 1  # stopped in the first bad epoch
+    ckpt = torch.load(trainer.last, weights_only=False)
+    assert ckpt["train_results"]["epoch"] == [1]  # written after the good epoch 1, not overwritten after epoch 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].float().state_dict().values())  # stripped: ema -> model
