@@ -9,14 +9,26 @@ from typing import Any
 
 import torch
 from ultralytics.nn.tasks import load_checkpoint
-from ultralytics.utils import LOGGER, colorstr
+from ultralytics.utils import LOGGER, YAML, colorstr
 from ultralytics.utils.files import increment_path
 
 from yolo_unified.data.config import ULTRALYTICS_TASK, load_data_config
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import VALIDATORS
 from yolo_unified.nn.modules import TASKS
+from yolo_unified.nn.tasks import CFG_DIR
 
+PROTOCOL_KEYS = {
+    "data",
+    "project",
+    "name",
+    "exist_ok",
+    "resume",
+    "model",
+    "chain",
+    "baselines",
+    "stages",
+}  # not per stage
 DEFAULT_DATA_NAME = "unified-synth"  # the built-in synthetic dataset, generated into ./datasets on first use
 PRIMARY_METRIC = {  # the score of each task that forgetting is measured on, as Ultralytics' validators name it
     "seg": "metrics/mIoU",
@@ -37,16 +49,24 @@ def run_dir(project: str | Path | None, name: str | None, default_name: str, exi
     return increment_path(Path(project or "runs/unified").resolve() / (name or default_name), exist_ok=exist_ok)
 
 
-def train(task: str | None = None, **overrides: Any) -> dict[str, Any]:
-    """Train one task (``task=seg|det|cls``), or, with no task, every task of the data YAML one after another.
+def train(task: str | None = None, force: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """Train one task (``task=seg|det|cls``), every task of the data YAML in a row, or a protocol (``stages=``).
 
-    Each stage of a chain starts from the previous stage's ``best.pt`` and runs in ``<run>/<task>/``. Returns
-    ``{"weights": the last stage's best.pt, "save_dirs": {task: run dir}}``.
+    `force` holds keys that win over a protocol stage's own keys (the command line's); without ``data=`` the
+    built-in synthetic data is generated and ``cfg/synth.yaml`` joins `force`, below the caller's keys. A chain
+    of tasks (no task given) starts each from the previous one's ``best.pt`` in ``<run>/<task>/`` and ends with a
+    validation of every task. Returns ``{"weights": last best.pt, "save_dirs": {task: run dir}}`` (a protocol:
+    its state).
     """
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    force = dict(force or {})
+    overrides = {k: v for k, v in {**overrides, **force}.items() if v is not None}
     if not overrides.get("data"):
         overrides["data"] = default_data()
+        force = {**YAML.load(CFG_DIR / "synth.yaml"), **force}
+        overrides.update(force)
     if overrides.get("stages"):
+        stage_force = {k: v for k, v in force.items() if k not in PROTOCOL_KEYS}
+        overrides["stages"] = [{**stage, **stage_force} for stage in overrides["stages"]]
         return train_protocol(**overrides)
     if task is not None and task not in TASKS:
         raise ValueError(f"task='{task}' is not a yolo-unified task; use one of {list(TASKS)} (or omit it)")
@@ -61,6 +81,9 @@ def train(task: str | None = None, **overrides: Any) -> dict[str, Any]:
         trainer.train()
         save_dirs[t] = str(trainer.save_dir)
         weights = str(trainer.best if trainer.best.exists() else trainer.last)
+    if len(order) > 1:
+        keep = ("imgsz", "batch", "device", "workers", "plots")
+        val(weights, overrides["data"], save_dir=str(root / "val"), **{k: overrides[k] for k in keep if k in overrides})
     return {"weights": weights, "save_dirs": save_dirs}
 
 
