@@ -1,0 +1,339 @@
+"""Turn the raw HW2 data (COCO-style boxes, VOC palette masks, Imagenette folders) into the multi-task layout.
+
+The result is one dataset root with a ``det/``, ``seg/`` and ``cls/`` folder, each laid out the way the matching
+Ultralytics task reads it, and one multi-task data YAML describing all three (see ``YAML_HEADER``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from ultralytics.nn.autobackend import check_class_names
+from ultralytics.utils import LOGGER, TQDM, YAML
+
+SPLITS = ("train", "val")
+RAW_DIRS = {"seg": "mini_voc_seg", "det": "mini_coco_det", "cls": "imagenette_160"}  # task -> folder in the raw data
+DET_NAMES = ("person", "car", "dog", "cat", "chair", "dining table", "book", "bottle", "cup", "bird")
+SEG_NAMES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+IGNORE = 255  # VOC "void" mask value, ignored in loss and metrics
+MASK_VALUES = np.array([*range(len(SEG_NAMES)), IGNORE])
+LAYOUT = {  # task -> its section of the data YAML, without names; the folders every writer of this layout uses
+    "seg": {"train": "seg/images/train", "val": "seg/images/val", "masks_dir": "masks"},
+    "det": {"train": "det/images/train", "val": "det/images/val"},
+    "cls": {"train": "cls/train", "val": "cls/val"},
+}
+YAML_HEADER = """\
+# yolo-unified multi-task dataset: one file, one Ultralytics dataset section per task (seg, det, cls).
+# path       dataset root; a relative path resolves against this YAML file's folder
+# seg        semantic segmentation section (Ultralytics 'semantic' task)
+# det        object detection section (Ultralytics 'detect' task); YOLO txt labels 'cls cx cy w h' (0-1) are in
+#            det/labels/<split>/<stem>.txt, mirroring det/images/<split>/
+# cls        image classification section (Ultralytics 'classify' task); one sub-folder per class, class ids
+#            follow the sorted folder names
+# train, val image folder of each split, relative to path
+# masks_dir  masks mirror images/: seg/masks/<split>/<stem>.png, 8-bit class ids, 255 = ignore
+# names      class id -> readable name
+# any other top-level key records where the dataset came from; training does not read it
+"""
+
+
+def write_data_yaml(
+    yaml_path: str | Path, root: str | Path, names: dict[str, list[str]], extra: dict | None = None
+) -> Path:
+    """Write the multi-task data YAML for the dataset at `root`, with one section per task in `names`.
+
+    `path` is written relative to the YAML's folder when `root` is inside it, else absolute. `extra` adds top-level
+    keys after the task sections (provenance). Returns the YAML path.
+    """
+    yaml_path, root = Path(yaml_path), Path(root).resolve()
+    unknown = set(names) - set(LAYOUT)
+    if unknown:
+        raise ValueError(f"unknown task(s) {sorted(unknown)} in names; valid tasks are {list(LAYOUT)}")
+    folder = yaml_path.parent.resolve()
+    data: dict[str, Any] = {"path": root.relative_to(folder).as_posix() if root.is_relative_to(folder) else str(root)}
+    for task, section in LAYOUT.items():
+        if task in names:
+            data[task] = {**section, "names": dict(enumerate(names[task]))}
+    data.update(extra or {})
+    YAML.save(yaml_path, data, header=YAML_HEADER)
+    return yaml_path
+
+
+@dataclass
+class _Scan:
+    """What scanning the raw data found: files to write, hashes of the kept images, and what was skipped."""
+
+    files: dict[Path, Path | bytes] = field(default_factory=dict)  # destination -> source to copy, or its content
+    hashes: dict[str, dict[str, dict[str, str]]] = field(  # task -> split -> {name in the split: sha256 of bytes}
+        default_factory=lambda: {task: {split: {} for split in SPLITS} for task in RAW_DIRS}
+    )
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def keep(self, task: str, split: str, name: str, sha: str) -> None:
+        """Record a kept image of `task`/`split` by its name inside the split and the sha256 of its bytes."""
+        self.hashes[task][split][name] = sha
+
+    def skip(self, task: str, split: str, file: Path, reason: str) -> None:
+        """Leave `file` out of the prepared data, with a warning saying why."""
+        self.skipped.append({"task": task, "split": split, "file": str(file), "reason": reason})
+        LOGGER.warning(f"{task} {split}: skipping {file}: {reason}")
+
+    def image(self, task: str, split: str, file: Path) -> tuple[str, tuple[int, int]] | None:
+        """The sha256 and (width, height) of an image that decodes completely; None (skipped) for a corrupt one."""
+        try:
+            data = file.read_bytes()
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()  # a truncated file fails here: opening only reads the header
+                return hashlib.sha256(data).hexdigest(), im.size
+        except Exception as e:  # PIL raises many types for unreadable files
+            self.skip(task, split, file, f"unreadable image ({type(e).__name__}: {e})")
+            return None
+
+
+def _require(path: Path) -> Path:
+    """Return `path`, or raise FileNotFoundError naming it when it does not exist."""
+    if not path.exists():
+        raise FileNotFoundError(f"HW2 data not found: {path} is missing")
+    return path
+
+
+def _yolo_box(bbox: list[float], width: int, height: int) -> tuple[float, float, float, float] | None:
+    """A COCO ``[x, y, w, h]`` pixel box clipped to the image as normalised ``(cx, cy, w, h)``; None if <= 1 px."""
+    x, y, w, h = bbox
+    x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
+    if x2 - x1 <= 1 or y2 - y1 <= 1:
+        return None
+    return (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height
+
+
+def _scan_det(raw: Path, out: Path, scan: _Scan) -> tuple[dict, dict]:
+    """Plan the detection images and YOLO labels; return kept boxes per split and class, and dropped boxes per split.
+
+    Categories are matched by name (their ids differ between the two JSON files); crowd boxes, boxes of other
+    classes and boxes that are degenerate after clipping to the image are dropped.
+    """
+    coco = {s: json.loads(_require(raw / s / "labels.json").read_text()) for s in SPLITS}
+    categories = {s: {c["name"] for c in d["categories"]} for s, d in coco.items()}
+    unknown = [n for n in DET_NAMES if not any(n in c for c in categories.values())]
+    if unknown:
+        raise ValueError(f"det class name(s) {unknown} are in no split's categories of {raw}/<split>/labels.json")
+    boxes, dropped = {}, {}
+    for split, d in coco.items():
+        if absent := [n for n in DET_NAMES if n not in categories[split]]:
+            LOGGER.warning(f"det {split}: no {absent} category in {raw / split / 'labels.json'}: 0 boxes of them")
+        cls_of = {c["id"]: DET_NAMES.index(c["name"]) for c in d["categories"] if c["name"] in DET_NAMES}
+        anns = defaultdict(list)
+        for a in d["annotations"]:
+            anns[a["image_id"]].append(a)
+        kept, drop = Counter({n: 0 for n in DET_NAMES}), Counter({"other class": 0, "iscrowd": 0, "degenerate": 0})
+        folder = _require(raw / split / "data")
+        listed = {im["file_name"] for im in d["images"]}
+        for file in sorted(f for f in folder.iterdir() if f.name not in listed):
+            scan.skip("det", split, file, "not listed in labels.json")
+        for im in TQDM(d["images"], desc=f"det {split}"):
+            file = folder / im["file_name"]
+            if not file.is_file():
+                scan.skip("det", split, file, "listed in labels.json but missing")
+                continue
+            if (checked := scan.image("det", split, file)) is None:
+                continue
+            sha, (w, h) = checked
+            if (w, h) != (im["width"], im["height"]):
+                raise ValueError(f"{file}: image is {w}x{h} px but labels.json says {im['width']}x{im['height']}")
+            lines = []
+            for a in anns[im["id"]]:
+                c = cls_of.get(a["category_id"])
+                box = None if c is None or a.get("iscrowd") else _yolo_box(a["bbox"], w, h)
+                if box is None:
+                    drop["other class" if c is None else "iscrowd" if a.get("iscrowd") else "degenerate"] += 1
+                    continue
+                lines.append(f"{c} " + " ".join(f"{v:.6f}" for v in box) + "\n")
+                kept[DET_NAMES[c]] += 1
+            scan.keep("det", split, file.name, sha)
+            scan.files[out / "images" / split / file.name] = file
+            scan.files[out / "labels" / split / f"{file.stem}.txt"] = "".join(lines).encode()
+        boxes[split], dropped[split] = dict(kept), dict(drop)
+    return boxes, dropped
+
+
+def _read_mask(file: Path, size: tuple[int, int]) -> np.ndarray:
+    """The class ids of a mask, checked against its image's (width, height); ValueError says what is wrong."""
+    with Image.open(file) as im:
+        if im.mode not in {"P", "L"}:
+            raise ValueError(f"mask mode {im.mode} is not one channel of class ids")
+        if im.size != size:
+            raise ValueError(f"mask size {im.size[0]}x{im.size[1]} differs from image size {size[0]}x{size[1]}")
+        mask = np.array(im)  # palette indices (the class ids), not the palette's colours
+    if (bad := np.setdiff1d(mask, MASK_VALUES)).size:
+        raise ValueError(f"mask values {bad.tolist()} are outside 0..{len(SEG_NAMES) - 1} and {IGNORE}")
+    return mask
+
+
+def _scan_seg(raw: Path, out: Path, scan: _Scan) -> None:
+    """Plan the segmentation images and their masks, re-encoded as 8-bit class-id PNGs; bad pairs are skipped."""
+    for split in SPLITS:
+        folder = _require(raw / split)
+        files = sorted(folder.iterdir())
+        images = {f.stem: f for f in files if f.suffix.lower() != ".png"}
+        for mask_file in (f for f in files if f.suffix.lower() == ".png" and f.stem not in images):
+            scan.skip("seg", split, mask_file, "mask without an image")
+        for stem, file in TQDM(images.items(), desc=f"seg {split}"):
+            mask_file = folder / f"{stem}.png"
+            if not mask_file.is_file():
+                scan.skip("seg", split, file, f"no mask {mask_file.name}")
+                continue
+            if (checked := scan.image("seg", split, file)) is None:
+                continue
+            sha, size = checked
+            try:
+                mask = _read_mask(mask_file, size)
+            except Exception as e:  # unreadable files raise many types; _read_mask's own checks raise ValueError
+                scan.skip("seg", split, mask_file, str(e) if isinstance(e, ValueError) else f"unreadable mask ({e})")
+                continue
+            png = io.BytesIO()
+            Image.fromarray(mask).save(png, format="PNG")
+            scan.keep("seg", split, file.name, sha)
+            scan.files[out / "images" / split / file.name] = file
+            scan.files[out / "masks" / split / f"{stem}.png"] = png.getvalue()
+
+
+def _scan_cls(raw: Path, out: Path, scan: _Scan) -> list[str]:
+    """Plan the classification images (class folders kept); return the readable class names in folder order."""
+    wnids = {s: sorted(d.name for d in _require(raw / s).iterdir() if d.is_dir()) for s in SPLITS}
+    if wnids["train"] != wnids["val"]:
+        raise ValueError(
+            f"{raw}: train and val class folders differ: {sorted(set(wnids['train']) ^ set(wnids['val']))}"
+        )
+    for split in SPLITS:
+        files = sorted(f for wnid in wnids[split] for f in (raw / split / wnid).iterdir() if f.is_file())
+        for file in TQDM(files, desc=f"cls {split}"):
+            if (checked := scan.image("cls", split, file)) is None:
+                continue
+            scan.keep("cls", split, f"{file.parent.name}/{file.name}", checked[0])
+            scan.files[out / split / file.parent.name / file.name] = file
+    return list(check_class_names(wnids["train"]).values())
+
+
+def _duplicates(hashes: dict[str, dict[str, str]]) -> list[list[str]]:
+    """``[train name, val name]`` pairs of byte-identical images across the two splits of one task."""
+    train = {sha: name for name, sha in hashes["train"].items()}
+    return [[train[sha], name] for name, sha in sorted(hashes["val"].items()) if sha in train]
+
+
+def _stamp(file: Path) -> tuple[int, int]:
+    """Size and modification time (ns) of a file: a copy made by ``shutil.copy2`` has its source's stamp."""
+    s = file.stat()
+    return s.st_size, s.st_mtime_ns
+
+
+def _sync(files: dict[Path, Path | bytes], folders: list[Path]) -> tuple[int, int]:
+    """Make `folders` hold exactly `files`: write what is missing or out of date, delete the rest.
+
+    Returns (files written, files deleted). A copy is up to date when its size and modification time match its
+    source's, a generated file when its bytes match.
+    """
+    written = 0
+    for dst, src in TQDM(files.items(), desc="writing"):
+        if isinstance(src, bytes):
+            if not dst.is_file() or dst.read_bytes() != src:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(src)
+                written += 1
+        elif not dst.is_file() or _stamp(dst) != _stamp(src):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            written += 1
+    deleted = 0
+    for folder in folders:
+        for f in sorted(folder.rglob("*"), reverse=True):  # files before their folders
+            if f.is_file() and f not in files:
+                f.unlink()
+                deleted += 1
+            elif f.is_dir() and not any(f.iterdir()):
+                f.rmdir()  # an empty class folder would be an empty class to Ultralytics
+    return written, deleted
+
+
+def _log_summary(summary: dict) -> None:
+    """Log the summary as readable tables: images per task and split, then kept boxes per class and split."""
+    images, boxes = summary["images"], summary["boxes"]
+    rows = [f"{'task':<6}{'train':>8}{'val':>8}{'skipped':>9}{'train/val duplicates':>22}"]
+    for task, n in images.items():
+        skipped = sum(s["task"] == task for s in summary["skipped"])
+        rows.append(f"{task:<6}{n['train']:>8}{n['val']:>8}{skipped:>9}{len(summary['duplicates'][task]):>22}")
+    rows.append(f"\n{'det class':<14}{'train':>8}{'val':>8}")
+    rows += [f"{name:<14}{boxes['train'][name]:>8}{boxes['val'][name]:>8}" for name in DET_NAMES]
+    rows.append(f"{'total':<14}{sum(boxes['train'].values()):>8}{sum(boxes['val'].values()):>8}")
+    for split, d in summary["dropped_boxes"].items():
+        rows.append(f"dropped {split} boxes: " + ", ".join(f"{k} {v}" for k, v in d.items()))
+    LOGGER.info("HW2 prepared:\n" + "\n".join(rows))
+
+
+def prepare_hw2(src: str | Path, dst: str | Path, yaml_path: str | Path | None = None) -> dict:
+    """Convert the raw HW2 data at `src` into the multi-task layout at `dst` and write its data YAML.
+
+    Images are copied (names kept), detection boxes become YOLO labels of the 10 benchmark classes, VOC masks become
+    8-bit class-id PNGs; unreadable images and bad image/mask pairs are skipped with a warning. Byte-identical
+    train/val images are reported, not removed. Running it again only rewrites what changed and deletes what is no
+    longer part of the output. `yaml_path` defaults to ``dst.parent / f"{dst.name}.yaml"``.
+
+    Returns a summary: images per task and split, kept boxes per split and class, dropped boxes per split and
+    reason, skipped files with reasons, and train/val duplicates per task.
+    """
+    src, dst = Path(src), Path(dst)
+    yaml_path = Path(yaml_path) if yaml_path else dst.parent / f"{dst.name}.yaml"
+    for folder in RAW_DIRS.values():
+        for split in SPLITS:
+            _require(src / folder / split)
+    if dst.resolve().is_relative_to(src.resolve()):
+        raise ValueError(f"dst {dst} is inside the raw data {src}, which must stay untouched")
+    scan = _Scan()
+    out = {task: dst / task for task in RAW_DIRS}
+    _scan_seg(src / RAW_DIRS["seg"], out["seg"], scan)
+    boxes, dropped = _scan_det(src / RAW_DIRS["det"], out["det"], scan)
+    cls_names = _scan_cls(src / RAW_DIRS["cls"], out["cls"], scan)
+    duplicates = {task: _duplicates(hashes) for task, hashes in scan.hashes.items()}
+    for task, pairs in duplicates.items():
+        if pairs:
+            LOGGER.warning(
+                f"{task}: {len(pairs)} images are byte-identical in train and val (kept, so results stay comparable "
+                f"with other work on this data): {', '.join(v for _, v in pairs)}"
+            )
+    split_parents = [
+        out["seg"] / "images",
+        out["seg"] / "masks",
+        out["det"] / "images",
+        out["det"] / "labels",
+        out["cls"],
+    ]
+    written, deleted = _sync(scan.files, [parent / split for parent in split_parents for split in SPLITS])
+    LOGGER.info(f"{dst}: {written} files written, {deleted} stale deleted, {len(scan.files) - written} up to date")
+    names = {"seg": list(SEG_NAMES), "det": list(DET_NAMES), "cls": cls_names}
+    provenance = {  # duplicates as {task: {val image: its byte-identical train image}}
+        "source": str(src.resolve()),
+        "train_val_duplicates": {task: {v: t for t, v in pairs} for task, pairs in duplicates.items() if pairs},
+    }
+    write_data_yaml(yaml_path, dst, names, extra=provenance)
+    summary = {
+        "dst": str(dst),
+        "yaml": str(yaml_path),
+        "images": {task: {split: len(h) for split, h in hashes.items()} for task, hashes in scan.hashes.items()},
+        "boxes": boxes,
+        "dropped_boxes": dropped,
+        "skipped": scan.skipped,
+        "duplicates": duplicates,
+    }
+    _log_summary(summary)
+    return summary
