@@ -15,3 +15,12 @@ for _key, _value in YAML.load(files("yolo_unified.cfg") / "default.yaml").items(
 
 # Ultralytics trains on CPU with cpu_count - 1 threads (1 on a 2-core machine); training is ~1.7x faster with all cores.
 _torch_utils.NUM_THREADS = int(os.environ.get("YOLO_UNIFIED_THREADS", os.cpu_count() or 1))
+
+
+def __getattr__(name: str):
+    """``yolo_unified.UnifiedYOLO``, imported on first use (the CLI and data tools do not need it)."""
+    if name == "UnifiedYOLO":
+        from yolo_unified.models.unified.model import UnifiedYOLO
+
+        return UnifiedYOLO
+    raise AttributeError(f"module 'yolo_unified' has no attribute '{name}'")

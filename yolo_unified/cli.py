@@ -11,7 +11,8 @@ from ultralytics.utils import LOGGER, YAML
 
 import yolo_unified
 
-MODES = ("train", "val", "data")
+BENCHMARK_KEYS = {"model", "imgsz", "runs", "warmup", "threads", "project", "name", "exist_ok"}
+MODES = ("train", "val", "predict", "export", "benchmark", "data")
 HELP = f"""yolo-unified {yolo_unified.__version__}: one YOLOv8n model, one head, three tasks (det, seg, cls).
 
 Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml loads keys, the command line wins)
@@ -20,13 +21,22 @@ Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml load
   yolo-unified train task=seg data=datasets/hw2.yaml epochs=30 imgsz=512
   yolo-unified train task=det data=datasets/hw2.yaml model=runs/unified/train/weights/best.pt
   yolo-unified val model=runs/unified/train/weights/best.pt data=datasets/hw2.yaml
+  yolo-unified predict model=runs/unified/train/weights/best.pt source=images/or/video.mp4/or/dir   # save=True
+  yolo-unified export model=runs/unified/train/weights/best.pt format=onnx imgsz=512 dynamic=True half=True
+  yolo-unified export model=runs/unified/train/weights/best.pt format=torchscript
+  yolo-unified val model=runs/unified/train/weights/best.onnx data=datasets/hw2.yaml      # also predict *.onnx
+  yolo-unified benchmark model=runs/unified/train/weights/best.pt imgsz=512 threads=2
   yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2
 
 MODE     one of {", ".join(MODES)}, or help, --version
 task     seg | det | cls (train only; omitted: every task of the data YAML in order seg, det, cls)
 data     multi-task data YAML (default: the built-in synthetic data, generated into ./datasets)
 model    unified model YAML or checkpoint (*.pt); a YOLOv8 detection/classification checkpoint gives its backbone
-other    any Ultralytics train/val argument: epochs, imgsz, batch, lr0, optimizer, pretrained, device, ...
+source   predict: image, video, folder, glob or stream; annotated copies go to runs/unified/predict*/ (save=False: off)
+format   export: onnx, torchscript (tested on CPU), or any Ultralytics format, e.g. engine (TensorRT, needs a GPU)
+seg_argmax  export: True bakes the segmentation argmax into the graph (output seg = class map, not logits)
+runs, warmup, threads   benchmark: timed runs (default 50), warm-up runs (10), CPU threads (all cores)
+other    any Ultralytics train/val/predict/export argument: epochs, imgsz, batch, lr0, conf, iou, dynamic, ...
 """
 
 
@@ -83,6 +93,27 @@ def run(argv: list[str]) -> Any:
         if not args.get("model"):
             raise SyntaxError("val needs model=path/to/best.pt")
         return engine.val(**args)
+    if mode in {"predict", "export"}:
+        check_keys(args, {"seg_argmax"} if mode == "export" else set())
+        if not args.get("model"):
+            raise SyntaxError(f"{mode} needs model=path/to/best.pt (predict also takes exported models)")
+        from yolo_unified import UnifiedYOLO
+
+        model = UnifiedYOLO(args.pop("model"))
+        if mode == "export":
+            return model.export(**args)
+        save_dir = engine.run_dir(args.pop("project", None), args.pop("name", None), "predict", args.get("exist_ok"))
+        for _ in model.predict(stream=True, save_dir=str(save_dir), **{"save": True, **args}):  # streamed: no pile-up
+            pass
+        return save_dir
+    if mode == "benchmark":
+        if unknown := set(args) - BENCHMARK_KEYS:
+            raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmark; valid keys: {sorted(BENCHMARK_KEYS)}")
+        if not args.get("model"):
+            raise SyntaxError("benchmark needs model=path/to/best.pt")
+        from yolo_unified.benchmark import benchmark
+
+        return benchmark(**args)
     raise SyntaxError(f"unknown mode '{mode}'; valid modes: {', '.join(MODES)}, help, --version")
 
 

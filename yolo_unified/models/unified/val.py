@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,13 @@ from yolo_unified.nn.modules import TASKS
 
 def model_task_names(model: Any, task: str) -> dict[int, str]:
     """Class names of `task` from a unified model, an AutoBackend wrapping one, or exported-model metadata."""
-    for obj in (model, getattr(model, "model", None)):
-        names = getattr(obj, "task_names", None)
-        if isinstance(names, dict) and task in names:
-            return names[task]
     metadata = getattr(model, "metadata", None) or {}
-    if task in (metadata.get("task_names") or {}):
-        return check_class_names(metadata["task_names"][task])
+    inner = getattr(model, "model", None)
+    for names in (getattr(model, "task_names", None), getattr(inner, "task_names", None), metadata.get("task_names")):
+        if isinstance(names, str):  # exported metadata: ONNX holds every value as a string
+            names = ast.literal_eval(names)
+        if isinstance(names, dict) and task in names:  # TorchScript's JSON metadata has string keys: normalise
+            return check_class_names(names[task])
     raise ValueError(f"the model has no class names for task '{task}': is it a yolo-unified model?")
 
 

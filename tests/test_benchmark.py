@@ -1,0 +1,33 @@
+"""The benchmark mode at a tiny size: every row measured, the table printed and saved, threads restored."""
+
+import json
+
+import torch
+from ultralytics.utils import torch_utils
+
+from yolo_unified.cli import run
+from yolo_unified.nn import UnifiedModel
+
+NAMES = {"seg": {0: "background", 1: "thing"}, "det": {0: "thing"}, "cls": {0: "a", 1: "b"}}
+
+
+def test_benchmark_measures_every_row_and_saves_the_table(tmp_path):
+    weights = tmp_path / "untrained.pt"  # latency does not depend on the weights: an untrained checkpoint will do
+    torch.save({"model": UnifiedModel(task_names=NAMES, verbose=False).half(), "train_args": {"imgsz": 64}}, weights)
+    threads = torch.get_num_threads(), torch_utils.NUM_THREADS
+    out = run(["benchmark", f"model={weights}", "runs=5", "warmup=1", "threads=1", f"project={tmp_path}"])
+    assert (torch.get_num_threads(), torch_utils.NUM_THREADS) == threads  # restored after the run
+    assert out["machine"]["threads"] == 1 and out["machine"]["imgsz"] == 64  # imgsz from the checkpoint
+    rows = {(r["name"].split(" (")[0], r["runtime"]): r for r in out["rows"]}
+    for key in [("unified model", "PyTorch eager"), ("unified model", "ONNX Runtime"), ("unified model", "TorchScript"),
+                ("backbone alone", "PyTorch eager"), ("YOLOv8n detector", "PyTorch eager")]:  # fmt: skip
+        assert key in rows and rows[key]["params"] > 0 and rows[key]["gflops"] > 0, key
+    assert any("argmax" in name for name, _ in rows) and any("end to end" in name for name, _ in rows)
+    assert all(0 < r["median_ms"] <= r["p90_ms"] for r in out["rows"])
+    assert rows[("backbone alone", "PyTorch eager")]["params"] < rows[("unified model", "PyTorch eager")]["params"]
+    assert set(out["checks"]) == {"full model / backbone latency", "ONNX Runtime / PyTorch eager latency",
+                                  "slowest p90 (ms)"}  # fmt: skip
+    saved = json.loads((tmp_path / "benchmark" / "benchmark.json").read_text())
+    assert saved["rows"] == out["rows"]
+    table = (tmp_path / "benchmark" / "benchmark.md").read_text()
+    assert "| model | runtime |" in table and "1 threads" in table and table.count("\n| ") >= len(out["rows"]) + 4

@@ -1,0 +1,277 @@
+"""``yolo-unified benchmark``: size, CPU latency and memory of the unified model and its references, in one run.
+
+Every row runs in the same process on the same input size at batch 1, with the thread count set explicitly: the unified
+model in PyTorch eager, ONNX Runtime and TorchScript; the backbone alone (layers 0-9) and a plain Ultralytics YOLOv8n
+detector as references; the cost of the segmentation argmax (in PyTorch as the predictor does it, and baked into the
+ONNX graph); and the whole predictor on a real image. The table is printed and saved as ``benchmark.md`` and
+``benchmark.json`` in ``runs/unified/benchmark*/``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from copy import deepcopy
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from ultralytics import __version__ as ultralytics_version
+from ultralytics.nn.autobackend import AutoBackend
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.utils import ASSETS, LOGGER, colorstr, torch_utils
+from ultralytics.utils.torch_utils import get_cpu_info, get_flops
+
+from yolo_unified.engine import run_dir
+from yolo_unified.export import UnifiedExporter, check_onnx_packages
+from yolo_unified.models.unified.model import UnifiedYOLO
+from yolo_unified.nn.tasks import BACKBONE_LAYERS
+
+BUDGET_MS = 150.0  # per-image latency budget
+MAX_OVERHEAD = 1.5  # target: the full unified model at most 1.5x the backbone's latency
+PROC = Path("/proc/self")  # Linux: resident memory now (VmRSS) and at its peak (VmHWM, reset via clear_refs)
+Runner = Callable[[], Any]
+
+
+@dataclass
+class Row:
+    """One measured network and runtime."""
+
+    name: str
+    runtime: str
+    params: int | None
+    gflops: float | None
+    median_ms: float
+    p90_ms: float
+    peak_rss_mb: float | None
+    added_mb: float | None
+
+
+def reset_peak_rss() -> float | None:
+    """Reset the peak-resident-memory mark (Linux); return the resident memory now (MB), None if impossible."""
+    try:
+        (PROC / "clear_refs").write_text("5")
+    except OSError:
+        return None
+    return rss_mb("VmRSS")
+
+
+def rss_mb(field: str) -> float:
+    """A memory field of ``/proc/self/status`` in MB: ``VmRSS`` (now) or ``VmHWM`` (peak since the last reset)."""
+    line = next(x for x in (PROC / "status").read_text().splitlines() if x.startswith(f"{field}:"))
+    return int(line.split()[1]) / 1024
+
+
+@contextmanager
+def pinned_threads(threads: int) -> Iterator[None]:
+    """Run torch on `threads` CPU threads, also through Ultralytics' ``select_device`` (exporter, predictor), which
+    would reset them to ``NUM_THREADS``; restore both afterwards."""
+    kept = torch.get_num_threads(), torch_utils.NUM_THREADS
+    torch_utils.NUM_THREADS = threads
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch_utils.NUM_THREADS = kept[1]
+        torch.set_num_threads(kept[0])
+
+
+def time_ms(run: Runner, runs: int, warmup: int) -> tuple[float, float]:
+    """Median and 90th percentile of the wall time of `run`, in ms, over `runs` calls after `warmup` calls."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times)), float(np.percentile(times, 90))
+
+
+def torch_forward(model: torch.nn.Module, x: torch.Tensor) -> Any:
+    """Forward `model` on `x` without autograd."""
+    with torch.inference_mode():
+        return model(x)
+
+
+def ort_runner(file: str, x: torch.Tensor, threads: int) -> Runner:
+    """An ONNX Runtime CPU session on `file` with `threads` intra-op threads (one inter-op thread)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = onnxruntime.InferenceSession(file, options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def target(value: float, goal: str, met: bool) -> dict[str, Any]:
+    """One latency target: measured value, goal, whether it is met."""
+    return {"value": round(value, 2), "target": goal, "met": bool(met)}
+
+
+def model_size(net: torch.nn.Module, imgsz: int) -> tuple[int, float]:
+    """Parameters and GFLOPs (Ultralytics' ``get_flops``) of `net` at `imgsz`."""
+    return sum(p.numel() for p in net.parameters()), get_flops(net, imgsz)
+
+
+class Benchmark:
+    """The rows of one benchmark run; see the module docstring."""
+
+    def __init__(self, model: str, imgsz: int | None, runs: int, warmup: int, threads: int, save_dir: Path):
+        """Load the checkpoint (``imgsz`` defaults to its training size); nothing is measured yet."""
+        self.weights, self.runs, self.warmup, self.threads, self.save_dir = model, runs, warmup, threads, save_dir
+        self.model = load_checkpoint(model)[0].float().eval()
+        self.imgsz = int(imgsz or self.model.args["imgsz"])
+        self.x = torch.rand(1, 3, self.imgsz, self.imgsz, generator=torch.Generator().manual_seed(0))
+        self.rows: list[Row] = []
+        self.load_average = [round(x, 2) for x in os.getloadavg()]  # other work on the machine skews every row
+
+    def measure(self, name: str, runtime: str, make: Callable[[], Runner], size: tuple[int, float] | None = None):
+        """Build a runner with `make` and time it; the peak memory covers building and running."""
+        gc.collect()
+        start = reset_peak_rss()
+        median, p90 = time_ms(make(), self.runs, self.warmup)
+        peak = rss_mb("VmHWM") if start is not None else None
+        added = peak - start if peak is not None else None
+        self.rows.append(Row(name, runtime, *(size or (None, None)), median, p90, peak, added))
+        LOGGER.info(f"{name:<56} {runtime:<14} median {median:7.2f} ms  p90 {p90:7.2f} ms")
+
+    def export(self, fmt: str, seg_argmax: bool = False) -> str:
+        """Export the checkpoint into the run directory with ``UnifiedExporter`` (static shape, batch 1)."""
+        model = deepcopy(self.model)
+        model.pt_path = str(self.save_dir / f"{Path(self.weights).stem}{'-argmax' if seg_argmax else ''}.pt")
+        args = {"format": fmt, "imgsz": self.imgsz, "batch": 1, "device": "cpu", "verbose": False}
+        return UnifiedExporter(overrides=args, seg_argmax=seg_argmax)(model)
+
+    def run(self) -> list[Row]:
+        """Measure every row, in the order of the table."""
+        unified, eager_rt = "unified model (det + seg + cls)", "PyTorch eager"
+        eager = AutoBackend(deepcopy(self.model), verbose=False)  # as the predictor runs it: fused, channels_last
+        size = model_size(eager.model, self.imgsz)
+        self.measure(unified, eager_rt, lambda: partial(torch_forward, eager, self.x), size)
+        onnx_file = self.export("onnx")
+        self.measure(unified, "ONNX Runtime", lambda: ort_runner(onnx_file, self.x, self.threads), size)
+        ts_file = self.export("torchscript")
+        self.measure(unified, "TorchScript", lambda: partial(torch_forward, AutoBackend(ts_file), self.x), size)
+
+        backbone = AutoBackend(torch.nn.Sequential(*eager.model.model[:BACKBONE_LAYERS]), verbose=False)
+        name = f"backbone alone (layers 0-{BACKBONE_LAYERS - 1})"
+        self.measure(
+            name, eager_rt, lambda: partial(torch_forward, backbone, self.x), model_size(backbone.model, self.imgsz)
+        )
+        yolov8n = AutoBackend(DetectionModel("yolov8n.yaml", verbose=False), verbose=False)
+        name, size = "YOLOv8n detector (Ultralytics, 80 classes)", model_size(yolov8n.model, self.imgsz)
+        self.measure(name, eager_rt, lambda: partial(torch_forward, yolov8n, self.x), size)
+
+        with torch.inference_mode():
+            logits = eager(self.x)[1][0]
+        name = f"seg argmax alone ({logits.shape[0]} classes, as the predictor)"
+        self.measure(name, "PyTorch", lambda: partial(torch.max, logits, 0))
+        argmax_file = self.export("onnx", seg_argmax=True)
+        name = "seg argmax in the graph: unified model"
+        self.measure(name, "ONNX Runtime", lambda: ort_runner(argmax_file, self.x, self.threads))
+
+        image, model = cv2.imread(str(ASSETS / "bus.jpg")), UnifiedYOLO(self.weights)
+        name = f"predict end to end ({image.shape[1]}x{image.shape[0]} image: letterbox, NMS, seg map)"
+        self.measure(name, eager_rt, lambda: partial(model.predict, image, imgsz=self.imgsz, verbose=False))
+        return self.rows
+
+    def checks(self) -> dict[str, dict[str, Any]]:
+        """The latency targets, evaluated on this run's rows."""
+        eager, ort, backbone = (self.rows[i].median_ms for i in (0, 1, 3))  # see the order in run()
+        worst = max(r.p90_ms for r in self.rows)
+        return {
+            "full model / backbone latency": target(
+                eager / backbone, f"<= {MAX_OVERHEAD}", eager <= MAX_OVERHEAD * backbone
+            ),
+            "ONNX Runtime / PyTorch eager latency": target(ort / eager, "< 1", ort < eager),
+            "slowest p90 (ms)": target(worst, f"< {BUDGET_MS:g}", worst < BUDGET_MS),
+        }
+
+    def machine(self) -> dict[str, Any]:
+        """What the numbers were measured on and with."""
+        import onnxruntime
+
+        return {
+            "cpu": get_cpu_info(),
+            "logical_cores": os.cpu_count(),
+            "threads": self.threads,
+            "load_average": self.load_average,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "ultralytics": ultralytics_version,
+            "model": str(self.weights),
+            "imgsz": self.imgsz,
+            "batch": 1,
+            "runs": self.runs,
+            "warmup": self.warmup,
+        }
+
+
+def markdown(machine: dict[str, Any], rows: list[Row], checks: dict[str, dict[str, Any]]) -> str:
+    """The benchmark as one markdown table with its machine line and the targets."""
+    lines = [
+        f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores, {machine['threads']} threads "
+        f"(torch.set_num_threads, ONNX Runtime intra-op; 1 inter-op); torch {machine['torch']}, onnxruntime "
+        f"{machine['onnxruntime']}, ultralytics {machine['ultralytics']}, Python {machine['python']}; load average "
+        f"before the run {machine['load_average']} (1, 5, 15 min).",
+        f"Input {machine['imgsz']}x{machine['imgsz']}, batch 1, median and p90 of {machine['runs']} runs after "
+        f"{machine['warmup']} warm-up runs. Peak RSS: the process's peak resident memory while the row was built and "
+        "run; added: that peak minus the resident memory when the row started (runtime, session, activations).",
+        "",
+        "| model | runtime | params (M) | GFLOPs | median (ms) | p90 (ms) | peak RSS (MB) | added (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        params = f"{r.params / 1e6:.2f}" if r.params is not None else "-"
+        gflops = f"{r.gflops:.2f}" if r.gflops is not None else "-"
+        rss = " | ".join(f"{v:.0f}" if v is not None else "-" for v in (r.peak_rss_mb, r.added_mb))
+        lines.append(f"| {r.name} | {r.runtime} | {params} | {gflops} | {r.median_ms:.1f} | {r.p90_ms:.1f} | {rss} |")
+    lines += ["", "| target | value | met |", "|---|---:|:---:|"]
+    lines += [f"| {k} {c['target']} | {c['value']} | {'yes' if c['met'] else 'NO'} |" for k, c in checks.items()]
+    return "\n".join(lines) + "\n"
+
+
+def benchmark(
+    model: str,
+    imgsz: int | None = None,
+    runs: int = 50,
+    warmup: int = 10,
+    threads: int | None = None,
+    project: str | None = None,
+    name: str | None = None,
+    exist_ok: bool = False,
+) -> dict[str, Any]:
+    """Benchmark a unified checkpoint (see the module docstring); return ``{"machine", "rows", "checks", "save_dir"}``.
+
+    ``imgsz`` defaults to the checkpoint's training size, ``threads`` to every logical core.
+    """
+    if not str(model).endswith(".pt"):
+        raise ValueError(f"benchmark needs a unified *.pt checkpoint, got '{model}'")
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    check_onnx_packages()
+    save_dir = run_dir(project, name, "benchmark", exist_ok)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    threads = threads or os.cpu_count() or 1
+    with pinned_threads(threads):
+        bench = Benchmark(model, imgsz, runs, warmup, threads, save_dir)
+        rows = bench.run()
+        checks, machine = bench.checks(), bench.machine()
+    table = markdown(machine, rows, checks)
+    (save_dir / "benchmark.md").write_text(table)
+    result = {"machine": machine, "rows": [asdict(r) for r in rows], "checks": checks}
+    (save_dir / "benchmark.json").write_text(json.dumps(result, indent=2))
+    LOGGER.info(f"\n{colorstr('bold', 'yolo-unified benchmark')}\n{table}Results saved to {colorstr('bold', save_dir)}")
+    return {**result, "save_dir": str(save_dir)}

@@ -1,0 +1,225 @@
+"""Prediction: one forward pass gives one Results object with boxes, the semantic map and the image class."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from ultralytics.data.augment import LetterBox
+from ultralytics.engine.results import Results
+from ultralytics.models.yolo.detect import DetectionPredictor
+from ultralytics.utils import DEFAULT_CFG, ops
+from ultralytics.utils.plotting import Annotator, colors
+
+from yolo_unified.models.unified.val import model_task_names
+from yolo_unified.nn.modules import TASKS
+
+RatioPad = tuple[tuple[float, float], tuple[int, int]]  # ((gain_h, gain_w), (pad_left, pad_top)), as Ultralytics'
+IGNORE = 255  # Ultralytics' ignore id in semantic maps
+
+
+def letterbox(im: np.ndarray, imgsz: list[int]) -> tuple[np.ndarray, RatioPad]:
+    """Resize and pad one BGR image exactly as Ultralytics' validation datasets do; return it and its ``ratio_pad``.
+
+    The long side goes to ``max(imgsz)`` with ``cv2.INTER_LINEAR``, sides rounded up (``BaseDataset.load_image``), then
+    ``LetterBox(imgsz, scaleup=False)`` pads it, centred, with grey 114. Predict, val and every exported model therefore
+    see the same pixels; ``ratio_pad`` maps predictions back to the original image.
+    """
+    h0, w0 = im.shape[:2]
+    side = max(imgsz)
+    if (r := side / max(h0, w0)) != 1:
+        size = min(math.ceil(w0 * r), side), min(math.ceil(h0 * r), side)
+        im = cv2.resize(im, size, interpolation=cv2.INTER_LINEAR)
+    box = LetterBox(imgsz, auto=False, scaleup=False)
+    params = box.get_params({"img": im})
+    w1, h1 = params["new_unpad"]
+    return box.apply_image({"img": im}, params)["img"], ((h1 / h0, w1 / w0), (params["left"], params["top"]))
+
+
+def semantic_map(seg: torch.Tensor, shape: tuple[int, int], ratio_pad: RatioPad | None, nc: int) -> torch.Tensor:
+    """Class map at the original image size from seg logits ``(nc, H, W)`` or an exported class map ``(H, W)``.
+
+    The argmax is taken at the model's input resolution (where validation scores it, and where an export with the argmax
+    baked in takes it), then the map is resized nearest-neighbour without the letterbox padding: logits and class-map
+    models give the same map, and a large image costs a resize of ids rather than of ``nc`` logit planes.
+    """
+    ids = seg if seg.ndim == 2 else seg.max(0).indices  # max(dim) streams on CPU, argmax over dim 0 does not
+    ids = ops.scale_masks(ids[None, None].float(), shape, ratio_pad, mode="nearest")[0, 0]
+    return ids.to(torch.uint8 if nc <= IGNORE else torch.int32)
+
+
+class UnifiedResults(Results):
+    """Ultralytics' ``Results`` holding the three outputs for one image, each with its own class names.
+
+    ``boxes`` (after NMS, original-image pixels; ``names`` are the detection names), ``semantic_mask`` (class map at
+    the original size) and ``probs`` (image-class probabilities); ``task_names`` maps seg/det/cls to class names.
+    """
+
+    def __init__(
+        self,
+        orig_img: np.ndarray,
+        path: str,
+        task_names: dict[str, dict[int, str]],
+        boxes: torch.Tensor | None = None,
+        semantic_mask: torch.Tensor | None = None,
+        probs: torch.Tensor | None = None,
+        speed: dict[str, float] | None = None,
+    ):
+        """Store the outputs; ``names`` (what Ultralytics' box code reads) are the detection names."""
+        super().__init__(
+            orig_img, path, task_names["det"], boxes=boxes, probs=probs, speed=speed, semantic_mask=semantic_mask
+        )
+        self.task_names = task_names
+
+    def new(self) -> UnifiedResults:
+        """An empty result for the same image (Ultralytics' ``cpu()``, ``numpy()``, ``[i]`` build on it)."""
+        result = UnifiedResults(self.orig_img, self.path, self.task_names, speed=self.speed)
+        result.save_dir = self.save_dir
+        return result
+
+    def detections(self) -> Results:
+        """The detections alone, as a plain Ultralytics detection result."""
+        return Results(self.orig_img, self.path, self.names, boxes=None if self.boxes is None else self.boxes.data)
+
+    def summary(self, normalize: bool = False, decimals: int = 5) -> list[dict]:
+        """Ultralytics' per-box summary of the detections (also behind ``to_json``, ``to_csv``, ``to_df``)."""
+        return self.detections().summary(normalize, decimals)
+
+    def save_txt(self, txt_file: str | Path, save_conf: bool = False) -> str:
+        """Save the detections in YOLO text format, as Ultralytics does."""
+        return self.detections().save_txt(txt_file, save_conf)
+
+    def save_crop(self, save_dir: str | Path, file_name: str | Path = Path("im.jpg")) -> None:
+        """Save one crop per detection, as Ultralytics does."""
+        self.detections().save_crop(save_dir, file_name)
+
+    def verbose(self) -> str:
+        """One log string: detections per class, the largest segmentation classes, the top-1 image class."""
+        text = ""
+        if self.boxes is not None:
+            text += self.detections().verbose()
+        if self.semantic_mask is not None:
+            ids = torch.as_tensor(self.semantic_mask.data).flatten().long()
+            share = ids[ids != IGNORE].bincount().float() / ids.numel()
+            top = share.argsort(descending=True)[:3].tolist()
+            text += "seg " + " ".join(f"{self.task_names['seg'][i]} {share[i]:.0%}" for i in top if share[i]) + ", "
+        if self.probs is not None:
+            text += f"cls {self.task_names['cls'][self.probs.top1]} {float(self.probs.top1conf):.2f}, "
+        return text
+
+    def plot(
+        self,
+        *,
+        line_width: float | None = None,
+        font_size: float | None = None,
+        font: str = "Arial.ttf",
+        pil: bool = False,
+        img: np.ndarray | None = None,
+        masks: bool = True,
+        probs: bool = True,
+        show: bool = False,
+        save: bool = False,
+        filename: str | None = None,
+        alpha: float = 0.45,
+        **kwargs,
+    ) -> np.ndarray:
+        """Annotate the image: translucent semantic overlay with a legend (bottom left), Ultralytics' boxes and labels,
+        then the top-1 image class with its probability (top left). Other keywords go to ``Results.plot``."""
+        example = " ".join(n for names in self.task_names.values() for n in names.values())  # PIL for non-ASCII names
+        im = np.ascontiguousarray(self.orig_img if img is None else img).copy()
+        if masks and self.semantic_mask is not None:
+            annotator = Annotator(im, line_width, font_size, font, example=example)
+            self._plot_semantic(annotator, alpha)
+            im = np.ascontiguousarray(annotator.result())
+        style = {"line_width": line_width, "font_size": font_size, "font": font}
+        im = super().plot(img=im, masks=False, probs=False, **style, **kwargs)
+        annotator = Annotator(im, line_width, font_size, font, example=example)
+        if probs and self.probs is not None:
+            label = f"{self.task_names['cls'][self.probs.top1]} {float(self.probs.top1conf):.2f}"
+            margin = 2 * annotator.lw
+            annotator.text([margin, margin + self._line_height(annotator)], label, box_color=(64, 64, 64))
+        if show:
+            annotator.show(self.path)
+        if save:
+            annotator.save(filename or f"results_{Path(self.path).name}")
+        return annotator.result(pil)
+
+    def _plot_semantic(self, annotator: Annotator, alpha: float) -> None:
+        """Blend the class map over the image in Ultralytics' palette; list the classes present, bottom left."""
+        mask = torch.as_tensor(self.semantic_mask.data).cpu().numpy()
+        annotator.semantic_mask(mask, alpha=alpha, ignore_index=IGNORE)
+        names = self.task_names["seg"]
+        margin, step = 2 * annotator.lw, self._line_height(annotator) + annotator.lw
+        y = annotator.im.shape[0] - 2 * margin  # baseline of the lowest entry
+        for i in reversed([int(i) for i in np.unique(mask) if int(i) in names]):
+            color = colors(i, True)
+            annotator.text([margin, y], names[i], txt_color=annotator.get_txt_color(color), box_color=color)
+            y -= step
+
+    @staticmethod
+    def _line_height(annotator: Annotator) -> int:
+        """Height of one text line of `annotator`, padding included."""
+        if annotator.pil:
+            return annotator.font.getsize("Ag")[1] + 2
+        return cv2.getTextSize("Ag", 0, fontScale=annotator.sf, thickness=annotator.tf)[0][1] + 3
+
+
+class UnifiedPredictor(DetectionPredictor):
+    """Ultralytics' detection predictor extended to the unified model's three outputs, for .pt and exported models.
+
+    Sources (images, videos, folders, streams), batching, saving and video writing are Ultralytics' own. Images are
+    letterboxed as in validation (see ``letterbox``), NMS runs on the ``det`` output (``conf``, ``iou``, ``classes``,
+    ``max_det`` apply to it), and each result is a ``UnifiedResults``.
+    """
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
+        """Ultralytics' setup; the task is ``unified`` (NMS then uses every detection class column)."""
+        super().__init__(cfg, overrides, _callbacks)
+        self.args.task = "unified"
+        self.task_names: dict[str, dict[int, str]] = {}
+        self.ratio_pads: list[RatioPad | None] = []
+
+    def setup_model(self, model, verbose: bool = True) -> None:
+        """Load the model with Ultralytics' AutoBackend and read the class names of every task."""
+        super().setup_model(model, verbose)
+        self.task_names = {task: model_task_names(self.model, task) for task in TASKS}
+
+    def preprocess(self, im: torch.Tensor | list[np.ndarray]) -> torch.Tensor:
+        """Ultralytics' preprocessing; tensor sources are taken as already letterboxed."""
+        self.ratio_pads = [None] * len(im)
+        return super().preprocess(im)
+
+    def pre_transform(self, im: list[np.ndarray]) -> list[np.ndarray]:
+        """Letterbox each image as validation does, keeping its ``ratio_pad``."""
+        boxed = [letterbox(x, self.imgsz) for x in im]
+        self.ratio_pads = [ratio_pad for _, ratio_pad in boxed]
+        return [x for x, _ in boxed]
+
+    def postprocess(self, preds, img: torch.Tensor, orig_imgs, **kwargs) -> list[UnifiedResults]:
+        """NMS on ``det`` (Ultralytics'), then one result per image with the ``seg`` and ``cls`` outputs added."""
+        det, seg, cls = preds[:3]
+        return super().postprocess(det, img, orig_imgs, seg=seg, cls=cls, **kwargs)
+
+    def construct_results(self, preds, img, orig_imgs, seg: torch.Tensor, cls: torch.Tensor) -> list[UnifiedResults]:
+        """One ``UnifiedResults`` per image of the batch."""
+        rows = zip(preds, orig_imgs, self.batch[0], seg, cls, self.ratio_pads, strict=False)
+        return [self.construct_result(p, img, im0, path, s, c, rp) for p, im0, path, s, c, rp in rows]
+
+    def construct_result(
+        self,
+        pred: torch.Tensor,
+        img: torch.Tensor,
+        orig_img: np.ndarray,
+        img_path: str,
+        seg: torch.Tensor | None = None,
+        probs: torch.Tensor | None = None,
+        ratio_pad: RatioPad | None = None,
+    ) -> UnifiedResults:
+        """Boxes and the semantic map in original-image coordinates, plus the class probabilities."""
+        shape = orig_img.shape[:2]
+        pred[:, :4] = ops.scale_boxes(img.shape[2:], pred[:, :4], shape, ratio_pad=ratio_pad)
+        mask = semantic_map(seg, shape, ratio_pad, len(self.task_names["seg"])) if seg is not None else None
+        return UnifiedResults(orig_img, img_path, self.task_names, boxes=pred[:, :6], semantic_mask=mask, probs=probs)
