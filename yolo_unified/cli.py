@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
-from ultralytics.cfg import DEFAULT_CFG_DICT, check_dict_alignment, smart_value
+from ultralytics.cfg import DEFAULT_CFG_DICT, _handle_deprecation, smart_value
 from ultralytics.utils import LOGGER, YAML
 
 import yolo_unified
@@ -56,12 +57,16 @@ def parse_args(tokens: list[str]) -> dict[str, Any]:
 
 
 def check_keys(args: dict[str, Any], extra: set[str] = frozenset()) -> None:
-    """Fail on keys that are neither Ultralytics' nor ours, listing the valid ones."""
-    try:
-        check_dict_alignment(DEFAULT_CFG_DICT, args, allowed_custom_keys={"save_dir", *extra})
-    except SyntaxError as e:
-        valid = ", ".join(sorted({*DEFAULT_CFG_DICT, *extra}))
-        raise SyntaxError(f"{e}Valid keys: {valid}") from None
+    """Fail on keys that are neither Ultralytics' nor ours, suggesting close ones and listing the valid ones.
+
+    Ultralytics' deprecated spellings (``half=True``, ``int8=True``) are renamed in place first, as ``yolo`` does.
+    """
+    _handle_deprecation(args)  # renames in place
+    valid = {*DEFAULT_CFG_DICT, "save_dir", *extra}
+    if unknown := [k for k in args if k not in valid]:
+        hints = [f"'{k}' (did you mean {', '.join(close)}?)" if (close := get_close_matches(k, valid)) else f"'{k}'"
+                 for k in unknown]  # fmt: skip
+        raise SyntaxError(f"unknown key(s) {', '.join(hints)}. Valid keys: {', '.join(sorted(valid))}")
 
 
 def run(argv: list[str]) -> Any:
@@ -87,7 +92,8 @@ def run(argv: list[str]) -> Any:
     args = parse_args(rest)
     if mode == "train":
         check_keys(args)
-        return engine.train(**args)
+        typed = {token.split("=", 1)[0].strip() for token in rest} - {"cfg"}  # the command line wins over stage keys
+        return engine.train(force={k: args[k] for k in typed}, **{k: v for k, v in args.items() if k not in typed})
     if mode == "val":
         check_keys(args)
         if not args.get("model"):

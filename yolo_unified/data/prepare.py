@@ -322,7 +322,7 @@ def prepare_hw2(src: str | Path, dst: str | Path, yaml_path: str | Path | None =
     LOGGER.info(f"{dst}: {written} files written, {deleted} stale deleted, {len(scan.files) - written} up to date")
     names = {"seg": list(SEG_NAMES), "det": list(DET_NAMES), "cls": cls_names}
     provenance = {  # duplicates as {task: {val image: its byte-identical train image}}
-        "source": str(src.resolve()),
+        "source": str(src),  # as given: a relative path stays portable
         "train_val_duplicates": {task: {v: t for t, v in pairs} for task, pairs in duplicates.items() if pairs},
     }
     write_data_yaml(yaml_path, dst, names, extra=provenance)

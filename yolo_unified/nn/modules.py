@@ -34,8 +34,29 @@ class UnifiedFPN(nn.Module):
         return [conv(li) for conv, li in zip(self.smooth, lat, strict=True)]
 
 
+class LevelSharedConv(nn.Module):
+    """3x3 conv + BatchNorm + SiLU whose conv weights are shared by every pyramid level, with one BatchNorm per level.
+
+    A BatchNorm shared across levels would normalise each level with its own batch statistics in training but with
+    the running mix of all levels at inference (the levels' feature statistics differ widely), so train and eval
+    outputs would disagree; per-level normalisation (as in EfficientDet's shared heads) keeps them consistent.
+    """
+
+    def __init__(self, width: int, levels: int):
+        """A `width` -> `width` 3x3 conv shared by `levels` levels."""
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn = nn.ModuleList(nn.BatchNorm2d(width) for _ in range(levels))
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """Apply the shared conv and level `level`'s normalisation."""
+        return self.act(self.bn[level](self.conv(x)))
+
+
 class UnifiedHead(Detect):
-    """One head for three tasks: a conv tower shared by every FPN level and every task, then a 1x1 projection per task.
+    """One head for three tasks: a conv tower shared by every FPN level and every task (conv weights shared, BatchNorm
+    per level), then a 1x1 projection per task.
 
     - detection: the projection gives ``4 * reg_max`` box-distribution channels and ``nc`` class logits per anchor on
       every level, exactly the layout of Ultralytics' ``Detect`` (so ``v8DetectionLoss``, decoding and NMS are reused);
@@ -71,7 +92,7 @@ class UnifiedHead(Detect):
         self.reg_max = reg_max
         self.no = nc + reg_max * 4
         self.stride = torch.zeros(self.nl)
-        self.tower = nn.Sequential(*(Conv(width, width, 3) for _ in range(tower)))
+        self.tower = nn.ModuleList(LevelSharedConv(width, self.nl) for _ in range(tower))
         self.det = nn.Conv2d(width, self.no, 1)
         self.seg = nn.Conv2d(width, nc_seg, 1)
         self.cls = nn.Linear(width, nc_cls)
@@ -85,11 +106,17 @@ class UnifiedHead(Detect):
     def forward_head(self, x: list[torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
         """Run the shared tower and projections on every level; return the raw outputs of all tasks."""
         bs = x[0].shape[0]
-        feats = [self.tower(xi) for xi in x]
+        feats = [self.run_tower(xi, level) for level, xi in enumerate(x)]
         det = torch.cat([self.det(f).view(bs, self.no, -1) for f in feats], dim=-1)
         boxes, scores = det.split((4 * self.reg_max, self.nc), dim=1)
         pooled = torch.stack([f.mean(dim=(2, 3)) for f in feats]).mean(0)
         return {"boxes": boxes, "scores": scores, "feats": x, "seg": self.seg(feats[0]), "cls": self.cls(pooled)}
+
+    def run_tower(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """The shared tower on pyramid level `level`."""
+        for conv in self.tower:
+            x = conv(x, level)
+        return x
 
     def forward(self, x: list[torch.Tensor]):
         """Return raw outputs in training, decoded ``(det, seg, cls[, raw])`` at inference."""

@@ -1,0 +1,68 @@
+"""The command line: Ultralytics-style key=value parsing, cfg= files, clear errors, help and version."""
+
+import subprocess
+import sys
+
+import pytest
+
+import yolo_unified
+from yolo_unified import engine
+from yolo_unified.cli import run
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """Run the installed console script in a fresh process (its log, Ultralytics' LOGGER, goes to stdout)."""
+    return subprocess.run(["yolo-unified", *args], capture_output=True, text=True, timeout=120)
+
+
+def message(res: subprocess.CompletedProcess) -> str:
+    return res.stdout + res.stderr
+
+
+def test_version_and_help():
+    assert cli("--version").stdout.strip() == yolo_unified.__version__
+    out = cli("help").stdout
+    for mode in ("train", "val", "predict", "export", "benchmark", "data prepare"):
+        assert mode in out
+
+
+def test_unknown_key_fails_listing_the_valid_ones():
+    res = cli("train", "epochz=3")
+    assert res.returncode == 2
+    out = message(res)
+    assert "'epochz' (did you mean epochs?)" in out and "Valid keys" in out and "forget_limit" in out
+    assert "Traceback" not in out
+
+
+def test_bad_arguments_give_one_line_errors():
+    for args, expected in [
+        (("train", "epochs"), "not a key=value"),
+        (("train", "cfg=missing.yaml"), "missing.yaml"),
+        (("val",), "needs model="),
+        (("fly",), "unknown mode"),
+    ]:
+        res = cli(*args)
+        out = message(res)
+        assert res.returncode == 2 and expected in out and "Traceback" not in out, (args, out)
+
+
+def test_command_line_keys_win_over_cfg_and_stage_keys(tmp_path, monkeypatch):
+    cfg = tmp_path / "proto.yaml"
+    cfg.write_text("epochs: 7\nlr0: 0.5\nstages:\n  - {task: seg, epochs: 30, lr0: 0.1}\n  - {task: det, epochs: 20}\n")
+    seen = {}
+    monkeypatch.setattr(engine, "train_protocol", lambda **kw: seen.update(kw))
+    run(["train", f"cfg={cfg}", "data=some.yaml", "epochs=2"])
+    assert [s["epochs"] for s in seen["stages"]] == [2, 2]  # typed on the command line: wins everywhere
+    assert seen["stages"][0]["lr0"] == 0.1 and seen["lr0"] == 0.5  # from the cfg file: a stage's own value wins
+    assert seen["data"] == "some.yaml"
+
+
+def test_module_entry_point_matches_the_script():
+    res = subprocess.run([sys.executable, "-m", "yolo_unified", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == yolo_unified.__version__
+
+
+@pytest.mark.parametrize("mode", ["predict", "export", "benchmark"])
+def test_modes_that_need_a_model_say_so(mode):
+    with pytest.raises(SyntaxError, match="model="):
+        run([mode])
