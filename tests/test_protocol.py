@@ -16,6 +16,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_unified import engine
 from yolo_unified.continual import StageContext, Strategy
+from yolo_unified.continual.report import write_report
 from yolo_unified.models.unified.train import TRAINERS
 
 TINY = {"imgsz": 64, "batch": 4, "workers": 0, "plots": False}
@@ -101,3 +102,19 @@ def test_nan_loss_stops_the_stage_and_keeps_the_good_weights(synth_yaml, tmp_pat
     ckpt = torch.load(trainer.last, weights_only=False)
     assert ckpt["train_results"]["epoch"] == [1]  # written after the good epoch 1, not overwritten after epoch 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].float().state_dict().values())  # stripped: ema -> model
+
+
+def test_baselines_cfg_trains_each_task_alone_and_gives_retention(protocol_run, synth_yaml, tmp_path):
+    cfg = yaml.safe_load((REPO / "cfg/baselines.yaml").read_text())
+    assert cfg["chain"] is False and [s["task"] for s in cfg["stages"]] == ["seg", "det", "cls"]
+    seq = yaml.safe_load((REPO / "cfg/seq.yaml").read_text())
+    for base, stage in zip(cfg["stages"], seq["stages"], strict=True):  # the same budgets as the protocol
+        assert base["epochs"] == stage["epochs"] and base.get("imgsz", cfg["imgsz"]) == stage.get("imgsz", seq["imgsz"])
+    cfg.update(TINY)
+    for stage in cfg["stages"]:
+        stage.update(TINY, epochs=1)
+    state = engine.train(**{**cfg, "data": synth_yaml, "project": str(tmp_path), "name": "baselines"})
+    assert [sorted(s["scores"]) for s in state["stages"]] == [["seg"], ["det"], ["cls"]]  # nothing chained
+    root = protocol_run[0]
+    md = write_report(root, json.loads((root / "protocol.json").read_text()), baselines=str(tmp_path / "baselines"))
+    assert "| retention vs single-task |" in md and "%" in md.split("retention vs single-task")[1]
