@@ -1,5 +1,6 @@
 """The unified model: output shapes, parameter and latency budget, weight transfer, checkpoints."""
 
+import copy
 import time
 
 import pytest
@@ -28,10 +29,10 @@ def test_outputs_have_the_documented_shapes(model):
         det, seg, cls, raw = model(x)
     anchors = sum((256 // s) * (192 // s) for s in (8, 16, 32))
     assert det.shape == (2, 4 + 10, anchors)
-    assert seg.shape == (2, 21, 256, 192)
+    assert seg.shape == (2, 21, 32, 24)  # stride-8 logits: the validator and predictor upsample them
     assert cls.shape == (2, 10)
     torch.testing.assert_close(cls.sum(1), torch.ones(2))
-    assert raw["seg"].shape == (2, 21, 32, 24)  # stride-8 logits before upsampling
+    assert raw["seg"] is seg
     assert model.stride.tolist() == [8.0, 16.0, 32.0]
 
 
@@ -92,3 +93,18 @@ def test_pretrained_classification_checkpoint_transfers_layers_0_to_8(tmp_path):
 def test_shared_imagenette_backbone_loads():
     weights, _ = load_checkpoint(SHARED_CLS)
     assert UnifiedModel(task_names=NAMES, verbose=False).load(weights) == 150
+
+
+def test_fused_model_matches_the_trained_one():
+    """Fusing folds each pyramid level's BatchNorm of the shared tower into its own conv: outputs stay the same."""
+    m = UnifiedModel(task_names=NAMES, verbose=False).train()
+    for _ in range(3):  # move the running statistics away from their initial values, differently per level
+        m(torch.rand(2, 3, 128, 128) * 3)
+    m.eval().double()
+    x = torch.rand(1, 3, 128, 128, dtype=torch.float64)
+    with torch.no_grad():
+        ref = m(x)[:3]
+        fused = copy.deepcopy(m).fuse(verbose=False)
+        assert fused.is_fused() and not any(isinstance(x, torch.nn.BatchNorm2d) for x in fused.modules())
+        for a, b in zip(ref, fused(x)[:3], strict=True):
+            torch.testing.assert_close(a, b)

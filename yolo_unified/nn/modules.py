@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ultralytics.nn.modules import Conv, Detect
 from ultralytics.nn.modules.block import DFL
+from ultralytics.utils.torch_utils import fuse_conv_and_bn
 
 TASKS = ("seg", "det", "cls")  # the three tasks, in the order the sequential protocol learns them
 
@@ -34,6 +36,11 @@ class UnifiedFPN(nn.Module):
         return [conv(li) for conv, li in zip(self.smooth, lat, strict=True)]
 
 
+def upsample_logits(seg: torch.Tensor, size: list[int] | tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of seg logits ``(B, C, h, w)`` to `size`, as Ultralytics' semantic validator does it."""
+    return F.interpolate(seg, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 class LevelSharedConv(nn.Module):
     """3x3 conv + BatchNorm + SiLU whose conv weights are shared by every pyramid level, with one BatchNorm per level.
 
@@ -50,8 +57,15 @@ class LevelSharedConv(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
-        """Apply the shared conv and level `level`'s normalisation."""
-        return self.act(self.bn[level](self.conv(x)))
+        """Apply the shared conv and level `level`'s normalisation (after `fuse`, level `level`'s fused conv)."""
+        if hasattr(self, "bn"):
+            return self.act(self.bn[level](self.conv(x)))
+        return self.act(self.fused[level](x))
+
+    def fuse(self) -> None:
+        """Fold each level's BatchNorm into its own copy of the conv (inference: one conv per level, no BN)."""
+        self.fused = nn.ModuleList(fuse_conv_and_bn(deepcopy(self.conv), bn) for bn in self.bn)  # it fuses in place
+        del self.conv, self.bn
 
 
 class UnifiedHead(Detect):
@@ -60,13 +74,16 @@ class UnifiedHead(Detect):
 
     - detection: the projection gives ``4 * reg_max`` box-distribution channels and ``nc`` class logits per anchor on
       every level, exactly the layout of Ultralytics' ``Detect`` (so ``v8DetectionLoss``, decoding and NMS are reused);
-    - semantic segmentation: ``nc_seg`` logits from the stride-8 level, upsampled to the input size at inference;
+    - semantic segmentation: ``nc_seg`` logits from the stride-8 level; upsampling them to the input size
+      (``upsample_logits``) is post-processing, done by the validator and the predictor (like NMS for boxes), so the
+      network's cost stays that of the stride-8 map;
     - classification: global average pooling of the tower features of every level, averaged, then a linear layer.
 
     Outputs: in training a dict with ``boxes``, ``scores``, ``feats`` (detection, Ultralytics' raw format), ``seg``
     (stride-8 logits) and ``cls`` (logits). At inference the tuple ``(det, seg, cls, raw)`` with decoded boxes
-    ``(B, 4 + nc, A)``, full-resolution seg logits ``(B, nc_seg, H, W)``, class probabilities ``(B, nc_cls)`` and the
-    raw dict; in export mode only ``(det, seg, cls)``.
+    ``(B, 4 + nc, A)``, stride-8 seg logits ``(B, nc_seg, H/8, W/8)``, class probabilities ``(B, nc_cls)`` and the
+    raw dict; in export mode only ``(det, seg, cls)``, where ``bake_argmax`` makes ``seg`` the class map ``(B, H, W)``
+    at the input size.
     """
 
     bake_argmax = False  # export: emit the seg class map (B, H, W) instead of logits
@@ -119,16 +136,14 @@ class UnifiedHead(Detect):
         return x
 
     def forward(self, x: list[torch.Tensor]):
-        """Return raw outputs in training, decoded ``(det, seg, cls[, raw])`` at inference."""
+        """Return raw outputs in training, ``(det, seg, cls[, raw])`` at inference (see the class docstring)."""
         raw = self.forward_head(x)
         if self.training:
             return raw
-        det = self._inference(raw)
-        size = [s * int(self.stride[0]) for s in x[0].shape[-2:]]
-        seg = F.interpolate(raw["seg"], size=size, mode="bilinear", align_corners=False)
-        if self.export and self.bake_argmax:
-            seg = seg.argmax(1)
-        cls = raw["cls"].softmax(1)
+        det, seg, cls = self._inference(raw), raw["seg"], raw["cls"].softmax(1)
+        if self.export and self.bake_argmax:  # the class map at the input size, ready to use
+            size = [s * int(self.stride[0]) for s in x[0].shape[-2:]]
+            seg = upsample_logits(seg, size).max(1).indices  # max(dim) streams on CPU, argmax over dim 1 does not
         return (det, seg, cls) if self.export else (det, seg, cls, raw)
 
     def bias_init(self):
@@ -141,4 +156,7 @@ class UnifiedHead(Detect):
         nn.init.zeros_(self.cls.bias)
 
     def fuse(self) -> None:
-        """Nothing to remove: the head has no training-only branch."""
+        """Fold the tower's per-level BatchNorms (Ultralytics' ``fuse`` folds the other convs' BatchNorms itself)."""
+        for conv in self.tower:
+            if hasattr(conv, "bn"):
+                conv.fuse()

@@ -15,7 +15,7 @@ from ultralytics.utils import DEFAULT_CFG, ops
 from ultralytics.utils.plotting import Annotator, colors
 
 from yolo_unified.models.unified.val import model_task_names
-from yolo_unified.nn.modules import TASKS
+from yolo_unified.nn.modules import TASKS, upsample_logits
 
 RatioPad = tuple[tuple[float, float], tuple[int, int]]  # ((gain_h, gain_w), (pad_left, pad_top)), as Ultralytics'
 IGNORE = 255  # Ultralytics' ignore id in semantic maps
@@ -39,14 +39,17 @@ def letterbox(im: np.ndarray, imgsz: list[int]) -> tuple[np.ndarray, RatioPad]:
     return box.apply_image({"img": im}, params)["img"], ((h1 / h0, w1 / w0), (params["left"], params["top"]))
 
 
-def semantic_map(seg: torch.Tensor, shape: tuple[int, int], ratio_pad: RatioPad | None, nc: int) -> torch.Tensor:
-    """Class map at the original image size from seg logits ``(nc, H, W)`` or an exported class map ``(H, W)``.
+def semantic_map(
+    seg: torch.Tensor, input_hw: tuple[int, int], shape: tuple[int, int], ratio_pad: RatioPad | None, nc: int
+) -> torch.Tensor:
+    """Class map at the original image size from stride-8 seg logits ``(nc, h, w)`` or an exported class map ``(H, W)``.
 
-    The argmax is taken at the model's input resolution (where validation scores it, and where an export with the argmax
-    baked in takes it), then the map is resized nearest-neighbour without the letterbox padding: logits and class-map
-    models give the same map, and a large image costs a resize of ids rather than of ``nc`` logit planes.
+    Logits are upsampled to the model's input size `input_hw` and the argmax is taken there (where validation scores
+    it, and where an export with the argmax baked in takes it); then the map is resized nearest-neighbour to the
+    original `shape` without the letterbox padding: logits and class-map models give the same map, and a large image
+    costs a resize of ids rather than of ``nc`` logit planes.
     """
-    ids = seg if seg.ndim == 2 else seg.max(0).indices  # max(dim) streams on CPU, argmax over dim 0 does not
+    ids = seg if seg.ndim == 2 else upsample_logits(seg[None], input_hw)[0].max(0).indices  # max(dim) streams on CPU
     ids = ops.scale_masks(ids[None, None].float(), shape, ratio_pad, mode="nearest")[0, 0]
     return ids.to(torch.uint8 if nc <= IGNORE else torch.int32)
 
@@ -221,5 +224,6 @@ class UnifiedPredictor(DetectionPredictor):
         """Boxes and the semantic map in original-image coordinates, plus the class probabilities."""
         shape = orig_img.shape[:2]
         pred[:, :4] = ops.scale_boxes(img.shape[2:], pred[:, :4], shape, ratio_pad=ratio_pad)
-        mask = semantic_map(seg, shape, ratio_pad, len(self.task_names["seg"])) if seg is not None else None
+        nc_seg = len(self.task_names["seg"])
+        mask = semantic_map(seg, img.shape[2:], shape, ratio_pad, nc_seg) if seg is not None else None
         return UnifiedResults(orig_img, img_path, self.task_names, boxes=pred[:, :6], semantic_mask=mask, probs=probs)
