@@ -1,6 +1,7 @@
 """Single-task training and validation on the built-in synthetic data: losses fall, checkpoints reload, val works."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,12 @@ def test_chain_trains_every_task_from_the_previous_weights(chain):
     for save_dir in chain["save_dirs"].values():
         assert (Path(save_dir) / "weights/best.pt").is_file() and (Path(save_dir) / "results.csv").is_file()
     assert Path(chain["weights"]).parent.parent.name == "cls"
+    root = Path(chain["save_dirs"]["seg"]).parent
+    final = json.loads((root / "val/metrics.json").read_text())  # every task validated after the chain
+    for task, metric in engine.PRIMARY_METRIC.items():
+        assert chain["scores"][task]["final"] == pytest.approx(final[task][metric])
+        assert 0.0 <= chain["scores"][task]["own_stage"] <= 1.0
+    assert (root / "chain.md").read_text().count("\n| ") == 4  # header + one row per task
 
 
 def test_checkpoint_reloads_as_the_same_unified_model(chain):

@@ -74,17 +74,35 @@ def train(task: str | None = None, force: dict[str, Any] | None = None, **overri
     root = run_dir(
         overrides.pop("project", None), overrides.pop("name", None), "train", overrides.get("exist_ok", False)
     )
-    save_dirs, weights = {}, overrides.pop("model", None)
+    save_dirs, own, weights = {}, {}, overrides.pop("model", None)
     for t in order:
         save_dir = root / t if len(order) > 1 else root
         trainer = TRAINERS[t](overrides={**overrides, "model": weights, "save_dir": str(save_dir)})
         trainer.train()
         save_dirs[t] = str(trainer.save_dir)
+        own[t] = float(trainer.metrics.get(PRIMARY_METRIC[t], float("nan")))
         weights = str(trainer.best if trainer.best.exists() else trainer.last)
+    out = {"weights": weights, "save_dirs": save_dirs}
     if len(order) > 1:
         keep = ("imgsz", "batch", "device", "workers", "plots")
-        val(weights, overrides["data"], save_dir=str(root / "val"), **{k: overrides[k] for k in keep if k in overrides})
-    return {"weights": weights, "save_dirs": save_dirs}
+        final = val(
+            weights, overrides["data"], save_dir=str(root / "val"), **{k: overrides[k] for k in keep if k in overrides}
+        )
+        out["scores"] = {t: {"own_stage": own[t], "final": final[t][PRIMARY_METRIC[t]]} for t in order}
+        write_chain_table(out["scores"], root)
+    return out
+
+
+def write_chain_table(scores: dict[str, dict[str, float]], root: Path) -> None:
+    """Log and save (``chain.md``) each task's score right after its own training and after the whole chain."""
+    lines = ["| task | metric | after its own training | after all tasks | change |", "|---|---|---|---|---|"]
+    for t, s in scores.items():
+        change = f"{(s['final'] - s['own_stage']) / s['own_stage']:+.1%}" if s["own_stage"] else "n/a"
+        lines.append(f"| {t} | {PRIMARY_METRIC[t]} | {s['own_stage']:.4f} | {s['final']:.4f} | {change} |")
+    note = "Plain fine-tuning, one task after another: no forgetting mitigation (see cfg/seq.yaml for that)."
+    table = "\n".join(lines)
+    (root / "chain.md").write_text(f"{note}\n\n{table}\n")
+    LOGGER.info(f"\n{colorstr('bold', 'yolo-unified train')}: {note}\n{table}")
 
 
 def train_protocol(stages: list[dict], resume: str | bool | None = None, **overrides: Any) -> dict[str, Any]:
