@@ -72,8 +72,11 @@ def test_resume_after_a_kill_finishes_every_stage(synth_yaml, tmp_path):
     assert len(json.loads((root / "protocol.json").read_text())["stages"]) == 1
     torch.load(stage2 / "last.pt", weights_only=False)  # the checkpoint the kill left is whole
 
-    state = engine.train(**{**cfg, "data": synth_yaml, "resume": str(root)})
+    state = engine.train(**{**cfg, "resume": str(root)})  # as `yolo-unified train cfg=... resume=<run>`: no data=
     assert [s["task"] for s in state["stages"]] == ["seg", "det", "cls"]
+    for stage in ("2-det", "3-cls"):  # the run's own settings, not the built-in data's defaults
+        args = yaml.safe_load((root / stage / "args.yaml").read_text())
+        assert args["data"] == synth_yaml and args["imgsz"] == TINY["imgsz"], (stage, args["data"], args["imgsz"])
     assert all(Path(s["weights"]).is_file() for s in state["stages"])
     rows = (root / "2-det/results.csv").read_text().strip().splitlines()[1:]
     assert [int(float(r.split(",")[0])) for r in rows] == [1, 2, 3, 4]  # resumed, not restarted

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
 from yolo_unified import engine
 from yolo_unified.data.synthetic import make_synthetic
+from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.nn import UnifiedModel
 
 OVERFIT = dict(  # 4 images, one optimizer step per epoch, no augmentation, constant learning rate: the loss must fall
@@ -77,3 +78,21 @@ def test_val_reports_every_task(chain, synth_yaml, tmp_path):
     assert 0.0 <= results["det"]["metrics/mAP50(B)"] <= 1.0
     assert 0.0 <= results["cls"]["metrics/accuracy_top1"] <= 1.0
     assert (tmp_path / "val/metrics.json").is_file() and (tmp_path / "val/metrics.csv").is_file()
+
+
+def test_pretrained_applies_to_a_new_model_only(chain, synth_yaml, tmp_path):
+    src = DetectionModel("yolov8n.yaml", nc=80, verbose=False)
+    torch.save({"model": src}, tmp_path / "yolov8n.pt")
+
+    def built(**overrides) -> UnifiedModel:
+        trainer = TRAINERS["det"](overrides={"data": synth_yaml, "save_dir": str(tmp_path / "t"), **overrides})
+        trainer.setup_model()
+        return trainer.model
+
+    fresh = built(pretrained=str(tmp_path / "yolov8n.pt"))
+    torch.testing.assert_close(fresh.model[4].cv1.conv.weight, src.model[4].cv1.conv.weight)
+    trained = load_checkpoint(chain["weights"])[0]
+    kept = built(model=chain["weights"], pretrained=str(tmp_path / "yolov8n.pt"))  # a later stage keeps its weights
+    torch.testing.assert_close(kept.model[4].cv1.conv.weight, trained.model[4].cv1.conv.weight.float())
+    missing = built(pretrained=str(tmp_path / "absent.pt"))  # offline / missing file: a warning, then from scratch
+    assert isinstance(missing, UnifiedModel)

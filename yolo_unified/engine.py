@@ -60,6 +60,8 @@ def train(task: str | None = None, force: dict[str, Any] | None = None, **overri
     """
     force = dict(force or {})
     overrides = {k: v for k, v in {**overrides, **force}.items() if v is not None}
+    if overrides.get("resume") and Path(str(overrides["resume"])).is_dir():  # a protocol run directory
+        return resume_protocol(overrides.pop("resume"), overrides)
     if not overrides.get("data"):
         overrides["data"] = default_data()
         force = {**YAML.load(CFG_DIR / "synth.yaml"), **force}
@@ -105,24 +107,38 @@ def write_chain_table(scores: dict[str, dict[str, float]], root: Path) -> None:
     LOGGER.info(f"\n{colorstr('bold', 'yolo-unified train')}: {note}\n{table}")
 
 
-def train_protocol(stages: list[dict], resume: str | bool | None = None, **overrides: Any) -> dict[str, Any]:
-    """Run a sequential protocol (``cfg/seq.yaml``): its stages in order, resumable; returns the protocol state.
+def train_protocol(stages: list[dict], **overrides: Any) -> dict[str, Any]:
+    """Run a sequential protocol (``cfg/seq.yaml``): its stages in order; returns the protocol state.
 
-    ``resume=<protocol run dir>`` continues an interrupted run: finished stages are skipped, an interrupted stage
-    resumes from its last checkpoint. ``chain=False`` trains every stage from the initial model (single-task
-    baselines); ``baselines=<baselines run dir>`` adds retention to the report.
+    ``chain=False`` trains every stage from the initial model (single-task baselines); ``baselines=<baselines run
+    dir>`` adds retention to the report. An interrupted run continues with ``resume=<run dir>`` (`resume_protocol`).
+    """
+    from yolo_unified.continual.protocol import Protocol
+
+    chain, baselines = overrides.pop("chain", True), overrides.pop("baselines", None)
+    overrides.pop("resume", None)
+    default = "seq" if chain else "baselines"
+    root = run_dir(overrides.pop("project", None), overrides.pop("name", None), default, overrides.get("exist_ok"))
+    return Protocol(stages, root, overrides, chain=chain, baselines=baselines).run()
+
+
+def resume_protocol(root: str | Path, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Continue the protocol run in `root` with the settings it was started with (kept in its ``protocol.json``).
+
+    Finished stages are skipped and an interrupted stage resumes from its ``last.pt`` (optimizer, schedule, EWC state
+    and replay buffer included). Keys in `given` (the rest of the command line) that differ from the run's own are
+    ignored, with a warning, as Ultralytics' resume does.
     """
     from yolo_unified.continual.protocol import STATE_FILE, Protocol
 
-    chain, baselines = overrides.pop("chain", True), overrides.pop("baselines", None)
-    if resume:
-        root = Path(str(resume))
-        if not (root / STATE_FILE).is_file() and not any(root.glob("*/weights/last.pt")):
-            raise FileNotFoundError(f"resume={resume}: no protocol run there (no {STATE_FILE}, no stage checkpoints)")
-    else:
-        default = "seq" if chain else "baselines"
-        root = run_dir(overrides.pop("project", None), overrides.pop("name", None), default, overrides.get("exist_ok"))
-    return Protocol(stages, root, overrides, chain=chain, baselines=baselines).run()
+    state_file = Path(root) / STATE_FILE
+    config = json.loads(state_file.read_text()).get("config") if state_file.is_file() else None
+    if not config:
+        raise FileNotFoundError(f"resume={root}: no protocol run there (no {STATE_FILE} with the run's settings)")
+    saved = {**config["common"], "stages": config["stages"], "chain": config["chain"], "baselines": config["baselines"]}
+    if ignored := sorted(k for k, v in (given or {}).items() if k not in saved or saved[k] != v):
+        LOGGER.warning(f"resume={root}: continuing with the run's own settings; ignoring {', '.join(ignored)}")
+    return Protocol(config["stages"], Path(root), config["common"], config["chain"], config["baselines"]).run()
 
 
 def val(

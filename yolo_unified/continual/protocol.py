@@ -40,7 +40,8 @@ class Protocol:
     Each stage is a unified trainer of its task, started from the previous stage's best weights (``chain=True``) or
     from the initial model (``chain=False``: independent single-task baselines with the same budgets). After each
     stage every task learned so far is validated on its val set at its own stage's image size; the scores, weights
-    and the strategies' memory are recorded in ``protocol.json`` and in the stage's ``best.pt`` (key ``continual``).
+    and the strategies' memory are recorded in ``protocol.json`` and in the stage's ``best.pt`` (key ``continual``);
+    ``protocol.json`` also keeps the protocol's settings (key ``config``), from which ``resume`` continues.
     """
 
     def __init__(
@@ -66,6 +67,11 @@ class Protocol:
         from yolo_unified.models.unified.train import TRAINERS
 
         self.root.mkdir(parents=True, exist_ok=True)
+        if "config" not in self.state:  # what resume= needs to carry on exactly as started
+            self.state["config"] = {
+                "stages": self.stages, "common": self.common, "chain": self.chain, "baselines": self.baselines
+            }  # fmt: skip
+            save_atomically(self.state, self.state_file)
         data = self.common["data"]
         initial = self.common.get("model")
         done = self.state["stages"]

@@ -189,7 +189,9 @@ class UnifiedTrainerMixin:
         """Build the unified model from a YAML or checkpoint; ``pretrained=`` adds weights from any YOLOv8 checkpoint.
 
         A ``model=*.pt`` that is not a unified checkpoint (e.g. ``yolov8n.pt``) gives the default unified model with
-        that checkpoint's matching tensors. A ``pretrained=`` file that cannot be loaded (missing, offline) only warns.
+        that checkpoint's matching tensors. As in Ultralytics, ``pretrained=`` only applies to a model built from its
+        YAML (a ``model=*.pt`` already holds weights: a protocol's later stages keep theirs); a ``pretrained=`` file
+        that cannot be loaded (missing, offline) only warns.
         """
         if isinstance(self.model, torch.nn.Module):
             return None
@@ -197,7 +199,7 @@ class UnifiedTrainerMixin:
         if str(self.model).endswith(".pt"):
             weights, ckpt = load_checkpoint(self.model)
             cfg = weights.yaml if isinstance(weights, UnifiedModel) else DEFAULT_MODEL_YAML
-        if isinstance(self.args.pretrained, (str, Path)) and not self.resume:
+        if weights is None and isinstance(self.args.pretrained, (str, Path)) and not self.resume:
             try:
                 weights = load_checkpoint(self.args.pretrained)[0]
             except Exception as e:
