@@ -121,3 +121,19 @@ def test_baselines_cfg_trains_each_task_alone_and_gives_retention(protocol_run, 
     root = protocol_run[0]
     md = write_report(root, json.loads((root / "protocol.json").read_text()), baselines=str(tmp_path / "baselines"))
     assert "| retention vs single-task |" in md and "%" in md.split("retention vs single-task")[1]
+
+
+def test_report_fails_a_protocol_whose_stage_kept_no_weights(tmp_path):
+    seg = {"seg": {"metrics/mIoU": 0.5}}
+    stage = {"weights": "w.pt", "save_dir": str(tmp_path)}
+    state = {
+        "stages": [
+            {**stage, "task": "seg", "scores": seg, "own_score": 0.5, "kept_weights": True},
+            {**stage, "task": "det", "scores": {**seg, "det": {"metrics/mAP50(B)": 0.0}}, "own_score": 0.0,
+             "kept_weights": False},
+        ]
+    }  # fmt: skip
+    md = write_report(tmp_path, state)
+    assert "Overall: **FAIL**" in md and "2 (det) kept no weights" in md
+    state["stages"][1]["kept_weights"] = True
+    assert "Overall: **PASS**" in write_report(tmp_path, state)

@@ -37,6 +37,7 @@ class StageContext:
     task: str  # task of this stage: seg, det or cls
     previous: list[str] = field(default_factory=list)  # tasks finished before this stage, in order
     own_scores: dict[str, float] = field(default_factory=dict)  # score of each finished task right after its stage
+    eval_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per finished task: its own imgsz and batch
     prev_weights: str | None = None  # checkpoint the stage starts from (the previous stage's best.pt)
     data: str = ""  # multi-task data YAML
     memory: dict[str, Any] = field(default_factory=dict)

@@ -61,6 +61,11 @@ class Protocol:
         """Ultralytics overrides of stage `i`: the common keys, then the stage's own (``task`` removed)."""
         return {**self.common, **{k: v for k, v in self.stages[i].items() if k != "task"}}
 
+    def eval_args(self, task: str) -> dict[str, Any]:
+        """How a task is scored between stages: at the image size and batch of the stage that learned it."""
+        args = self.stage_args([s["task"] for s in self.stages].index(task))
+        return {"imgsz": args.get("imgsz", 640), "batch": args.get("batch", 16)}
+
     def run(self) -> dict[str, Any]:
         """Run (or resume) every stage, then write the forgetting report; return the protocol state."""
         from yolo_unified.engine import PRIMARY_METRIC, val
@@ -87,6 +92,7 @@ class Protocol:
                 task=task,
                 previous=learned if self.chain else [],
                 own_scores={s["task"]: s["own_score"] for s in done},
+                eval_args={s["task"]: self.eval_args(s["task"]) for s in done},
                 prev_weights=weights if self.chain else None,
                 data=data,
                 memory=stage_memory(weights) if self.chain else {},
@@ -96,7 +102,8 @@ class Protocol:
             stage_dir = self.root / f"{i + 1}-{task}"
             args = {**self.stage_args(i), "model": weights if self.chain else initial, "save_dir": str(stage_dir)}
             best = self.train_stage(TRAINERS[task], args, context, stage_dir)
-            if best is None:  # nothing acceptable was trained (e.g. every epoch forgot too much): keep the start
+            kept = best is not None
+            if not kept:  # nothing acceptable was trained (e.g. every epoch forgot too much): keep the start
                 LOGGER.warning(f"stage {i + 1} ({task}) kept no weights; the protocol continues from {weights}")
                 best = weights
             ckpt = torch.load(best, map_location="cpu", weights_only=False)
@@ -104,10 +111,8 @@ class Protocol:
             save_atomically(ckpt, Path(best))
             scores = {}
             for t in [*learned, task] if self.chain else [task]:
-                t_args = self.stage_args([s["task"] for s in self.stages].index(t))
-                imgsz, batch = t_args.get("imgsz", 640), t_args.get("batch", 16)
-                save_dir = stage_dir / "eval"
-                scores.update(val(best, data, tasks=[t], imgsz=imgsz, batch=batch, save_dir=str(save_dir), plots=False))
+                save_dir = str(stage_dir / "eval")
+                scores.update(val(best, data, tasks=[t], save_dir=save_dir, plots=False, **self.eval_args(t)))
             done.append(
                 {
                     "task": task,
@@ -115,6 +120,7 @@ class Protocol:
                     "save_dir": str(stage_dir),
                     "scores": scores,
                     "own_score": scores[task][PRIMARY_METRIC[task]],
+                    "kept_weights": kept,
                 }
             )
             save_atomically(self.state, self.state_file)

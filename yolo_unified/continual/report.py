@@ -68,10 +68,17 @@ def write_report(root: Path, state: dict[str, Any], forget_limit: float = 0.05, 
     with open(root / "forgetting.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     drops = forgetting(state, forget_limit)
-    verdict = "PASS" if all(d["pass"] for d in drops.values()) else "FAIL"
+    unlearned = [f"{i + 1} ({s['task']})" for i, s in enumerate(state["stages"]) if s.get("kept_weights") is False]
+    verdict = "PASS" if all(d["pass"] for d in drops.values()) and not unlearned else "FAIL"
+    warning = (
+        f"\n\nStage(s) {', '.join(unlearned)} kept no weights (every epoch forgot too much): the protocol went on "
+        "from the previous weights, so that task was not learned and its forgetting says nothing."
+        if unlearned
+        else ""
+    )
     md = (
         f"# Forgetting report\n\nLimit: relative drop <= {forget_limit:.0%} of each task's score right after its own "
-        f"stage (mIoU for seg, mAP50 for det, top-1 for cls). Overall: **{verdict}**.\n\n{markdown(rows)}"
+        f"stage (mIoU for seg, mAP50 for det, top-1 for cls). Overall: **{verdict}**.{warning}\n\n{markdown(rows)}"
     )
     (root / "forgetting.md").write_text(md)
     plot_report(root, state)
