@@ -91,6 +91,7 @@ def test_lr_multipliers_scale_each_module_group(synth_yaml, tmp_path):
     for g in trainer.optimizer.param_groups:
         lrs.setdefault(g["module"], set()).add(round(g["initial_lr"], 9))
     assert lrs == {"backbone": {1e-4}, "neck": {1e-3}, "tower": {0.01}, "det": {0.01}, "seg": {0.01}, "cls": {0.1}}
+    assert trainer.args.warmup_bias_lr == 0.0  # Ultralytics' bias warmup (0.1) would bypass the multipliers
 
 
 def test_frozen_batchnorm_statistics_do_not_change(synth_yaml, tmp_path):

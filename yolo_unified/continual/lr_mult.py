@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from ultralytics.utils import LOGGER
 
 from yolo_unified.continual.base import MODULE_PREFIXES, Strategy, module_of
 
@@ -12,10 +13,18 @@ class LRMult(Strategy):
 
     The optimizer gets one parameter group per module group (and Ultralytics' decay / no-decay / bias split), at
     ``lr0 * multiplier``. A group at 0 is left out of the optimizer and its parameters stop requiring gradients, so
-    neither weight decay nor momentum can move them, and its BatchNorm statistics are held as well.
+    neither weight decay nor momentum can move them, and its BatchNorm statistics are held as well. The bias warmup
+    starts at 0 instead of ``warmup_bias_lr``, which Ultralytics applies to every bias group alike.
     """
 
     key = "lr_mult"
+
+    def setup(self, trainer) -> None:
+        """Start the bias warmup at 0: Ultralytics ramps bias groups down from ``warmup_bias_lr`` (0.1) whatever
+        their multiplier, which would move a slowed module's biases at the full warmup rate."""
+        if trainer.args.warmup_bias_lr:
+            LOGGER.info(f"lr_mult: warmup_bias_lr {trainer.args.warmup_bias_lr:g} -> 0 (it ignores the multipliers)")
+            trainer.args.warmup_bias_lr = 0.0
 
     def lr_multipliers(self) -> dict[str, float]:
         """The configured multipliers, checked against the known module groups."""
