@@ -1,0 +1,66 @@
+"""Bootstrap intervals over validation images, computed with Ultralytics' own metric classes.
+
+A task is validated once at batch 1 while a callback keeps what each image added to the validator's statistics (the
+semantic confusion matrix, the detection match statistics, the class ranking); a resample of the images then re-runs
+the same metric code on the resampled records, so the point value and every resample agree with ``yolo-unified val``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ultralytics.utils.metrics import DetMetrics, SemanticMetrics
+
+from yolo_unified.data.config import ULTRALYTICS_TASK
+from yolo_unified.engine import PRIMARY_METRIC
+from yolo_unified.models.unified.val import VALIDATORS
+
+
+def per_image_records(weights: str, data: str, task: str, imgsz: int, save_dir: Path) -> tuple[float, list, Any]:
+    """Validate `task` of `weights` at batch 1; return the score, one record per image and the validator."""
+    args = {"data": data, "task": ULTRALYTICS_TASK[task], "mode": "val", "model": weights, "imgsz": imgsz, "batch": 1}
+    validator = VALIDATORS[task](save_dir=save_dir, args={**args, "plots": False, "verbose": False})
+    records: list = []
+    last: list[torch.Tensor | None] = [None]
+
+    def keep(v) -> None:
+        if task == "seg":  # what this image added to the confusion matrix
+            matrix = v.metrics.matrix.detach().cpu().clone()
+            records.append(matrix - last[0] if last[0] is not None else matrix)
+            last[0] = matrix
+        elif task == "det":
+            records.append({k: v.metrics.stats[k][-1] for k in v.metrics.stats})
+        else:
+            records.append((v.pred[-1][0].clone(), v.targets[-1][0].clone()))
+
+    validator.add_callback("on_val_batch_end", keep)
+    stats = validator()
+    return float(stats[PRIMARY_METRIC[task]]), records, validator
+
+
+def score(task: str, records: list, names: dict[int, str]) -> float:
+    """The task's primary score (mIoU, mAP50, top-1) of a set of per-image records."""
+    if task == "seg":
+        metrics = SemanticMetrics(names)
+        metrics.matrix = torch.stack(records).sum(0)
+        metrics.process()
+        return metrics._miou
+    if task == "det":
+        metrics = DetMetrics(names)
+        metrics.stats = {k: [r[k] for r in records] for k in records[0]}
+        metrics.process()
+        return float(metrics.box.map50)
+    return float(np.mean([int(pred[0] == target) for pred, target in records]))
+
+
+def interval(
+    task: str, records: list, names: dict[int, str], n: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the score over resamples (with replacement) of the validation images."""
+    rng = np.random.default_rng(seed)
+    values = [score(task, [records[i] for i in rng.integers(0, len(records), len(records))], names) for _ in range(n)]
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))

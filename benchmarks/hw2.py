@@ -1,0 +1,290 @@
+"""The HW2 benchmark: single-task baselines, the sequential protocol (two seeds) and the ablation table, resumable.
+
+    python -m benchmarks.hw2 data=../shared/data/hw2 imgsz=320 out=benchmarks/results/hw2-320
+    python -m benchmarks.hw2 ... pretrained=../shared/weights/yolov8n-cls-imagenette.pt   # the pretrained regime
+    python -m benchmarks.hw2 data=datasets/unified-synth.yaml quick=True out=/tmp/quick    # a smoke run, minutes
+
+``data`` is the raw HW2 folder (converted into ``datasets/hw2`` first, as ``yolo-unified data prepare`` does) or a
+multi-task data YAML. Every run is a protocol run under ``<out>/runs/<name>``: a killed benchmark re-run with the same
+command skips finished runs and stages and resumes the interrupted one. ``quick=True`` shrinks every stage (64 px,
+one epoch, 5% of the training images) to check that the whole pipeline produces its files.
+
+Output in ``out``: ``summary.md`` (every table, with the machine, command, commit, date and wall times),
+``results.json`` (every number), the runs' own reports and plots, and the speed table of ``yolo-unified benchmark``.
+Scores come with 95% bootstrap intervals over the validation images and with the all-background / chance
+references; the default protocol runs with two seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from copy import deepcopy
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from ultralytics import __version__ as ultralytics_version
+from ultralytics.utils import LOGGER, YAML, colorstr
+from ultralytics.utils.torch_utils import get_cpu_info
+
+from benchmarks.bootstrap import interval, per_image_records, score
+from yolo_unified.cli import parse_args
+from yolo_unified.continual import STRATEGIES
+from yolo_unified.continual.report import forgetting
+from yolo_unified.data.config import load_data_config, task_names
+from yolo_unified.engine import resume_protocol, train
+from yolo_unified.nn.tasks import CFG_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+LWF = {"weight": 1.0, "temperature": 2.0}  # LwF is not in the default combination: the "LwF alone" row uses this
+QUICK = {"imgsz": 64, "epochs": 1, "batch": 8, "nbs": 8, "fraction": 0.05, "workers": 0, "plots": False}
+ABLATIONS = [  # name, row label, strategy keys kept from cfg/seq.yaml, staged (per-stage) learning rates
+    ("finetune", "no mitigation (plain fine-tuning)", (), False),
+    ("staged_lr", "+ staged LR", (), True),
+    ("clip", "+ gradient clipping", ("clip_grad",), True),
+    ("module_lr", "+ per-module LR", ("clip_grad", "lr_mult"), True),
+    ("bn_freeze", "+ BN freezing", ("clip_grad", "lr_mult", "bn_freeze"), True),
+    ("ewc", "EWC alone", ("ewc",), False),
+    ("lwf", "LwF alone", ("lwf",), False),
+    ("replay", "replay alone", ("replay",), False),
+]
+TASK_METRIC = {"seg": "mIoU", "det": "mAP50", "cls": "top-1"}
+PUBLISHED = """Published figures for this protocol (not re-run here; pretrained backbones on a GPU):
+- report A (MobileNetV3-S, 4.39M params): after stage 3 mIoU 30.01, mAP 47.05, top-1 15.00; forgetting 4.78% / 0.00% /
+  0.00%; 1.90 ms on a T4;
+- report B (YOLOv8n layers 0-9 + FPN + EWC, 1.01M params): mIoU 13.41, mAP 0.000004, top-1 36.67; 18 s per sample."""
+
+
+def ablation_cfg(seq: dict, keep: tuple[str, ...], staged: bool) -> dict:
+    """cfg/seq.yaml with only the strategies in `keep`; without `staged`, every stage uses the first stage's LR."""
+    cfg = deepcopy(seq)
+    first = cfg["stages"][0]
+    for i, stage in enumerate(cfg["stages"]):
+        for key in STRATEGIES:
+            if key not in keep:
+                stage.pop(key, None)
+        if "clip_grad" not in keep:
+            stage["clip_grad"] = 10.0  # Ultralytics' own fixed clipping
+        if "lwf" in keep and i > 0:
+            stage["lwf"] = LWF
+        if not staged:
+            stage["lr0"], stage["lrf"] = first["lr0"], first["lrf"]
+    return cfg
+
+
+def run_protocol(cfg: dict, root: Path, common: dict, force: dict) -> tuple[dict, float]:
+    """Run (or resume, or just read) the protocol `cfg` in `root`; return its state and this call's wall time."""
+    t0 = time.time()
+    state_file = root / "protocol.json"
+    if state_file.is_file() and json.loads(state_file.read_text()).get("config"):
+        state = resume_protocol(root)
+    else:
+        state = train(**{**cfg, **common}, project=str(root.parent), name=root.name, exist_ok=True, force=force)
+    return state, time.time() - t0
+
+
+def final_scores(state: dict, data: str, names: dict, out: Path, n_boot: int) -> dict[str, dict[str, Any]]:
+    """Each learned task's final score with its bootstrap interval (validated at the task's own image size)."""
+    weights, config = state["stages"][-1]["weights"], state["config"]
+    scores = {}
+    for stage in config["stages"]:
+        task = stage["task"]
+        if any(s["task"] == task for s in state["stages"]):
+            imgsz = {**config["common"], **stage}.get("imgsz", 640)
+            value, records, _ = per_image_records(weights, data, task, imgsz, out / "bootstrap" / task)
+            lo, hi = interval(task, records, names[task], n=n_boot)
+            scores[task] = {"value": value, "ci95": [lo, hi], "n_images": len(records)}
+            if task == "seg":
+                scores[task]["all_background"] = background_miou(records, names[task])
+    return scores
+
+
+def background_miou(records: list[torch.Tensor], names: dict) -> float:
+    """mIoU of predicting background everywhere, from the ground truth in the per-image confusion matrices."""
+    trivial = torch.zeros_like(records[0])
+    trivial[:, 0] = torch.stack(records).sum(0).sum(1)
+    return score("seg", [trivial], names)
+
+
+def fmt(entry: dict | None, digits: int = 4) -> str:
+    """``value [lo, hi]`` of a bootstrapped score."""
+    if not entry:
+        return ""
+    lo, hi = entry["ci95"]
+    return f"{entry['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def drop(d: dict | None) -> str:
+    """Relative and absolute forgetting of a task."""
+    return f"{d['relative']:+.1%} ({d['points']:+.2f} pts)" if d else ""
+
+
+def stage_minutes(state: dict) -> list[float]:
+    """Training wall time of each stage in minutes, from Ultralytics' results.csv (elapsed seconds column)."""
+    minutes = []
+    for s in state["stages"]:
+        rows = (Path(s["save_dir"]) / "results.csv").read_text().strip().splitlines()
+        minutes.append(float(rows[-1].split(",")[1]) / 60 if len(rows) > 1 else 0.0)
+    return minutes
+
+
+def git_commit() -> str:
+    """The checked-out commit (with a marker when the tree has uncommitted changes)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+        return rev.strip() + (" (uncommitted changes)" if dirty.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def summary_markdown(results: dict) -> str:
+    """All tables of the benchmark as Markdown."""
+    m, runs = results["machine"], results["runs"]
+    limit = results["forget_limit"]
+    lines = [
+        f"# HW2 benchmark ({results['regime']})",
+        "",
+        f"- command: `{results['command']}`",
+        f"- date: {results['date']}, commit {results['commit']}",
+        f"- machine: {m['cpu']}, {m['logical_cores']} logical cores, no GPU; torch {m['torch']}, "
+        f"ultralytics {m['ultralytics']}, Python {m['python']}",
+        f"- wall time of this invocation: {results['wall_minutes']:.1f} min; "
+        f"peak memory {results['peak_rss_mb']:.0f} MB",
+        f"- scores: final value [95% bootstrap interval over the val images, {results['bootstrap']} resamples]; "
+        f"references: all-background mIoU {results['references']['seg_all_background']:.4f}, chance top-1 "
+        f"{results['references']['cls_chance']:.4f}, chance mAP50 ~0",
+        "",
+        "## Single-task baselines (each task alone, same epochs and image size)",
+        "",
+        "| task | score |",
+        "|---|---|",
+        *(f"| {t} {TASK_METRIC[t]} | {fmt(s)} |" for t, s in runs["baselines"]["final"].items()),
+        "",
+        "## Sequential protocol (cfg/seq.yaml)",
+    ]
+    for name in [n for n in runs if n.startswith("default")]:
+        lines += ["", f"### {name}", "", (Path(runs[name]["root"]) / "forgetting.md").read_text().split("\n\n", 2)[2]]
+    lines += [
+        "",
+        f"## Ablations (each a full seg -> det -> cls run; limit {limit:.0%} relative forgetting)",
+        "",
+        "| run | mIoU | mAP50 | top-1 | seg forgetting | det forgetting | verdict | minutes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, run in runs.items():
+        if name == "baselines":
+            continue
+        f, d = run["final"], run["forgetting"]
+        cells = [fmt(f.get("seg")), fmt(f.get("det")), fmt(f.get("cls")), drop(d.get("seg")), drop(d.get("det"))]
+        lines.append(f"| {run['label']} | {' | '.join(cells)} | {run['verdict']} | {sum(run['stage_minutes']):.1f} |")
+    lines += ["", "## Efficiency", "", results["speed_table"], "", PUBLISHED, ""]
+    return "\n".join(lines)
+
+
+def verdict(state: dict, limit: float) -> str:
+    """PASS when every task stays within the limit and every stage kept weights."""
+    if any(s.get("kept_weights") is False for s in state["stages"]):
+        return "FAIL (a stage kept no weights)"
+    return "PASS" if all(d["pass"] for d in forgetting(state, limit).values()) else "FAIL"
+
+
+def main(argv: list[str]) -> dict:
+    """Run the benchmark for command-line tokens `argv` (``key=value``); return the results dict."""
+    args = parse_args(argv)
+    if unknown := set(args) - {"data", "imgsz", "out", "quick", "pretrained", "seeds", "bootstrap", "speed_imgsz"}:
+        raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.hw2")
+    quick, t0 = bool(args.get("quick", False)), time.time()
+    out = Path(args.get("out", "benchmarks/results/hw2-320")).resolve()
+    data = str(args.get("data", "../shared/data/hw2"))
+    if not data.endswith((".yaml", ".yml")):
+        from yolo_unified.data.prepare import prepare_hw2
+
+        prepare_hw2(data, REPO / "datasets/hw2")
+        data = str(REPO / "datasets/hw2.yaml")
+    names = task_names(load_data_config(data))
+    seq = YAML.load(CFG_DIR / "seq.yaml")
+    common = {"data": data, "imgsz": int(args.get("imgsz", seq.get("imgsz", 320)))}
+    if args.get("pretrained"):
+        common["pretrained"] = str(args["pretrained"])
+    force = dict(QUICK) if quick else {}
+    limit = float(seq.get("forget_limit", 0.05))
+    n_boot = int(args.get("bootstrap", 50 if quick else 1000))
+
+    plan: list[tuple[str, str, dict]] = [("baselines", "single-task baselines", YAML.load(CFG_DIR / "baselines.yaml"))]
+    for seed in range(max(1, int(args.get("seeds", 2)))):
+        plan.append((f"default_seed{seed}", f"default combination (cfg/seq.yaml), seed {seed}", {**seq, "seed": seed}))
+    plan += [(name, label, ablation_cfg(seq, keep, staged)) for name, label, keep, staged in ABLATIONS]
+
+    runs: dict[str, dict] = {}
+    for name, label, cfg in plan:
+        LOGGER.info(f"\n{colorstr('bold', 'benchmarks.hw2')}: {name} ({label})")
+        if name.startswith("default") and "baselines" in runs:
+            cfg = {**cfg, "baselines": runs["baselines"]["root"]}
+        state, seconds = run_protocol(cfg, out / "runs" / name, common, force)
+        final = final_scores(state, data, names, out / "runs" / name, n_boot)
+        runs[name] = {
+            "label": label,
+            "root": str(out / "runs" / name),
+            "final": final,
+            "forgetting": forgetting(state, limit) if name != "baselines" else {},
+            "verdict": verdict(state, limit) if name != "baselines" else "",
+            "stage_minutes": stage_minutes(state),
+            "wall_minutes_this_call": seconds / 60,
+            "stages": state["stages"],
+        }
+
+    from yolo_unified.benchmark import benchmark
+
+    final_weights = runs["default_seed0"]["stages"][-1]["weights"]
+    speed = benchmark(
+        final_weights,
+        imgsz=int(args.get("speed_imgsz", 64 if quick else 512)),
+        runs=3 if quick else 50,
+        warmup=1 if quick else 10,
+        project=str(out),
+        name="speed",
+        exist_ok=True,
+    )
+    results = {
+        "regime": f"pretrained={common['pretrained']}" if "pretrained" in common else "from scratch",
+        "command": "python -m benchmarks.hw2 " + " ".join(argv),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(),
+        "machine": {
+            "cpu": get_cpu_info(),
+            "logical_cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "ultralytics": ultralytics_version,
+            "python": platform.python_version(),
+        },
+        "quick": quick,
+        "forget_limit": limit,
+        "bootstrap": n_boot,
+        "wall_minutes": (time.time() - t0) / 60,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "references": {
+            "seg_all_background": runs["baselines"]["final"].get("seg", {}).get("all_background", math.nan),
+            "cls_chance": 1 / len(names["cls"]) if "cls" in names else math.nan,
+        },
+        "runs": runs,
+        "speed": {"rows": speed["rows"], "checks": speed["checks"], "machine": speed["machine"]},
+        "speed_table": (Path(speed["save_dir"]) / "benchmark.md").read_text(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "summary.md").write_text(summary_markdown(results))
+    LOGGER.info(f"{colorstr('bold', 'benchmarks.hw2')}: {out / 'summary.md'}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
