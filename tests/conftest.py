@@ -13,7 +13,10 @@ import matplotlib  # noqa: E402  (after the environment above)
 
 shutil.copy(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf", _CONFIG_DIR / "Ultralytics/Arial.ttf")
 
+import logging  # noqa: E402
+
 import pytest  # noqa: E402
+from ultralytics.utils import LOGGER  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HW2 = (REPO / "../shared/data/hw2").resolve()
@@ -26,3 +29,14 @@ def synth_yaml(tmp_path_factory) -> str:
     from yolo_unified.data.synthetic import make_synthetic
 
     return str(make_synthetic(tmp_path_factory.mktemp("data") / "synth", n_train=8, n_val=4, imgsz=64, seed=0))
+
+
+@pytest.fixture
+def logged(caplog):
+    """caplog that sees Ultralytics' LOGGER, which does not propagate to the root logger caplog listens on."""
+    level = LOGGER.level
+    LOGGER.addHandler(caplog.handler)
+    LOGGER.setLevel(logging.INFO)  # also when YOLO_VERBOSE=False silences it
+    yield caplog
+    LOGGER.removeHandler(caplog.handler)
+    LOGGER.setLevel(level)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from ultralytics.data.dataset import SemanticDataset, YOLODataset
-from ultralytics.utils import LOGGER, YAML
+from ultralytics.utils import YAML
 
 from yolo_unified.data.config import load_data_config
 from yolo_unified.data.prepare import DET_NAMES, SEG_NAMES, prepare_hw2
@@ -43,17 +43,6 @@ README_TRAIN = {"person": 718, "car": 124, "dog": 13, "cat": 19, "chair": 110, "
 DUPLICATES = ["000000323751", "000000370486", "000000428111", "000000511204", "000000513567"]
 
 real_data = pytest.mark.skipif(not HW2.is_dir(), reason=f"real HW2 data not found at {HW2} (not part of the repo)")
-
-
-@pytest.fixture
-def logged(caplog):
-    """caplog that sees Ultralytics' LOGGER, which does not propagate to the root logger caplog listens on."""
-    level = LOGGER.level
-    LOGGER.addHandler(caplog.handler)
-    LOGGER.setLevel(logging.INFO)  # also when YOLO_VERBOSE=False silences it
-    yield caplog
-    LOGGER.removeHandler(caplog.handler)
-    LOGGER.setLevel(level)
 
 
 # ---------------------------------------------------------------------------------------------- the real HW2 data

@@ -2,10 +2,13 @@
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
 from yolo_unified import engine
@@ -96,3 +99,24 @@ def test_pretrained_applies_to_a_new_model_only(chain, synth_yaml, tmp_path):
     torch.testing.assert_close(kept.model[4].cv1.conv.weight, trained.model[4].cv1.conv.weight.float())
     missing = built(pretrained=str(tmp_path / "absent.pt"))  # offline / missing file: a warning, then from scratch
     assert isinstance(missing, UnifiedModel)
+
+
+def test_training_skips_bad_files_and_names_them(synth_yaml, tmp_path, logged):
+    """A truncated image, an empty label file, a mask of the wrong size: training goes on and names what it skips."""
+    root = tmp_path / "bad"
+    shutil.copytree(Path(synth_yaml).parent / "synth", root)
+    data = tmp_path / "bad.yaml"
+    data.write_text(Path(synth_yaml).read_text().replace("path: synth", f"path: {root}"))
+    broken = sorted((root / "det/images/train").glob("*.jpg"))[0]
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated JPEG
+    empty = sorted((root / "det/labels/train").glob("*.txt"))[1]
+    empty.write_text("")  # an image with no objects: a background image, kept
+    mask = sorted((root / "seg/masks/train").glob("*.png"))[0]
+    Image.fromarray(np.zeros((10, 20), np.uint8)).save(mask)  # not its image's size
+    for task in ("det", "seg"):
+        out = engine.train(task=task, data=str(data), project=str(tmp_path), name=task, epochs=1, imgsz=64, batch=4,
+                           workers=0, plots=False)  # fmt: skip
+        assert Path(out["weights"]).is_file()
+    text = logged.text  # Ultralytics' dataset scan names the file and the problem, and counts what it skipped
+    assert f"det/images/train/{broken.name}: ignoring corrupt image/label: Truncated" in text
+    assert f"seg/images/train/{mask.stem}.jpg: ignoring corrupt image/mask: mask size (10, 20) does not match" in text
