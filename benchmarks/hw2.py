@@ -46,7 +46,11 @@ from yolo_unified.engine import resume_protocol, train
 from yolo_unified.nn.tasks import CFG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-LWF = {"weight": 1.0, "temperature": 2.0}  # LwF is not in the default combination: the "LwF alone" row uses this
+LATER_STAGES = {  # settings of the strategies the default combination leaves out after stage 1, for their own rows
+    "ewc": {"lam": 1000.0, "samples": 64},
+    "lwf": {"weight": 1.0, "temperature": 2.0},
+    "replay": {"size": 10, "batch": 2, "weight": 1.0},
+}
 QUICK = {"imgsz": 64, "epochs": 1, "batch": 8, "nbs": 8, "fraction": 0.05, "workers": 0, "plots": False}
 ABLATIONS = [  # name, row label, strategy keys kept from cfg/seq.yaml, staged (per-stage) learning rates
     ("finetune", "no mitigation (plain fine-tuning)", (), False),
@@ -75,8 +79,9 @@ def ablation_cfg(seq: dict, keep: tuple[str, ...], staged: bool) -> dict:
                 stage.pop(key, None)
         if "clip_grad" not in keep:
             stage["clip_grad"] = 10.0  # Ultralytics' own fixed clipping
-        if "lwf" in keep and i > 0:
-            stage["lwf"] = LWF
+        for key, settings in LATER_STAGES.items():
+            if key in keep and i > 0 and not stage.get(key):
+                stage[key] = settings
         if not staged:
             stage["lr0"], stage["lrf"] = first["lr0"], first["lrf"]
     return cfg
