@@ -37,7 +37,7 @@ from ultralytics import __version__ as ultralytics_version
 from ultralytics.utils import LOGGER, YAML, colorstr
 from ultralytics.utils.torch_utils import get_cpu_info
 
-from benchmarks.bootstrap import interval, per_image_records, score
+from benchmarks.bootstrap import bootstrapped
 from yolo_unified.cli import parse_args
 from yolo_unified.continual import STRATEGIES
 from yolo_unified.continual.report import forgetting
@@ -114,24 +114,15 @@ def share_first_stage(root: Path, source: dict) -> None:
 def final_scores(state: dict, data: str, names: dict, out: Path, n_boot: int) -> dict[str, dict[str, Any]]:
     """Each learned task's final score with its bootstrap interval (validated at the task's own image size)."""
     weights, config = state["stages"][-1]["weights"], state["config"]
-    scores = {}
-    for stage in config["stages"]:
-        task = stage["task"]
-        if any(s["task"] == task for s in state["stages"]):
-            imgsz = {**config["common"], **stage}.get("imgsz", 640)
-            value, records, _ = per_image_records(weights, data, task, imgsz, out / "bootstrap" / task)
-            lo, hi = interval(task, records, names[task], n=n_boot)
-            scores[task] = {"value": value, "ci95": [lo, hi], "n_images": len(records)}
-            if task == "seg":
-                scores[task]["all_background"] = background_miou(records, names[task])
-    return scores
-
-
-def background_miou(records: list[torch.Tensor], names: dict) -> float:
-    """mIoU of predicting background everywhere, from the ground truth in the per-image confusion matrices."""
-    trivial = torch.zeros_like(records[0])
-    trivial[:, 0] = torch.stack(records).sum(0).sum(1)
-    return score("seg", [trivial], names)
+    learned = {s["task"] for s in state["stages"]}
+    return {
+        stage["task"]: bootstrapped(
+            weights, data, stage["task"], {**config["common"], **stage}.get("imgsz", 640), names[stage["task"]],
+            n_boot, out / "bootstrap" / stage["task"],
+        )
+        for stage in config["stages"]
+        if stage["task"] in learned
+    }  # fmt: skip
 
 
 def fmt(entry: dict | None, digits: int = 4) -> str:

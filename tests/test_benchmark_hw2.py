@@ -1,11 +1,16 @@
-"""The HW2 benchmark command in quick mode: every run, table and file is produced, with finite numbers."""
+"""The HW2 benchmark: ablation configs, bootstrap intervals that reproduce the validators, quick mode end to end."""
 
 import json
 import math
 
+import pytest
+import torch
 from ultralytics.utils import YAML
 
+from benchmarks.bootstrap import background_miou, interval, per_image_records, score
 from benchmarks.hw2 import ABLATIONS, ablation_cfg, main
+from yolo_unified.data.config import load_data_config, task_names
+from yolo_unified.nn import UnifiedModel
 from yolo_unified.nn.tasks import CFG_DIR
 
 
@@ -44,3 +49,20 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
     assert (out / "speed" / "benchmark.md").is_file()
     again = main([f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}", "bootstrap=10"])  # no retraining
     assert all(run["wall_minutes_this_call"] < 0.5 for run in again["runs"].values())
+
+
+@pytest.mark.parametrize("task", ["seg", "det", "cls"])
+def test_bootstrap_records_reproduce_the_validator(task, synth_yaml, tmp_path):
+    names = task_names(load_data_config(synth_yaml))
+    model = UnifiedModel(task_names=names, verbose=False)
+    with torch.no_grad():  # varied outputs, so that every metric has something to count
+        for layer in (model.model[-1].det, model.model[-1].seg, model.model[-1].cls):
+            layer.bias.normal_(0, 2)
+    weights = tmp_path / "model.pt"
+    torch.save({"model": model.half(), "train_args": {"imgsz": 64}}, weights)
+    value, records, _ = per_image_records(str(weights), synth_yaml, task, 64, tmp_path / task)
+    assert len(records) == 4 and score(task, records, names[task]) == pytest.approx(value, abs=1e-6)
+    lo, hi = interval(task, records, names[task], n=200)
+    assert 0.0 <= lo <= hi <= 1.0
+    if task == "seg":  # the all-background reference is the background IoU over the classes present
+        assert 0.0 < background_miou(records, names[task]) < 1.0
