@@ -6,10 +6,10 @@
 
 ``data`` is the raw HW2 folder (converted into ``datasets/hw2`` first, as ``yolo-unified data prepare`` does) or a
 multi-task data YAML. Every run is a protocol run under ``<out>/runs/<name>``: a killed benchmark re-run with the same
-command skips finished runs and stages and resumes the interrupted one. The ablation runs share the first
-(segmentation) stage of the seed-0 default run: it is the same training in all of them, since the strategies act from
-stage 2 on. ``quick=True`` shrinks every stage (64 px, one epoch, 5% of the training images) to check that the whole
-pipeline produces its files.
+command skips finished runs and stages and resumes the interrupted one. The single-task baselines and the ablation runs
+share the first (segmentation) stage of the seed-0 default run: it is the same training in all of them (the strategies
+act from stage 2 on, and the segmentation baseline has the same settings). ``quick=True`` shrinks every stage (64 px,
+one epoch, 5% of the training images) to check that the whole pipeline produces its files.
 
 Output in ``out``: ``summary.md`` (every table, with the machine, command, commit, date and wall times),
 ``results.json`` (every number), the runs' own reports and plots, and the speed table of ``yolo-unified benchmark``.
@@ -40,7 +40,7 @@ from ultralytics.utils.torch_utils import get_cpu_info
 from benchmarks.bootstrap import bootstrapped
 from yolo_unified.cli import parse_args
 from yolo_unified.continual import STRATEGIES
-from yolo_unified.continual.report import forgetting
+from yolo_unified.continual.report import forgetting, write_report
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.engine import resume_protocol, train
 from yolo_unified.nn.tasks import CFG_DIR
@@ -235,22 +235,28 @@ def main(argv: list[str]) -> dict:
     limit = float(seq.get("forget_limit", 0.05))
     n_boot = int(args.get("bootstrap", 50 if quick else 1000))
 
-    plan: list[tuple[str, str, dict]] = [("baselines", "single-task baselines", YAML.load(CFG_DIR / "baselines.yaml"))]
-    for seed in range(max(1, int(args.get("seeds", 2)))):
-        plan.append((f"default_seed{seed}", f"default combination (cfg/seq.yaml), seed {seed}", {**seq, "seed": seed}))
+    # seed 0 first: the baselines and the ablations start from its first stage (the same training in all of them)
+    label = "default combination (cfg/seq.yaml), seed {}"
+    plan = [("default_seed0", label.format(0), {**seq, "seed": 0})]
+    plan.append(("baselines", "single-task baselines", YAML.load(CFG_DIR / "baselines.yaml")))
+    plan += [(f"default_seed{i}", label.format(i), {**seq, "seed": i}) for i in range(1, int(args.get("seeds", 2)))]
     plan += [(name, label, ablation_cfg(seq, keep, staged)) for name, label, keep, staged in ABLATIONS]
 
     runs: dict[str, dict] = {}
     states: dict[str, dict] = {}
     for name, label, cfg in plan:
         LOGGER.info(f"\n{colorstr('bold', 'benchmarks.hw2')}: {name} ({label})")
-        root = out / "runs" / name
-        if name.startswith("default"):
-            cfg = {**cfg, "baselines": str(out / "runs" / "baselines")}
-        elif name != "baselines":
+        root, baselines = out / "runs" / name, out / "runs" / "baselines"
+        if name == "default_seed0":
+            pass
+        elif name.startswith("default"):
+            cfg = {**cfg, "baselines": str(baselines)}
+        else:
             share_first_stage(root, states["default_seed0"])
         state, seconds = run_protocol(cfg, root, common, force)
         states[name] = state
+        if name == "baselines":  # now seed 0's report can have its retention row
+            write_report(out / "runs" / "default_seed0", states["default_seed0"], limit, baselines=str(baselines))
         final = final_scores(state, data, names, root, n_boot)
         runs[name] = {
             "label": label,
