@@ -75,6 +75,8 @@ class UnifiedValidatorMixin:
         """Select this task's output, then post-process it exactly as Ultralytics does."""
         if isinstance(preds, (list, tuple)):
             preds = preds[self.output_index]
+        if isinstance(preds, torch.Tensor):  # channels-last outputs take a ~10x slower path in CPU upsampling
+            preds = preds.contiguous()
         return super().postprocess(preds)
 
     def get_dataloader(self, dataset_path: str, batch_size: int):
