@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
+from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_unified import engine
@@ -137,3 +138,15 @@ def test_report_fails_a_protocol_whose_stage_kept_no_weights(tmp_path):
     assert "Overall: **FAIL**" in md and "2 (det) kept no weights" in md
     state["stages"][1]["kept_weights"] = True
     assert "Overall: **PASS**" in write_report(tmp_path, state)
+
+
+def test_resume_drops_results_rows_the_checkpoint_does_not_hold(synth_yaml, tmp_path, monkeypatch):
+    trainer = TRAINERS["seg"](overrides={**TINY, "data": synth_yaml, "save_dir": str(tmp_path), "epochs": 5})
+    trainer.csv.write_text("epoch,time,x\n1,1,0.5\n2,2,0.4\n3,3,0.3\n")  # row 3 written, then killed before last.pt
+    monkeypatch.setattr(DetectionTrainer, "resume_training", lambda self, ckpt: setattr(self, "start_epoch", 2))
+    trainer.resume = True
+    trainer.resume_training({"epoch": 1})  # last.pt holds epochs 1-2: training restarts at the third
+    assert trainer.csv.read_text() == "epoch,time,x\n1,1,0.5\n2,2,0.4\n"
+    trainer.resume = False  # a fresh run leaves an existing file alone
+    trainer.resume_training({"epoch": 1})
+    assert trainer.csv.read_text().count("\n") == 3

@@ -148,6 +148,18 @@ class UnifiedTrainerMixin:
             self.nan_stopped = self.stop = True
         return False
 
+    def resume_training(self, ckpt) -> None:
+        """Ultralytics' resume, then drop results.csv rows of epochs the checkpoint does not hold.
+
+        A kill after an epoch's row was written but before its ``last.pt`` was would otherwise leave that epoch twice.
+        """
+        super().resume_training(ckpt)
+        if ckpt is not None and self.resume and self.csv.is_file():
+            header, *rows = self.csv.read_text().splitlines(keepends=True)
+            kept = [r for r in rows if float(r.split(",", 1)[0]) <= self.start_epoch]
+            if len(kept) < len(rows):
+                self.csv.write_text(header + "".join(kept))
+
     def save_model(self) -> bool:
         """Write checkpoints atomically (a kill mid-write never leaves a broken last.pt); none after a NaN."""
         if self.nan_stopped:
