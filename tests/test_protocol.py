@@ -55,6 +55,8 @@ def test_default_protocol_runs_every_stage_and_writes_the_report(protocol_run):
         ckpt = torch.load(s["weights"], weights_only=False)
         assert "continual" in ckpt  # the strategies' memory (Fisher, anchors, replay) travels with the checkpoint
     assert "ewc" in torch.load(state["stages"][-1]["weights"], weights_only=False)["continual"]
+    final = root / "weights/best.pt"  # the final model beside the report, identical to the last stage's best
+    assert final.read_bytes() == Path(state["stages"][-1]["weights"]).read_bytes()
 
 
 def test_resume_after_a_kill_finishes_every_stage(synth_yaml, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,10 @@ class Protocol:
             )
             save_atomically(self.state, self.state_file)
             weights = str(best) if self.chain else initial
+        final = self.root / "weights" / "best.pt"  # the model after every stage, beside the report
+        final.parent.mkdir(exist_ok=True)
+        shutil.copyfile(done[-1]["weights"], final.with_suffix(".tmp"))
+        os.replace(final.with_suffix(".tmp"), final)
         limit = float(self.common.get("forget_limit", 0.05))
         write_report(self.root, self.state, forget_limit=limit, baselines=self.baselines)
         return self.state
