@@ -152,3 +152,17 @@ def test_resume_drops_results_rows_the_checkpoint_does_not_hold(synth_yaml, tmp_
     trainer.resume = False  # a fresh run leaves an existing file alone
     trainer.resume_training({"epoch": 1})
     assert trainer.csv.read_text().count("\n") == 3
+
+
+def test_other_task_orders_work(synth_yaml, tmp_path):
+    """det -> seg in two stages, the second with replay, EWC and LwF of the detection task."""
+    stages = [
+        {"task": "det", "epochs": 1, "replay": {"size": 2}, "ewc": {"samples": 4}},
+        {"task": "seg", "epochs": 1, "replay": {"size": 2, "batch": 2}, "ewc": {"lam": 10.0, "samples": 4},
+         "lwf": {"weight": 1.0}, "forget_stop": {"every": 1, "patience": 5}},
+    ]  # fmt: skip
+    state = engine.train(stages=stages, data=synth_yaml, project=str(tmp_path), name="ds", **TINY)
+    assert [s["task"] for s in state["stages"]] == ["det", "seg"]
+    assert set(state["stages"][-1]["scores"]) == {"det", "seg"}
+    md = (tmp_path / "ds/forgetting.md").read_text()
+    assert "| 2 (seg) |" in md and "top-1" in md
