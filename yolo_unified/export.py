@@ -24,8 +24,8 @@ _torch2onnx = export_engine.torch2onnx  # Ultralytics' own, wrapped by UnifiedEx
 
 
 def output_axes(seg_argmax: bool) -> dict[str, dict[int, str]]:
-    """Dynamic axes of the three outputs: boxes ``(B, 4+nc, anchors)``, seg ``(B, nc_seg, H, W)`` or ``(B, H, W)``,
-    class probabilities ``(B, nc_cls)``."""
+    """Dynamic axes of the three outputs: boxes ``(B, 4+nc, anchors)``, seg logits ``(B, nc_seg, H/8, W/8)`` or the
+    class map ``(B, H, W)`` (``seg_argmax``), class probabilities ``(B, nc_cls)``."""
     seg = {0: "batch", 1: "height", 2: "width"} if seg_argmax else {0: "batch", 2: "height", 3: "width"}
     return {"det": {0: "batch", 2: "anchors"}, "seg": seg, "cls": {0: "batch"}}
 
