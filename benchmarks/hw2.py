@@ -40,9 +40,9 @@ from ultralytics.utils.torch_utils import get_cpu_info
 from benchmarks.bootstrap import bootstrapped
 from yolo_unified.cli import parse_args
 from yolo_unified.continual import STRATEGIES
-from yolo_unified.continual.report import forgetting, write_report
+from yolo_unified.continual.report import forgetting, unlearned_stages, verdict, write_report
 from yolo_unified.data.config import load_data_config, task_names
-from yolo_unified.engine import resume_protocol, train
+from yolo_unified.engine import train
 from yolo_unified.nn.tasks import CFG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,13 +88,12 @@ def ablation_cfg(seq: dict, keep: tuple[str, ...], staged: bool) -> dict:
 
 
 def run_protocol(cfg: dict, root: Path, common: dict, force: dict) -> tuple[dict, float]:
-    """Run (or resume, or just read) the protocol `cfg` in `root`; return its state and this call's wall time."""
+    """Run the protocol `cfg` in `root`; return its state and this call's wall time.
+
+    The protocol itself skips the stages ``protocol.json`` records as done and resumes an interrupted one.
+    """
     t0 = time.time()
-    state_file = root / "protocol.json"
-    if state_file.is_file() and json.loads(state_file.read_text()).get("config"):
-        state = resume_protocol(root)
-    else:
-        state = train(**{**cfg, **common}, project=str(root.parent), name=root.name, exist_ok=True, force=force)
+    state = train(**{**cfg, **common}, project=str(root.parent), name=root.name, exist_ok=True, force=force)
     return state, time.time() - t0
 
 
@@ -145,6 +144,13 @@ def stage_minutes(state: dict) -> list[float]:
         rows = (Path(s["save_dir"]) / "results.csv").read_text().strip().splitlines()
         minutes.append(float(rows[-1].split(",")[1]) / 60 if len(rows) > 1 else 0.0)
     return minutes
+
+
+def run_verdict(state: dict, limit: float) -> str:
+    """The report's PASS/FAIL, naming the stages that kept no weights."""
+    if unlearned := unlearned_stages(state):
+        return f"{verdict(state, limit)} (stage {', '.join(unlearned)} kept no weights)"
+    return verdict(state, limit)
 
 
 def git_commit() -> str:
@@ -206,13 +212,6 @@ def summary_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def verdict(state: dict, limit: float) -> str:
-    """PASS when every task stays within the limit and every stage kept weights."""
-    if any(s.get("kept_weights") is False for s in state["stages"]):
-        return "FAIL (a stage kept no weights)"
-    return "PASS" if all(d["pass"] for d in forgetting(state, limit).values()) else "FAIL"
-
-
 def main(argv: list[str]) -> dict:
     """Run the benchmark for command-line tokens `argv` (``key=value``); return the results dict."""
     args = parse_args(argv)
@@ -263,7 +262,7 @@ def main(argv: list[str]) -> dict:
             "root": str(root),
             "final": final,
             "forgetting": forgetting(state, limit) if name != "baselines" else {},
-            "verdict": verdict(state, limit) if name != "baselines" else "",
+            "verdict": run_verdict(state, limit) if name != "baselines" else "",
             "stage_minutes": stage_minutes(state),
             "wall_minutes_this_call": seconds / 60,
             "stages": state["stages"],

@@ -166,3 +166,10 @@ def test_other_task_orders_work(synth_yaml, tmp_path):
     assert set(state["stages"][-1]["scores"]) == {"det", "seg"}
     md = (tmp_path / "ds/forgetting.md").read_text()
     assert "| 2 (seg) |" in md and "top-1" in md
+
+
+def test_resume_of_a_missing_run_fails_clearly(synth_yaml, tmp_path):
+    cfg = tiny_protocol()
+    with pytest.raises(FileNotFoundError, match="no protocol run directory"):
+        engine.train(**{**cfg, "data": synth_yaml, "resume": str(tmp_path / "not-there")})
+    assert not any(tmp_path.iterdir())  # nothing was started instead

@@ -116,7 +116,8 @@ def train_protocol(stages: list[dict], **overrides: Any) -> dict[str, Any]:
     from yolo_unified.continual.protocol import Protocol
 
     chain, baselines = overrides.pop("chain", True), overrides.pop("baselines", None)
-    overrides.pop("resume", None)
+    if resume := overrides.pop("resume", None):  # train() sends an existing run directory to resume_protocol
+        raise FileNotFoundError(f"resume={resume}: no protocol run directory there")
     default = "seq" if chain else "baselines"
     root = run_dir(overrides.pop("project", None), overrides.pop("name", None), default, overrides.get("exist_ok"))
     return Protocol(stages, root, overrides, chain=chain, baselines=baselines).run()

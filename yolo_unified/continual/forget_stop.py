@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from copy import deepcopy
-
 from ultralytics.utils import LOGGER
 
 from yolo_unified.continual.base import Strategy
@@ -12,11 +10,10 @@ from yolo_unified.continual.base import Strategy
 class ForgetStop(Strategy):
     """cfg: ``{every: 1, patience: 0}``. The limit is the protocol's ``forget_limit``.
 
-    After every ``every``-th epoch the EMA weights are validated on each finished task's val set (at that task's own
-    image size). An epoch after
-    which some task's score is below ``(1 - forget_limit) * its score right after its own stage`` is never kept as
-    the stage's best; after ``patience + 1`` such epochs in a row the stage stops. Note that this selects weights on
-    the same val sets the forgetting report is computed on.
+    After every ``every``-th epoch the EMA weights are validated on each finished task's val set, at that task's own
+    image size. An epoch after which some task's score is below ``(1 - forget_limit) * its score right after its own
+    stage`` is never kept as the stage's best; after ``patience + 1`` such epochs in a row the stage stops. Note that
+    this selects weights on the same val sets the forgetting report is computed on.
     """
 
     key = "forget_stop"
@@ -33,13 +30,11 @@ class ForgetStop(Strategy):
             return True
         from yolo_unified.engine import PRIMARY_METRIC, val
 
-        scores = {}
+        scores, save_dir = {}, str(trainer.save_dir / "forget_stop")
         for t in self.context.previous:  # each at its own stage's image size, as the protocol scores it
             own_args = self.context.eval_args.get(t, {"imgsz": trainer.args.imgsz, "batch": trainer.args.batch})
-            save_dir = str(trainer.save_dir / "forget_stop")
-            model = deepcopy(trainer.ema.ema)
-            result = val(model, self.context.data, tasks=[t], plots=False, save_dir=save_dir, **own_args)
-            scores[t] = result[t][PRIMARY_METRIC[t]]
+            result = val(trainer.ema.ema, self.context.data, tasks=[t], plots=False, save_dir=save_dir, **own_args)
+            scores[t] = result[t][PRIMARY_METRIC[t]]  # val() validates a copy: the EMA is left as it is
         self.history.append(scores)
         limit = self.context.forget_limit
         worst = {t: 1 - s / own for t, s in scores.items() if (own := self.context.own_scores.get(t))}

@@ -33,6 +33,17 @@ def forgetting(state: dict[str, Any], limit: float) -> dict[str, dict[str, Any]]
     return out
 
 
+def unlearned_stages(state: dict[str, Any]) -> list[str]:
+    """The stages (``"2 (det)"``) that kept no weights: every epoch of theirs forgot too much."""
+    return [f"{i + 1} ({s['task']})" for i, s in enumerate(state["stages"]) if s.get("kept_weights") is False]
+
+
+def verdict(state: dict[str, Any], limit: float) -> str:
+    """PASS when every task stays within `limit` and every stage kept weights, else FAIL."""
+    passed = all(d["pass"] for d in forgetting(state, limit).values()) and not unlearned_stages(state)
+    return "PASS" if passed else "FAIL"
+
+
 def table_rows(state: dict[str, Any], limit: float, baselines: dict | None = None) -> list[list[str]]:
     """The report table: a header, one row per stage, the forgetting row, and the retention row with baselines."""
     rows = [["after stage", *COLUMNS]]
@@ -67,18 +78,17 @@ def write_report(root: Path, state: dict[str, Any], forget_limit: float = 0.05, 
     rows = table_rows(state, forget_limit, base)
     with open(root / "forgetting.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
-    drops = forgetting(state, forget_limit)
-    unlearned = [f"{i + 1} ({s['task']})" for i, s in enumerate(state["stages"]) if s.get("kept_weights") is False]
-    verdict = "PASS" if all(d["pass"] for d in drops.values()) and not unlearned else "FAIL"
+    unlearned = unlearned_stages(state)
     warning = (
         f"\n\nStage(s) {', '.join(unlearned)} kept no weights (every epoch forgot too much): the protocol went on "
         "from the previous weights, so that task was not learned and its forgetting says nothing."
         if unlearned
         else ""
     )
+    overall = verdict(state, forget_limit)
     md = (
         f"# Forgetting report\n\nLimit: relative drop <= {forget_limit:.0%} of each task's score right after its own "
-        f"stage (mIoU for seg, mAP50 for det, top-1 for cls). Overall: **{verdict}**.{warning}\n\n{markdown(rows)}"
+        f"stage (mIoU for seg, mAP50 for det, top-1 for cls). Overall: **{overall}**.{warning}\n\n{markdown(rows)}"
     )
     (root / "forgetting.md").write_text(md)
     plot_report(root, state)

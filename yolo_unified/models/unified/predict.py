@@ -49,8 +49,7 @@ def semantic_map(
     original `shape` without the letterbox padding: logits and class-map models give the same map, and a large image
     costs a resize of ids rather than of ``nc`` logit planes.
     """
-    # contiguous: a channels-last slice takes a ~10x slower CPU upsampling path; max(dim) streams, argmax does not
-    ids = seg if seg.ndim == 2 else upsample_logits(seg[None].contiguous(), input_hw)[0].max(0).indices
+    ids = seg if seg.ndim == 2 else upsample_logits(seg[None], input_hw)[0].max(0).indices  # max(dim) streams on CPU
     ids = ops.scale_masks(ids[None, None].float(), shape, ratio_pad, mode="nearest")[0, 0]
     return ids.to(torch.uint8 if nc <= IGNORE else torch.int32)
 

@@ -75,7 +75,7 @@ class UnifiedValidatorMixin:
         """Select this task's output, then post-process it exactly as Ultralytics does."""
         if isinstance(preds, (list, tuple)):
             preds = preds[self.output_index]
-        if isinstance(preds, torch.Tensor):  # channels-last outputs take a ~10x slower path in CPU upsampling
+        if isinstance(preds, torch.Tensor):  # Ultralytics upsamples seg logits itself: see upsample_logits for why
             preds = preds.contiguous()
         return super().postprocess(preds)
 
