@@ -40,6 +40,7 @@ from ultralytics.utils.torch_utils import get_cpu_info
 from benchmarks.bootstrap import bootstrapped
 from yolo_unified.cli import parse_args
 from yolo_unified.continual import STRATEGIES
+from yolo_unified.continual.protocol import STATE_FILE, save_atomically
 from yolo_unified.continual.report import forgetting, unlearned_stages, verdict, write_report
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.engine import train
@@ -104,10 +105,10 @@ def share_first_stage(root: Path, source: dict) -> None:
     and replay images a stage 1 leaves are simply unused by runs without EWC or replay), so it is trained once and
     shared; the run then starts from its weights and memory as a protocol resumed after stage 1 would.
     """
-    state_file = root / "protocol.json"
-    if not state_file.is_file():
+    state_file = root / STATE_FILE
+    if not state_file.is_file():  # written as the protocol writes it: a kill never leaves half a file
         root.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({"stages": source["stages"][:1]}, indent=2))
+        save_atomically({"stages": source["stages"][:1]}, state_file)
 
 
 def final_scores(state: dict, data: str, names: dict, out: Path, n_boot: int) -> dict[str, dict[str, Any]]:
