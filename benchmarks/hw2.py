@@ -2,6 +2,7 @@
 
     python -m benchmarks.hw2 data=../shared/data/hw2 imgsz=320 out=benchmarks/results/hw2-320
     python -m benchmarks.hw2 ... pretrained=../shared/weights/yolov8n-cls-imagenette.pt   # the pretrained regime
+    python -m benchmarks.hw2 ... ablations=False   # baselines and the default protocol only (a second regime)
     python -m benchmarks.hw2 data=datasets/unified-synth.yaml quick=True out=/tmp/quick    # a smoke run, minutes
 
 ``data`` is the raw HW2 folder (converted into ``datasets/hw2`` first, as ``yolo-unified data prepare`` does) or a
@@ -154,6 +155,12 @@ def run_verdict(state: dict, limit: float) -> str:
     return verdict(state, limit)
 
 
+def budget(seq: dict, imgsz: int, force: dict) -> str:
+    """Epochs and image size of each stage of the default protocol, as trained (after any quick-mode override)."""
+    stages = [{"imgsz": imgsz, **stage, **force} for stage in seq["stages"]]
+    return ", ".join(f"{s['task']} {s['epochs']} epochs at {s['imgsz']} px" for s in stages)
+
+
 def git_commit() -> str:
     """The checked-out commit (with a marker when the tree has uncommitted changes)."""
     try:
@@ -175,6 +182,7 @@ def summary_markdown(results: dict) -> str:
         f"- date: {results['date']}, commit {results['commit']}",
         f"- machine: {m['cpu']}, {m['logical_cores']} logical cores, no GPU; torch {m['torch']}, "
         f"ultralytics {m['ultralytics']}, Python {m['python']}",
+        f"- budget: {results['budget']}",
         f"- wall time of this invocation: {results['wall_minutes']:.1f} min; "
         f"peak memory {results['peak_rss_mb']:.0f} MB",
         f"- scores: final value [95% bootstrap interval over the val images, {results['bootstrap']} resamples]; "
@@ -216,9 +224,10 @@ def summary_markdown(results: dict) -> str:
 def main(argv: list[str]) -> dict:
     """Run the benchmark for command-line tokens `argv` (``key=value``); return the results dict."""
     args = parse_args(argv)
-    if unknown := set(args) - {"data", "imgsz", "out", "quick", "pretrained", "seeds", "bootstrap", "speed_imgsz"}:
+    keys = {"data", "imgsz", "out", "quick", "pretrained", "seeds", "bootstrap", "speed_imgsz", "ablations"}
+    if unknown := set(args) - keys:
         raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.hw2")
-    quick, t0 = bool(args.get("quick", False)), time.time()
+    quick, t0, commit = bool(args.get("quick", False)), time.time(), git_commit()  # the code that runs
     out = Path(args.get("out", "benchmarks/results/hw2-320")).resolve()
     data = str(args.get("data", "../shared/data/hw2"))
     if not data.endswith((".yaml", ".yml")):
@@ -240,7 +249,8 @@ def main(argv: list[str]) -> dict:
     plan = [("default_seed0", label.format(0), {**seq, "seed": 0})]
     plan.append(("baselines", "single-task baselines", YAML.load(CFG_DIR / "baselines.yaml")))
     plan += [(f"default_seed{i}", label.format(i), {**seq, "seed": i}) for i in range(1, int(args.get("seeds", 2)))]
-    plan += [(name, label, ablation_cfg(seq, keep, staged)) for name, label, keep, staged in ABLATIONS]
+    if args.get("ablations", True):
+        plan += [(name, label, ablation_cfg(seq, keep, staged)) for name, label, keep, staged in ABLATIONS]
 
     runs: dict[str, dict] = {}
     states: dict[str, dict] = {}
@@ -285,7 +295,8 @@ def main(argv: list[str]) -> dict:
         "regime": f"pretrained={common['pretrained']}" if "pretrained" in common else "from scratch",
         "command": "python -m benchmarks.hw2 " + " ".join(argv),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": git_commit(),
+        "commit": commit,
+        "budget": budget(seq, common["imgsz"], force),
         "machine": {
             "cpu": get_cpu_info(),
             "logical_cores": os.cpu_count(),

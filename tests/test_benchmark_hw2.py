@@ -49,8 +49,10 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
     assert (out / "speed" / "benchmark.md").is_file()
     assert all(not (out / "runs" / n / "1-seg").exists() for n in expected - {"default_seed0"})  # stage 1 shared
     assert "retention vs single-task" in (out / "runs/default_seed0/forgetting.md").read_text()
-    again = main([f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}", "bootstrap=10"])  # no retraining
-    assert all(run["wall_minutes_this_call"] < 0.5 for run in again["runs"].values())
+    assert "budget: seg 1 epochs at 64 px, det 1 epochs at 64 px, cls 1 epochs at 64 px" in summary
+    again = main([f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}", "bootstrap=10", "ablations=False"])
+    assert set(again["runs"]) == {"default_seed0", "baselines"}  # the second regime's shorter run
+    assert all(run["wall_minutes_this_call"] < 0.5 for run in again["runs"].values())  # finished runs: no retraining
 
 
 @pytest.mark.parametrize("task", ["seg", "det", "cls"])
