@@ -113,16 +113,22 @@ def share_first_stage(root: Path, source: dict) -> None:
 
 
 def final_scores(state: dict, data: str, names: dict, out: Path, n_boot: int) -> dict[str, dict[str, Any]]:
-    """Each learned task's final score with its bootstrap interval (validated at the task's own image size)."""
-    weights, config = state["stages"][-1]["weights"], state["config"]
-    learned = {s["task"] for s in state["stages"]}
+    """Each learned task's final score with its bootstrap interval (validated at the task's own image size).
+
+    A chained run is scored with its last weights; a run of separate models (``chain: False``, the baselines) scores
+    each task with the weights of its own stage.
+    """
+    config = state["config"]
+    weights = {s["task"]: s["weights"] for s in state["stages"]}
+    if config.get("chain", True):
+        weights = dict.fromkeys(weights, state["stages"][-1]["weights"])
     return {
         stage["task"]: bootstrapped(
-            weights, data, stage["task"], {**config["common"], **stage}.get("imgsz", 640), names[stage["task"]],
-            n_boot, out / "bootstrap" / stage["task"],
+            weights[stage["task"]], data, stage["task"], {**config["common"], **stage}.get("imgsz", 640),
+            names[stage["task"]], n_boot, out / "bootstrap" / stage["task"],
         )
         for stage in config["stages"]
-        if stage["task"] in learned
+        if stage["task"] in weights
     }  # fmt: skip
 
 
@@ -139,13 +145,15 @@ def drop(d: dict | None) -> str:
     return f"{d['relative']:+.1%} ({d['points']:+.2f} pts)" if d else ""
 
 
+def minutes_of(stage: dict) -> float:
+    """Training wall time of a stage in minutes, from Ultralytics' results.csv (elapsed seconds column)."""
+    rows = (Path(stage["save_dir"]) / "results.csv").read_text().strip().splitlines()
+    return float(rows[-1].split(",")[1]) / 60 if len(rows) > 1 else 0.0
+
+
 def stage_minutes(state: dict) -> list[float]:
-    """Training wall time of each stage in minutes, from Ultralytics' results.csv (elapsed seconds column)."""
-    minutes = []
-    for s in state["stages"]:
-        rows = (Path(s["save_dir"]) / "results.csv").read_text().strip().splitlines()
-        minutes.append(float(rows[-1].split(",")[1]) / 60 if len(rows) > 1 else 0.0)
-    return minutes
+    """Training wall time of each stage of a run in minutes."""
+    return [minutes_of(s) for s in state["stages"]]
 
 
 def run_verdict(state: dict, limit: float) -> str:
@@ -162,10 +170,11 @@ def budget(seq: dict, imgsz: int, force: dict) -> str:
 
 
 def git_commit() -> str:
-    """The checked-out commit (with a marker when the tree has uncommitted changes)."""
+    """The checked-out commit, marked when tracked files have uncommitted changes (new outputs don't count)."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+        git = {"cwd": REPO, "capture_output": True, "text": True}
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git).stdout
         return rev.strip() + (" (uncommitted changes)" if dirty.strip() else "")
     except OSError:
         return "unknown"
@@ -183,8 +192,10 @@ def summary_markdown(results: dict) -> str:
         f"- machine: {m['cpu']}, {m['logical_cores']} logical cores, no GPU; torch {m['torch']}, "
         f"ultralytics {m['ultralytics']}, Python {m['python']}",
         f"- budget: {results['budget']}",
-        f"- wall time of this invocation: {results['wall_minutes']:.1f} min; "
-        f"peak memory {results['peak_rss_mb']:.0f} MB",
+        f"- training time of all runs: {results['training_minutes']:.1f} min (every stage once, from Ultralytics' "
+        f"results.csv); wall time of each invocation of the command (a re-run skips finished training): "
+        + "; ".join(f"{i['date']}, commit {i['commit']}: {i['wall_minutes']:.1f} min" for i in results["invocations"]),
+        f"- peak memory of the last invocation: {results['peak_rss_mb']:.0f} MB",
         f"- scores: final value [95% bootstrap interval over the val images, {results['bootstrap']} resamples]; "
         f"references: all-background mIoU {results['references']['seg_all_background']:.4f}, chance top-1 "
         f"{results['references']['cls_chance']:.4f}, chance mAP50 ~0",
@@ -291,10 +302,13 @@ def main(argv: list[str]) -> dict:
         name="speed",
         exist_ok=True,
     )
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    date, wall = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), (time.time() - t0) / 60
+    unique_stages = {s["save_dir"]: s for run in runs.values() for s in run["stages"]}.values()  # shared stage once
     results = {
         "regime": f"pretrained={common['pretrained']}" if "pretrained" in common else "from scratch",
         "command": "python -m benchmarks.hw2 " + " ".join(argv),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": date,
         "commit": commit,
         "budget": budget(seq, common["imgsz"], force),
         "machine": {
@@ -307,7 +321,8 @@ def main(argv: list[str]) -> dict:
         "quick": quick,
         "forget_limit": limit,
         "bootstrap": n_boot,
-        "wall_minutes": (time.time() - t0) / 60,
+        "training_minutes": sum(minutes_of(s) for s in unique_stages),
+        "invocations": [*previous.get("invocations", []), {"date": date, "commit": commit, "wall_minutes": wall}],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "references": {
             "seg_all_background": runs["baselines"]["final"].get("seg", {}).get("all_background", math.nan),

@@ -49,10 +49,15 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
     assert (out / "speed" / "benchmark.md").is_file()
     assert all(not (out / "runs" / n / "1-seg").exists() for n in expected - {"default_seed0"})  # stage 1 shared
     assert "retention vs single-task" in (out / "runs/default_seed0/forgetting.md").read_text()
+    for stage in results["runs"]["baselines"]["stages"]:  # each baseline scored with its own model
+        assert results["runs"]["baselines"]["final"][stage["task"]]["value"] == pytest.approx(stage["own_score"])
     assert "budget: seg 1 epochs at 64 px, det 1 epochs at 64 px, cls 1 epochs at 64 px" in summary
     again = main([f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}", "bootstrap=10", "ablations=False"])
     assert set(again["runs"]) == {"default_seed0", "baselines"}  # the second regime's shorter run
     assert all(run["wall_minutes_this_call"] < 0.5 for run in again["runs"].values())  # finished runs: no retraining
+    first = [results["runs"][n] for n in again["runs"]]
+    stages = {s["save_dir"]: m for run in first for s, m in zip(run["stages"], run["stage_minutes"], strict=True)}
+    assert len(again["invocations"]) == 2 and again["training_minutes"] == pytest.approx(sum(stages.values()))
 
 
 @pytest.mark.parametrize("task", ["seg", "det", "cls"])
