@@ -247,6 +247,13 @@ def main(argv: list[str]) -> dict:
         prepare_hw2(data, REPO / "datasets/hw2")
         data = str(REPO / "datasets/hw2.yaml")
     names = task_names(load_data_config(data))
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    stages = [s for run in previous.get("runs", {}).values() for s in run["stages"]]
+    if missing := [s["weights"] for s in stages if not Path(s["weights"]).is_file()]:
+        raise FileNotFoundError(
+            f"{out} holds a benchmark whose weights are not here ({missing[0]} and {len(missing) - 1} more; a clone of "
+            "the repository has only the reports): pass a new out= to run it again"
+        )
     seq = YAML.load(CFG_DIR / "seq.yaml")
     common = {"data": data, "imgsz": int(args.get("imgsz", seq.get("imgsz", 320)))}
     if args.get("pretrained"):
@@ -302,7 +309,6 @@ def main(argv: list[str]) -> dict:
         name="speed",
         exist_ok=True,
     )
-    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     date, wall = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), (time.time() - t0) / 60
     unique_stages = {s["save_dir"]: s for run in runs.values() for s in run["stages"]}.values()  # shared stage once
     results = {

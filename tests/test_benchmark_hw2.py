@@ -58,6 +58,9 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
     first = [results["runs"][n] for n in again["runs"]]
     stages = {s["save_dir"]: m for run in first for s, m in zip(run["stages"], run["stage_minutes"], strict=True)}
     assert len(again["invocations"]) == 2 and again["training_minutes"] == pytest.approx(sum(stages.values()))
+    (out / "runs/baselines/2-det/weights/best.pt").unlink()  # as in a clone: reports without weights
+    with pytest.raises(FileNotFoundError, match="pass a new out="):
+        main([f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}"])
 
 
 @pytest.mark.parametrize("task", ["seg", "det", "cls"])
