@@ -210,9 +210,10 @@ def summary_markdown(results: dict) -> str:
     ]
     for name in [n for n in runs if n.startswith("default")]:
         lines += ["", f"### {name}", "", (Path(runs[name]["root"]) / "forgetting.md").read_text().split("\n\n", 2)[2]]
+    table = "Ablations" if any(n in runs for n, *_ in ABLATIONS) else "Final scores"  # ablations=False: no ablation
     lines += [
         "",
-        f"## Ablations (each a full seg -> det -> cls run; limit {limit:.0%} relative forgetting)",
+        f"## {table} (each a full seg -> det -> cls run; limit {limit:.0%} relative forgetting)",
         "",
         "| run | mIoU | mAP50 | top-1 | seg forgetting | det forgetting | verdict | minutes |",
         "|---|---|---|---|---|---|---|---|",

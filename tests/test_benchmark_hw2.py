@@ -54,6 +54,8 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
     assert "budget: seg 1 epochs at 64 px, det 1 epochs at 64 px, cls 1 epochs at 64 px" in summary
     again = main([f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}", "bootstrap=10", "ablations=False"])
     assert set(again["runs"]) == {"default_seed0", "baselines"}  # the second regime's shorter run
+    short = (out / "summary.md").read_text()
+    assert "## Final scores" in short and "## Ablations" not in short
     assert all(run["wall_minutes_this_call"] < 0.5 for run in again["runs"].values())  # finished runs: no retraining
     first = [results["runs"][n] for n in again["runs"]]
     stages = {s["save_dir"]: m for run in first for s, m in zip(run["stages"], run["stage_minutes"], strict=True)}
