@@ -63,10 +63,26 @@ def background_miou(records: list[torch.Tensor], names: dict[int, str]) -> float
     return score("seg", [trivial], names)
 
 
+def record_key(record: Any) -> bytes:
+    """A byte string that identifies a per-image record by its content (tensors, arrays, dicts and tuples of them)."""
+    if isinstance(record, dict):
+        return b"|".join(k.encode() + b"=" + record_key(record[k]) for k in sorted(record))
+    if isinstance(record, (tuple, list)):
+        return b"|".join(record_key(r) for r in record)
+    array = record.cpu().numpy() if isinstance(record, torch.Tensor) else np.asarray(record)
+    return f"{array.dtype}{array.shape}".encode() + array.tobytes()
+
+
 def interval(
     task: str, records: list, names: dict[int, str], n: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the score over resamples (with replacement) of the validation images."""
+    """Percentile bootstrap interval of the score over resamples (with replacement) of the validation images.
+
+    The records are put in an order given by their content first: validators may visit the images in a different
+    order in every process (Ultralytics' classification val loader shuffles), and the same seed must give the same
+    resamples.
+    """
+    records = sorted(records, key=record_key)
     rng = np.random.default_rng(seed)
     values = [score(task, [records[i] for i in rng.integers(0, len(records), len(records))], names) for _ in range(n)]
     tail = (1 - level) / 2 * 100

@@ -78,5 +78,6 @@ def test_bootstrap_records_reproduce_the_validator(task, synth_yaml, tmp_path):
     assert len(records) == 4 and score(task, records, names[task]) == pytest.approx(value, abs=1e-6)
     lo, hi = interval(task, records, names[task], n=200)
     assert 0.0 <= lo <= hi <= 1.0
+    assert interval(task, records[::-1], names[task], n=200) == (lo, hi)  # the image order does not matter
     if task == "seg":  # the all-background reference is the background IoU over the classes present
         assert 0.0 < background_miou(records, names[task]) < 1.0
