@@ -193,9 +193,12 @@ def summary_markdown(results: dict) -> str:
         f"ultralytics {m['ultralytics']}, Python {m['python']}",
         f"- budget: {results['budget']}",
         f"- training time of all runs: {results['training_minutes']:.1f} min (every stage once, from Ultralytics' "
-        f"results.csv); wall time of each invocation of the command (a re-run skips finished training): "
-        + "; ".join(f"{i['date']}, commit {i['commit']}: {i['wall_minutes']:.1f} min" for i in results["invocations"]),
-        f"- peak memory of the last invocation: {results['peak_rss_mb']:.0f} MB",
+        "results.csv); each invocation of the command (a re-run skips finished training): wall time, peak memory: "
+        + "; ".join(
+            f"{i['date']}, commit {i['commit']}: {i['wall_minutes']:.1f} min, "
+            + (f"{i['peak_rss_mb']:.0f} MB" if i["peak_rss_mb"] else "peak not recorded")
+            for i in results["invocations"]
+        ),
         f"- scores: final value [95% bootstrap interval over the val images, {results['bootstrap']} resamples]; "
         f"references: all-background mIoU {results['references']['seg_all_background']:.4f}, chance top-1 "
         f"{results['references']['cls_chance']:.4f}, chance mAP50 ~0",
@@ -310,6 +313,7 @@ def main(argv: list[str]) -> dict:
         name="speed",
         exist_ok=True,
     )
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     date, wall = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), (time.time() - t0) / 60
     unique_stages = {s["save_dir"]: s for run in runs.values() for s in run["stages"]}.values()  # shared stage once
     results = {
@@ -329,8 +333,10 @@ def main(argv: list[str]) -> dict:
         "forget_limit": limit,
         "bootstrap": n_boot,
         "training_minutes": sum(minutes_of(s) for s in unique_stages),
-        "invocations": [*previous.get("invocations", []), {"date": date, "commit": commit, "wall_minutes": wall}],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "invocations": [
+            *previous.get("invocations", []),
+            {"date": date, "commit": commit, "wall_minutes": wall, "peak_rss_mb": peak_rss_mb},
+        ],
         "references": {
             "seg_all_background": runs["baselines"]["final"].get("seg", {}).get("all_background", math.nan),
             "cls_chance": 1 / len(names["cls"]) if "cls" in names else math.nan,
