@@ -6,7 +6,7 @@
     python -m benchmarks.hw2 data=datasets/unified-synth.yaml quick=True out=/tmp/quick    # a smoke run, minutes
 
 ``data`` is the raw HW2 folder (converted into ``datasets/hw2`` first, as ``yolo-unified data prepare`` does) or a
-multi-task data YAML. Every run is a protocol run under ``<out>/runs/<name>``: a killed benchmark re-run with the same
+multi-task data YAML. Every run is a protocol run under ``<out>/<name>``: a killed benchmark re-run with the same
 command skips finished runs and stages and resumes the interrupted one. The single-task baselines and the ablation runs
 share the first (segmentation) stage of the seed-0 default run: it is the same training in all of them (the strategies
 act from stage 2 on, and the segmentation baseline has the same settings). ``quick=True`` shrinks every stage (64 px,
@@ -278,7 +278,7 @@ def main(argv: list[str]) -> dict:
     states: dict[str, dict] = {}
     for name, label, cfg in plan:
         LOGGER.info(f"\n{colorstr('bold', 'benchmarks.hw2')}: {name} ({label})")
-        root, baselines = out / "runs" / name, out / "runs" / "baselines"
+        root, baselines = out / name, out / "baselines"
         if name == "default_seed0":
             pass
         elif name.startswith("default"):
@@ -288,7 +288,7 @@ def main(argv: list[str]) -> dict:
         state, seconds = run_protocol(cfg, root, common, force)
         states[name] = state
         if name == "baselines":  # now seed 0's report can have its retention row
-            write_report(out / "runs" / "default_seed0", states["default_seed0"], limit, baselines=str(baselines))
+            write_report(out / "default_seed0", states["default_seed0"], limit, baselines=str(baselines))
         final = final_scores(state, data, names, root, n_boot)
         runs[name] = {
             "label": label,

@@ -47,8 +47,8 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
         assert heading in summary
     assert summary.count("| no mitigation") == 1 and "| replay alone |" in summary
     assert (out / "speed" / "benchmark.md").is_file()
-    assert all(not (out / "runs" / n / "1-seg").exists() for n in expected - {"default_seed0"})  # stage 1 shared
-    assert "retention vs single-task" in (out / "runs/default_seed0/forgetting.md").read_text()
+    assert all(not (out / n / "1-seg").exists() for n in expected - {"default_seed0"})  # stage 1 shared
+    assert "retention vs single-task" in (out / "default_seed0/forgetting.md").read_text()
     for stage in results["runs"]["baselines"]["stages"]:  # each baseline scored with its own model
         assert results["runs"]["baselines"]["final"][stage["task"]]["value"] == pytest.approx(stage["own_score"])
     assert "budget: seg 1 epochs at 64 px, det 1 epochs at 64 px, cls 1 epochs at 64 px" in summary
@@ -60,7 +60,7 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
     first = [results["runs"][n] for n in again["runs"]]
     stages = {s["save_dir"]: m for run in first for s, m in zip(run["stages"], run["stage_minutes"], strict=True)}
     assert len(again["invocations"]) == 2 and again["training_minutes"] == pytest.approx(sum(stages.values()))
-    (out / "runs/baselines/2-det/weights/best.pt").unlink()  # as in a clone: reports without weights
+    (out / "baselines/2-det/weights/best.pt").unlink()  # as in a clone: reports without weights
     with pytest.raises(FileNotFoundError, match="pass a new out="):
         main([f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}"])
 
