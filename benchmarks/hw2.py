@@ -145,15 +145,13 @@ def drop(d: dict | None) -> str:
     return f"{d['relative']:+.1%} ({d['points']:+.2f} pts)" if d else ""
 
 
-def minutes_of(stage: dict) -> float:
-    """Training wall time of a stage in minutes, from Ultralytics' results.csv (elapsed seconds column)."""
-    rows = (Path(stage["save_dir"]) / "results.csv").read_text().strip().splitlines()
-    return float(rows[-1].split(",")[1]) / 60 if len(rows) > 1 else 0.0
-
-
 def stage_minutes(state: dict) -> list[float]:
-    """Training wall time of each stage of a run in minutes."""
-    return [minutes_of(s) for s in state["stages"]]
+    """Training wall time of each stage in minutes, from Ultralytics' results.csv (elapsed seconds column)."""
+    minutes = []
+    for s in state["stages"]:
+        rows = (Path(s["save_dir"]) / "results.csv").read_text().strip().splitlines()
+        minutes.append(float(rows[-1].split(",")[1]) / 60 if len(rows) > 1 else 0.0)
+    return minutes
 
 
 def run_verdict(state: dict, limit: float) -> str:
@@ -315,7 +313,7 @@ def main(argv: list[str]) -> dict:
     )
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     date, wall = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), (time.time() - t0) / 60
-    unique_stages = {s["save_dir"]: s for run in runs.values() for s in run["stages"]}.values()  # shared stage once
+    minutes = {s["save_dir"]: m for r in runs.values() for s, m in zip(r["stages"], r["stage_minutes"], strict=True)}
     results = {
         "regime": f"pretrained={common['pretrained']}" if "pretrained" in common else "from scratch",
         "command": "python -m benchmarks.hw2 " + " ".join(argv),
@@ -332,7 +330,7 @@ def main(argv: list[str]) -> dict:
         "quick": quick,
         "forget_limit": limit,
         "bootstrap": n_boot,
-        "training_minutes": sum(minutes_of(s) for s in unique_stages),
+        "training_minutes": sum(minutes.values()),  # a stage shared by several runs counted once
         "invocations": [
             *previous.get("invocations", []),
             {"date": date, "commit": commit, "wall_minutes": wall, "peak_rss_mb": peak_rss_mb},
