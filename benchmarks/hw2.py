@@ -48,6 +48,7 @@ from yolo_unified.engine import train
 from yolo_unified.nn.tasks import CFG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
 LATER_STAGES = {  # settings of the strategies the default combination leaves out after stage 1, for their own rows
     "ewc": {"lam": 1000.0, "samples": 64},
     "lwf": {"weight": 1.0, "temperature": 2.0},
@@ -168,11 +169,12 @@ def budget(seq: dict, imgsz: int, force: dict) -> str:
 
 
 def git_commit() -> str:
-    """The checked-out commit, marked when tracked files have uncommitted changes (new outputs don't count)."""
+    """The checked-out commit, marked when tracked files other than benchmark outputs have uncommitted changes."""
     try:
         git = {"cwd": REPO, "capture_output": True, "text": True}
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git).stdout
+        code = [".", f":!{RESULTS.relative_to(REPO)}"]  # committed benchmark results are outputs, not code
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code], **git).stdout
         return rev.strip() + (" (uncommitted changes)" if dirty.strip() else "")
     except OSError:
         return "unknown"
