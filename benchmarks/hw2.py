@@ -28,6 +28,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from copy import deepcopy
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,6 +73,22 @@ PUBLISHED = """Published figures for this protocol (not re-run here; pretrained 
 - report B (YOLOv8n layers 0-9 + FPN + EWC, 1.01M params): mIoU 13.41, mAP 0.000004, top-1 36.67; 18 s per sample."""
 
 
+def repo_relative(path: str | Path) -> str:
+    """`path` relative to the repository when it lies inside it, else unchanged: outputs hold no machine's paths."""
+    inside = Path(path).is_absolute() and Path(path).is_relative_to(REPO)
+    return str(Path(path).relative_to(REPO)) if inside else str(path)
+
+
+def repo_path(path: str | Path) -> Path:
+    """A recorded path as a usable one: a relative path is taken from the repository root, an absolute one kept."""
+    return REPO / path
+
+
+def with_stage_paths(stages: list[dict], convert: Callable[[str | Path], str | Path]) -> list[dict]:
+    """Protocol stage entries with their ``weights`` and ``save_dir`` passed through `convert`."""
+    return [{**s, "weights": str(convert(s["weights"])), "save_dir": str(convert(s["save_dir"]))} for s in stages]
+
+
 def ablation_cfg(seq: dict, keep: tuple[str, ...], staged: bool) -> dict:
     """cfg/seq.yaml with only the strategies in `keep`; without `staged`, every stage uses the first stage's LR."""
     cfg = deepcopy(seq)
@@ -93,11 +110,12 @@ def ablation_cfg(seq: dict, keep: tuple[str, ...], staged: bool) -> dict:
 def run_protocol(cfg: dict, root: Path, common: dict, force: dict) -> tuple[dict, float]:
     """Run the protocol `cfg` in `root`; return its state and this call's wall time.
 
-    The protocol itself skips the stages ``protocol.json`` records as done and resumes an interrupted one.
+    The protocol itself skips the stages ``protocol.json`` records as done and resumes an interrupted one. The stage
+    paths of the returned state are absolute (a rewritten, committed ``protocol.json`` holds repository-relative ones).
     """
     t0 = time.time()
     state = train(**{**cfg, **common}, project=str(root.parent), name=root.name, exist_ok=True, force=force)
-    return state, time.time() - t0
+    return {**state, "stages": with_stage_paths(state["stages"], repo_path)}, time.time() - t0
 
 
 def share_first_stage(root: Path, source: dict) -> None:
@@ -180,6 +198,12 @@ def git_commit() -> str:
         return "unknown"
 
 
+def recorded_command(argv: list[str]) -> str:
+    """The benchmark's command line, its absolute paths inside the repository made relative to it."""
+    tokens = (f"{key}={repo_relative(value)}" for key, _, value in (token.partition("=") for token in argv))
+    return "python -m benchmarks.hw2 " + " ".join(tokens)
+
+
 def summary_markdown(results: dict) -> str:
     """All tables of the benchmark as Markdown."""
     m, runs = results["machine"], results["runs"]
@@ -212,7 +236,8 @@ def summary_markdown(results: dict) -> str:
         "## Sequential protocol (cfg/seq.yaml)",
     ]
     for name in [n for n in runs if n.startswith("default")]:
-        lines += ["", f"### {name}", "", (Path(runs[name]["root"]) / "forgetting.md").read_text().split("\n\n", 2)[2]]
+        report = (repo_path(runs[name]["root"]) / "forgetting.md").read_text()
+        lines += ["", f"### {name}", "", report.split("\n\n", 2)[2]]
     table = "Ablations" if any(n in runs for n, *_ in ABLATIONS) else "Final scores"  # ablations=False: no ablation
     lines += [
         "",
@@ -253,7 +278,7 @@ def main(argv: list[str]) -> dict:
     names = task_names(load_data_config(data))
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     stages = [s for run in previous.get("runs", {}).values() for s in run["stages"]]
-    if missing := [s["weights"] for s in stages if not Path(s["weights"]).is_file()]:
+    if missing := [s["weights"] for s in stages if not repo_path(s["weights"]).is_file()]:
         raise FileNotFoundError(
             f"{out} holds a benchmark whose weights are not here ({missing[0]} and {len(missing) - 1} more; a clone of "
             "the repository has only the reports): pass a new out= to run it again"
@@ -292,18 +317,18 @@ def main(argv: list[str]) -> dict:
         final = final_scores(state, data, names, root, n_boot)
         runs[name] = {
             "label": label,
-            "root": str(root),
+            "root": repo_relative(root),
             "final": final,
             "forgetting": forgetting(state, limit) if name != "baselines" else {},
             "verdict": run_verdict(state, limit) if name != "baselines" else "",
             "stage_minutes": stage_minutes(state),
             "wall_minutes_this_call": seconds / 60,
-            "stages": state["stages"],
+            "stages": with_stage_paths(state["stages"], repo_relative),
         }
 
     from yolo_unified.benchmark import benchmark
 
-    final_weights = runs["default_seed0"]["stages"][-1]["weights"]
+    final_weights = states["default_seed0"]["stages"][-1]["weights"]
     speed = benchmark(
         final_weights,
         imgsz=int(args.get("speed_imgsz", 64 if quick else 512)),
@@ -318,7 +343,7 @@ def main(argv: list[str]) -> dict:
     minutes = {s["save_dir"]: m for r in runs.values() for s, m in zip(r["stages"], r["stage_minutes"], strict=True)}
     results = {
         "regime": f"pretrained={common['pretrained']}" if "pretrained" in common else "from scratch",
-        "command": "python -m benchmarks.hw2 " + " ".join(argv),
+        "command": recorded_command(argv),
         "date": date,
         "commit": commit,
         "budget": budget(seq, common["imgsz"], force),
@@ -342,7 +367,11 @@ def main(argv: list[str]) -> dict:
             "cls_chance": 1 / len(names["cls"]) if "cls" in names else math.nan,
         },
         "runs": runs,
-        "speed": {"rows": speed["rows"], "checks": speed["checks"], "machine": speed["machine"]},
+        "speed": {
+            "rows": speed["rows"],
+            "checks": speed["checks"],
+            "machine": {**speed["machine"], "model": repo_relative(speed["machine"]["model"])},
+        },
         "speed_table": (Path(speed["save_dir"]) / "benchmark.md").read_text(),
     }
     out.mkdir(parents=True, exist_ok=True)

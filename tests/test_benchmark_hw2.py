@@ -8,7 +8,7 @@ import torch
 from ultralytics.utils import YAML
 
 from benchmarks.bootstrap import background_miou, interval, per_image_records, score
-from benchmarks.hw2 import ABLATIONS, ablation_cfg, main
+from benchmarks.hw2 import ABLATIONS, REPO, ablation_cfg, main, repo_path, repo_relative, summary_markdown
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.nn import UnifiedModel
 from yolo_unified.nn.tasks import CFG_DIR
@@ -26,6 +26,20 @@ def test_ablation_cfgs_change_one_thing_each():
     assert "lwf" not in lwf["stages"][0] and all(s["lwf"] for s in lwf["stages"][1:])
     ewc = ablation_cfg(seq, ("ewc",), staged=False)["stages"]
     assert ewc[0]["ewc"] == seq["stages"][0]["ewc"] and all(s["ewc"]["lam"] > 0 for s in ewc[1:])
+
+
+def test_repo_relative_paths_are_read_back_from_any_directory(tmp_path, monkeypatch):
+    inside = REPO / "benchmarks/results/run/1-seg/weights/best.pt"
+    assert repo_relative(inside) == repo_relative(str(inside)) == "benchmarks/results/run/1-seg/weights/best.pt"
+    for outside in ("/elsewhere/run/best.pt", str(tmp_path / "best.pt"), "runs/best.pt", "../shared/data/hw2"):
+        assert repo_relative(outside) == outside
+    monkeypatch.chdir(tmp_path)
+    assert repo_path(repo_relative(inside)) == inside and repo_path(tmp_path / "x") == tmp_path / "x"
+    for name in ("hw2-320-imagenette", "hw2-320-scratch"):  # the committed results: their summary.md, rebuilt here
+        out = REPO / "benchmarks/results" / name
+        text = (out / "results.json").read_text()
+        assert str(REPO) not in text and str(REPO) not in (out / "default_seed0/protocol.json").read_text()
+        assert summary_markdown(json.loads(text)) == (out / "summary.md").read_text()
 
 
 def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
