@@ -5,10 +5,15 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from ultralytics.cfg import get_cfg
 
 from yolo_unified.continual import StageContext, diagonal_fisher
+from yolo_unified.continual.ewc import EWC, mean_normalised
+from yolo_unified.continual.feat_distill import FeatDistill
 from yolo_unified.continual.lwf import LwF
 from yolo_unified.continual.output_reg import OutputReg
+from yolo_unified.continual.pseudo_label import PseudoLabel, pseudo_labels
+from yolo_unified.continual.replay import Replay
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.nn import UnifiedModel
 
@@ -45,21 +50,80 @@ def names(synth_yaml):
     return task_names(load_data_config(synth_yaml))
 
 
-@pytest.mark.parametrize("cls", [LwF, OutputReg])
-def test_distillation_is_zero_for_an_unchanged_model(cls, names, tmp_path):
-    model = UnifiedModel(task_names=names, verbose=False).eval()
+def teacher_context(model: UnifiedModel, tmp_path, previous=("seg", "det")) -> StageContext:
+    """A stage-3 context whose teacher (the model the stage starts from) is `model`, saved as a checkpoint."""
     ckpt = tmp_path / "teacher.pt"
     torch.save({"model": copy.deepcopy(model)}, ckpt)
-    context = StageContext(index=2, task="cls", previous=["seg", "det"], prev_weights=str(ckpt))
-    strategy = cls({"weight": 1.0, "temperature": 2.0}, context)
-    strategy.setup(type("T", (), {"device": torch.device("cpu")})())
+    return StageContext(index=len(previous), task="cls", previous=list(previous), prev_weights=str(ckpt))
+
+
+CPU_TRAINER = type("T", (), {"device": torch.device("cpu")})()
+
+
+@pytest.mark.parametrize(
+    "cls, cfg", [(LwF, {"temperature": 2.0}), (OutputReg, {}), (FeatDistill, {"distance": "l2"}),
+                 (FeatDistill, {"distance": "cosine"}), (FeatDistill, {"distance": "pod"})]
+)  # fmt: skip
+def test_distillation_is_zero_for_an_unchanged_model_and_positive_after_a_change(cls, cfg, names, tmp_path):
+    model = UnifiedModel(task_names=names, verbose=False).eval()
+    strategy = cls({"weight": 1.0, **cfg}, teacher_context(model, tmp_path))
+    strategy.setup(CPU_TRAINER)
     img = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         raw = model(img)[-1]
         term, parts = strategy.loss(model, raw, {"img": img})
-        assert abs(float(term)) < 1e-6 and set(parts) == {cls.key}
-        moved = {k: v + 0.5 if isinstance(v, torch.Tensor) else v for k, v in raw.items()}
-        assert float(strategy.loss(model, moved, {"img": img})[0]) > 1e-4
+        assert abs(float(term)) < 1e-6 and len(parts) == 1 and len(next(iter(parts))) <= 10  # fits the progress bar
+        for p in model.parameters():  # a weight change, as training makes
+            p.add_(0.05 * torch.randn_like(p))
+        assert float(strategy.loss(model, model(img)[-1], {"img": img})[0]) > 1e-4
+
+
+def test_feature_distillation_rejects_an_unknown_distance(tmp_path):
+    with pytest.raises(ValueError, match="feat_distill: distance must be one of"):
+        FeatDistill({"distance": "l1"}, StageContext(index=0, task="seg")).setup(CPU_TRAINER)
+
+
+def test_pseudo_labels_are_the_teachers_own_predictions(names):
+    torch.manual_seed(0)
+    model = UnifiedModel(task_names=names, verbose=False).eval()
+    with torch.no_grad():
+        model.model[-1].det.bias[64:] = 2.0  # confident class scores: boxes survive NMS
+        model.model[-1].seg.weight.normal_()  # distinct seg logits (the initial ones are ~1e-6, all but tied)
+        img = torch.rand(2, 3, 64, 64)
+        outputs = model(img)
+    det, seg, cls, _ = outputs
+    labels = pseudo_labels(outputs, "seg", img, conf=0.0)
+    assert torch.equal(labels["semantic_mask"].long(), seg.argmax(1))
+    ignored = pseudo_labels(outputs, "seg", img, conf=1.01)["semantic_mask"]
+    assert (ignored == 255).all()  # no pixel is that confident: all ignored
+    assert torch.equal(pseudo_labels(outputs, "cls", img, conf=0.25)["cls"], cls.argmax(1))
+    boxes = pseudo_labels(outputs, "det", img, conf=0.25)
+    from ultralytics.utils.nms import non_max_suppression
+
+    kept = non_max_suppression(det, conf_thres=0.25, iou_thres=0.7, nc=det.shape[1] - 4)
+    assert len(boxes["bboxes"]) == sum(len(k) for k in kept) > 0
+    first = kept[0][0].clamp(0, 64)  # clipped to the 64x64 image
+    cx, cy = (first[0] + first[2]) / 2 / 64, (first[1] + first[3]) / 2 / 64
+    i = int((boxes["batch_idx"] == 0).nonzero()[0])
+    torch.testing.assert_close(boxes["bboxes"][i, :2], torch.stack([cx, cy]))
+    assert int(boxes["cls"][i]) == int(first[5]) and ((boxes["bboxes"] >= 0) & (boxes["bboxes"] <= 1.0001)).all()
+
+
+def test_pseudo_label_rehearsal_is_small_for_the_teacher_and_grows_after_a_change(names, tmp_path):
+    torch.manual_seed(0)
+    model = UnifiedModel(task_names=names, verbose=False)
+    model.args = get_cfg()
+    strategy = PseudoLabel({"weight": 1.0, "conf": 0.0}, teacher_context(model.eval(), tmp_path, ["seg", "cls"]))
+    img = torch.rand(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        own = float(strategy.loss(model, model(img)[-1], {"img": img})[0])
+        for p in model.model[-1].seg.parameters():
+            p.add_(torch.randn_like(p))
+        for p in model.model[-1].cls.parameters():
+            p.add_(torch.randn_like(p))
+        moved = float(strategy.loss(model, model(img)[-1], {"img": img})[0])
+    assert 0 < own < moved  # the teacher's own arg-max labels cost least (cross-entropy of a soft prediction > 0)
 
 
 def trained(synth_yaml, tmp_path, task="det", **overrides):
@@ -114,8 +178,8 @@ def test_ewc_stores_a_fisher_and_penalises_moving_away(synth_yaml, tmp_path):
     state = trainer.context.memory["ewc"]
     assert state["tasks"] == ["det"] and set(state["fisher"]) == set(state["anchor"])
     assert sum(float(f.sum()) for f in state["fisher"].values()) > 0
-    from yolo_unified.continual.ewc import EWC
-
+    mean = torch.cat([f.flatten() for f in state["fisher"].values()]).mean()
+    assert state["normalized"] and float(mean) == pytest.approx(1.0, rel=1e-4)  # lam means the same for any task
     ewc = EWC({"lam": 10.0}, StageContext(index=1, task="cls", previous=["det"], memory=trainer.context.memory))
     ewc.setup(trainer)
     model = UnifiedModel(trainer.model.yaml, task_names=trainer.model.task_names, verbose=False)
@@ -126,3 +190,38 @@ def test_ewc_stores_a_fisher_and_penalises_moving_away(synth_yaml, tmp_path):
         for p in model.parameters():
             p.add_(0.01)
     assert float(ewc.loss(model, {}, img)[0]) > 0.0
+
+
+def test_fisher_normalisation_keeps_the_penalty_minimum_at_the_anchor():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    raw = {n: 1e-6 * torch.rand_like(p) for n, p in model.named_parameters()}  # a tiny raw Fisher
+    fisher = mean_normalised(raw)
+    assert float(torch.cat([f.flatten() for f in fisher.values()]).mean()) == pytest.approx(1.0)
+    for n in raw:  # the same direction: only the scale changes
+        torch.testing.assert_close(fisher[n] / fisher["weight"].flatten()[0], raw[n] / raw["weight"].flatten()[0])
+    memory = {"ewc": {"fisher": raw, "anchor": anchor}}  # stored raw: normalised on load
+    ewc = EWC({"lam": 1.0}, StageContext(index=1, task="cls", previous=["det"], memory=memory))
+    ewc.setup(CPU_TRAINER)
+    assert float(ewc.loss(model, {}, {})[0]) == 0.0
+    for _ in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1e-2 * torch.randn_like(p))
+        assert float(ewc.loss(model, {}, {})[0]) > 0.0
+        with torch.no_grad():
+            model.load_state_dict(anchor)
+
+
+def test_replay_ratio_draws_a_share_of_the_current_batch(names):
+    memory = {"replay": {"cls": [{"img": torch.rand(1, 3, 32, 32), "cls": torch.tensor([i % 3])} for i in range(10)]}}
+    replay = Replay({"ratio": 0.25}, StageContext(index=1, task="det", previous=["cls"], memory=memory))
+    replay.setup(type("T", (), {"device": torch.device("cpu"), "args": get_cfg()})())
+    model = UnifiedModel(task_names=names, verbose=False).eval()  # one replayed image: no train-mode BatchNorm
+    model.args = get_cfg()
+    seen = []
+    model.predict = lambda img, *a, **k: seen.append(img.shape[0]) or UnifiedModel.predict(model, img)
+    for batch in (16, 8, 1):
+        assert float(replay.loss(model, {}, {"img": torch.zeros(batch, 3, 32, 32)})[0]) > 0
+    assert seen == [4, 2, 1]

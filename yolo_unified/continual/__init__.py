@@ -11,15 +11,17 @@ from typing import Any
 from yolo_unified.continual.base import MODULE_PREFIXES, StageContext, Strategy, module_of, stage_samples
 from yolo_unified.continual.bn_freeze import BNFreeze
 from yolo_unified.continual.ewc import EWC, diagonal_fisher
+from yolo_unified.continual.feat_distill import FeatDistill
 from yolo_unified.continual.forget_stop import ForgetStop
 from yolo_unified.continual.grad_clip import GradClip
 from yolo_unified.continual.lr_mult import LRMult
 from yolo_unified.continual.lwf import LwF
 from yolo_unified.continual.output_reg import OutputReg
+from yolo_unified.continual.pseudo_label import PseudoLabel
 from yolo_unified.continual.replay import Replay
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    s.key: s for s in (LRMult, GradClip, BNFreeze, EWC, LwF, OutputReg, Replay, ForgetStop)
+    s.key: s for s in (LRMult, GradClip, BNFreeze, EWC, LwF, OutputReg, PseudoLabel, FeatDistill, Replay, ForgetStop)
 }
 
 

@@ -43,6 +43,27 @@ class StageContext:
     memory: dict[str, Any] = field(default_factory=dict)
     forget_limit: float = 0.05
     root: Path = Path(".")
+    _teacher: Any = field(default=None, init=False, repr=False)
+    _taught: tuple[torch.Tensor, Any] | None = field(default=None, init=False, repr=False)
+
+    def teacher(self, device: torch.device) -> torch.nn.Module | None:
+        """The frozen model the stage starts from (``prev_weights``, in eval mode), loaded once; None in a first stage.
+
+        Every strategy that compares the model with its former self (LwF, pseudo-labels, feature distillation) uses
+        this one copy: a resumed stage distils from the same teacher, as ``prev_weights`` is the previous stage's best.
+        """
+        if self._teacher is None and self.previous and self.prev_weights:
+            from ultralytics.nn.tasks import load_checkpoint
+
+            self._teacher = load_checkpoint(self.prev_weights)[0].float().to(device).eval().requires_grad_(False)
+        return self._teacher
+
+    @torch.no_grad()
+    def teacher_outputs(self, img: torch.Tensor) -> tuple:
+        """The teacher's inference outputs ``(det, seg, cls, raw)`` on `img`, computed once per batch for all users."""
+        if self._taught is None or self._taught[0] is not img:
+            self._taught = (img, self.teacher(img.device)(img))
+        return self._taught[1]
 
 
 class Strategy:

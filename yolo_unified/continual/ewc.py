@@ -31,13 +31,25 @@ def diagonal_fisher(
     return {n: f / max(count, 1) for n, f in fisher.items()}
 
 
+def mean_normalised(fisher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The Fisher divided by its mean over every entry: a mean of 1, whatever the task's loss scale."""
+    mean = torch.cat([f.flatten() for f in fisher.values()]).mean().clamp_min(1e-30)
+    return {n: f / mean for n, f in fisher.items()}
+
+
 class EWC(Strategy):
     """Penalty ``lam * sum F (theta - theta*)^2`` that anchors the weights the finished tasks' losses are sensitive to.
 
-    cfg: ``{lam: penalty weight, samples: images per task for the Fisher, decay: online decay of older Fishers}``.
+    cfg: ``{lam: 1.0, samples: images per task for the Fisher, decay: online decay of older Fishers, normalize: True}``.
     At the end of every stage in which it is on, the Fisher of that stage's task is computed at the stage's best
     weights from per-sample gradients and merged into ``memory["ewc"]`` (``F = decay * F_old + F_new``, anchors = the
     latest weights), which the protocol saves with the checkpoints. The penalty applies in later stages.
+
+    With ``normalize`` (the default) each task's Fisher is divided by its mean before merging, so the penalty is
+    ``lam`` times a Fisher-weighted sum of squared weight changes whatever the task's loss scale, and ``lam`` means the
+    same for every task and dataset: the penalty reaches the size of a task loss (about 1-5) when the weights move by
+    about ``1 / sqrt(lam * n_params)`` each; on the 1.35M-parameter model, try ``lam`` in 0.1-100. Raw Fishers (the
+    original formulation; ``normalize: False``) span orders of magnitude between tasks and need ``lam`` around 1e3+.
     """
 
     key = "ewc"
@@ -45,7 +57,10 @@ class EWC(Strategy):
     def setup(self, trainer) -> None:
         """Move the stored Fisher and anchors to the training device."""
         state = self.context.memory.get("ewc")
-        self.fisher = {k: v.to(trainer.device) for k, v in state["fisher"].items()} if state else {}
+        fisher = state["fisher"] if state else {}
+        if fisher and self.normalize and not state.get("normalized"):  # a Fisher stored raw (normalize: False)
+            fisher = mean_normalised(fisher)
+        self.fisher = {k: v.to(trainer.device) for k, v in fisher.items()}
         self.anchor = {k: v.to(trainer.device) for k, v in state["anchor"].items()} if state else {}
 
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
@@ -55,7 +70,7 @@ class EWC(Strategy):
         penalty = sum(
             (self.fisher[n] * (p - self.anchor[n]) ** 2).sum() for n, p in model.named_parameters() if n in self.fisher
         )
-        penalty = float(self.cfg.get("lam", 1000.0)) * penalty
+        penalty = float(self.cfg.get("lam", 1.0)) * penalty
         return penalty, {"ewc": penalty.detach()}
 
     def stage_end(self, trainer, best: torch.nn.Module) -> None:
@@ -71,6 +86,10 @@ class EWC(Strategy):
                 p.requires_grad_(True)
             new = diagonal_fisher(best, samples, loss_fn)
         old = self.context.memory.get("ewc")
+        if self.normalize:
+            new = mean_normalised(new)
+            if old and not old.get("normalized"):
+                old = {**old, "fisher": mean_normalised(old["fisher"])}
         decay = float(self.cfg.get("decay", 1.0))
         fisher = {n: f.cpu() + (decay * old["fisher"][n] if old else 0) for n, f in new.items()}
         anchor = {n: p.detach().cpu().clone() for n, p in best.named_parameters()}
@@ -78,4 +97,10 @@ class EWC(Strategy):
             "fisher": fisher,
             "anchor": anchor,
             "tasks": [*self.context.previous, self.context.task],
+            "normalized": self.normalize,
         }
+
+    @property
+    def normalize(self) -> bool:
+        """Whether Fishers are mean-normalised (cfg ``normalize``, default True)."""
+        return bool(self.cfg.get("normalize", True))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from ultralytics.nn.tasks import load_checkpoint
 
 from yolo_unified.continual.base import Strategy
 
@@ -14,27 +13,19 @@ OUTPUTS = {"det": ("scores", "boxes"), "seg": ("seg",), "cls": ("cls",)}  # raw 
 class LwF(Strategy):
     """cfg: ``{weight: 1.0, temperature: 2.0}``.
 
-    A frozen copy of the model the stage starts from (the previous stage's best weights, so a resumed stage distils
-    from the same teacher) runs on the current stage's images; the current model's outputs for every finished task
+    The model the stage starts from (``StageContext.teacher``: the previous stage's best weights, frozen) runs on the
+    current stage's images; the current model's outputs for every finished task
     are pulled toward it: softened-softmax KL for segmentation and classification logits, binary KL for the
     detection class scores and KL between DFL box distributions (all zero when the outputs agree).
     """
 
     key = "lwf"
 
-    def setup(self, trainer) -> None:
-        """Load the frozen teacher."""
-        self.teacher = None
-        if self.context.previous and self.context.prev_weights:
-            self.teacher = load_checkpoint(self.context.prev_weights)[0].float().to(trainer.device).eval()
-            self.teacher.requires_grad_(False)
-
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
         """Weighted distance between the model's and the teacher's outputs for the finished tasks."""
-        if self.teacher is None:
+        if self.context.teacher(batch["img"].device) is None:
             return None
-        with torch.no_grad():
-            target = self.teacher(batch["img"])[-1]
+        target = self.context.teacher_outputs(batch["img"])[-1]
         term = sum(self.distance(name, preds[name], target[name]) for t in self.context.previous for name in OUTPUTS[t])
         term = float(self.cfg.get("weight", 1.0)) * term
         return term, {self.key: term.detach()}

@@ -35,12 +35,25 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
+def loss_per_image(model: torch.nn.Module, preds: dict, batch: dict) -> torch.Tensor:
+    """The batch's task loss (its own Ultralytics loss) on the scale of one image, like the trainer's extra terms.
+
+    Detection and segmentation losses come summed over the batch (Ultralytics multiplies them by the batch size);
+    classification's is already a mean.
+    """
+    if getattr(model, "criterion", None) is None:  # built by the model's first loss() call in training
+        model.criterion = model.init_criterion()
+    loss, _ = model.criterion(preds, batch)
+    return loss.sum() / (batch["img"].shape[0] if batch_task(batch) != "cls" else 1)
+
+
 class Replay(Strategy):
-    """cfg: ``{size: images kept per task (<= 10 by default), batch: replayed per step and task, weight: 1.0}``.
+    """cfg: ``{size: images kept per task (10), ratio: replayed images per current image, batch: 2, weight: 1.0}``.
 
     At the end of a stage, ``size`` training images of its task (validation transforms, resized to the stage's
     imgsz, on the CPU) join ``memory["replay"][task]``. In later stages every training step adds the loss of a
-    random ``batch`` of each finished task's stored images, computed by that task's own Ultralytics loss.
+    random draw of each finished task's stored images, computed by that task's own Ultralytics loss: ``ratio`` times
+    the current batch size per task when ``ratio`` is set (at least one image), else ``batch`` images per task.
     """
 
     key = "replay"
@@ -59,13 +72,12 @@ class Replay(Strategy):
         """Weighted sum of the finished tasks' losses on replayed images (per image, like the trainer's loss)."""
         if not self.buffers:
             return None
-        k = int(self.cfg.get("batch", 2))
+        ratio = self.cfg.get("ratio")
+        k = max(1, round(float(ratio) * batch["img"].shape[0])) if ratio else int(self.cfg.get("batch", 2))
         total = torch.zeros((), device=batch["img"].device)
         for samples in self.buffers.values():
             replayed = collate(self.rng.sample(samples, min(k, len(samples))))
-            loss, _ = model.criterion(model.predict(replayed["img"]), replayed)
-            per_image = replayed["img"].shape[0] if batch_task(replayed) != "cls" else 1  # det/seg losses are summed
-            total = total + loss.sum() / per_image
+            total = total + loss_per_image(model, model.predict(replayed["img"]), replayed)
         total = float(self.cfg.get("weight", 1.0)) * total
         return total, {self.key: total.detach()}
 
