@@ -1,0 +1,94 @@
+"""The interface every loss-balancing method implements, and the per-task gradients several of them need."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import ClassVar
+
+import torch
+
+
+class Balancer(torch.nn.Module):
+    """A way to combine the task losses of joint multi-task training: one file, one cfg key, one uniform interface.
+
+    ``kind`` tells the trainer what :meth:`combine` hands back:
+
+    - ``"loss"``: the weighted total loss; the trainer calls ``total.backward()``.
+    - ``"gradient"``: nothing to backpropagate (``None``); :meth:`combine` has already filled the ``.grad`` of every
+      parameter (shared ones with the aggregated gradient, the others with their own task's gradient).
+
+    A balancer is an ``nn.Module``: its learnable weights (``parameters()``, empty for most methods) join the
+    trainer's optimizer, ``.to(device)`` moves them, and ``state_dict()`` holds everything a resumed run needs
+    (learnable weights, DWA's loss history, GradNorm's initial losses).
+    """
+
+    key: ClassVar[str] = ""
+    kind: ClassVar[str] = "loss"
+
+    def __init__(self, tasks: Sequence[str]) -> None:
+        """Balance the losses of `tasks` (names, in a fixed order)."""
+        super().__init__()
+        if not tasks or len(set(tasks)) != len(tasks):
+            raise ValueError(f"balancing method '{self.key}': tasks must be distinct and at least one, got {tasks}")
+        self.tasks = list(tasks)
+
+    def combine(
+        self, losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Parameter]
+    ) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """Combine one step's scalar task losses; return the total to backpropagate (or None) and each task's weight.
+
+        `shared` are the parameters every task uses (backbone, neck, tower), in model order.
+        """
+        raise NotImplementedError
+
+    def epoch_end(self, epoch_losses: dict[str, float]) -> None:
+        """After each epoch, with every task's mean training loss over the epoch (only DWA uses it)."""
+
+    def ordered(self, losses: dict[str, torch.Tensor | float]) -> list:
+        """The values of `losses` in task order; the keys must be exactly the tasks."""
+        if set(losses) != set(self.tasks):
+            raise ValueError(f"balancing method '{self.key}': expected losses for {self.tasks}, got {list(losses)}")
+        return [losses[t] for t in self.tasks]
+
+    def weighted_sum(
+        self, losses: dict[str, torch.Tensor], weights: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``sum_t weights[t] * losses[t]`` (weights in task order) and the weights as a dict."""
+        total = (weights * torch.stack(self.ordered(losses))).sum()
+        return total, dict(zip(self.tasks, weights.tolist(), strict=True))
+
+
+def trainable(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors of `params` that require a gradient (frozen parameters take no part in balancing)."""
+    return [p for p in params if p.requires_grad]
+
+
+def task_jacobians(
+    losses: Sequence[torch.Tensor], shared: Sequence[torch.Tensor], *, into_others: bool = False
+) -> list[torch.Tensor]:
+    """The Jacobian of `losses` w.r.t. each tensor of `shared`: one ``[len(losses), *p.shape]`` tensor per tensor.
+
+    One backward pass per loss; a loss without a graph (no sample of that task in the batch) gives a zero row.
+
+    - ``into_others=False``: ``torch.autograd.grad`` with the graph kept, every ``.grad`` left as it was.
+    - ``into_others=True``: each loss is backpropagated into the ``.grad`` of every parameter outside `shared` (the
+      task heads, each of which gets only its own task's gradient), the graph is freed after the last loss, and the
+      ``.grad`` of the `shared` tensors is left as it was.
+    """
+    live = [i for i, loss in enumerate(losses) if loss.requires_grad]
+    rows = []
+    for i, loss in enumerate(losses):
+        if i not in live:
+            grads = [None] * len(shared)
+        elif into_others:
+            kept = [p.grad for p in shared]
+            for p in shared:
+                p.grad = None
+            loss.backward(retain_graph=i != live[-1])
+            grads = [p.grad for p in shared]
+            for p, g in zip(shared, kept, strict=True):
+                p.grad = g
+        else:
+            grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+        rows.append([torch.zeros_like(p) if g is None else g for p, g in zip(shared, grads, strict=True)])
+    return [torch.stack(column) for column in zip(*rows, strict=True)]

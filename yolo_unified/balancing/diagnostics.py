@@ -1,0 +1,28 @@
+"""Gradient diagnostics for joint training: how large each task's gradient is and how much the tasks conflict."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import combinations
+
+import torch
+
+from yolo_unified.balancing.base import task_jacobians, trainable
+
+
+def gradient_stats(losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Parameter]) -> dict[str, float]:
+    """Each task's gradient norm on the `shared` parameters and the cosine similarity of every pair of tasks.
+
+    Keys: ``grad_norm/<task>`` and ``cos/<task a>-<task b>`` (pairs in the order of `losses`; NaN where a gradient
+    is zero), ready for a CSV row. A negative cosine means the two tasks pull the shared parameters apart. Leaves
+    every ``.grad`` and the graph as they were: call it before ``backward()`` or ``combine()``.
+    """
+    tasks = list(losses)
+    jacobians = task_jacobians(list(losses.values()), trainable(shared))
+    gramian = sum(j.flatten(1) @ j.flatten(1).T for j in jacobians)
+    norms = gramian.diagonal().clamp(min=0).sqrt()
+    stats = {f"grad_norm/{task}": norm for task, norm in zip(tasks, norms.tolist(), strict=True)}
+    for (i, a), (k, b) in combinations(enumerate(tasks), 2):
+        scale = norms[i] * norms[k]
+        stats[f"cos/{a}-{b}"] = (gramian[i, k] / scale).item() if scale > 0 else float("nan")
+    return stats

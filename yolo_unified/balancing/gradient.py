@@ -1,0 +1,111 @@
+"""Gradient-level balancing: one adapter over TorchJD's aggregators (Jacobian descent), one registry key per method.
+
+Every method here takes the Jacobian of the task losses w.r.t. the shared parameters (one row per task) and turns
+it into one update direction; TorchJD (https://github.com/SimplexLab/TorchJD) implements each of them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torchjd.aggregation import IMTLG, MGDA, AlignedMTL, CAGrad, NashMTL, PCGrad, Random, UPGrad, WeightedAggregator
+from torchjd.autojac import jac_to_grad
+
+from yolo_unified.balancing.base import Balancer, task_jacobians, trainable
+
+# registry key -> (TorchJD aggregator, our default settings, what it is)
+METHODS: dict[str, tuple[type[WeightedAggregator], dict[str, Any], str]] = {
+    "pcgrad": (PCGrad, {}, "PCGrad: Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020."),
+    "rlw": (
+        Random,
+        {},
+        "RLW: Lin et al., Reasonable Effectiveness of Random Weighting: A Litmus Test for Multi-Task Learning, TMLR "
+        "2022. Weights softmax(z), z ~ N(0, I) drawn every step: positive, summing to 1. Unlike the paper's loss-level "
+        "form, the heads get their own unweighted gradient.",
+    ),
+    "cagrad": (
+        CAGrad,
+        {"c": 0.4},
+        "CAGrad: Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, NeurIPS 2021. Setting c (0.4, "
+        "as in the paper's NYU-v2 script). Needs pip install 'torchjd[cagrad]'.",
+    ),
+    "imtlg": (IMTLG, {}, "IMTL-G: Liu et al., Towards Impartial Multi-task Learning, ICLR 2021."),
+    "nashmtl": (
+        NashMTL,
+        {},
+        "Nash-MTL: Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022. Settings max_norm (1.0: the "
+        "update's norm is clipped to it), update_weights_every, optim_niter. Stateful. Needs pip install "
+        "'torchjd[nash_mtl]'.",
+    ),
+    "alignedmtl": (
+        AlignedMTL,
+        {},
+        "Aligned-MTL: Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023.",
+    ),
+    "upgrad": (
+        UPGrad,
+        {},
+        "UPGrad: Quinton & Rey, Jacobian Descent for Multi-Objective Optimization, 2024. Needs pip install "
+        "'torchjd[quadprog_projector]'.",
+    ),
+    "mgda": (
+        MGDA,
+        {},
+        "MGDA: Desideri 2012; Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018 "
+        "(Frank-Wolfe min-norm solver, on the parameters' gradients).",
+    ),
+}
+
+
+class JacobianBalancer(Balancer):
+    """Aggregate the task gradients on the shared parameters with a TorchJD aggregator (one subclass per method).
+
+    :meth:`combine` backpropagates each task's loss once: parameters outside `shared` (the task heads) get their own
+    task's gradient (a parameter outside `shared` used by several tasks gets the plain sum), and the ``.grad`` of the
+    shared parameters gets the aggregated gradient, added to what is there (gradient accumulation works as with
+    ``backward()``). The weights returned are the aggregator's weights of the Jacobian's rows. Settings go to the
+    aggregator's constructor. Pass unscaled losses: an AMP loss scale changes some methods' weights (Nash-MTL).
+    """
+
+    kind = "gradient"
+    aggregator_type: ClassVar[type[WeightedAggregator]]
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, tasks: Sequence[str], **settings: Any) -> None:
+        """Build the aggregator from our defaults, overridden by `settings`."""
+        super().__init__(tasks)
+        settings = {**self.defaults, **settings}
+        if "n_tasks" in inspect.signature(self.aggregator_type).parameters:
+            settings.setdefault("n_tasks", len(self.tasks))
+        try:
+            self.aggregator = self.aggregator_type(**settings)
+        except ImportError as e:  # CAGrad, Nash-MTL and UPGrad need optional solvers
+            raise ImportError(f"balancing method '{self.key}': {e}") from e
+
+    def combine(
+        self, losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Parameter]
+    ) -> tuple[None, dict[str, float]]:
+        """Fill every ``.grad``: the heads' own gradients and the aggregated gradient on `shared`."""
+        ordered = self.ordered(losses)
+        params = trainable(shared)
+        if not params:
+            raise ValueError(f"{self.key}: no shared parameter requires a gradient")
+        if not any(loss.requires_grad for loss in ordered):  # no task in this batch: nothing to do
+            return None, dict.fromkeys(self.tasks, 0.0)
+        for p, jacobian in zip(params, task_jacobians(ordered, params, into_others=True), strict=True):
+            p.jac = jacobian  # where TorchJD's jac_to_grad reads each parameter's Jacobian
+        weights = jac_to_grad(params, self.aggregator)
+        return None, dict(zip(self.tasks, weights.tolist(), strict=True))
+
+
+GRADIENT_BALANCERS: dict[str, type[JacobianBalancer]] = {
+    key: type(
+        f"{aggregator.__name__}Balancer",
+        (JacobianBalancer,),
+        {"key": key, "aggregator_type": aggregator, "defaults": defaults, "__doc__": doc, "__module__": __name__},
+    )
+    for key, (aggregator, defaults, doc) in METHODS.items()
+}

@@ -1,0 +1,63 @@
+"""GradNorm: Chen, Badrinarayanan, Lee & Rabinovich, "GradNorm: Gradient Normalization for Adaptive Loss Balancing
+in Deep Multitask Networks", ICML 2018."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from yolo_unified.balancing.base import Balancer, task_jacobians, trainable
+
+
+class GradNorm(Balancer):
+    """Learnable loss weights ``w_t`` (sum ``T``) trained so that the weighted tasks' gradient norms on the last
+    shared layer move together, each at a rate set by how far its loss has fallen.
+
+    With ``G_t = ||grad_W w_t L_t||`` (W: the last shared weight tensor, the last tensor of more than one dimension
+    in `shared`: the head tower's last conv in the unified model), ``r_t = (L_t / L_t(0)) / mean_k (L_k / L_k(0))``
+    (``L_t(0)``: the first step's loss) and the asymmetry ``alpha``, the GradNorm loss
+    ``sum_t |G_t - mean_k(G_k) r_t^alpha|`` (target held constant) is differentiated w.r.t. the weights only.
+
+    Setting: ``alpha`` (1.5 by default; 0 pulls every ``G_t`` to the same value).
+
+    How the trainer calls it, every step::
+
+        total, weights = balancer.combine(losses, shared)  # backpropagates the GradNorm loss into the weights' .grad
+        total.backward()  # the network's gradients: sum_t w_t L_t with the weights held constant
+        optimizer.step()  # the optimizer holds the network and balancer.parameters() (no weight decay on them)
+
+    :meth:`combine` renormalises the weights to sum ``T`` before using them (the paper renormalises after each
+    step: the same weights reach every loss). Its own backward is small: each task's gradient on ``W`` alone (the
+    graph is kept for ``total.backward()``) and the GradNorm loss on the ``T`` weights.
+    """
+
+    key = "gradnorm"
+
+    def __init__(self, tasks: Sequence[str], *, alpha: float = 1.5) -> None:
+        """Weights start at 1; the initial losses are taken at the first step."""
+        super().__init__(tasks)
+        self.alpha = float(alpha)
+        self.weights = torch.nn.Parameter(torch.ones(len(self.tasks)))
+        self.register_buffer("initial_losses", torch.full((len(self.tasks),), float("nan")))
+
+    def combine(
+        self, losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Parameter]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted loss for the network; the GradNorm loss's gradient goes into the weights' ``.grad``."""
+        with torch.no_grad():
+            self.weights.clamp_(min=1e-6)
+            self.weights.mul_(len(self.tasks) / self.weights.sum())
+        layers = [p for p in trainable(shared) if p.ndim > 1]
+        if not layers:
+            raise ValueError(f"{self.key}: no shared weight tensor (of more than one dimension) requires a gradient")
+        ordered = self.ordered(losses)
+        values = torch.stack([loss.detach() for loss in ordered])
+        if self.initial_losses.isnan().any():
+            self.initial_losses.copy_(values)
+        norms = task_jacobians(ordered, layers[-1:])[0].flatten(1).norm(dim=1)  # ||grad_W L_t||, no graph
+        weighted_norms = self.weights * norms  # = ||grad_W w_t L_t||, as w_t > 0
+        progress = values / self.initial_losses.clamp(min=1e-12)
+        target = weighted_norms.mean() * (progress / progress.mean()) ** self.alpha
+        (weighted_norms - target.detach()).abs().sum().backward(inputs=[self.weights])
+        return self.weighted_sum(losses, self.weights.detach())
