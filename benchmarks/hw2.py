@@ -198,10 +198,57 @@ def git_commit() -> str:
         return "unknown"
 
 
-def recorded_command(argv: list[str]) -> str:
-    """The benchmark's command line, its absolute paths inside the repository made relative to it."""
+def recorded_command(argv: list[str], module: str = "benchmarks.hw2") -> str:
+    """The command line of `module`, its absolute paths inside the repository made relative to it."""
     tokens = (f"{key}={repo_relative(value)}" for key, _, value in (token.partition("=") for token in argv))
-    return "python -m benchmarks.hw2 " + " ".join(tokens)
+    return f"python -m {module} " + " ".join(tokens)
+
+
+def common_args(args: dict, seq: dict) -> dict:
+    """The keys every run of a benchmark gets: ``data`` (a raw HW2 folder is converted into datasets/hw2 first, as
+    ``yolo-unified data prepare`` does), ``imgsz`` (default: cfg/seq.yaml's) and ``pretrained`` when given."""
+    data = str(args.get("data", "../shared/data/hw2"))
+    if not data.endswith((".yaml", ".yml")):
+        from yolo_unified.data.prepare import prepare_hw2
+
+        prepare_hw2(data, REPO / "datasets/hw2")
+        data = str(REPO / "datasets/hw2.yaml")
+    common = {"data": data, "imgsz": int(args.get("imgsz", seq.get("imgsz", 320)))}
+    if args.get("pretrained"):
+        common["pretrained"] = str(args["pretrained"])
+    return common
+
+
+def machine_info() -> dict[str, Any]:
+    """The CPU, its logical cores and the versions of torch, Ultralytics and Python."""
+    return {
+        "cpu": get_cpu_info(),
+        "logical_cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "ultralytics": ultralytics_version,
+        "python": platform.python_version(),
+    }
+
+
+def machine_text(m: dict[str, Any]) -> str:
+    """The summary line of `machine_info`."""
+    return (
+        f"machine: {m['cpu']}, {m['logical_cores']} logical cores, no GPU; torch {m['torch']}, "
+        f"ultralytics {m['ultralytics']}, Python {m['python']}"
+    )
+
+
+def invocation(t0: float, commit: str) -> dict[str, Any]:
+    """This invocation of a benchmark command: date, commit, wall time since `t0` and peak memory of the process."""
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    date, wall = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), (time.time() - t0) / 60
+    return {"date": date, "commit": commit, "wall_minutes": wall, "peak_rss_mb": peak_rss_mb}
+
+
+def invocation_text(i: dict[str, Any]) -> str:
+    """One `invocation` as the summaries list it."""
+    peak = f"{i['peak_rss_mb']:.0f} MB" if i["peak_rss_mb"] else "peak not recorded"
+    return f"{i['date']}, commit {i['commit']}: {i['wall_minutes']:.1f} min, {peak}"
 
 
 def summary_markdown(results: dict) -> str:
@@ -213,16 +260,11 @@ def summary_markdown(results: dict) -> str:
         "",
         f"- command: `{results['command']}`",
         f"- date: {results['date']}, commit {results['commit']}",
-        f"- machine: {m['cpu']}, {m['logical_cores']} logical cores, no GPU; torch {m['torch']}, "
-        f"ultralytics {m['ultralytics']}, Python {m['python']}",
+        f"- {machine_text(m)}",
         f"- budget: {results['budget']}",
         f"- training time of all runs: {results['training_minutes']:.1f} min (every stage once, from Ultralytics' "
         "results.csv); each invocation of the command (a re-run skips finished training): wall time, peak memory: "
-        + "; ".join(
-            f"{i['date']}, commit {i['commit']}: {i['wall_minutes']:.1f} min, "
-            + (f"{i['peak_rss_mb']:.0f} MB" if i["peak_rss_mb"] else "peak not recorded")
-            for i in results["invocations"]
-        ),
+        + "; ".join(invocation_text(i) for i in results["invocations"]),
         f"- scores: final value [95% bootstrap interval over the val images, {results['bootstrap']} resamples]; "
         f"references: all-background mIoU {results['references']['seg_all_background']:.4f}, chance top-1 "
         f"{results['references']['cls_chance']:.4f}, chance mAP50 ~0",
@@ -269,12 +311,9 @@ def main(argv: list[str]) -> dict:
         raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.hw2")
     quick, t0, commit = bool(args.get("quick", False)), time.time(), git_commit()  # the code that runs
     out = Path(args.get("out", "benchmarks/results/hw2-320")).resolve()
-    data = str(args.get("data", "../shared/data/hw2"))
-    if not data.endswith((".yaml", ".yml")):
-        from yolo_unified.data.prepare import prepare_hw2
-
-        prepare_hw2(data, REPO / "datasets/hw2")
-        data = str(REPO / "datasets/hw2.yaml")
+    seq = YAML.load(CFG_DIR / "seq.yaml")
+    common = common_args(args, seq)
+    data = common["data"]
     names = task_names(load_data_config(data))
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     stages = [s for run in previous.get("runs", {}).values() for s in run["stages"]]
@@ -283,10 +322,6 @@ def main(argv: list[str]) -> dict:
             f"{out} holds a benchmark whose weights are not here ({missing[0]} and {len(missing) - 1} more; a clone of "
             "the repository has only the reports): pass a new out= to run it again"
         )
-    seq = YAML.load(CFG_DIR / "seq.yaml")
-    common = {"data": data, "imgsz": int(args.get("imgsz", seq.get("imgsz", 320)))}
-    if args.get("pretrained"):
-        common["pretrained"] = str(args["pretrained"])
     force = dict(QUICK) if quick else {}
     limit = float(seq.get("forget_limit", 0.05))
     n_boot = int(args.get("bootstrap", 50 if quick else 1000))
@@ -338,30 +373,20 @@ def main(argv: list[str]) -> dict:
         name="speed",
         exist_ok=True,
     )
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    date, wall = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), (time.time() - t0) / 60
+    record = invocation(t0, commit)
     minutes = {s["save_dir"]: m for r in runs.values() for s, m in zip(r["stages"], r["stage_minutes"], strict=True)}
     results = {
         "regime": f"pretrained={common['pretrained']}" if "pretrained" in common else "from scratch",
         "command": recorded_command(argv),
-        "date": date,
+        "date": record["date"],
         "commit": commit,
         "budget": budget(seq, common["imgsz"], force),
-        "machine": {
-            "cpu": get_cpu_info(),
-            "logical_cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "ultralytics": ultralytics_version,
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
         "quick": quick,
         "forget_limit": limit,
         "bootstrap": n_boot,
         "training_minutes": sum(minutes.values()),  # a stage shared by several runs counted once
-        "invocations": [
-            *previous.get("invocations", []),
-            {"date": date, "commit": commit, "wall_minutes": wall, "peak_rss_mb": peak_rss_mb},
-        ],
+        "invocations": [*previous.get("invocations", []), record],
         "references": {
             "seg_all_background": runs["baselines"]["final"].get("seg", {}).get("all_background", math.nan),
             "cls_chance": 1 / len(names["cls"]) if "cls" in names else math.nan,

@@ -1,0 +1,540 @@
+"""The stability/plasticity sweep: stages 2 and 3 over a grid of settings, all from ONE shared stage-1 model.
+
+    python -m benchmarks.sweep data=../shared/data/hw2 imgsz=320 out=benchmarks/results/hw2-sweep \
+        pretrained=../shared/weights/yolov8n-cls-imagenette.pt \
+        [grid=cfg/sweep.yaml] [seeds=2] [front=3] [quick=True] [only=name1,name2]
+
+``<out>/base`` is a ``benchmarks.hw2`` run with ``ablations=False seeds=1`` (run first when its results.json is
+missing): the first stage of its ``default_seed0`` is the first stage of every grid run, and its single-task
+baselines give the retention. Each configuration of the grid (cfg/sweep.yaml: learning-rate multipliers of the shared
+network, strategy strengths, combinations) is a protocol run ``<out>/<name>-seed<k>``: cfg/seq.yaml's top-level keys
+and first stage, then the grid's two stages. After the seed-0 grid, the ``front`` best configurations (Pareto-optimal
+in worst forgetting and mean retention after stage 3) are re-run with seeds 1..seeds-1; stage 1 stays shared, so a
+seed only changes stages 2 and 3. Scores are the validators', recorded in each run's protocol.json after every stage
+(no bootstrap). A killed sweep re-run with the same command skips finished runs and stages and resumes the
+interrupted one. ``only=`` restricts the grid to the named configurations; ``quick=True`` shrinks every stage as
+``benchmarks.hw2`` does and the grid to the first shared multiplier, the first ``with_shared`` one and the first
+strength of the first strategy.
+
+Output in ``out``: ``pareto_stage2.png``, ``pareto_stage3.png``, ``summary.md`` (every configuration, and the
+recommended one as a cfg/seq.yaml snippet) and ``results.json`` (every number); paths inside the repository are
+recorded relative to it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ultralytics.utils import LOGGER, YAML, colorstr, plt_settings
+
+from benchmarks import hw2
+from benchmarks.hw2 import (
+    QUICK,
+    TASK_METRIC,
+    budget,
+    common_args,
+    git_commit,
+    invocation,
+    invocation_text,
+    machine_info,
+    machine_text,
+    recorded_command,
+    repo_path,
+    repo_relative,
+    run_protocol,
+    run_verdict,
+    share_first_stage,
+    stage_minutes,
+    with_stage_paths,
+)
+from yolo_unified.cli import parse_args
+from yolo_unified.continual import STRATEGIES
+from yolo_unified.continual.protocol import STATE_FILE
+from yolo_unified.continual.report import forgetting, verdict
+from yolo_unified.engine import PRIMARY_METRIC
+from yolo_unified.nn.tasks import CFG_DIR
+
+KEYS = {"data", "imgsz", "pretrained", "out", "grid", "seeds", "front", "quick", "only"}
+GRID_KEYS = {"stages", "shared", "with_shared", "strategies", "combined"}
+SHARED_MODULES = ("backbone", "neck", "tower")  # the modules every task uses: the grid's `shared` multiplier
+
+
+@dataclass
+class GridConfig:
+    """One configuration of the grid: the shared network's learning-rate multiplier and the strategies switched on in
+    stages 2 and 3 (``{key: settings}``), with the two complete stages they make."""
+
+    name: str
+    shared: float
+    strategies: dict[str, dict]
+    stages: list[dict]
+
+    @property
+    def family(self) -> str:
+        """The strategy keys joined by '+', 'none' without a strategy: one plot colour each."""
+        return "+".join(self.strategies) or "none"
+
+    @property
+    def frozen(self) -> bool:
+        """The frozen point: shared network not trained, no strategy."""
+        return self.shared == 0 and not self.strategies
+
+
+def number(value: Any) -> str:
+    """A strength or multiplier as it appears in a run name (``0.1``, ``10``, ``0``)."""
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
+
+
+def grid_config(stages: list[dict], shared: float, settings: dict[str, dict], strategies: dict) -> GridConfig:
+    """The configuration with `shared` as the backbone/neck/tower multiplier of both stages and `settings` on in both.
+
+    Its name is ``shared<m>`` followed by ``-<key><strength>`` per strategy (joined by ``+``), the strength being the
+    value of the strategy's ``param`` in `strategies`.
+    """
+    strengths = []
+    for key, values in settings.items():
+        param = strategies[key]["param"]
+        if param not in values:
+            raise ValueError(f"sweep grid: {key} settings {values} lack its strength '{param}'")
+        strengths.append(f"{key}{number(values[param])}")
+    name = f"shared{number(shared)}" + (f"-{'+'.join(strengths)}" if strengths else "")
+    full = []
+    for stage in stages:
+        own = {k: v for k, v in (stage.get("lr_mult") or {}).items() if k not in SHARED_MODULES}
+        full.append({**deepcopy(stage), "lr_mult": {**dict.fromkeys(SHARED_MODULES, float(shared)), **own}})
+        full[-1].update(deepcopy(settings))
+    return GridConfig(name, float(shared), settings, full)
+
+
+def parse_grid(grid: dict, quick: bool = False) -> list[GridConfig]:
+    """The configurations of a grid (cfg/sweep.yaml's layout), checked: one per ``shared`` multiplier without a
+    strategy, then for each ``with_shared`` multiplier one per strategy strength and one per combination.
+
+    ``quick`` keeps the first ``shared`` and the first ``with_shared`` multiplier and the first strength of the first
+    strategy (no combination).
+    """
+    if unknown := sorted(set(grid) - GRID_KEYS):
+        raise ValueError(f"sweep grid: unknown key(s) {unknown}; valid: {sorted(GRID_KEYS)}")
+    stages = grid.get("stages") or []
+    if len(stages) != 2 or not all(isinstance(s, dict) and s.get("task") for s in stages):
+        raise ValueError("sweep grid: 'stages' must be the two later stages, each a dict with a task (det, then cls)")
+    strategies, combined = dict(grid.get("strategies") or {}), list(grid.get("combined") or [])
+    known = sorted(set(STRATEGIES) - {"lr_mult"})
+    for key in [*strategies, *(k for combination in combined for k in combination)]:
+        if key not in known:
+            hint = " (the shared multiplier sets lr_mult)" if key == "lr_mult" else ""
+            raise ValueError(f"sweep grid: unknown strategy '{key}'{hint}; known strategies: {', '.join(known)}")
+        if key not in strategies:
+            raise ValueError(f"sweep grid: combined strategy '{key}' needs an entry in 'strategies' (its param)")
+    for key, spec in strategies.items():
+        if not isinstance(spec, dict) or "param" not in spec or not spec.get("values"):
+            raise ValueError(f"sweep grid: strategies.{key} must be {{param: name, values: [...], fixed: {{...}}}}")
+    shared, with_shared = list(grid.get("shared") or []), list(grid.get("with_shared") or [])
+    if quick:
+        shared, with_shared, combined = list(dict.fromkeys(shared[:1] + with_shared[:1])), with_shared[:1], []
+        strategies = {k: {**spec, "values": spec["values"][:1]} for k, spec in list(strategies.items())[:1]}
+    fixed = {k: dict(spec.get("fixed") or {}) for k, spec in strategies.items()}
+    configs = [grid_config(stages, m, {}, strategies) for m in shared]
+    for m in with_shared:
+        for key, spec in strategies.items():
+            for value in spec["values"]:
+                configs.append(grid_config(stages, m, {key: {**fixed[key], spec["param"]: value}}, strategies))
+        for combination in combined:
+            settings = {k: {**fixed[k], **(values or {})} for k, values in combination.items()}
+            configs.append(grid_config(stages, m, settings, strategies))
+    names = [c.name for c in configs]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"sweep grid: configuration(s) {twice} appear twice")
+    return configs
+
+
+def select(configs: list[GridConfig], only: Any) -> list[GridConfig]:
+    """The configurations named in `only` (comma-separated; empty: all), in grid order."""
+    if not only:
+        return configs
+    wanted = [n.strip() for n in str(only).split(",") if n.strip()]
+    names = [c.name for c in configs]
+    if missing := [n for n in wanted if n not in names]:
+        raise ValueError(f"only=: no configuration {missing} in the grid; its configurations: {names}")
+    return [c for c in configs if c.name in wanted]
+
+
+def run_cfg(seq: dict, config: GridConfig, seed: int, baselines: Path) -> dict:
+    """A grid run's protocol: cfg/seq.yaml's top-level keys and first stage, then the configuration's two stages."""
+    top = {k: v for k, v in seq.items() if k != "stages"}
+    stages = [deepcopy(seq["stages"][0]), *deepcopy(config.stages)]
+    return {**top, "seed": seed, "baselines": str(baselines), "stages": stages}
+
+
+def check_settings(root: Path, cfg: dict, force: dict) -> None:
+    """Refuse to resume a run started with other stage-2/3 settings (the grid's recipe changed since): its name and
+    scores would no longer match."""
+    state_file = root / STATE_FILE
+    config = json.loads(state_file.read_text()).get("config") if state_file.is_file() else None
+    if config and config["stages"][1:] != [{**s, **force} for s in cfg["stages"][1:]]:
+        raise ValueError(f"{root} was started with other stage-2/3 settings than the grid's: pass a new out=")
+
+
+def base_mismatch(used: dict, mine: dict) -> list[str]:
+    """The settings (data, imgsz, pretrained) the base run was trained with that differ from the sweep's."""
+
+    def norm(key: str, value: Any) -> Any:
+        return value if value is None or key == "imgsz" else repo_path(value).resolve()
+
+    keys = [k for k in ("data", "imgsz", "pretrained") if norm(k, used.get(k)) != norm(k, mine.get(k))]
+    return [f"{k}={used.get(k)} (this sweep: {mine.get(k)})" for k in keys]
+
+
+def forgetting_after(state: dict, stage: int, limit: float) -> dict[str, dict[str, Any]]:
+    """The report's forgetting as it stood after stage `stage` (1-based): the protocol state cut after it."""
+    return forgetting({**state, "stages": state["stages"][:stage]}, limit)
+
+
+def run_metrics(state: dict, tasks: list[str], single: dict[str, float], limit: float) -> dict[str, float | None]:
+    """The numbers of one grid run (None where undefined).
+
+    ``<new>_stage<k>``: the score of stage k's task right after it; ``<task>_forgetting_stage<k>`` and
+    ``worst_forgetting_stage<k>``: relative forgetting of the tasks finished before stage k, after it;
+    ``<task>_final``: scores after the last stage; ``<task>_retention``: final score of a later task over its
+    single-task score, and their ``mean_retention``; ``minutes``: training time of stages 2 and 3.
+    """
+    metrics: dict[str, float | None] = {}
+    for k in range(2, len(tasks) + 1):
+        new = tasks[k - 1]
+        metrics[f"{new}_stage{k}"] = state["stages"][k - 1]["scores"][new][PRIMARY_METRIC[new]]
+        drops = {t: d["relative"] for t, d in forgetting_after(state, k, limit).items() if t != new}
+        metrics.update({f"{t}_forgetting_stage{k}": v for t, v in drops.items()})
+        metrics[f"worst_forgetting_stage{k}"] = max(drops.values())
+    final = state["stages"][-1]["scores"]
+    metrics.update({f"{t}_final": final[t][PRIMARY_METRIC[t]] for t in tasks})
+    retention = {t: final[t][PRIMARY_METRIC[t]] / single[t] if single.get(t) else None for t in tasks[1:]}
+    metrics.update({f"{t}_retention": v for t, v in retention.items()})
+    known = [v for v in retention.values() if v is not None]
+    metrics["mean_retention"] = sum(known) / len(known) if known else None
+    metrics["minutes"] = sum(stage_minutes(state)[1:])  # stage 1 is the base's, trained once
+    return metrics
+
+
+def run_config(config: GridConfig, seed: int, setup: dict, label: str) -> dict:
+    """Run (or resume, or skip when finished) one configuration with one seed; return its record for results.json."""
+    name = f"{config.name}-seed{seed}"
+    root = setup["out"] / name
+    LOGGER.info(f"\n{colorstr('bold', 'benchmarks.sweep')}: {name} ({label})")
+    cfg = run_cfg(setup["seq"], config, seed, setup["base"] / "baselines")
+    check_settings(root, cfg, setup["force"])
+    share_first_stage(root, setup["base_state"])
+    state, seconds = run_protocol(cfg, root, setup["common"], setup["force"])
+    limit = setup["limit"]
+    return {
+        "configuration": config.name,
+        "seed": seed,
+        "root": repo_relative(root),
+        "metrics": run_metrics(state, setup["tasks"], setup["single"], limit),
+        "pass": verdict(state, limit) == "PASS",
+        "verdict": run_verdict(state, limit),
+        "wall_minutes_this_call": seconds / 60,
+        "stages": with_stage_paths(state["stages"], repo_relative),
+    }
+
+
+def aggregate(runs: list[dict]) -> dict[str, dict[str, float | None]]:
+    """Mean, min and max over the seeds' runs of every number (None where no run has it)."""
+    out = {}
+    for key in runs[0]["metrics"]:
+        values = [r["metrics"][key] for r in runs if r["metrics"][key] is not None]
+        out[key] = (
+            {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+            if values
+            else dict.fromkeys(("mean", "min", "max"))
+        )
+    return out
+
+
+def pareto_ranks(points: list[tuple[float | None, float | None]]) -> list[int]:
+    """Non-dominated sorting of points maximised in both coordinates: 0 is the Pareto front, 1 the front of the rest,
+    and so on (a missing coordinate counts as the worst)."""
+    pts = [tuple(-math.inf if v is None else v for v in p) for p in points]
+    ranks, left, rank = [0] * len(pts), set(range(len(pts))), 0
+    while left:
+        front = {i for i in left if not any(dominates(pts[j], pts[i]) for j in left)}
+        for i in front:
+            ranks[i] = rank
+        left -= front
+        rank += 1
+    return ranks
+
+
+def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """`a` is at least as good as `b` in every coordinate and better in one (maximising)."""
+    return a != b and all(x >= y for x, y in zip(a, b, strict=True))
+
+
+def stability_plasticity(stats: dict[str, dict]) -> tuple[float | None, float | None]:
+    """A configuration's point for the front: (minus the worst forgetting after stage 3, mean retention)."""
+    worst = stats["worst_forgetting_stage3"]["mean"]
+    return (None if worst is None else -worst), stats["mean_retention"]["mean"]
+
+
+def rank_configs(names: list[str], stats: dict[str, dict]) -> list[str]:
+    """`names` best first: by Pareto rank in (worst forgetting, mean retention) after stage 3, ties by retention."""
+    ranks = dict(zip(names, pareto_ranks([stability_plasticity(stats[n]) for n in names]), strict=True))
+
+    def retention(n: str) -> float:
+        value = stats[n]["mean_retention"]["mean"]
+        return -math.inf if value is None else value
+
+    return sorted(names, key=lambda n: (ranks[n], -retention(n)))
+
+
+@plt_settings()
+def plot_pareto(points: list[dict], path: Path, title: str, xlabel: str, single: float | None, limit: float) -> None:
+    """One point per configuration at its seed mean (min-max error bars over seeds), a colour per strategy family,
+    the frozen point starred, the Pareto front (max x, min y) as a step line, the single-task score and the limit.
+
+    `points`: ``{"name", "family", "frozen", "x": (mean, min, max), "y": (mean, min, max)}`` with y in %.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), tight_layout=True)
+    points = [p for p in points if None not in p["x"] and None not in p["y"]]
+    families = list(dict.fromkeys(p["family"] for p in points))
+    palette = plt.get_cmap("tab10")
+    for p in points:
+        (x, x0, x1), (y, y0, y1) = p["x"], p["y"]
+        i = families.index(p["family"])
+        first = p is next(q for q in points if q["family"] == p["family"])
+        ax.errorbar(
+            x, y, xerr=[[x - x0], [x1 - x]] if x1 > x0 else None, yerr=[[y - y0], [y1 - y]] if y1 > y0 else None,
+            fmt="o", ms=6, capsize=3, color=palette(i % 10), label=p["family"] if first else None,
+        )  # fmt: skip
+        if p["frozen"]:
+            ax.scatter(x, y, marker="*", s=300, facecolors="none", edgecolors="k", zorder=3, label="frozen (shared 0)")
+    ranks = pareto_ranks([(p["x"][0], -p["y"][0]) for p in points])
+    front = sorted((p for p, r in zip(points, ranks, strict=True) if r == 0), key=lambda p: p["x"][0])
+    if front:
+        xs, ys = [p["x"][0] for p in front], [p["y"][0] for p in front]
+        ax.step(xs, ys, where="pre", color="k", lw=1, alpha=0.6, label="Pareto front")
+        for p in front:
+            ax.annotate(p["name"], (p["x"][0], p["y"][0]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if single:
+        ax.axvline(single, ls="--", color="gray", lw=1, label=f"single-task {xlabel} ({single:.4f})")
+    ax.axhline(100 * limit, ls=":", color="r", lw=1, label=f"{limit:.0%} forgetting limit")
+    ax.set(xlabel=xlabel, ylabel="worst relative forgetting of finished tasks (%)", title=title)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def plot_points(results: dict, stage: int) -> list[dict]:
+    """The plot points of stage `stage`: new task's score against the finished tasks' worst forgetting (%)."""
+    new = results["tasks"][stage - 1]
+    points = []
+    for name, c in results["configurations"].items():
+        x, y = c["metrics"][f"{new}_stage{stage}"], c["metrics"][f"worst_forgetting_stage{stage}"]
+        scaled = tuple(None if v is None else 100 * v for v in (y["mean"], y["min"], y["max"]))
+        x = (x["mean"], x["min"], x["max"])
+        points.append({"name": name, "family": c["family"], "frozen": c["frozen"], "x": x, "y": scaled})
+    return points
+
+
+def cell(stat: dict, seeds: int, kind: str = "score") -> str:
+    """A table cell: the seed mean, with ``[min, max]`` over several seeds (kind: score, percent or signed %)."""
+    if stat["mean"] is None:
+        return "-"
+    form = {"score": "{:.4f}", "percent": "{:.1%}", "forgetting": "{:+.1%}"}[kind]
+    text = form.format(stat["mean"])
+    return text + (f" [{form.format(stat['min'])}, {form.format(stat['max'])}]" if seeds > 1 else "")
+
+
+def recommended_text(results: dict) -> str:
+    """The recommendation as Markdown: a cfg/seq.yaml snippet of its two stages, or why there is none."""
+    name = results["recommended"]
+    if name is None:
+        return (
+            "None: no configuration with a shared multiplier > 0 passes the forgetting limit on every seed it ran "
+            "with (and has a retention). Keep cfg/seq.yaml's frozen shared network."
+        )
+    c = results["configurations"][name]
+    snippet = yaml.safe_dump(c["stages"], sort_keys=False, default_flow_style=None, width=120)
+    snippet = "\n".join("  " + line for line in snippet.splitlines())
+    return (
+        f"`{name}`: mean retention {c['metrics']['mean_retention']['mean']:.1%}, worst forgetting "
+        f"{c['metrics']['worst_forgetting_stage3']['mean']:+.1%} after stage 3, PASS on its {len(c['seeds'])} "
+        f"seed(s). Stages 2 and 3 for cfg/seq.yaml (in place of its last two stages; quick mode's overrides not "
+        f"included):\n\n```yaml\nstages:\n  # - stage 1 as it is\n{snippet}\n```"
+    )
+
+
+def summary_markdown(results: dict) -> str:
+    """The sweep's summary: settings, plots, the table of every configuration and the recommendation."""
+    first, mid, last = results["tasks"]
+    limit, single = results["forget_limit"], results["base"]["single_task"]
+    columns = [  # header, metric, kind
+        (f"{mid} {TASK_METRIC[mid]}", f"{mid}_final", "score"),
+        (f"{last} {TASK_METRIC[last]}", f"{last}_final", "score"),
+        (f"{first} forgetting", f"{first}_forgetting_stage3", "forgetting"),
+        (f"{mid} forgetting", f"{mid}_forgetting_stage3", "forgetting"),
+        (f"{first} forgetting after stage 2", f"{first}_forgetting_stage2", "forgetting"),
+        (f"{mid} retention", f"{mid}_retention", "percent"),
+        (f"{last} retention", f"{last}_retention", "percent"),
+    ]
+    configs = results["configurations"]
+
+    def worst(name: str) -> float:
+        value = configs[name]["metrics"]["worst_forgetting_stage3"]["mean"]
+        return math.inf if value is None else value
+
+    scores = ", ".join(f"{t} {TASK_METRIC[t]} {v:.4f}" for t, v in single.items() if v is not None)
+    seeds = (
+        f"the {results['front_size']} best after seed 0 (Pareto-optimal in worst forgetting and mean retention after "
+        f"stage 3) re-run with seeds 1..{results['seeds'] - 1}: " + ", ".join(f"`{n}`" for n in results["front"])
+        if results["front"]
+        else "one seed each"
+    )
+    lines = [
+        f"# Stability/plasticity sweep ({results['regime']})",
+        "",
+        f"- command: `{results['command']}`",
+        f"- date: {results['date']}, commit {results['commit']}",
+        f"- {machine_text(results['machine'])}",
+        f"- budget: {results['budget']}; stage 1 trained once (`{results['base']['root']}/default_seed0`) and shared",
+        f"- grid: `{results['grid']['file']}`{' (quick: reduced)' if results['quick'] else ''}, "
+        f"{len(configs)} configurations at seed 0; {seeds}",
+        f"- single-task scores (`{results['base']['root']}/baselines`, for retention): {scores}; limit: "
+        f"{limit:.0%} relative forgetting of every finished task",
+        f"- scores: the validators' after each stage (each run's protocol.json, no bootstrap); several seeds: mean "
+        f"[min, max]; training time of the grid runs (stages 2 and 3, every seed): {results['training_minutes']:.1f} "
+        "min; each invocation: " + "; ".join(invocation_text(i) for i in results["invocations"]),
+        "",
+        "![stage 2](pareto_stage2.png)",
+        "",
+        "![stage 3](pareto_stage3.png)",
+        "",
+        "## Configurations (sorted by worst forgetting after stage 3)",
+        "",
+        "| configuration | seeds | " + " | ".join(h for h, *_ in columns) + " | verdict | training (min) |",
+        "|---|---|" + "---|" * len(columns) + "---|---|",
+    ]
+    for name in sorted(configs, key=lambda n: (worst(n), -(configs[n]["metrics"]["mean_retention"]["mean"] or 0))):
+        c, n = configs[name], len(configs[name]["seeds"])
+        cells = [cell(c["metrics"][key], n, kind) for _, key, kind in columns]
+        passes = sum(c["passes"])
+        verdict_cell = "PASS" if passes == n else "FAIL" if not passes else f"PASS {passes}/{n}"
+        lines.append(f"| {name} | {n} | {' | '.join(cells)} | {verdict_cell} | {c['training_minutes']:.1f} |")
+    lines += ["", "## Recommended", "", recommended_text(results), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> dict:
+    """Run the sweep for command-line tokens `argv` (``key=value``); return the results dict."""
+    args = parse_args(argv)
+    if unknown := set(args) - KEYS:
+        raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.sweep; valid: {sorted(KEYS)}")
+    quick, t0, commit = bool(args.get("quick", False)), time.time(), git_commit()  # the code that runs
+    out = Path(args.get("out", "benchmarks/results/hw2-sweep")).resolve()
+    grid_file = Path(args.get("grid", CFG_DIR / "sweep.yaml"))
+    configs = select(parse_grid(YAML.load(grid_file), quick), args.get("only"))
+    if not configs:
+        raise ValueError(f"{grid_file}: the grid has no configuration")
+    seeds, n_front = int(args.get("seeds", 2)), int(args.get("front", 3))
+    seq = YAML.load(CFG_DIR / "seq.yaml")
+    base = out / "base"
+    if not (base / "results.json").is_file():  # the shared stage 1 and the single-task models (resumable itself)
+        passed = [f"{k}={args[k]}" for k in ("data", "imgsz", "pretrained", "quick") if k in args]
+        hw2.main([*passed, f"out={base}", "ablations=False", "seeds=1"])
+    common = common_args(args, seq)
+    base_state = json.loads((base / "default_seed0" / STATE_FILE).read_text())
+    base_state = {**base_state, "stages": with_stage_paths(base_state["stages"], repo_path)}
+    force = dict(QUICK) if quick else {}
+    if differ := base_mismatch(base_state["config"]["common"], {**common, **force}):
+        raise ValueError(f"{base} was trained with {', '.join(differ)}: pass the same settings or a new out=")
+    if not Path(base_state["stages"][0]["weights"]).is_file():
+        raise FileNotFoundError(f"{base}: the shared stage-1 weights are not here (a clone has only the reports)")
+    tasks = [seq["stages"][0]["task"], *(s["task"] for s in configs[0].stages)]
+    base_runs = json.loads((base / "results.json").read_text())["runs"]
+    single = {t: base_runs["baselines"]["final"].get(t, {}).get("value") for t in tasks}
+    limit = float(seq.get("forget_limit", 0.05))
+    setup = {
+        "out": out, "seq": seq, "base": base, "base_state": base_state, "common": common, "force": force,
+        "limit": limit, "tasks": tasks, "single": single,
+    }  # fmt: skip
+
+    n_front = min(n_front, len(configs)) if seeds > 1 else 0
+    total = len(configs) + n_front * (seeds - 1)
+    runs: dict[str, dict] = {}
+    for c in configs:
+        runs[f"{c.name}-seed0"] = run_config(c, 0, setup, f"{len(runs) + 1}/{total}")
+    seed0 = {c.name: aggregate([runs[f"{c.name}-seed0"]]) for c in configs}
+    front = rank_configs([c.name for c in configs], seed0)[:n_front]
+    for seed in range(1, seeds if n_front else 1):
+        for c in (c for c in configs if c.name in front):
+            runs[f"{c.name}-seed{seed}"] = run_config(c, seed, setup, f"{len(runs) + 1}/{total}")
+
+    configurations = {}
+    for c in configs:
+        mine = [r for r in runs.values() if r["configuration"] == c.name]
+        configurations[c.name] = {
+            "shared": c.shared,
+            "strategies": c.strategies,
+            "family": c.family,
+            "frozen": c.frozen,
+            "stages": c.stages,
+            "seeds": [r["seed"] for r in mine],
+            "passes": [r["pass"] for r in mine],
+            "metrics": aggregate(mine),
+            "training_minutes": sum(r["metrics"]["minutes"] for r in mine),
+        }
+    names = list(configurations)
+    ranks = pareto_ranks([stability_plasticity(configurations[n]["metrics"]) for n in names])
+    for name, rank in zip(names, ranks, strict=True):
+        configurations[name]["pareto_rank_stage3"] = rank
+    eligible = [
+        n for n, c in configurations.items()
+        if c["shared"] > 0 and all(c["passes"]) and c["metrics"]["mean_retention"]["mean"] is not None
+    ]  # fmt: skip
+    recommended = max(eligible, key=lambda n: configurations[n]["metrics"]["mean_retention"]["mean"], default=None)
+
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    record = invocation(t0, commit)
+    results = {
+        "regime": f"pretrained={common['pretrained']}" if "pretrained" in common else "from scratch",
+        "command": recorded_command(argv, "benchmarks.sweep"),
+        "date": record["date"],
+        "commit": commit,
+        "budget": budget({"stages": [seq["stages"][0], *configs[0].stages]}, common["imgsz"], force),
+        "machine": machine_info(),
+        "quick": quick,
+        "forget_limit": limit,
+        "tasks": tasks,
+        "seeds": seeds,
+        "front_size": n_front,
+        "grid": {"file": repo_relative(grid_file.resolve()), "only": args.get("only")},
+        "base": {"root": repo_relative(base), "single_task": single},
+        "training_minutes": sum(r["metrics"]["minutes"] for r in runs.values()),
+        "invocations": [*previous.get("invocations", []), record],
+        "front": front,
+        "recommended": recommended,
+        "configurations": configurations,
+        "runs": runs,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for stage in (2, 3):
+        new, path = tasks[stage - 1], out / f"pareto_stage{stage}.png"
+        title = f"After stage {stage} ({new}): stability vs plasticity"
+        plot_pareto(plot_points(results, stage), path, title, f"{new} {TASK_METRIC[new]}", single.get(new), limit)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "summary.md").write_text(summary_markdown(results))
+    LOGGER.info(f"{colorstr('bold', 'benchmarks.sweep')}: {out / 'summary.md'}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

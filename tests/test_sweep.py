@@ -1,0 +1,126 @@
+"""The stability/plasticity sweep: grid parsing and naming, the front, quick mode end to end on the tiny data."""
+
+import json
+
+import pytest
+from ultralytics.utils import YAML
+
+from benchmarks.sweep import main, pareto_ranks, parse_grid, rank_configs, select
+from yolo_unified.continual import STRATEGIES
+from yolo_unified.nn.tasks import CFG_DIR
+
+GRID = {
+    "stages": [
+        {"task": "det", "epochs": 2, "lr0": 0.001, "lr_mult": {"seg": 0.0, "det": 5.0, "cls": 0.0}},
+        {"task": "cls", "epochs": 2, "imgsz": 160, "lr0": 0.0005, "lr_mult": {"seg": 0.0, "det": 0.0, "cls": 40.0}},
+    ],
+    "shared": [0.0, 0.1],
+    "with_shared": [0.1, 0.03],
+    "strategies": {
+        "ewc": {"param": "lam", "values": [1.0, 10.0], "fixed": {"samples": 8}},
+        "lwf": {"param": "weight", "values": [0.3], "fixed": {"temperature": 2.0}},
+        "replay": {"param": "size", "values": [4]},
+    },
+    "combined": [{"ewc": {"lam": 1.0}, "lwf": {"weight": 0.3}}],
+}
+
+
+def test_grid_names_and_stage_settings():
+    configs = {c.name: c for c in parse_grid(GRID)}
+    per_shared = ["ewc1", "ewc10", "lwf0.3", "replay4", "ewc1+lwf0.3"]
+    assert list(configs) == ["shared0", "shared0.1", *(f"shared{m}-{s}" for m in ("0.1", "0.03") for s in per_shared)]
+    frozen, both = configs["shared0"], configs["shared0.03-ewc1+lwf0.3"]
+    assert frozen.frozen and frozen.family == "none" and not configs["shared0.1"].frozen
+    for stage, own in zip(both.stages, GRID["stages"], strict=True):  # the shared multiplier and the strategies in both
+        assert stage["lr_mult"] == {"backbone": 0.03, "neck": 0.03, "tower": 0.03, **own["lr_mult"]}
+        assert stage["ewc"] == {"samples": 8, "lam": 1.0} and stage["lwf"] == {"temperature": 2.0, "weight": 0.3}
+        assert {k: v for k, v in stage.items() if k not in {"lr_mult", "ewc", "lwf"}} == {
+            k: v for k, v in own.items() if k != "lr_mult"
+        }
+    assert both.family == "ewc+lwf" and both.shared == 0.03
+    ewc10 = configs["shared0.1-ewc10"].stages
+    assert ewc10[0]["ewc"]["lam"] == ewc10[1]["ewc"]["lam"] == 10.0 and "lwf" not in ewc10[1]
+    assert all("ewc" not in s for s in frozen.stages) and frozen.stages[0]["lr_mult"]["backbone"] == 0.0
+    assert GRID["stages"][0]["lr_mult"] == {"seg": 0.0, "det": 5.0, "cls": 0.0}  # the grid itself is left as it was
+    assert [c.name for c in parse_grid(GRID, quick=True)] == ["shared0", "shared0.1", "shared0.1-ewc1"]
+    chosen = select(list(configs.values()), "shared0.1-lwf0.3,shared0")
+    assert [c.name for c in chosen] == ["shared0", "shared0.1-lwf0.3"]
+    with pytest.raises(ValueError, match="no configuration \\['shared9'\\]"):
+        select(list(configs.values()), "shared9")
+
+
+def test_grid_errors_name_the_culprit():
+    with pytest.raises(ValueError, match="unknown strategy 'nope'.*known strategies: .*ewc"):
+        parse_grid({**GRID, "strategies": {**GRID["strategies"], "nope": {"param": "w", "values": [1]}}})
+    with pytest.raises(ValueError, match="unknown strategy 'nope'"):
+        parse_grid({**GRID, "combined": [{"nope": {"w": 1}}]})
+    with pytest.raises(ValueError, match="unknown strategy 'lr_mult' \\(the shared multiplier sets lr_mult\\)"):
+        parse_grid({**GRID, "strategies": {"lr_mult": {"param": "det", "values": [1]}}})
+    with pytest.raises(ValueError, match="unknown key\\(s\\) \\['shard'\\]"):
+        parse_grid({**GRID, "shard": [0.1]})
+    with pytest.raises(ValueError, match="lack its strength 'lam'"):
+        parse_grid({**GRID, "combined": [{"ewc": {"samples": 8}}]})
+    with pytest.raises(ValueError, match="appear twice"):
+        parse_grid({**GRID, "shared": [0.1, 0.10]})
+
+
+def test_front_is_pareto_in_forgetting_and_retention():
+    assert pareto_ranks([(1, 1), (0, 2), (0, 0), (1, 1), (None, 3)]) == [0, 0, 1, 0, 0]
+    stats = {  # name: (worst forgetting, mean retention)
+        "frozen": (0.0, 0.3), "a": (0.02, 0.5), "b": (0.2, 0.9), "dominated": (0.3, 0.4), "c": (0.02, 0.45),
+    }  # fmt: skip
+    stats = {n: {"worst_forgetting_stage3": {"mean": f}, "mean_retention": {"mean": r}} for n, (f, r) in stats.items()}
+    assert rank_configs(list(stats), stats) == ["b", "a", "frozen", "c", "dominated"]
+
+
+@pytest.mark.skipif(
+    not {"pseudo_label", "feat_distill"} <= set(STRATEGIES), reason="cfg/sweep.yaml names strategies not there yet"
+)
+def test_packaged_grid_parses():
+    names = [c.name for c in parse_grid(YAML.load(CFG_DIR / "sweep.yaml"))]
+    assert "shared0" in names and "shared0.1-ewc1+pseudo_label1" in names
+
+
+def test_quick_sweep_shares_stage_one_and_resumes(synth_yaml, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    YAML.save(grid, GRID)
+    out = tmp_path / "sweep"
+    argv = [f"data={synth_yaml}", "quick=True", f"out={out}", f"grid={grid}", "seeds=2", "front=1"]
+    results = main(argv)
+    grid_runs = ["shared0", "shared0.1", "shared0.1-ewc1"]
+    assert set(results["configurations"]) == set(grid_runs)
+    assert len(results["front"]) == 1 and results["configurations"][results["front"][0]]["seeds"] == [0, 1]
+    assert set(results["runs"]) == {f"{n}-seed0" for n in grid_runs} | {f"{results['front'][0]}-seed1"}
+    for name in ("pareto_stage2.png", "pareto_stage3.png", "summary.md", "results.json"):
+        assert (out / name).is_file(), name
+    base_stage1 = json.loads((out / "base/default_seed0/protocol.json").read_text())["stages"][0]
+    for name, run in results["runs"].items():
+        assert (out / name / "3-cls/weights/best.pt").is_file() and not (out / name / "1-seg").exists()  # shared
+        assert run["stages"][0]["weights"] == base_stage1["weights"]
+        metrics = run["metrics"]
+        assert {"det_stage2", "seg_forgetting_stage2", "cls_stage3", "worst_forgetting_stage3"} <= set(metrics)
+        drops = metrics["seg_forgetting_stage3"], metrics["det_forgetting_stage3"]
+        assert metrics["worst_forgetting_stage3"] == max(drops)
+        assert run["pass"] == (metrics["worst_forgetting_stage3"] <= 0.05)
+    ewc = json.loads((out / "shared0.1-ewc1-seed0/protocol.json").read_text())["config"]["stages"]
+    assert ewc[1]["lr_mult"]["backbone"] == ewc[2]["lr_mult"]["tower"] == 0.1 and ewc[1]["ewc"] == ewc[2]["ewc"]
+    assert ewc[1]["epochs"] == 1 and ewc[2]["imgsz"] == 64  # quick mode's overrides
+    summary = (out / "summary.md").read_text()
+    assert "| shared0.1-ewc1 |" in summary and "## Recommended" in summary and "python -m benchmarks.sweep" in summary
+    if results["recommended"]:
+        assert "```yaml\nstages:" in summary
+    else:
+        assert "None: no configuration" in summary
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["runs"].keys() == results["runs"].keys() and set(saved["base"]["single_task"]) == {"seg", "det", "cls"}
+
+    weights = {p: p.stat().st_mtime_ns for p in out.glob("*/*/weights/best.pt")}
+    again = main(argv)  # finished runs and the base: nothing is retrained
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*/weights/best.pt")} == weights
+    assert again["front"] == results["front"] and len(again["invocations"]) == 2
+    assert all(run["metrics"] == results["runs"][name]["metrics"] for name, run in again["runs"].items())
+    with pytest.raises(ValueError, match="trained with pretrained=None \\(this sweep: yolov8n.pt\\)"):
+        main([*argv, "pretrained=yolov8n.pt"])  # the shared stage 1 would not be this sweep's
+    YAML.save(grid, {**GRID, "stages": [{**GRID["stages"][0], "lr0": 0.01}, GRID["stages"][1]]})
+    with pytest.raises(ValueError, match="other stage-2/3 settings"):  # a changed recipe does not resume old runs
+        main(argv)
