@@ -1,4 +1,4 @@
-"""The command line: Ultralytics-style key=value parsing, cfg= files, clear errors, help and version."""
+"""The command line: Ultralytics-style key=value parsing, cfg= files, what train runs, clear errors, help, version."""
 
 import subprocess
 import sys
@@ -8,6 +8,8 @@ import pytest
 import yolo_unified
 from yolo_unified import engine
 from yolo_unified.cli import run
+
+TINY = ["epochs=1", "imgsz=64", "batch=4", "workers=0", "plots=False"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -55,6 +57,11 @@ def test_command_line_keys_win_over_cfg_and_stage_keys(tmp_path, monkeypatch):
     assert [s["epochs"] for s in seen["stages"]] == [2, 2]  # typed on the command line: wins everywhere
     assert seen["stages"][0]["lr0"] == 0.1 and seen["lr0"] == 0.5  # from the cfg file: a stage's own value wins
     assert seen["data"] == "some.yaml"
+
+
+def test_task_on_the_command_line_trains_that_task_alone(synth_yaml, tmp_path):
+    out = run(["train", "task=cls", f"data={synth_yaml}", f"project={tmp_path}", *TINY])
+    assert out["save_dirs"] == {"cls": str(tmp_path / "train")} and not (tmp_path / "train/seg").exists()
 
 
 def test_module_entry_point_matches_the_script():

@@ -41,19 +41,31 @@ other    any Ultralytics train/val/predict/export argument: epochs, imgsz, batch
 """
 
 
-def parse_args(tokens: list[str]) -> dict[str, Any]:
-    """Parse ``key=value`` tokens (``cfg=file.yaml`` first, then the rest over it) into a dict."""
+def parse_tokens(tokens: list[str]) -> dict[str, Any]:
+    """The ``key=value`` tokens as a dict, values typed as Ultralytics types them (``cfg=`` kept as a key)."""
     pairs: dict[str, Any] = {}
     for token in tokens:
         if "=" not in token:
             raise SyntaxError(f"'{token}' is not a key=value argument. See 'yolo-unified help'.")
         key, value = token.split("=", 1)
         pairs[key.strip()] = smart_value(value.strip())
-    if cfg := pairs.pop("cfg", None):
-        if not Path(cfg).is_file():
-            raise FileNotFoundError(f"cfg file '{cfg}' not found")
-        pairs = {**(YAML.load(cfg) or {}), **pairs}
     return pairs
+
+
+def split_cfg(keys: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The keys of the ``cfg=`` file named in `keys` (none without one), and the other keys: the explicit ones."""
+    explicit = {k: v for k, v in keys.items() if k != "cfg"}
+    if not (cfg := keys.get("cfg")):
+        return {}, explicit
+    if not Path(cfg).is_file():
+        raise FileNotFoundError(f"cfg file '{cfg}' not found")
+    return YAML.load(cfg) or {}, explicit
+
+
+def parse_args(tokens: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` tokens into a dict: the keys of a ``cfg=file.yaml`` among them, the rest over those."""
+    from_file, explicit = split_cfg(parse_tokens(tokens))
+    return {**from_file, **explicit}
 
 
 def check_keys(args: dict[str, Any], extra: set[str] = frozenset()) -> None:
@@ -67,6 +79,20 @@ def check_keys(args: dict[str, Any], extra: set[str] = frozenset()) -> None:
         hints = [f"'{k}' (did you mean {', '.join(close)}?)" if (close := get_close_matches(k, valid)) else f"'{k}'"
                  for k in unknown]  # fmt: skip
         raise SyntaxError(f"unknown key(s) {', '.join(hints)}. Valid keys: {', '.join(sorted(valid))}")
+
+
+def train(keys: dict[str, Any]) -> dict[str, Any]:
+    """Train as ``yolo-unified train key=value ...`` does (`yolo_unified.engine.train`); return what it returns.
+
+    ``cfg=`` loads a file; the explicit keys win over the file's and over a protocol's per-stage keys. Unknown keys
+    fail (`check_keys`).
+    """
+    from yolo_unified import engine
+
+    from_file, explicit = split_cfg(keys)
+    check_keys(from_file)
+    check_keys(explicit)
+    return engine.train(force=explicit, **from_file)
 
 
 def run(argv: list[str]) -> Any:
@@ -89,11 +115,9 @@ def run(argv: list[str]) -> Any:
         if unknown := set(args) - {"src", "dst", "yaml"}:
             raise SyntaxError(f"unknown key(s) {sorted(unknown)} for 'data prepare'; valid keys: src, dst, yaml")
         return prepare_hw2(args.get("src", "../shared/data/hw2"), args.get("dst", "datasets/hw2"), args.get("yaml"))
-    args = parse_args(rest)
     if mode == "train":
-        check_keys(args)
-        typed = {token.split("=", 1)[0].strip() for token in rest} - {"cfg"}  # the command line wins over stage keys
-        return engine.train(force={k: args[k] for k in typed}, **{k: v for k, v in args.items() if k not in typed})
+        return train(parse_tokens(rest))
+    args = parse_args(rest)
     if mode == "val":
         check_keys(args)
         if not args.get("model"):

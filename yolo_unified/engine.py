@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from copy import deepcopy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from ultralytics.nn.tasks import load_checkpoint
@@ -17,6 +17,9 @@ from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import VALIDATORS
 from yolo_unified.nn.modules import TASKS
 from yolo_unified.nn.tasks import CFG_DIR
+
+if TYPE_CHECKING:
+    from yolo_unified.continual.protocol import Protocol
 
 PROTOCOL_KEYS = {
     "data",
@@ -56,9 +59,10 @@ def train(task: str | None = None, force: dict[str, Any] | None = None, **overri
     built-in synthetic data is generated and ``cfg/synth.yaml`` joins `force`, below the caller's keys. A chain
     of tasks (no task given) starts each from the previous one's ``best.pt`` in ``<run>/<task>/`` and ends with a
     validation of every task. Returns ``{"weights": last best.pt, "save_dirs": {task: run dir}}`` (a protocol:
-    its state).
+    its state plus ``"weights"``, its final best.pt).
     """
-    force = dict(force or {})
+    force = {k: v for k, v in (force or {}).items() if v is not None}
+    task = force.pop("task", task)
     overrides = {k: v for k, v in {**overrides, **force}.items() if v is not None}
     if overrides.get("resume") and Path(str(overrides["resume"])).is_dir():  # a protocol run directory
         return resume_protocol(overrides.pop("resume"), overrides)
@@ -107,8 +111,13 @@ def write_chain_table(scores: dict[str, dict[str, float]], root: Path) -> None:
     LOGGER.info(f"\n{colorstr('bold', 'yolo-unified train')}: {note}\n{table}")
 
 
+def finished(protocol: Protocol) -> dict[str, Any]:
+    """Run (or resume) `protocol`; return its state plus ``weights``: the final best.pt, beside its report."""
+    return {**protocol.run(), "weights": str(protocol.root / "weights" / "best.pt")}
+
+
 def train_protocol(stages: list[dict], **overrides: Any) -> dict[str, Any]:
-    """Run a sequential protocol (``cfg/seq.yaml``): its stages in order; returns the protocol state.
+    """Run a sequential protocol (``cfg/seq.yaml``): its stages in order; returns the protocol state (`finished`).
 
     ``chain=False`` trains every stage from the initial model (single-task baselines); ``baselines=<baselines run
     dir>`` adds retention to the report. An interrupted run continues with ``resume=<run dir>`` (`resume_protocol`).
@@ -120,7 +129,7 @@ def train_protocol(stages: list[dict], **overrides: Any) -> dict[str, Any]:
         raise FileNotFoundError(f"resume={resume}: no protocol run directory there")
     default = "seq" if chain else "baselines"
     root = run_dir(overrides.pop("project", None), overrides.pop("name", None), default, overrides.get("exist_ok"))
-    return Protocol(stages, root, overrides, chain=chain, baselines=baselines).run()
+    return finished(Protocol(stages, root, overrides, chain=chain, baselines=baselines))
 
 
 def resume_protocol(root: str | Path, given: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -139,7 +148,7 @@ def resume_protocol(root: str | Path, given: dict[str, Any] | None = None) -> di
     saved = {**config["common"], "stages": config["stages"], "chain": config["chain"], "baselines": config["baselines"]}
     if ignored := sorted(k for k, v in (given or {}).items() if k not in saved or saved[k] != v):
         LOGGER.warning(f"resume={root}: continuing with the run's own settings; ignoring {', '.join(ignored)}")
-    return Protocol(config["stages"], Path(root), config["common"], config["chain"], config["baselines"]).run()
+    return finished(Protocol(config["stages"], Path(root), config["common"], config["chain"], config["baselines"]))
 
 
 def val(

@@ -25,14 +25,20 @@ BACKBONE_LAYERS = 10  # layers 0-9 are YOLOv8's backbone
 HEAD_MODULES = {"UnifiedFPN": UnifiedFPN, "UnifiedHead": UnifiedHead}
 
 
-def load_model_yaml(cfg: str | Path) -> dict:
-    """Load a model YAML from a path, or by name from the packaged ``cfg/models`` folder."""
+def model_yaml_path(cfg: str | Path) -> Path:
+    """The model YAML `cfg`: a path, or the name of a file in the packaged ``cfg/models`` folder."""
     path = Path(cfg)
     if not path.is_file():
         path = CFG_DIR / "models" / path.name
     if not path.is_file():
         known = sorted(p.name for p in (CFG_DIR / "models").glob("*.yaml"))
         raise FileNotFoundError(f"model config '{cfg}' not found; packaged model configs: {known}")
+    return path
+
+
+def load_model_yaml(cfg: str | Path) -> dict:
+    """Load a model YAML from a path, or by name from the packaged ``cfg/models`` folder."""
+    path = model_yaml_path(cfg)
     d = YAML.load(path)
     d["yaml_file"] = str(path)
     return d
