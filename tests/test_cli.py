@@ -1,13 +1,16 @@
 """The command line: Ultralytics-style key=value parsing, cfg= files, what train runs, clear errors, help, version."""
 
+import json
 import subprocess
 import sys
 
 import pytest
+from ultralytics.utils import YAML
 
 import yolo_unified
 from yolo_unified import engine
-from yolo_unified.cli import run
+from yolo_unified.cli import parse_tokens, run
+from yolo_unified.nn.tasks import CFG_DIR
 
 TINY = ["epochs=1", "imgsz=64", "batch=4", "workers=0", "plots=False"]
 
@@ -57,6 +60,19 @@ def test_command_line_keys_win_over_cfg_and_stage_keys(tmp_path, monkeypatch):
     assert [s["epochs"] for s in seen["stages"]] == [2, 2]  # typed on the command line: wins everywhere
     assert seen["stages"][0]["lr0"] == 0.1 and seen["lr0"] == 0.5  # from the cfg file: a stage's own value wins
     assert seen["data"] == "some.yaml"
+
+
+def test_train_without_data_task_or_stages_runs_the_seq_protocol(synth_yaml, tmp_path, monkeypatch, logged):
+    monkeypatch.setattr(engine, "default_data", lambda: synth_yaml)  # the built-in data, at the fixture's tiny size
+    monkeypatch.chdir(tmp_path)
+    state = run(["train", *TINY])  # `yolo-unified train` with tiny budgets forced over cfg/synth.yaml's
+    root = tmp_path / "runs/unified/seq"
+    assert state["weights"] == str(root / "weights/best.pt") and (root / "3-cls/weights/best.pt").is_file()
+    config = json.loads((root / "protocol.json").read_text())["config"]
+    forced = {**YAML.load(CFG_DIR / "synth.yaml"), **parse_tokens(TINY)}
+    assert config["stages"] == [{**stage, **forced} for stage in YAML.load(CFG_DIR / "seq.yaml")["stages"]]
+    assert config["common"]["data"] == synth_yaml
+    assert f"yolo-unified train cfg=cfg/chain.yaml {' '.join(TINY)}" in logged.text  # the plain chain, to compare
 
 
 def test_task_on_the_command_line_trains_that_task_alone(synth_yaml, tmp_path):

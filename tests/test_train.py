@@ -1,8 +1,8 @@
 """Single-task training and validation on the built-in synthetic data: losses fall, checkpoints reload, val works."""
 
 import csv
-import json
 import shutil
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +10,15 @@ import pytest
 import torch
 from PIL import Image
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.utils import YAML
 
 from yolo_unified import engine
+from yolo_unified.cli import run
+from yolo_unified.continual import STRATEGIES
 from yolo_unified.data.synthetic import make_synthetic
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.nn import UnifiedModel
+from yolo_unified.nn.tasks import CFG_DIR
 
 OVERFIT = dict(  # 4 images, one optimizer step per epoch, no augmentation, constant learning rate: the loss must fall
     epochs=15, imgsz=128, batch=4, nbs=4, optimizer="AdamW", lr0=0.003, lrf=1.0, warmup_epochs=0,
@@ -44,22 +48,29 @@ def test_loss_falls_when_overfitting_four_images(task, four_images, tmp_path):
 
 @pytest.fixture(scope="module")
 def chain(synth_yaml, tmp_path_factory):
-    """All three tasks in a row (seg -> det -> cls), two epochs each: the default `yolo-unified train` path."""
+    """All three tasks in a row (seg -> det -> cls) without mitigation, two epochs each: cfg/chain.yaml, tiny."""
     project = tmp_path_factory.mktemp("runs")
-    return engine.train(data=synth_yaml, project=str(project), epochs=2, imgsz=64, batch=8, workers=0, plots=False)
+    tiny = ["epochs=2", "imgsz=64", "batch=8", "workers=0", "plots=False", f"project={project}"]
+    return run(["train", f"cfg={CFG_DIR / 'chain.yaml'}", f"data={synth_yaml}", *tiny])
+
+
+def test_chain_cfg_is_the_synthetic_budget_without_mitigation():
+    chain, synth = YAML.load(CFG_DIR / "chain.yaml"), YAML.load(CFG_DIR / "synth.yaml")
+    assert {k: chain[k] for k in synth} == synth and [s["task"] for s in chain["stages"]] == ["seg", "det", "cls"]
+    assert not set(STRATEGIES).intersection(chain, *chain["stages"])  # every strategy at its default: off
 
 
 def test_chain_trains_every_task_from_the_previous_weights(chain):
-    assert list(chain["save_dirs"]) == ["seg", "det", "cls"]
-    for save_dir in chain["save_dirs"].values():
-        assert (Path(save_dir) / "weights/best.pt").is_file() and (Path(save_dir) / "results.csv").is_file()
-    assert Path(chain["weights"]).parent.parent.name == "cls"
-    root = Path(chain["save_dirs"]["seg"]).parent
-    final = json.loads((root / "val/metrics.json").read_text())  # every task validated after the chain
-    for task, metric in engine.PRIMARY_METRIC.items():
-        assert chain["scores"][task]["final"] == pytest.approx(final[task][metric])
-        assert 0.0 <= chain["scores"][task]["own_stage"] <= 1.0
-    assert (root / "chain.md").read_text().count("\n| ") == 4  # header + one row per task
+    stages = chain["stages"]
+    assert [s["task"] for s in stages] == ["seg", "det", "cls"]
+    for previous, stage in pairwise(stages):
+        assert YAML.load(Path(stage["save_dir"]) / "args.yaml")["model"] == previous["weights"]
+    for stage in stages:
+        assert Path(stage["weights"]).is_file() and (Path(stage["save_dir"]) / "results.csv").is_file()
+        assert 0.0 <= stage["own_score"] <= 1.0
+    root = Path(chain["weights"]).parents[1]
+    assert root.name == "chain" and (root / "forgetting.md").is_file()
+    assert set(stages[-1]["scores"]) == {"seg", "det", "cls"}  # every task validated after the chain
 
 
 def test_checkpoint_reloads_as_the_same_unified_model(chain):

@@ -18,19 +18,22 @@ HELP = f"""yolo-unified {yolo_unified.__version__}: one YOLOv8n model, one head,
 
 Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml loads keys, the command line wins)
 
-  yolo-unified train                                    # built-in synthetic data, all tasks, minutes on a CPU
-  yolo-unified train task=seg data=datasets/hw2.yaml epochs=30 imgsz=512
+  yolo-unified train                                    # the protocol (cfg/seq.yaml) on built-in synthetic data
+  yolo-unified train cfg=cfg/chain.yaml                 # the same tasks by plain fine-tuning, for comparison
+  yolo-unified train data=datasets/hw2.yaml             # the protocol, seg -> det -> cls, on your data
+  yolo-unified train resume=runs/unified/seq           # continue a killed protocol run
+  yolo-unified train task=seg data=datasets/hw2.yaml epochs=30 imgsz=512   # one task
   yolo-unified train task=det data=datasets/hw2.yaml model=runs/unified/train/weights/best.pt
-  yolo-unified val model=runs/unified/train/weights/best.pt data=datasets/hw2.yaml
-  yolo-unified predict model=runs/unified/train/weights/best.pt source=images/or/video.mp4/or/dir   # save=True
-  yolo-unified export model=runs/unified/train/weights/best.pt format=onnx imgsz=512 dynamic=True half=True
-  yolo-unified export model=runs/unified/train/weights/best.pt format=torchscript
-  yolo-unified val model=runs/unified/train/weights/best.onnx data=datasets/hw2.yaml      # also predict *.onnx
-  yolo-unified benchmark model=runs/unified/train/weights/best.pt imgsz=512 threads=2
+  yolo-unified val model=runs/unified/seq/weights/best.pt data=datasets/hw2.yaml
+  yolo-unified predict model=runs/unified/seq/weights/best.pt source=images/or/video.mp4/or/dir   # save=True
+  yolo-unified export model=runs/unified/seq/weights/best.pt format=onnx imgsz=512 dynamic=True half=True
+  yolo-unified export model=runs/unified/seq/weights/best.pt format=torchscript
+  yolo-unified val model=runs/unified/seq/weights/best.onnx data=datasets/hw2.yaml      # also predict *.onnx
+  yolo-unified benchmark model=runs/unified/seq/weights/best.pt imgsz=512 threads=2
   yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2
 
 MODE     one of {", ".join(MODES)}, or help, --version
-task     seg | det | cls (train only; omitted: every task of the data YAML in order seg, det, cls)
+task     seg | det | cls (train only: one task; omitted: the protocol of cfg=, else cfg/seq.yaml: seg, det, cls)
 data     multi-task data YAML (default: the built-in synthetic data, generated into ./datasets)
 model    unified model YAML or checkpoint (*.pt); a YOLOv8 detection/classification checkpoint gives its backbone
 source   predict: image, video, folder, glob or stream; annotated copies go to runs/unified/predict*/ (save=False: off)

@@ -53,62 +53,52 @@ def run_dir(project: str | Path | None, name: str | None, default_name: str, exi
 
 
 def train(task: str | None = None, force: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
-    """Train one task (``task=seg|det|cls``), every task of the data YAML in a row, or a protocol (``stages=``).
+    """Train one task (``task=seg|det|cls``) or a sequential protocol (``stages=``; by default cfg/seq.yaml's).
 
     `force` holds keys that win over a protocol stage's own keys (the command line's); without ``data=`` the
-    built-in synthetic data is generated and ``cfg/synth.yaml`` joins `force`, below the caller's keys. A chain
-    of tasks (no task given) starts each from the previous one's ``best.pt`` in ``<run>/<task>/`` and ends with a
-    validation of every task. Returns ``{"weights": last best.pt, "save_dirs": {task: run dir}}`` (a protocol:
-    its state plus ``"weights"``, its final best.pt).
+    built-in synthetic data is generated and ``cfg/synth.yaml`` joins `force`, below the caller's keys. Without
+    ``task=`` or ``stages=`` the recommended protocol, cfg/seq.yaml, runs, every key given winning over its own
+    (cfg/chain.yaml is the same tasks without forgetting mitigation, for comparison). Returns
+    ``{"weights": best.pt, "save_dirs": {task: run dir}}`` for one task, a protocol's state plus ``"weights"`` (its
+    final best.pt) for a protocol.
     """
     force = {k: v for k, v in (force or {}).items() if v is not None}
     task = force.pop("task", task)
-    overrides = {k: v for k, v in {**overrides, **force}.items() if v is not None}
+    given = {k: v for k, v in {**overrides, **force}.items() if v is not None}
+    overrides = dict(given)
     if overrides.get("resume") and Path(str(overrides["resume"])).is_dir():  # a protocol run directory
         return resume_protocol(overrides.pop("resume"), overrides)
     if not overrides.get("data"):
         overrides["data"] = default_data()
         force = {**YAML.load(CFG_DIR / "synth.yaml"), **force}
         overrides.update(force)
+    default_protocol = task is None and not overrides.get("stages")
+    if default_protocol:
+        if missing := [t for t in TASKS if t not in load_data_config(overrides["data"])["tasks"]]:
+            raise ValueError(
+                f"{overrides['data']} has no {', '.join(missing)} data, which the default protocol (cfg/seq.yaml) "
+                "learns: train one task with task=, or give cfg= a protocol with your own stages"
+            )
+        force, overrides = dict(overrides), {**YAML.load(CFG_DIR / "seq.yaml"), **overrides}
     if overrides.get("stages"):
+        if task is not None:
+            raise ValueError(f"task={task} and a protocol (stages=) do not go together: each stage names its task")
         stage_force = {k: v for k, v in force.items() if k not in PROTOCOL_KEYS}
         overrides["stages"] = [{**stage, **stage_force} for stage in overrides["stages"]]
-        return train_protocol(**overrides)
-    if task is not None and task not in TASKS:
+        state = train_protocol(**overrides)
+        if default_protocol:
+            keys = "".join(f" {k}={v}" for k, v in given.items() if k != "name")
+            LOGGER.info(f"Compare with plain fine-tuning (no mitigation): yolo-unified train cfg=cfg/chain.yaml{keys}")
+        return state
+    if task not in TASKS:
         raise ValueError(f"task='{task}' is not a yolo-unified task; use one of {list(TASKS)} (or omit it)")
-    order = [task] if task else [t for t in TASKS if t in load_data_config(overrides["data"])["tasks"]]
-    root = run_dir(
+    save_dir = run_dir(
         overrides.pop("project", None), overrides.pop("name", None), "train", overrides.get("exist_ok", False)
     )
-    save_dirs, own, weights = {}, {}, overrides.pop("model", None)
-    for t in order:
-        save_dir = root / t if len(order) > 1 else root
-        trainer = TRAINERS[t](overrides={**overrides, "model": weights, "save_dir": str(save_dir)})
-        trainer.train()
-        save_dirs[t] = str(trainer.save_dir)
-        own[t] = float(trainer.metrics.get(PRIMARY_METRIC[t], float("nan")))
-        weights = str(trainer.best if trainer.best.exists() else trainer.last)
-    out = {"weights": weights, "save_dirs": save_dirs}
-    if len(order) > 1:
-        keep = ("imgsz", "batch", "device", "workers", "plots")
-        final = val(
-            weights, overrides["data"], save_dir=str(root / "val"), **{k: overrides[k] for k in keep if k in overrides}
-        )
-        out["scores"] = {t: {"own_stage": own[t], "final": final[t][PRIMARY_METRIC[t]]} for t in order}
-        write_chain_table(out["scores"], root)
-    return out
-
-
-def write_chain_table(scores: dict[str, dict[str, float]], root: Path) -> None:
-    """Log and save (``chain.md``) each task's score right after its own training and after the whole chain."""
-    lines = ["| task | metric | after its own training | after all tasks | change |", "|---|---|---|---|---|"]
-    for t, s in scores.items():
-        change = f"{(s['final'] - s['own_stage']) / s['own_stage']:+.1%}" if s["own_stage"] else "n/a"
-        lines.append(f"| {t} | {PRIMARY_METRIC[t]} | {s['own_stage']:.4f} | {s['final']:.4f} | {change} |")
-    note = "Plain fine-tuning, one task after another: no forgetting mitigation (see cfg/seq.yaml for that)."
-    table = "\n".join(lines)
-    (root / "chain.md").write_text(f"{note}\n\n{table}\n")
-    LOGGER.info(f"\n{colorstr('bold', 'yolo-unified train')}: {note}\n{table}")
+    trainer = TRAINERS[task](overrides={**overrides, "save_dir": str(save_dir)})
+    trainer.train()
+    weights = trainer.best if trainer.best.exists() else trainer.last
+    return {"weights": str(weights), "save_dirs": {task: str(trainer.save_dir)}}
 
 
 def finished(protocol: Protocol) -> dict[str, Any]:
