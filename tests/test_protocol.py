@@ -173,3 +173,10 @@ def test_resume_of_a_missing_run_fails_clearly(synth_yaml, tmp_path):
     with pytest.raises(FileNotFoundError, match="no protocol run directory"):
         engine.train(**{**cfg, "data": synth_yaml, "resume": str(tmp_path / "not-there")})
     assert not any(tmp_path.iterdir())  # nothing was started instead
+
+
+def test_a_protocol_started_from_a_model_yaml_has_no_memory_to_load():
+    from yolo_unified.continual.protocol import stage_memory
+    from yolo_unified.nn.tasks import CFG_DIR
+
+    assert stage_memory(str(CFG_DIR / "models/yolov8n-unified.yaml")) == {}  # a YAML is not a checkpoint

@@ -29,8 +29,8 @@ def save_atomically(obj: Any, path: Path) -> None:
 
 
 def stage_memory(weights: str | None) -> dict[str, Any]:
-    """The strategies' memory saved in a finished stage's checkpoint (empty for a plain checkpoint)."""
-    if not weights or not Path(weights).is_file():
+    """The strategies' memory saved in a finished stage's checkpoint (empty for a plain checkpoint or a model YAML)."""
+    if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
         return {}
     return torch.load(weights, map_location="cpu", weights_only=False).get("continual") or {}
 
