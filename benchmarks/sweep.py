@@ -8,8 +8,9 @@
 missing): the first stage of its ``default_seed0`` is the first stage of every grid run, and its single-task
 baselines give the retention. Each configuration of the grid (cfg/sweep.yaml: learning-rate multipliers of the shared
 network, strategy strengths, combinations) is a protocol run ``<out>/<name>-seed<k>``: cfg/seq.yaml's top-level keys
-and first stage, then the grid's two stages. After the seed-0 grid, the ``front`` best configurations (Pareto-optimal
-in worst forgetting and mean retention after stage 3) are re-run with seeds 1..seeds-1; stage 1 stays shared, so a
+and first stage, then the grid's two stages. After the seed-0 grid, the ``front`` best configurations (those within the
+forgetting limit by mean retention, then the Pareto front in worst forgetting and mean retention after stage 3) are
+re-run with seeds 1..seeds-1; stage 1 stays shared, so a
 seed only changes stages 2 and 3. Scores are the validators', recorded in each run's protocol.json after every stage
 (no bootstrap). A killed sweep re-run with the same command skips finished runs and stages and resumes the
 interrupted one. ``only=`` restricts the grid to the named configurations; ``quick=True`` shrinks every stage as
@@ -283,15 +284,21 @@ def stability_plasticity(stats: dict[str, dict]) -> tuple[float | None, float | 
     return (None if worst is None else -worst), stats["mean_retention"]["mean"]
 
 
-def rank_configs(names: list[str], stats: dict[str, dict]) -> list[str]:
-    """`names` best first: by Pareto rank in (worst forgetting, mean retention) after stage 3, ties by retention."""
+def rank_configs(names: list[str], stats: dict[str, dict], limit: float) -> list[str]:
+    """`names` best first: those whose worst forgetting after stage 3 is within `limit` (the candidates for the
+    recommended protocol) by mean retention, then the rest by Pareto rank in (worst forgetting, mean retention), ties
+    by retention."""
     ranks = dict(zip(names, pareto_ranks([stability_plasticity(stats[n]) for n in names]), strict=True))
 
     def retention(n: str) -> float:
         value = stats[n]["mean_retention"]["mean"]
         return -math.inf if value is None else value
 
-    return sorted(names, key=lambda n: (ranks[n], -retention(n)))
+    def within(n: str) -> bool:
+        worst = stats[n]["worst_forgetting_stage3"]["mean"]
+        return worst is not None and worst <= limit
+
+    return sorted(names, key=lambda n: (not within(n), 0 if within(n) else ranks[n], -retention(n)))
 
 
 @plt_settings()
@@ -473,7 +480,7 @@ def main(argv: list[str]) -> dict:
     for c in configs:
         runs[f"{c.name}-seed0"] = run_config(c, 0, setup, f"{len(runs) + 1}/{total}")
     seed0 = {c.name: aggregate([runs[f"{c.name}-seed0"]]) for c in configs}
-    front = rank_configs([c.name for c in configs], seed0)[:n_front]
+    front = rank_configs([c.name for c in configs], seed0, limit)[:n_front]
     for seed in range(1, seeds if n_front else 1):
         for c in (c for c in configs if c.name in front):
             runs[f"{c.name}-seed{seed}"] = run_config(c, seed, setup, f"{len(runs) + 1}/{total}")

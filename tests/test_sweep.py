@@ -70,7 +70,9 @@ def test_front_is_pareto_in_forgetting_and_retention():
         "frozen": (0.0, 0.3), "a": (0.02, 0.5), "b": (0.2, 0.9), "dominated": (0.3, 0.4), "c": (0.02, 0.45),
     }  # fmt: skip
     stats = {n: {"worst_forgetting_stage3": {"mean": f}, "mean_retention": {"mean": r}} for n, (f, r) in stats.items()}
-    assert rank_configs(list(stats), stats) == ["b", "a", "frozen", "c", "dominated"]
+    # within the 5% limit first, by retention; then the rest by Pareto rank
+    assert rank_configs(list(stats), stats, 0.05) == ["a", "c", "frozen", "b", "dominated"]
+    assert rank_configs(list(stats), stats, 0.0) == ["frozen", "b", "a", "c", "dominated"]
 
 
 @pytest.mark.skipif(
