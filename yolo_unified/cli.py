@@ -22,6 +22,7 @@ Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml load
   yolo-unified train cfg=cfg/chain.yaml                 # the same tasks by plain fine-tuning, for comparison
   yolo-unified train data=datasets/hw2.yaml             # the protocol, seg -> det -> cls, on your data
   yolo-unified train resume=runs/unified/seq           # continue a killed protocol run
+  yolo-unified train cfg=cfg/joint.yaml data=datasets/hw2.yaml   # every task at once (joint training; balance=...)
   yolo-unified train task=seg data=datasets/hw2.yaml epochs=30 imgsz=512   # one task
   yolo-unified train task=det data=datasets/hw2.yaml model=runs/unified/train/weights/best.pt
   yolo-unified val model=runs/unified/seq/weights/best.pt data=datasets/hw2.yaml
@@ -34,6 +35,7 @@ Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml load
 
 MODE     one of {", ".join(MODES)}, or help, --version
 task     seg | det | cls (train only: one task; omitted: the protocol of cfg=, else cfg/seq.yaml: seg, det, cls)
+joint    train: True trains every task of the data YAML in one run (cfg/joint.yaml; keys in cfg/default.yaml)
 data     multi-task data YAML (default: the built-in synthetic data, generated into ./datasets)
 model    unified model YAML or checkpoint (*.pt); a YOLOv8 detection/classification checkpoint gives its backbone
 source   predict: image, video, folder, glob or stream; annotated copies go to runs/unified/predict*/ (save=False: off)

@@ -53,14 +53,15 @@ def run_dir(project: str | Path | None, name: str | None, default_name: str, exi
 
 
 def train(task: str | None = None, force: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
-    """Train one task (``task=seg|det|cls``) or a sequential protocol (``stages=``; by default cfg/seq.yaml's).
+    """Train one task (``task=seg|det|cls``), every task jointly (``joint=True``, `train_joint`) or a sequential
+    protocol (``stages=``; by default cfg/seq.yaml's).
 
     `force` holds keys that win over a protocol stage's own keys (the command line's); without ``data=`` the
     built-in synthetic data is generated and ``cfg/synth.yaml`` joins `force`, below the caller's keys. Without
     ``task=`` or ``stages=`` the recommended protocol, cfg/seq.yaml, runs, every key given winning over its own
     (cfg/chain.yaml is the same tasks without forgetting mitigation, for comparison). Returns
-    ``{"weights": best.pt, "save_dirs": {task: run dir}}`` for one task, a protocol's state plus ``"weights"`` (its
-    final best.pt) for a protocol.
+    ``{"weights": best.pt, "save_dirs": {task: run dir}}`` for one task or a joint run, a protocol's state plus
+    ``"weights"`` (its final best.pt) for a protocol.
     """
     force = {k: v for k, v in (force or {}).items() if v is not None}
     task = force.pop("task", task)
@@ -68,10 +69,15 @@ def train(task: str | None = None, force: dict[str, Any] | None = None, **overri
     overrides = dict(given)
     if overrides.get("resume") and Path(str(overrides["resume"])).is_dir():  # a protocol run directory
         return resume_protocol(overrides.pop("resume"), overrides)
+    joint = bool(overrides.get("joint")) or resumes_joint_run(overrides.get("resume"))
+    if joint and overrides.get("resume"):  # the run's own data and settings, as Ultralytics resumes
+        return train_joint(task, overrides)
     if not overrides.get("data"):
         overrides["data"] = default_data()
         force = {**YAML.load(CFG_DIR / "synth.yaml"), **force}
         overrides.update(force)
+    if joint:
+        return train_joint(task, overrides)
     default_protocol = task is None and not overrides.get("stages")
     if default_protocol:
         if missing := [t for t in TASKS if t not in load_data_config(overrides["data"])["tasks"]]:
@@ -90,6 +96,11 @@ def train(task: str | None = None, force: dict[str, Any] | None = None, **overri
             keys = "".join(f" {k}={v}" for k, v in given.items() if k != "name")
             LOGGER.info(f"Compare with plain fine-tuning (no mitigation): yolo-unified train cfg=cfg/chain.yaml{keys}")
         return state
+    return train_task(task, overrides)
+
+
+def train_task(task: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Train one task with its unified trainer; return ``{"weights": best.pt, "save_dirs": {task: run dir}}``."""
     if task not in TASKS:
         raise ValueError(f"task='{task}' is not a yolo-unified task; use one of {list(TASKS)} (or omit it)")
     save_dir = run_dir(
@@ -99,6 +110,43 @@ def train(task: str | None = None, force: dict[str, Any] | None = None, **overri
     trainer.train()
     weights = trainer.best if trainer.best.exists() else trainer.last
     return {"weights": str(weights), "save_dirs": {task: str(trainer.save_dir)}}
+
+
+def resumes_joint_run(resume: Any) -> bool:
+    """Whether ``resume=`` names the checkpoint of a joint run (its training arguments say ``joint: True``)."""
+    if not (isinstance(resume, (str, Path)) and Path(resume).is_file()):
+        return False
+    return bool((torch.load(resume, map_location="cpu", weights_only=False).get("train_args") or {}).get("joint"))
+
+
+def train_joint(task: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Train every task of the data YAML in one run (``joint=True``, cfg/joint.yaml) with the joint trainer.
+
+    Returns ``{"weights": best.pt, "save_dirs": {task: run dir}}`` (one run dir for every task). A data YAML with
+    a single task trains that task with its own trainer, as ``task=`` does, and says so.
+    """
+    from yolo_unified.models.unified.joint import JointTrainer
+
+    if task is not None:
+        raise ValueError(f"joint=True trains every task of the data YAML; task={task} does not go with it")
+    if overrides.get("stages"):
+        raise ValueError("joint=True and a protocol (stages=) do not go together: a protocol's stages name their tasks")
+    if overrides.get("resume"):
+        trainer = JointTrainer(overrides=overrides)
+    else:
+        if len(tasks := list(load_data_config(overrides["data"])["tasks"])) == 1:
+            LOGGER.warning(
+                f"joint=True: {overrides['data']} has {tasks[0]} data only; training {tasks[0]} alone, as task="
+                f"{tasks[0]} does (the joint keys do not apply)"
+            )
+            return train_task(tasks[0], {**overrides, "joint": False})
+        save_dir = run_dir(
+            overrides.pop("project", None), overrides.pop("name", None), "joint", overrides.get("exist_ok")
+        )
+        trainer = JointTrainer(overrides={**overrides, "save_dir": str(save_dir)})
+    trainer.train()
+    weights = trainer.best if trainer.best.exists() else trainer.last
+    return {"weights": str(weights), "save_dirs": dict.fromkeys(trainer.tasks, str(trainer.save_dir))}
 
 
 def finished(protocol: Protocol) -> dict[str, Any]:

@@ -44,11 +44,19 @@ def load_model_yaml(cfg: str | Path) -> dict:
     return d
 
 
+JOINT_BATCHES = "task_batches"  # a joint-training batch's key: {task: [batch, ...]} for one optimizer step
+
+
 def batch_task(batch: dict) -> str:
     """Name the task a batch belongs to from the labels it carries."""
     if "semantic_mask" in batch:
         return "seg"
     return "det" if "bboxes" in batch else "cls"
+
+
+def loss_scale(batch: dict) -> int:
+    """How many images Ultralytics sums the batch's loss over: the batch size for det and seg, 1 for cls (a mean)."""
+    return batch["img"].shape[0] if batch_task(batch) != "cls" else 1
 
 
 class UnifiedModel(DetectionModel):
@@ -153,7 +161,13 @@ class UnifiedModel(DetectionModel):
         Only the model being trained carries ``loss_terms`` (the trainer sets it after the EMA copy is made), so
         validation losses are the task losses alone. Terms are per image and scaled like Ultralytics' task loss
         (summed over the batch for detection and segmentation, a mean for classification).
+
+        A joint-training batch (one batch per task, under ``JOINT_BATCHES``) goes to ``joint_step``, which the joint
+        trainer sets on the model it trains, as it does ``loss_terms``: Ultralytics' training loop has no other hook
+        between its call of the model and its ``backward()``.
         """
+        if JOINT_BATCHES in batch:
+            return self.joint_step(batch[JOINT_BATCHES])
         if getattr(self, "criterion", None) is None:
             self.criterion = self.init_criterion()
         preds = self.forward(batch["img"]) if preds is None else preds
@@ -162,8 +176,7 @@ class UnifiedModel(DetectionModel):
             t for t in (s.loss(self, self.criterion.raw(preds), batch) for s in getattr(self, "loss_terms", ())) if t
         ]
         if terms:
-            scale = batch["img"].shape[0] if batch_task(batch) != "cls" else 1
-            loss = loss.sum() + scale * sum(term for term, _ in terms)
+            loss = loss.sum() + loss_scale(batch) * sum(term for term, _ in terms)
             items = {**items, **{k: v for _, parts in terms for k, v in parts.items()}}
         return loss, items
 

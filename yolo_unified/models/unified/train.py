@@ -30,6 +30,16 @@ def strip_atomically(f: Path, **kwargs: Any) -> dict:
     return ckpt
 
 
+def drop_rows_after(csv: Path, epoch: int) -> None:
+    """Drop the rows of a per-epoch CSV (first column: the 1-based epoch) whose epoch is after `epoch`."""
+    if not csv.is_file():
+        return
+    header, *rows = csv.read_text().splitlines(keepends=True)
+    kept = [r for r in rows if float(r.split(",", 1)[0]) <= epoch]
+    if len(kept) < len(rows):
+        csv.write_text(header + "".join(kept))
+
+
 class UnifiedTrainerMixin:
     """What the three task trainers share: multi-task data YAML, the unified model, and pretrained-weight handling.
 
@@ -154,11 +164,8 @@ class UnifiedTrainerMixin:
         A kill after an epoch's row was written but before its ``last.pt`` was would otherwise leave that epoch twice.
         """
         super().resume_training(ckpt)
-        if ckpt is not None and self.resume and self.csv.is_file():
-            header, *rows = self.csv.read_text().splitlines(keepends=True)
-            kept = [r for r in rows if float(r.split(",", 1)[0]) <= self.start_epoch]
-            if len(kept) < len(rows):
-                self.csv.write_text(header + "".join(kept))
+        if ckpt is not None and self.resume:
+            drop_rows_after(self.csv, self.start_epoch)
 
     def save_model(self) -> bool:
         """Write checkpoints atomically (a kill mid-write never leaves a broken last.pt); none after a NaN."""
