@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from yolo_unified.continual.base import Strategy, stage_samples
-from yolo_unified.nn.tasks import batch_task
+from yolo_unified.nn.tasks import loss_scale
 
 
 def resize_sample(sample: dict, size: int) -> dict:
@@ -44,7 +44,7 @@ def loss_per_image(model: torch.nn.Module, preds: dict, batch: dict) -> torch.Te
     if getattr(model, "criterion", None) is None:  # built by the model's first loss() call in training
         model.criterion = model.init_criterion()
     loss, _ = model.criterion(preds, batch)
-    return loss.sum() / (batch["img"].shape[0] if batch_task(batch) != "cls" else 1)
+    return loss.sum() / loss_scale(batch)
 
 
 class Replay(Strategy):
