@@ -5,17 +5,16 @@
         [grid=cfg/sweep.yaml] [seeds=2] [front=3] [quick=True] [only=name1,name2]
 
 ``<out>/base`` is a ``benchmarks.hw2`` run with ``ablations=False seeds=1`` (run first when its results.json is
-missing): the first stage of its ``default_seed0`` is the first stage of every grid run, and its single-task
-baselines give the retention. Each configuration of the grid (cfg/sweep.yaml: learning-rate multipliers of the shared
-network, strategy strengths, combinations) is a protocol run ``<out>/<name>-seed<k>``: cfg/seq.yaml's top-level keys
-and first stage, then the grid's two stages. After the seed-0 grid, the ``front`` best configurations (those within the
-forgetting limit by mean retention, then the Pareto front in worst forgetting and mean retention after stage 3) are
-re-run with seeds 1..seeds-1; stage 1 stays shared, so a
-seed only changes stages 2 and 3. Scores are the validators', recorded in each run's protocol.json after every stage
-(no bootstrap). A killed sweep re-run with the same command skips finished runs and stages and resumes the
-interrupted one. ``only=`` restricts the grid to the named configurations; ``quick=True`` shrinks every stage as
-``benchmarks.hw2`` does and the grid to the first shared multiplier, the first ``with_shared`` one and the first
-strength of the first strategy.
+missing): the first stage of its ``default_seed0`` is the first stage of every grid run, and its single-task baselines
+give the retention. Each configuration of the grid (cfg/sweep.yaml: learning-rate multipliers of the shared network,
+strategy strengths, combinations) is a protocol run ``<out>/<name>-seed<k>``: cfg/seq.yaml's top-level keys and first
+stage, then the grid's two stages. After the seed-0 grid, the ``front`` best configurations (those within the forgetting
+limit by mean retention, then the Pareto front in worst forgetting and mean retention after stage 3) are re-run with
+seeds 1..seeds-1; stage 1 stays shared, so a seed only changes stages 2 and 3. Scores are the validators', recorded in
+each run's protocol.json after every stage (no bootstrap). A killed sweep re-run with the same command skips finished
+runs and stages and resumes the interrupted one. ``only=`` restricts the grid to the named configurations, run in the
+order named; ``quick=True`` shrinks every stage as ``benchmarks.hw2`` does and the grid to the first shared multiplier,
+the first ``with_shared`` one and the first strength of the first strategy.
 
 Output in ``out``: ``pareto_stage2.png``, ``pareto_stage3.png``, ``summary.md`` (every configuration, and the
 recommended one as a cfg/seq.yaml snippet) and ``results.json`` (every number); paths inside the repository are
@@ -158,14 +157,14 @@ def parse_grid(grid: dict, quick: bool = False) -> list[GridConfig]:
 
 
 def select(configs: list[GridConfig], only: Any) -> list[GridConfig]:
-    """The configurations named in `only` (comma-separated; empty: all), in grid order."""
+    """The configurations named in `only` (comma-separated; empty: all), in the order named (run order)."""
     if not only:
         return configs
     wanted = [n.strip() for n in str(only).split(",") if n.strip()]
     names = [c.name for c in configs]
     if missing := [n for n in wanted if n not in names]:
         raise ValueError(f"only=: no configuration {missing} in the grid; its configurations: {names}")
-    return [c for c in configs if c.name in wanted]
+    return [configs[names.index(n)] for n in dict.fromkeys(wanted)]
 
 
 def run_cfg(seq: dict, config: GridConfig, seed: int, baselines: Path) -> dict:

@@ -44,7 +44,7 @@ def test_grid_names_and_stage_settings():
     assert GRID["stages"][0]["lr_mult"] == {"seg": 0.0, "det": 5.0, "cls": 0.0}  # the grid itself is left as it was
     assert [c.name for c in parse_grid(GRID, quick=True)] == ["shared0", "shared0.1", "shared0.1-ewc1"]
     chosen = select(list(configs.values()), "shared0.1-lwf0.3,shared0")
-    assert [c.name for c in chosen] == ["shared0", "shared0.1-lwf0.3"]
+    assert [c.name for c in chosen] == ["shared0.1-lwf0.3", "shared0"]  # in the order named: the run order
     with pytest.raises(ValueError, match="no configuration \\['shared9'\\]"):
         select(list(configs.values()), "shared9")
 
