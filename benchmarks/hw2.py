@@ -399,11 +399,16 @@ def main(argv: list[str]) -> dict:
         },
         "speed_table": (Path(speed["save_dir"]) / "benchmark.md").read_text(),
     }
+    write_outputs(out, results, summary_markdown(results), "benchmarks.hw2")
+    return results
+
+
+def write_outputs(out: Path, results: dict, summary: str, command: str) -> None:
+    """Write a benchmark's ``results.json`` and ``summary.md`` into `out` and say where."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    (out / "summary.md").write_text(summary_markdown(results))
-    LOGGER.info(f"{colorstr('bold', 'benchmarks.hw2')}: {out / 'summary.md'}")
-    return results
+    (out / "summary.md").write_text(summary)
+    LOGGER.info(f"{colorstr('bold', command)}: {out / 'summary.md'}")
 
 
 if __name__ == "__main__":

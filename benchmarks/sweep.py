@@ -54,6 +54,7 @@ from benchmarks.hw2 import (
     share_first_stage,
     stage_minutes,
     with_stage_paths,
+    write_outputs,
 )
 from yolo_unified.cli import parse_args
 from yolo_unified.continual import STRATEGIES
@@ -536,9 +537,7 @@ def main(argv: list[str]) -> dict:
         new, path = tasks[stage - 1], out / f"pareto_stage{stage}.png"
         title = f"After stage {stage} ({new}): stability vs plasticity"
         plot_pareto(plot_points(results, stage), path, title, f"{new} {TASK_METRIC[new]}", single.get(new), limit)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    (out / "summary.md").write_text(summary_markdown(results))
-    LOGGER.info(f"{colorstr('bold', 'benchmarks.sweep')}: {out / 'summary.md'}")
+    write_outputs(out, results, summary_markdown(results), "benchmarks.sweep")
     return results
 
 
