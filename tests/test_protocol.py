@@ -17,6 +17,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_unified import engine
 from yolo_unified.continual import StageContext, Strategy
+from yolo_unified.continual.protocol import stage_memory
 from yolo_unified.continual.report import write_report
 from yolo_unified.models.unified.train import TRAINERS
 
@@ -51,12 +52,18 @@ def test_default_protocol_runs_every_stage_and_writes_the_report(protocol_run):
     assert set(state["stages"][-1]["scores"]) == {"seg", "det", "cls"}  # every learned task evaluated at the end
     md = (root / "forgetting.md").read_text()
     assert "| forgetting |" in md and ("PASS" in md or "FAIL" in md)
-    for s in state["stages"]:
-        ckpt = torch.load(s["weights"], weights_only=False)
-        assert "continual" in ckpt  # the strategies' memory (Fisher, anchors, replay) travels with the checkpoint
-    assert "ewc" in torch.load(state["stages"][-1]["weights"], weights_only=False)["continual"]
-    final = root / "weights/best.pt"  # the final model beside the report, identical to the last stage's best
-    assert final.read_bytes() == Path(state["stages"][-1]["weights"]).read_bytes()
+    for s in state["stages"]:  # plain checkpoints: the strategies' memory (Fisher, anchors, replay) is beside them
+        assert "continual" not in torch.load(s["weights"], weights_only=False)
+        assert (Path(s["weights"]).parent / "memory.pt").is_file()
+    memory = stage_memory(state["stages"][-1]["weights"])  # stage 1's memory, carried through stages 2 and 3
+    assert set(memory) == {"ewc", "replay"} and set(memory["replay"]) == {"seg"}
+    final = root / "weights/best.pt"  # the final model beside the report: the last stage's weights, ~3 MB
+    ckpt, last = (
+        torch.load(f, weights_only=False)["model"].state_dict() for f in (final, state["stages"][-1]["weights"])
+    )
+    assert "continual" not in torch.load(final, weights_only=False) and final.stat().st_size < 4e6
+    assert ckpt.keys() == last.keys() and all(torch.equal(ckpt[k], last[k]) for k in ckpt)
+    assert stage_memory(str(final)).keys() == memory.keys()  # a protocol started from it goes on with its memory
 
 
 def test_resume_after_a_kill_finishes_every_stage(synth_yaml, tmp_path):
@@ -81,6 +88,7 @@ def test_resume_after_a_kill_finishes_every_stage(synth_yaml, tmp_path):
         args = yaml.safe_load((root / stage / "args.yaml").read_text())
         assert args["data"] == synth_yaml and args["imgsz"] == TINY["imgsz"], (stage, args["data"], args["imgsz"])
     assert all(Path(s["weights"]).is_file() for s in state["stages"])
+    assert set(stage_memory(state["stages"][1]["weights"])["replay"]) == {"seg"}  # the resumed stage read stage 1's
     rows = (root / "2-det/results.csv").read_text().strip().splitlines()[1:]
     assert [int(float(r.split(",")[0])) for r in rows] == [1, 2, 3, 4]  # resumed, not restarted
     assert (root / "forgetting.md").is_file()
@@ -176,7 +184,14 @@ def test_resume_of_a_missing_run_fails_clearly(synth_yaml, tmp_path):
 
 
 def test_a_protocol_started_from_a_model_yaml_has_no_memory_to_load():
-    from yolo_unified.continual.protocol import stage_memory
     from yolo_unified.nn.tasks import CFG_DIR
 
     assert stage_memory(str(CFG_DIR / "models/yolov8n-unified.yaml")) == {}  # a YAML is not a checkpoint
+
+
+def test_memory_of_a_checkpoint_from_before_memory_pt_is_still_read(tmp_path):
+    memory = {"ewc": {"fisher": {"w": torch.ones(2)}, "anchor": {"w": torch.zeros(2)}}}
+    torch.save({"model": None, "continual": memory}, tmp_path / "best.pt")  # how runs kept it inside best.pt before
+    assert torch.equal(stage_memory(str(tmp_path / "best.pt"))["ewc"]["fisher"]["w"], torch.ones(2))
+    torch.save({"model": None}, tmp_path / "plain.pt")
+    assert stage_memory(str(tmp_path / "plain.pt")) == {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from yolo_unified.continual.report import write_report
 from yolo_unified.nn.modules import TASKS
 
 STATE_FILE = "protocol.json"
+MEMORY_FILE = "memory.pt"  # the strategies' memory, beside each stage's best.pt (deployable weights stay plain)
 
 
 def save_atomically(obj: Any, path: Path) -> None:
@@ -28,10 +28,21 @@ def save_atomically(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def memory_file(weights: str | Path) -> Path:
+    """Where the strategies' memory of a stage's checkpoint is kept: ``memory.pt`` beside it."""
+    return Path(weights).with_name(MEMORY_FILE)
+
+
 def stage_memory(weights: str | None) -> dict[str, Any]:
-    """The strategies' memory saved in a finished stage's checkpoint (empty for a plain checkpoint or a model YAML)."""
+    """The strategies' memory of a finished stage, found by its checkpoint (empty for a plain one or a model YAML).
+
+    It is read from ``memory.pt`` beside the checkpoint, else from the checkpoint's ``continual`` key, where runs made
+    before ``memory.pt`` existed keep it.
+    """
     if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
         return {}
+    if (file := memory_file(weights)).is_file():
+        return torch.load(file, map_location="cpu", weights_only=False)
     return torch.load(weights, map_location="cpu", weights_only=False).get("continual") or {}
 
 
@@ -40,9 +51,13 @@ class Protocol:
 
     Each stage is a unified trainer of its task, started from the previous stage's best weights (``chain=True``) or
     from the initial model (``chain=False``: independent single-task baselines with the same budgets). After each
-    stage every task learned so far is validated on its val set at its own stage's image size; the scores, weights
-    and the strategies' memory are recorded in ``protocol.json`` and in the stage's ``best.pt`` (key ``continual``);
-    ``protocol.json`` also keeps the protocol's settings (key ``config``), from which ``resume`` continues.
+    stage every task learned so far is validated on its val set at its own stage's image size; the scores and weights
+    are recorded in ``protocol.json``, which also keeps the protocol's settings (key ``config``), from which ``resume``
+    continues. The strategies' memory (EWC Fisher and anchors, replay images) goes to ``memory.pt`` beside the
+    stage's ``best.pt`` (`stage_memory` reads it), so every ``best.pt`` is a plain Ultralytics checkpoint. A stage
+    that keeps no weights keeps no memory either: the next one continues from the previous weights and their memory.
+    The final model, ``<root>/weights/best.pt``, has its memory beside it too: a protocol started from it goes on
+    with it.
     """
 
     def __init__(
@@ -107,9 +122,8 @@ class Protocol:
             if not kept:  # nothing acceptable was trained (e.g. every epoch forgot too much): keep the start
                 LOGGER.warning(f"stage {i + 1} ({task}) kept no weights; the protocol continues from {weights}")
                 best = weights
-            ckpt = torch.load(best, map_location="cpu", weights_only=False)
-            ckpt["continual"] = context.memory
-            save_atomically(ckpt, Path(best))
+            else:
+                save_atomically(context.memory, memory_file(best))
             scores = {}
             for t in [*learned, task] if self.chain else [task]:
                 save_dir = str(stage_dir / "eval")
@@ -128,8 +142,10 @@ class Protocol:
             weights = str(best) if self.chain else initial
         final = self.root / "weights" / "best.pt"  # the model after every stage, beside the report
         final.parent.mkdir(exist_ok=True)
-        shutil.copyfile(done[-1]["weights"], final.with_suffix(".tmp"))
-        os.replace(final.with_suffix(".tmp"), final)
+        ckpt = torch.load(done[-1]["weights"], map_location="cpu", weights_only=False)
+        ckpt.pop("continual", None)  # a stage trained before memory.pt existed has its memory inside
+        save_atomically(ckpt, final)
+        save_atomically(stage_memory(done[-1]["weights"]), memory_file(final))
         limit = float(self.common.get("forget_limit", 0.05))
         write_report(self.root, self.state, forget_limit=limit, baselines=self.baselines)
         return self.state
