@@ -29,7 +29,9 @@ Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml load
   yolo-unified predict model=runs/unified/seq/weights/best.pt source=images/or/video.mp4/or/dir   # save=True
   yolo-unified export model=runs/unified/seq/weights/best.pt format=onnx imgsz=512 dynamic=True half=True
   yolo-unified export model=runs/unified/seq/weights/best.pt format=torchscript
-  yolo-unified val model=runs/unified/seq/weights/best.onnx data=datasets/hw2.yaml      # also predict *.onnx
+  yolo-unified export model=runs/unified/seq/weights/best.pt format=onnx quantize=8   # INT8 for ONNX Runtime
+  yolo-unified export model=runs/unified/seq/weights/best.pt format=openvino [quantize=8]   # OpenVINO fp32 / INT8
+  yolo-unified val model=runs/unified/seq/weights/best.onnx data=datasets/hw2.yaml   # and *_openvino_model/, INT8
   yolo-unified benchmark model=runs/unified/seq/weights/best.pt imgsz=512 threads=2
   yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2
 
@@ -39,7 +41,9 @@ joint    train: True trains every task of the data YAML in one run (cfg/joint.ya
 data     multi-task data YAML (default: the built-in synthetic data, generated into ./datasets)
 model    unified model YAML or checkpoint (*.pt); a YOLOv8 detection/classification checkpoint gives its backbone
 source   predict: image, video, folder, glob or stream; annotated copies go to runs/unified/predict*/ (save=False: off)
-format   export: onnx, torchscript (tested on CPU), or any Ultralytics format, e.g. engine (TensorRT, needs a GPU)
+format   export: onnx, torchscript, openvino (tested on CPU), or any Ultralytics format, e.g. engine (TensorRT, GPU)
+quantize export: 8 = INT8 (onnx, openvino), calibrated on data= (default: the checkpoint's training data): the split=
+         (val) images of every task in equal shares, fraction= of them; 16 = FP16
 seg_argmax  export: True bakes the segmentation argmax into the graph (output seg = class map, not logits)
 runs, warmup, threads   benchmark: timed runs (default 50), warm-up runs (10), CPU threads (all cores)
 other    any Ultralytics train/val/predict/export argument: epochs, imgsz, batch, lr0, conf, iou, dynamic, ...
