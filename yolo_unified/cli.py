@@ -160,6 +160,6 @@ def entrypoint() -> None:
     """Console-script entry point: run, turning input errors into a one-line message and exit code 2."""
     try:
         run(sys.argv[1:])
-    except (SyntaxError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except (SyntaxError, FileNotFoundError, ModuleNotFoundError, ValueError, KeyError, RuntimeError) as e:
         LOGGER.error(f"yolo-unified: {e}")
         sys.exit(2)

@@ -41,6 +41,8 @@ from yolo_unified.models.unified.predict import letterbox
 
 OUTPUT_NAMES = ("det", "seg", "cls")  # the order of UnifiedHead's export outputs
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxslim")  # the `export` extra; pip and import names coincide
+OPENVINO_PACKAGES = ("openvino",)  # the `export` extra; INT8 also needs NNCF
+INT8_PACKAGES = ("nncf",)  # what OpenVINO INT8 adds (ONNX Runtime quantizes ONNX models itself)
 ONNX_FORMATS = {"onnx", "engine", "tensorrt", "trt"}  # formats Ultralytics builds from the ONNX graph (and aliases)
 _torch2onnx = export_engine.torch2onnx  # Ultralytics' own, wrapped by UnifiedExporter.export_onnx
 _torch2openvino = export_openvino.torch2openvino  # Ultralytics' own, wrapped by UnifiedExporter.export_openvino
@@ -55,12 +57,17 @@ def output_axes(seg_argmax: bool) -> dict[str, dict[int, str]]:
     return {"det": {0: "batch", 2: "anchors"}, "seg": seg, "cls": {0: "batch"}}
 
 
-def check_onnx_packages() -> None:
-    """Fail early, with the install command, when an ONNX export package is missing (Ultralytics would pip-install)."""
-    if missing := [name for name in ONNX_PACKAGES if find_spec(name) is None]:
+def check_packages(packages: tuple[str, ...], what: str) -> None:
+    """Fail early, with the install command, when a package `what` needs is missing (Ultralytics would pip-install)."""
+    if missing := [name for name in packages if find_spec(name) is None]:
         raise ModuleNotFoundError(
-            f"ONNX export needs {', '.join(missing)}: pip install 'yolo-unified[export]' (nothing is auto-installed)"
+            f'{what} needs {", ".join(missing)}: pip install "yolo-unified[export]" (nothing is auto-installed)'
         )
+
+
+def check_onnx_packages() -> None:
+    """Fail early when an ONNX export package (onnx, onnxruntime, onnxslim) is missing."""
+    check_packages(ONNX_PACKAGES, "ONNX export")
 
 
 def image_files(source: str | Path) -> list[Path]:
@@ -141,7 +148,7 @@ class UnifiedExporter(Exporter):
     multi-task data YAML (by default the checkpoint's own training data): for ONNX, ONNX Runtime's static QDQ
     quantization of the convolutions and the linear layer (the rest stays float); for OpenVINO, NNCF with the head's
     decoding (DFL, sigmoid, box arithmetic, softmax) left float, taking global activation ranges
-    (`nncf_global_ranges`).
+    (`nncf_global_ranges`). Missing export packages fail before any work, naming the extra to install.
     """
 
     def __init__(
@@ -162,6 +169,8 @@ class UnifiedExporter(Exporter):
         fmt = str(self.args.format).lower()
         if fmt in ONNX_FORMATS:
             check_onnx_packages()
+        elif fmt == "openvino":
+            check_packages(OPENVINO_PACKAGES + (INT8_PACKAGES if self.args.quantize == 8 else ()), "OpenVINO export")
         fmt_keys = FORMAT_ARGS.get("engine" if fmt in ONNX_FORMATS - {"onnx"} else fmt, ())
         if self.args.quantize == 8 and "data" in fmt_keys:  # a format that calibrates INT8 on images
             self.args.data = self.calibration_data(model)
@@ -174,7 +183,20 @@ class UnifiedExporter(Exporter):
         """The data YAML INT8 calibration reads: ``data=``, else the one the checkpoint was trained on (its args)."""
         args = getattr(model, "args", None)
         trained_on = args.get("data") if isinstance(args, dict) else getattr(args, "data", None)
-        return self.args.data or trained_on
+        data = self.args.data or trained_on
+        if not data:
+            raise ValueError(
+                "INT8 export calibrates on images of every task: set data=path/to/data.yaml (a yolo-unified data "
+                "YAML); the checkpoint records no training data"
+            )
+        if not Path(data).is_file():
+            origin = "data=" if self.args.data else "the checkpoint's training data"
+            raise FileNotFoundError(
+                f"INT8 calibration data ({origin}) '{data}' not found: set data=path/to/data.yaml (a yolo-unified data "
+                "YAML)"
+            )
+        load_data_config(data)  # a clear error now for a YAML without task sections, not after the FP32 export
+        return str(data)
 
     @contextmanager
     def unified_hints(self) -> Iterator[None]:
