@@ -1,4 +1,5 @@
-"""Export round trips: ONNX and TorchScript outputs match PyTorch on real images; metadata; an ONNX model validates."""
+"""Export round trips: ONNX, TorchScript and OpenVINO outputs match PyTorch on real images; metadata; INT8 exports
+(ONNX Runtime, OpenVINO) agree with fp32 and validate; exported models validate; bad input fails clearly."""
 
 import ast
 import shutil
@@ -7,11 +8,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
+import openvino as ov
 import pytest
 import torch
 from ultralytics.nn.autobackend import AutoBackend
+from ultralytics.nn.tasks import load_checkpoint
 
-from yolo_unified import UnifiedYOLO, engine, export
+from yolo_unified import UnifiedYOLO, cli, engine, export
 from yolo_unified.cli import run
 from yolo_unified.data.config import load_data_config
 from yolo_unified.models.unified.predict import letterbox
@@ -19,22 +22,55 @@ from yolo_unified.nn.modules import upsample_logits
 
 IMGSZ = 64
 BOX_PX, TOL = 1e-2, 1e-3  # parity: decoded boxes in pixels, everything else (scores, seg logits, class probabilities)
+REL_TOL = 1e-3  # OpenVINO fp32 parity: largest error of each output relative to its largest magnitude
 
 
-def images(synth_yaml: str, shape: tuple[int, int], split: str = "val", per_task: int = 1) -> torch.Tensor:
-    """Real images of every task of the synthetic dataset, letterboxed to `shape` as predict does."""
+def task_files(synth_yaml: str, split: str, per_task: int, tasks: tuple[str, ...] = ("det", "seg", "cls")) -> list:
+    """The first `per_task` images of the `split` of each of `tasks` in the synthetic dataset."""
     cfg = load_data_config(synth_yaml)
-    files = [f for t in ("det", "seg", "cls") for f in sorted(Path(cfg["tasks"][t][split]).rglob("*.jpg"))[:per_task]]
+    return [f for t in tasks for f in sorted(Path(cfg["tasks"][t][split]).rglob("*.jpg"))[:per_task]]
+
+
+def images(
+    synth_yaml: str,
+    shape: tuple[int, int],
+    split: str = "val",
+    per_task: int = 1,
+    tasks: tuple[str, ...] = ("det", "seg", "cls"),
+) -> torch.Tensor:
+    """Real images of every task (or of `tasks`) of the synthetic dataset, letterboxed to `shape` as predict does."""
+    files = task_files(synth_yaml, split, per_task, tasks)
     boxed = [letterbox(cv2.imread(str(f)), list(shape))[0][..., ::-1].transpose(2, 0, 1).copy() for f in files]
     return torch.from_numpy(np.stack(boxed)).float() / 255
+
+
+def fit_class_probe(model: torch.nn.Module, synth_yaml: str) -> None:
+    """Fit the cls projection by ridge regression of the pooled features of the cls train images on their labels.
+
+    A trained classifier makes clear calls on its images, where a random projection makes near ties that any rounding
+    flips: INT8 agreeing with fp32 on the image class then means something.
+    """
+    head, files = model.model[-1], task_files(synth_yaml, "train", per_task=8, tasks=("cls",))
+    names = list(load_data_config(synth_yaml)["tasks"]["cls"]["names"].values())
+    targets = torch.nn.functional.one_hot(torch.tensor([names.index(f.parent.name) for f in files])).float() * 2 - 1
+    pooled = []
+    hook = head.cls.register_forward_hook(lambda module, args, out: pooled.append(args[0]))
+    with torch.no_grad():
+        model(images(synth_yaml, (IMGSZ, IMGSZ), "train", per_task=8, tasks=("cls",)))
+    hook.remove()
+    mean, std = pooled[0].mean(0), pooled[0].std(0) + 1e-6
+    a = torch.cat([(pooled[0] - mean) / std, torch.ones(len(files), 1)], 1)
+    w = torch.linalg.solve(a.T @ a + torch.eye(a.shape[1]), a.T @ targets)  # on standardised features, lambda 1
+    head.cls.weight.data, head.cls.bias.data = (w[:-1] / std[:, None]).T.contiguous(), w[-1] - (mean / std) @ w[:-1]
 
 
 def varied_checkpoint(synth_yaml: str, project: Path) -> str:
     """A checkpoint as the trainer writes it (one epoch), then given varied outputs without more training.
 
     An untrained network's activations fade to almost nothing, where outputs are the biases and any parity holds
-    trivially: batch-norm statistics are set from real images and the output projections drawn at random, so boxes,
-    scores, seg maps and classes vary from anchor to anchor and image to image.
+    trivially: batch-norm statistics are set from real images (variances floored at each layer's mean) and the output
+    projections drawn at random (then the classification one fitted, `fit_class_probe`), so boxes, scores, seg maps
+    and classes vary from anchor to anchor and image to image.
     """
     out = engine.train(task="det", data=synth_yaml, epochs=1, imgsz=IMGSZ, batch=8, workers=0, plots=False,
                        val=False, project=str(project))  # fmt: skip
@@ -43,11 +79,15 @@ def varied_checkpoint(synth_yaml: str, project: Path) -> str:
     torch.manual_seed(0)
     for layer in (model.model[-1].det, model.model[-1].seg, model.model[-1].cls):
         torch.nn.init.normal_(layer.weight, std=0.1)
-    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in norms:
         bn.momentum, bn.num_batches_tracked = None, torch.zeros_like(bn.num_batches_tracked)  # one pass sets them
     with torch.no_grad():
         model.train()(images(synth_yaml, (IMGSZ, IMGSZ), "train", per_task=8))
-    ckpt["model"] = model.eval().half()
+    for bn in norms:  # scaling near-constant channels up to unit variance would make a net that amplifies any
+        bn.running_var.clamp_(min=bn.running_var.mean().item())  # rounding (INT8, bf16) layer after layer
+    fit_class_probe(model.eval(), synth_yaml)
+    ckpt["model"] = model.half()
     torch.save(ckpt, out["weights"])
     return out["weights"]
 
@@ -140,3 +180,126 @@ def test_missing_onnx_packages_fail_before_any_install(monkeypatch):
     monkeypatch.setattr(export, "find_spec", lambda name: None if name == "onnxslim" else object())
     with pytest.raises(ModuleNotFoundError, match=r"onnxslim.*yolo-unified\[export\]"):
         export.check_onnx_packages()
+
+
+def relative_errors(ref: list[torch.Tensor], out: list[torch.Tensor]) -> dict[str, float]:
+    """Largest error of each output relative to the largest magnitude of PyTorch's."""
+    return {
+        n: ((r - o).abs().max() / r.abs().max()).item()
+        for n, r, o in zip(export.OUTPUT_NAMES, ref[:3], out, strict=True)
+    }
+
+
+def test_openvino_fp32_matches_pytorch_and_names_its_outputs(model_file, synth_yaml, logged):
+    folder = Path(UnifiedYOLO(model_file).export(format="openvino", imgsz=IMGSZ))
+    assert folder.name == "best_openvino_model"
+    assert "yolo-unified predict model=" in logged.text and "task=unified" not in logged.text  # runnable hints
+    core = ov.Core()  # fp32 as exported: OpenVINO would run it in bf16 on CPUs with AMX / AVX512-BF16
+    compiled = core.compile_model(
+        core.read_model(next(folder.glob("*.xml"))), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    assert [o.get_names() for o in compiled.outputs] == [{n} for n in export.OUTPUT_NAMES]
+    x = images(synth_yaml, (IMGSZ, IMGSZ))
+    with torch.inference_mode():
+        ref = AutoBackend(model_file, verbose=False)(x)
+    outs = [compiled(im[None].numpy()) for im in x]  # batch 1, as exported
+    out = [torch.from_numpy(np.concatenate([o[n] for o in outs])) for n in export.OUTPUT_NAMES]
+    assert [tuple(t.shape) for t in out] == [tuple(t.shape) for t in ref[:3]]
+    assert max(relative_errors(ref, out).values()) <= REL_TOL, relative_errors(ref, out)
+
+
+@pytest.fixture(scope="module")
+def int8_models(weights, tmp_path_factory) -> dict[str, str]:
+    """INT8 ONNX and OpenVINO exports of the checkpoint, calibrated on its own training data (no data= given)."""
+    model_file = shutil.copy(weights, tmp_path_factory.mktemp("int8") / "best.pt")
+    return {fmt: UnifiedYOLO(model_file).export(format=fmt, imgsz=IMGSZ, quantize=8) for fmt in ("onnx", "openvino")}
+
+
+def decisive(probs: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+    """Where the top class's probability (dim 1) leads the runner-up's by `margin` or more: a clear call, which INT8
+    noise should not change (a near tie may flip either way)."""
+    top2 = probs.topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1] >= margin
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_exports_agree_with_fp32(int8_models, weights, synth_yaml, fmt):
+    assert Path(int8_models[fmt]).name == {"onnx": "best_int8.onnx", "openvino": "best_int8_openvino_model"}[fmt]
+    x = images(synth_yaml, (IMGSZ, IMGSZ), split="train", per_task=8)  # not the (val) calibration images
+    with torch.inference_mode():
+        ref = AutoBackend(weights, verbose=False)(x)
+        out = AutoBackend(int8_models[fmt], verbose=False)(x)  # as predict and val load it
+    assert [tuple(t.shape) for t in out] == [tuple(t.shape) for t in ref[:3]]
+    assert all(torch.isfinite(t).all() for t in out)
+    errors = relative_errors(ref, out)
+    cls_images = slice(16, 24)  # the 8 classification images of the 24, 3 classes (det, seg, cls in turn)
+    assert len(set(ref[2][cls_images].argmax(1).tolist())) == 3  # the fitted classifier tells them apart
+    assert torch.equal(out[2][cls_images].argmax(1), ref[2][cls_images].argmax(1)), errors  # the same image class
+    clear = decisive(ref[1].softmax(1))  # seg pixels with a clear class
+    assert (out[1].argmax(1) == ref[1].argmax(1))[clear].float().mean() >= 0.9, errors
+
+
+def test_int8_onnx_graph_is_quantized_and_keeps_the_output_names(int8_models):
+    graph = onnx.load(int8_models["onnx"]).graph
+    assert [o.name for o in graph.output] == list(export.OUTPUT_NAMES)
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)  # static QDQ
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_model_validates_every_task_and_predicts(int8_models, synth_yaml, tmp_path, fmt):
+    common = [f"data={synth_yaml}", f"imgsz={IMGSZ}", "plots=False", f"project={tmp_path}"]
+    metrics = run(["val", f"model={int8_models[fmt]}", *common])
+    assert set(metrics) == {"seg", "det", "cls"}
+    assert all(np.isfinite(v) for m in metrics.values() for v in m.values())
+    image = str(task_files(synth_yaml, "val", per_task=1, tasks=("det",))[0])
+    result = UnifiedYOLO(int8_models[fmt]).predict(image, imgsz=IMGSZ, verbose=False)[0]
+    assert result.semantic_mask.data.shape == cv2.imread(image).shape[:2] and result.probs is not None
+
+
+def test_calibration_images_mix_every_task_in_equal_shares(synth_yaml):
+    dataset = export.CalibrationImages(synth_yaml, [IMGSZ, 48], split="val", fraction=0.5)
+    assert len(dataset) == 6  # 2 of the 4 val images of each task
+    root = load_data_config(synth_yaml)["path"]
+    assert [f.relative_to(root).parts[0] for f in dataset.files] == ["seg", "det", "cls"] * 2  # in turn
+    img = dataset[0]["img"]
+    assert img.dtype == torch.uint8 and img.shape == (3, IMGSZ, 48)
+    assert len(export.CalibrationImages(synth_yaml, [IMGSZ, IMGSZ])) == 12  # all of them by default
+
+
+def test_int8_export_without_calibration_data_says_which_key_to_set(weights, tmp_path):
+    model = load_checkpoint(weights)[0]
+    exporter = export.UnifiedExporter(overrides={"format": "onnx", "quantize": 8, "imgsz": IMGSZ})
+    model.args = {**model.args, "data": None}
+    with pytest.raises(ValueError, match="set data="):
+        exporter(model)
+    model.args["data"] = str(tmp_path / "moved.yaml")  # trained on data that is not here
+    with pytest.raises(FileNotFoundError, match="training data.*not found: set data="):
+        exporter(model)
+
+
+def test_cli_bad_int8_export_gives_one_line(weights, tmp_path, monkeypatch, logged):
+    ckpt = torch.load(weights, weights_only=False)
+    ckpt["train_args"]["data"] = None  # a checkpoint that does not say what it was trained on
+    torch.save(ckpt, tmp_path / "best.pt")
+    monkeypatch.setattr(
+        "sys.argv", ["yolo-unified", "export", f"model={tmp_path / 'best.pt'}", "format=onnx", "quantize=8"]
+    )
+    with pytest.raises(SystemExit, match="2"):
+        cli.entrypoint()
+    assert "set data=" in logged.text and "Traceback" not in logged.text
+    monkeypatch.setattr(export, "find_spec", lambda name: None if name == "nncf" else object())
+    monkeypatch.setattr("sys.argv", ["yolo-unified", "export", f"model={weights}", "format=openvino", "quantize=8"])
+    with pytest.raises(SystemExit, match="2"):
+        cli.entrypoint()
+    assert 'needs nncf: pip install "yolo-unified[export]"' in logged.text
+
+
+@pytest.mark.parametrize(
+    "fmt, quantize, missing",
+    [("openvino", None, "openvino"), ("openvino", 8, "nncf"), ("onnx", 8, "onnxruntime")],
+)
+def test_missing_export_packages_name_the_extra(weights, monkeypatch, fmt, quantize, missing):
+    monkeypatch.setattr(export, "find_spec", lambda name: None if name == missing else object())
+    exporter = export.UnifiedExporter(overrides={"format": fmt, "quantize": quantize, "imgsz": IMGSZ})
+    with pytest.raises(ModuleNotFoundError, match=rf'needs {missing}: pip install "yolo-unified\[export\]"'):
+        exporter(load_checkpoint(weights)[0])
