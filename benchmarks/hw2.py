@@ -54,6 +54,9 @@ LATER_STAGES = {  # settings of the strategies the default combination leaves ou
     "ewc": {"lam": 10.0, "samples": 64},  # mean-normalised Fisher (the committed ablations used lam 1000 on raw ones)
     "lwf": {"weight": 1.0, "temperature": 2.0},
     "replay": {"size": 10, "batch": 2, "weight": 1.0},
+    "pseudo_label": {"weight": 1.0, "conf": 0.25},
+    "feat_distill": {"weight": 10.0},
+    "bn_freeze": True,
 }
 QUICK = {"imgsz": 64, "epochs": 1, "batch": 8, "nbs": 8, "fraction": 0.05, "workers": 0, "plots": False}
 ABLATIONS = [  # name, row label, strategy keys kept from cfg/seq.yaml, staged (per-stage) learning rates
@@ -65,6 +68,8 @@ ABLATIONS = [  # name, row label, strategy keys kept from cfg/seq.yaml, staged (
     ("ewc", "EWC alone", ("ewc",), False),
     ("lwf", "LwF alone", ("lwf",), False),
     ("replay", "replay alone", ("replay",), False),
+    ("pseudo_label", "pseudo-labels alone", ("pseudo_label",), False),
+    ("feat_distill", "feature distillation alone", ("feat_distill",), False),
 ]
 TASK_METRIC = {"seg": "mIoU", "det": "mAP50", "cls": "top-1"}
 PUBLISHED = """Published figures for this protocol (not re-run here; pretrained backbones on a GPU):
