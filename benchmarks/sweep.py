@@ -401,8 +401,9 @@ def summary_markdown(results: dict) -> str:
 
     scores = ", ".join(f"{t} {TASK_METRIC[t]} {v:.4f}" for t, v in single.items() if v is not None)
     seeds = (
-        f"the {results['front_size']} best after seed 0 (Pareto-optimal in worst forgetting and mean retention after "
-        f"stage 3) re-run with seeds 1..{results['seeds'] - 1}: " + ", ".join(f"`{n}`" for n in results["front"])
+        f"the {results['front_size']} best after seed 0 (within the forgetting limit by mean retention, then the "
+        f"Pareto front in worst forgetting and mean retention after stage 3) re-run with seeds "
+        f"1..{results['seeds'] - 1}: " + ", ".join(f"`{n}`" for n in results["front"])
         if results["front"]
         else "one seed each"
     )
