@@ -57,10 +57,7 @@ class EWC(Strategy):
     def setup(self, trainer) -> None:
         """Move the stored Fisher and anchors to the training device."""
         state = self.context.memory.get("ewc")
-        fisher = state["fisher"] if state else {}
-        if fisher and self.normalize and not state.get("normalized"):  # a Fisher stored raw (normalize: False)
-            fisher = mean_normalised(fisher)
-        self.fisher = {k: v.to(trainer.device) for k, v in fisher.items()}
+        self.fisher = {k: v.to(trainer.device) for k, v in self.stored_fisher().items()}
         self.anchor = {k: v.to(trainer.device) for k, v in state["anchor"].items()} if state else {}
 
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
@@ -85,13 +82,11 @@ class EWC(Strategy):
             for p in best.parameters():
                 p.requires_grad_(True)
             new = diagonal_fisher(best, samples, loss_fn)
-        old = self.context.memory.get("ewc")
+        old = self.stored_fisher()
         if self.normalize:
             new = mean_normalised(new)
-            if old and not old.get("normalized"):
-                old = {**old, "fisher": mean_normalised(old["fisher"])}
         decay = float(self.cfg.get("decay", 1.0))
-        fisher = {n: f.cpu() + (decay * old["fisher"][n] if old else 0) for n, f in new.items()}
+        fisher = {n: f.cpu() + (decay * old[n] if old else 0) for n, f in new.items()}
         anchor = {n: p.detach().cpu().clone() for n, p in best.named_parameters()}
         self.context.memory["ewc"] = {
             "fisher": fisher,
@@ -99,6 +94,15 @@ class EWC(Strategy):
             "tasks": [*self.context.previous, self.context.task],
             "normalized": self.normalize,
         }
+
+    def stored_fisher(self) -> dict[str, torch.Tensor]:
+        """The Fisher of the finished tasks in memory, on this stage's scale (a raw one is mean-normalised when
+        ``normalize`` is on); empty when none is stored."""
+        state = self.context.memory.get("ewc")
+        if not state:
+            return {}
+        raw = self.normalize and not state.get("normalized")  # stored by a stage with normalize: False
+        return mean_normalised(state["fisher"]) if raw else state["fisher"]
 
     @property
     def normalize(self) -> bool:

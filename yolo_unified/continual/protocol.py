@@ -143,9 +143,9 @@ class Protocol:
         final = self.root / "weights" / "best.pt"  # the model after every stage, beside the report
         final.parent.mkdir(exist_ok=True)
         ckpt = torch.load(done[-1]["weights"], map_location="cpu", weights_only=False)
-        ckpt.pop("continual", None)  # a stage trained before memory.pt existed has its memory inside
+        memory = ckpt.pop("continual", None) or stage_memory(done[-1]["weights"])  # inside: before memory.pt existed
         save_atomically(ckpt, final)
-        save_atomically(stage_memory(done[-1]["weights"]), memory_file(final))
+        save_atomically(memory, memory_file(final))
         limit = float(self.common.get("forget_limit", 0.05))
         write_report(self.root, self.state, forget_limit=limit, baselines=self.baselines)
         return self.state
