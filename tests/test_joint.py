@@ -245,3 +245,37 @@ def test_command_line_errors_are_one_line(synth_yaml, tmp_path, monkeypatch, log
         "fixed, uncertainty, dwa, gradnorm, pcgrad, rlw, cagrad, imtlg, nashmtl, alignedmtl, upgrad, mgda"
     )
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_tasks_key_restricts_a_joint_run(synth_yaml, tmp_path):
+    trainer = new_trainer(synth_yaml, tmp_path, tasks="[det,seg]")  # as the command line gives it
+    assert trainer.tasks == ["seg", "det"] and set(trainer.parts) == {"seg", "det"}
+    with pytest.raises(ValueError, match=r"tasks=\['seg', 'depth'\]: .* has no depth data \(it has seg, det, cls\)"):
+        new_trainer(synth_yaml, tmp_path, tasks=["seg", "depth"])
+
+
+def test_protocol_with_a_joint_stage_then_a_sequential_one(synth_yaml, tmp_path):
+    """seg and det learned together, then cls with feature distillation: the report treats seg and det as finished
+    after stage 1 and measures their forgetting after stage 2."""
+    stages = [
+        {"tasks": ["seg", "det"], "epochs": 2, "balance": "uncertainty"},
+        {"task": "cls", "epochs": 1, "lr_mult": {"backbone": 0.1, "neck": 0.1, "tower": 0.1, "cls": 10.0},
+         "feat_distill": {"weight": 1.0}},
+    ]  # fmt: skip
+    state = engine.train(stages=stages, data=synth_yaml, project=str(tmp_path), name="js", **TINY)
+    first, second = state["stages"]
+    assert (first["task"], first["tasks"], set(first["own_scores"])) == ("seg+det", ["seg", "det"], {"seg", "det"})
+    assert first["own_scores"]["det"] == first["scores"]["det"]["metrics/mAP50(B)"]
+    assert second["task"] == "cls" and set(second["scores"]) == {"seg", "det", "cls"}
+    root = tmp_path / "js"
+    assert [r["epoch"] for r in rows(root / "1-seg+det/results.csv")] == [1, 2]
+    assert "train/feat_dist" in rows(root / "2-cls/results.csv")[0]
+    md = (root / "forgetting.md").read_text()
+    assert "| 1 (seg+det) |" in md and "| 2 (cls) |" in md
+    forgetting_row = next(line for line in md.splitlines() if line.startswith("| forgetting"))
+    assert forgetting_row.count("PASS") + forgetting_row.count("FAIL") == 3  # seg and det after stage 1, cls its own
+    assert (root / "forgetting_heatmap.png").is_file() and (root / "weights/best.pt").is_file()
+    with pytest.raises(ValueError, match="stage 1: give either task .* or tasks"):
+        engine.train(stages=[{"task": "seg", "tasks": ["det"]}], data=synth_yaml, project=str(tmp_path))
+    with pytest.raises(ValueError, match=r"stage 2: tasks must name distinct tasks .* got \['cls', 'cls'\]"):
+        engine.train(stages=[stages[0], {"tasks": ["cls", "cls"]}], data=synth_yaml, project=str(tmp_path))

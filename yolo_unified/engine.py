@@ -125,7 +125,7 @@ def train_joint(task: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     Returns ``{"weights": best.pt, "save_dirs": {task: run dir}}`` (one run dir for every task). A data YAML with
     a single task trains that task with its own trainer, as ``task=`` does, and says so.
     """
-    from yolo_unified.models.unified.joint import JointTrainer
+    from yolo_unified.models.unified.joint import JointTrainer, joint_tasks
 
     if task is not None:
         raise ValueError(f"joint=True trains every task of the data YAML; task={task} does not go with it")
@@ -134,12 +134,14 @@ def train_joint(task: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     if overrides.get("resume"):
         trainer = JointTrainer(overrides=overrides)
     else:
-        if len(tasks := list(load_data_config(overrides["data"])["tasks"])) == 1:
+        tasks = joint_tasks(overrides.get("tasks"), load_data_config(overrides["data"]), overrides["data"])
+        if len(tasks) == 1:
+            why = f"tasks={overrides['tasks']} names" if overrides.get("tasks") else f"{overrides['data']} has"
             LOGGER.warning(
-                f"joint=True: {overrides['data']} has {tasks[0]} data only; training {tasks[0]} alone, as task="
-                f"{tasks[0]} does (the joint keys do not apply)"
+                f"joint=True: {why} {tasks[0]} data only; training {tasks[0]} alone, as task={tasks[0]} does (the "
+                "joint keys do not apply)"
             )
-            return train_task(tasks[0], {**overrides, "joint": False})
+            return train_task(tasks[0], {**overrides, "joint": False, "tasks": None})
         save_dir = run_dir(
             overrides.pop("project", None), overrides.pop("name", None), "joint", overrides.get("exist_ok")
         )

@@ -34,7 +34,7 @@ class StageContext:
     """
 
     index: int  # 0-based stage number
-    task: str  # task of this stage: seg, det or cls
+    task: str  # task of this stage: seg, det or cls (a joint stage: its tasks joined by "+", e.g. seg+det)
     previous: list[str] = field(default_factory=list)  # tasks finished before this stage, in order
     own_scores: dict[str, float] = field(default_factory=dict)  # score of each finished task right after its stage
     eval_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per finished task: its own imgsz and batch

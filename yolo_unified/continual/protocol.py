@@ -11,7 +11,7 @@ import torch
 from ultralytics.utils import LOGGER, colorstr
 
 from yolo_unified.continual.base import StageContext
-from yolo_unified.continual.report import write_report
+from yolo_unified.continual.report import own_scores, stage_tasks, write_report
 from yolo_unified.nn.modules import TASKS
 
 STATE_FILE = "protocol.json"
@@ -46,16 +46,29 @@ def stage_memory(weights: str | None) -> dict[str, Any]:
     return torch.load(weights, map_location="cpu", weights_only=False).get("continual") or {}
 
 
+def check_stage_tasks(stage: dict[str, Any], i: int) -> None:
+    """A stage names one task (``task: seg``) or, for a joint stage, several (``tasks: [seg, det]``); else an error."""
+    if ("task" in stage) == ("tasks" in stage):
+        raise ValueError(f"stage {i + 1}: give either task (one of {list(TASKS)}) or tasks (a list of them), not both")
+    tasks = stage["tasks"] if "tasks" in stage else [stage["task"]]
+    if not isinstance(tasks, list) or not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) < len(tasks):
+        key = "tasks" if "tasks" in stage else "task"
+        raise ValueError(f"stage {i + 1}: {key} must name distinct tasks of {list(TASKS)}, got {stage[key]!r}")
+
+
 class Protocol:
-    """Run ``stages`` (a list of dicts with ``task`` and any train/strategy keys) in order, resumably, in ``root``.
+    """Run ``stages`` (dicts with ``task`` or ``tasks`` and any train/strategy keys) in order, resumably, in ``root``.
 
     Each stage is a unified trainer of its task, started from the previous stage's best weights (``chain=True``) or
-    from the initial model (``chain=False``: independent single-task baselines with the same budgets). After each
-    stage every task learned so far is validated on its val set at its own stage's image size; the scores and weights
-    are recorded in ``protocol.json``, which also keeps the protocol's settings (key ``config``), from which ``resume``
-    continues. The strategies' memory (EWC Fisher and anchors, replay images) goes to ``memory.pt`` beside the
-    stage's ``best.pt`` (`stage_memory` reads it), so every ``best.pt`` is a plain Ultralytics checkpoint. A stage
-    that keeps no weights keeps no memory either: the next one continues from the previous weights and their memory.
+    from the initial model (``chain=False``: independent single-task baselines with the same budgets). A stage with
+    ``tasks: [seg, det]`` in place of ``task`` is a joint stage: the joint trainer learns those tasks together
+    (``joint: True`` with its ``tasks``; every joint key applies), and each of them counts as finished after it.
+    After each stage every task learned so far is validated on its val set at its own stage's image size; the scores
+    and weights are recorded in ``protocol.json``, which also keeps the protocol's settings (key ``config``), from
+    which ``resume`` continues. The strategies' memory (EWC Fisher and anchors, replay images) goes to ``memory.pt``
+    beside the stage's ``best.pt`` (`stage_memory` reads it), so every ``best.pt`` is a plain Ultralytics checkpoint.
+    A stage that keeps no weights keeps no memory either: the next one continues from the previous weights and their
+    memory.
     The final model, ``<root>/weights/best.pt``, has its memory beside it too: a protocol started from it goes on
     with it.
     """
@@ -67,8 +80,7 @@ class Protocol:
         if not stages:
             raise ValueError("the protocol has no stages")
         for i, stage in enumerate(stages):
-            if stage.get("task") not in TASKS:
-                raise ValueError(f"stage {i + 1}: task must be one of {list(TASKS)}, got {stage.get('task')!r}")
+            check_stage_tasks(stage, i)
         self.stages, self.root, self.common, self.chain, self.baselines = stages, Path(root), common, chain, baselines
         self.state_file = self.root / STATE_FILE
         self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {"stages": []}
@@ -78,13 +90,17 @@ class Protocol:
         return {**self.common, **{k: v for k, v in self.stages[i].items() if k != "task"}}
 
     def eval_args(self, task: str) -> dict[str, Any]:
-        """How a task is scored between stages: at the image size and batch of the stage that learned it."""
-        args = self.stage_args([s["task"] for s in self.stages].index(task))
+        """How a task is scored between stages: at the image size and batch of the stage that learned it (in a joint
+        stage, with the task's own ``task_args``)."""
+        i = next(i for i, stage in enumerate(self.stages) if task in stage_tasks(stage))
+        args = self.stage_args(i)
+        args.update((args.get("task_args") or {}).get(task) or {})
         return {"imgsz": args.get("imgsz", 640), "batch": args.get("batch", 16)}
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) every stage, then write the forgetting report; return the protocol state."""
         from yolo_unified.engine import PRIMARY_METRIC, val
+        from yolo_unified.models.unified.joint import JointTrainer
         from yolo_unified.models.unified.train import TRAINERS
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -98,46 +114,45 @@ class Protocol:
         done = self.state["stages"]
         weights = done[-1]["weights"] if done and self.chain else initial
         for i, stage in enumerate(self.stages):
-            task = stage["task"]
+            tasks, label = stage_tasks(stage), "+".join(stage_tasks(stage))
             if i < len(done):
-                LOGGER.info(f"{colorstr('protocol:')} stage {i + 1} ({task}) already done, skipping")
+                LOGGER.info(f"{colorstr('protocol:')} stage {i + 1} ({label}) already done, skipping")
                 continue
-            learned = [s["task"] for s in done]
+            learned = [t for s in done for t in stage_tasks(s)]
             context = StageContext(
                 index=i,
-                task=task,
+                task=label,
                 previous=learned if self.chain else [],
-                own_scores={s["task"]: s["own_score"] for s in done},
-                eval_args={s["task"]: self.eval_args(s["task"]) for s in done},
+                own_scores={t: score for s in done for t, score in own_scores(s).items()},
+                eval_args={t: self.eval_args(t) for t in learned},
                 prev_weights=weights if self.chain else None,
                 data=data,
                 memory=stage_memory(weights) if self.chain else {},
                 forget_limit=float(self.common.get("forget_limit", 0.05)),
                 root=self.root,
             )
-            stage_dir = self.root / f"{i + 1}-{task}"
+            stage_dir = self.root / f"{i + 1}-{label}"
             args = {**self.stage_args(i), "model": weights if self.chain else initial, "save_dir": str(stage_dir)}
-            best = self.train_stage(TRAINERS[task], args, context, stage_dir)
+            if len(tasks) > 1:
+                args.update(joint=True, tasks=tasks)
+            trainer_class = JointTrainer if len(tasks) > 1 else TRAINERS[tasks[0]]
+            best = self.train_stage(trainer_class, args, context, stage_dir)
             kept = best is not None
             if not kept:  # nothing acceptable was trained (e.g. every epoch forgot too much): keep the start
-                LOGGER.warning(f"stage {i + 1} ({task}) kept no weights; the protocol continues from {weights}")
+                LOGGER.warning(f"stage {i + 1} ({label}) kept no weights; the protocol continues from {weights}")
                 best = weights
             else:
                 save_atomically(context.memory, memory_file(best))
             scores = {}
-            for t in [*learned, task] if self.chain else [task]:
+            for t in [*learned, *tasks] if self.chain else tasks:
                 save_dir = str(stage_dir / "eval")
                 scores.update(val(best, data, tasks=[t], save_dir=save_dir, plots=False, **self.eval_args(t)))
-            done.append(
-                {
-                    "task": task,
-                    "weights": str(best),
-                    "save_dir": str(stage_dir),
-                    "scores": scores,
-                    "own_score": scores[task][PRIMARY_METRIC[task]],
-                    "kept_weights": kept,
-                }
-            )
+            record = {"task": label, "weights": str(best), "save_dir": str(stage_dir), "scores": scores}
+            if len(tasks) > 1:
+                record.update(tasks=tasks, own_scores={t: scores[t][PRIMARY_METRIC[t]] for t in tasks})
+            else:
+                record["own_score"] = scores[label][PRIMARY_METRIC[label]]
+            done.append({**record, "kept_weights": kept})
             save_atomically(self.state, self.state_file)
             weights = str(best) if self.chain else initial
         final = self.root / "weights" / "best.pt"  # the model after every stage, beside the report

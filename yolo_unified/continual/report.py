@@ -18,18 +18,28 @@ COLUMNS = {  # report column -> (task, Ultralytics metric name)
 PRIMARY = {"seg": "mIoU", "det": "mAP50", "cls": "top-1"}
 
 
+def stage_tasks(stage: dict[str, Any]) -> list[str]:
+    """The tasks a stage (of a protocol's config or its record) learns: ``tasks`` of a joint stage, else ``task``."""
+    return list(stage.get("tasks") or [stage["task"]])
+
+
+def own_scores(record: dict[str, Any]) -> dict[str, float]:
+    """The primary score of each task a finished stage learned, right after that stage."""
+    return record.get("own_scores") or {record["task"]: record["own_score"]}
+
+
 def forgetting(state: dict[str, Any], limit: float) -> dict[str, dict[str, Any]]:
     """Per task: score right after its own stage, final score, relative and absolute drop, PASS/FAIL."""
     stages = state["stages"]
     final = stages[-1]["scores"]
     out = {}
     for s in stages:
-        t = s["task"]
-        if t not in final:
-            continue
-        own, last = s["own_score"], final[t][COLUMNS[PRIMARY[t]][1]]
-        rel = (own - last) / own if own > 0 else 0.0
-        out[t] = {"own": own, "final": last, "relative": rel, "points": 100 * (own - last), "pass": rel <= limit}
+        for t, own in own_scores(s).items():
+            if t not in final:
+                continue
+            last = final[t][COLUMNS[PRIMARY[t]][1]]
+            rel = (own - last) / own if own > 0 else 0.0
+            out[t] = {"own": own, "final": last, "relative": rel, "points": 100 * (own - last), "pass": rel <= limit}
     return out
 
 
@@ -60,7 +70,7 @@ def table_rows(state: dict[str, Any], limit: float, baselines: dict | None = Non
     }
     rows.append(["forgetting", *(cells.get(c, "") for c in COLUMNS)])
     if baselines:
-        own = {s["task"]: s["own_score"] for s in baselines["stages"]}
+        own = {t: v for s in baselines["stages"] for t, v in own_scores(s).items()}
         cells = {PRIMARY[t]: f"{d['final'] / own[t]:.2%}" for t, d in drops.items() if own.get(t)}
         rows.append(["retention vs single-task", *(cells.get(c, "") for c in COLUMNS)])
     return rows
@@ -105,7 +115,7 @@ def plot_report(root: Path, state: dict[str, Any]) -> None:
     import numpy as np
 
     stages = state["stages"]
-    tasks = list(dict.fromkeys(s["task"] for s in stages))
+    tasks = list(dict.fromkeys(t for s in stages for t in stage_tasks(s)))
     labels = [f"{i + 1}\n{s['task']}" for i, s in enumerate(stages)]
     score = [[s["scores"].get(t, {}).get(COLUMNS[PRIMARY[t]][1], np.nan) for s in stages] for t in tasks]
 
@@ -117,7 +127,7 @@ def plot_report(root: Path, state: dict[str, Any]) -> None:
     fig.savefig(root / "metrics_across_stages.png", dpi=150)
     plt.close(fig)
 
-    own = {s["task"]: s["own_score"] for s in stages}
+    own = {t: v for s in stages for t, v in own_scores(s).items()}
     change = np.array(
         [[(v - own[t]) / own[t] if own[t] else np.nan for v in ys] for t, ys in zip(tasks, score, strict=True)]
     )
@@ -140,7 +150,7 @@ def plot_report(root: Path, state: dict[str, Any]) -> None:
         with open(results) as f:
             rows = [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(f)]
         for key in (k for k in rows[0] if k.startswith("train/")):
-            ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], label=key.split("/")[-1])
+            ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], label=key.removeprefix("train/"))
         ax.set(title=f"stage {label.replace(chr(10), ' ')}", xlabel="epoch")
         ax.legend(fontsize=7)
     fig.savefig(root / "training_curves.png", dpi=150)

@@ -86,6 +86,19 @@ class ClassificationPart(TaskPart, UnifiedClassificationTrainer):
 PARTS: dict[str, type[TaskPart]] = {"seg": SegmentationPart, "det": DetectionPart, "cls": ClassificationPart}
 
 
+def joint_tasks(wanted: str | list[str] | None, data_config: dict[str, Any], data: str) -> list[str]:
+    """The tasks a joint run trains, in the model's order: ``tasks`` (a list, or ``seg,det`` on the command line), by
+    default every task of the data YAML; a task the data does not have is an error naming it."""
+    have = [t for t in TASKS if t in data_config["tasks"]]
+    if not wanted:
+        return have
+    if isinstance(wanted, str):
+        wanted = [t.strip() for t in wanted.strip("[]").split(",") if t.strip()]
+    if bad := [t for t in wanted if t not in have]:
+        raise ValueError(f"tasks={wanted}: {data} has no {', '.join(map(str, bad))} data (it has {', '.join(have)})")
+    return [t for t in TASKS if t in wanted]
+
+
 def multitask_fitness(scores: dict[str, float], baselines: dict[str, float] | None = None) -> float:
     """Mean over tasks of the primary metric, each divided by its single-task score when `baselines` are given."""
     return float(np.mean([s / baselines[t] if baselines else s for t, s in scores.items()]))
@@ -256,7 +269,7 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
             self.data_config = load_data_config(self.args.data)
         except (FileNotFoundError, ValueError) as e:
             raise RuntimeError(f"Dataset '{self.args.data}' error: {e}") from e
-        self.tasks = [t for t in TASKS if t in self.data_config["tasks"]]
+        self.tasks = joint_tasks(self.args.tasks, self.data_config, self.args.data)
         task_args = self.args.task_args or {}
         if not isinstance(task_args, dict) or not set(task_args) <= set(self.tasks):
             raise ValueError(f"task_args={task_args!r}: give a dict of train keys per task of the data {self.tasks}")
