@@ -19,10 +19,17 @@ from yolo_unified.engine import PRIMARY_METRIC
 from yolo_unified.models.unified.val import VALIDATORS
 
 
-def per_image_records(weights: str, data: str, task: str, imgsz: int, save_dir: Path) -> tuple[float, list, Any]:
-    """Validate `task` of `weights` at batch 1; return the score, one record per image and the validator."""
+def per_image_records(
+    weights: str, data: str, task: str, imgsz: int, save_dir: Path, validator_class: type | None = None
+) -> tuple[float, list, Any]:
+    """Validate `task` of `weights` at batch 1; return the score, one record per image and the validator.
+
+    `validator_class` defaults to the unified validator of the task (`data`: a multi-task YAML); an Ultralytics
+    validator of the same task scores a plain Ultralytics model on its own dataset.
+    """
     args = {"data": data, "task": ULTRALYTICS_TASK[task], "mode": "val", "model": weights, "imgsz": imgsz, "batch": 1}
-    validator = VALIDATORS[task](save_dir=save_dir, args={**args, "plots": False, "verbose": False})
+    validator_class = validator_class or VALIDATORS[task]
+    validator = validator_class(save_dir=save_dir, args={**args, "plots": False, "verbose": False})
     records: list = []
     last: list[torch.Tensor | None] = [None]
 
@@ -90,10 +97,17 @@ def interval(
 
 
 def bootstrapped(
-    weights: str, data: str, task: str, imgsz: int, names: dict[int, str], n: int, save_dir: Path
+    weights: str,
+    data: str,
+    task: str,
+    imgsz: int,
+    names: dict[int, str],
+    n: int,
+    save_dir: Path,
+    validator_class: type | None = None,
 ) -> dict[str, Any]:
     """A task's score with its 95% bootstrap interval (and the all-background mIoU for segmentation)."""
-    value, records, _ = per_image_records(weights, data, task, imgsz, save_dir)
+    value, records, _ = per_image_records(weights, data, task, imgsz, save_dir, validator_class)
     lo, hi = interval(task, records, names, n=n)
     out = {"value": value, "ci95": [lo, hi], "n_images": len(records)}
     if task == "seg":

@@ -3,6 +3,7 @@
     python -m benchmarks.hw2 data=../shared/data/hw2 imgsz=320 out=benchmarks/results/hw2-320
     python -m benchmarks.hw2 ... pretrained=../shared/weights/yolov8n-cls-imagenette.pt   # the pretrained regime
     python -m benchmarks.hw2 ... ablations=False   # baselines and the default protocol only (a second regime)
+    python -m benchmarks.hw2 ... separate=True     # adds the three separate Ultralytics models (benchmarks.separate)
     python -m benchmarks.hw2 data=datasets/unified-synth.yaml quick=True out=/tmp/quick    # a smoke run, minutes
 
 ``data`` is the raw HW2 folder (converted into ``datasets/hw2`` first, as ``yolo-unified data prepare`` does) or a
@@ -299,6 +300,24 @@ def summary_markdown(results: dict) -> str:
         f, d = run["final"], run["forgetting"]
         cells = [fmt(f.get("seg")), fmt(f.get("det")), fmt(f.get("cls")), drop(d.get("seg")), drop(d.get("det"))]
         lines.append(f"| {run['label']} | {' | '.join(cells)} | {run['verdict']} | {sum(run['stage_minutes']):.1f} |")
+    if separate := results.get("separate"):
+        unified = results["speed"]["rows"][0]["params"]
+        lines += [
+            "",
+            "## Separate Ultralytics models (one per task: what a user would otherwise train, same budgets and "
+            "pretrained weights as the single-task baselines)",
+            "",
+            "| task | Ultralytics model | params (M) | score | unified model, this task alone |",
+            "|---|---|---:|---|---|",
+            *(
+                f"| {t} {TASK_METRIC[t]} | {r['model']} | {r['params'] / 1e6:.2f} | {fmt(r['final'])} | "
+                f"{fmt(runs['baselines']['final'].get(t))} |"
+                for t, r in separate.items()
+            ),
+            "",
+            f"Summed parameters of the separate models: {sum(r['params'] for r in separate.values()) / 1e6:.2f} M; "
+            f"the unified model: {unified / 1e6:.2f} M for all three tasks.",
+        ]
     default = runs.get("default_seed0")
     stage_times = ", ".join(
         f"{s['task']} {m:.1f} min" for s, m in zip(default["stages"], default["stage_minutes"], strict=True)
@@ -311,7 +330,7 @@ def summary_markdown(results: dict) -> str:
 def main(argv: list[str]) -> dict:
     """Run the benchmark for command-line tokens `argv` (``key=value``); return the results dict."""
     args = parse_args(argv)
-    keys = {"data", "imgsz", "out", "quick", "pretrained", "seeds", "bootstrap", "speed_imgsz", "ablations"}
+    keys = {"data", "imgsz", "out", "quick", "pretrained", "seeds", "bootstrap", "speed_imgsz", "ablations", "separate"}
     if unknown := set(args) - keys:
         raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.hw2")
     quick, t0, commit = bool(args.get("quick", False)), time.time(), git_commit()  # the code that runs
@@ -366,6 +385,14 @@ def main(argv: list[str]) -> dict:
             "stages": with_stage_paths(state["stages"], repo_relative),
         }
 
+    separate = {}
+    if args.get("separate", False):  # the three Ultralytics models a user would otherwise train
+        from benchmarks.separate import train_separate
+
+        shared = {k: v for k, v in common.items() if k != "data"}
+        separate = train_separate(data, out / "separate", shared, force, n_boot)
+        separate = {t: {**r, "weights": repo_relative(r["weights"])} for t, r in separate.items()}
+
     from yolo_unified.benchmark import benchmark
 
     final_weights = states["default_seed0"]["stages"][-1]["weights"]
@@ -397,6 +424,7 @@ def main(argv: list[str]) -> dict:
             "cls_chance": 1 / len(names["cls"]) if "cls" in names else math.nan,
         },
         "runs": runs,
+        **({"separate": separate} if separate else {}),
         "speed": {
             "rows": speed["rows"],
             "checks": speed["checks"],

@@ -66,10 +66,16 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
     for stage in results["runs"]["baselines"]["stages"]:  # each baseline scored with its own model
         assert results["runs"]["baselines"]["final"][stage["task"]]["value"] == pytest.approx(stage["own_score"])
     assert "budget: seg 1 epochs at 64 px, det 1 epochs at 64 px, cls 1 epochs at 64 px" in summary
-    again = main([f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}", "bootstrap=10", "ablations=False"])
+    argv = [f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}", "bootstrap=10", "ablations=False"]
+    again = main([*argv, "separate=True"])
     assert set(again["runs"]) == {"default_seed0", "baselines"}  # the second regime's shorter run
     short = (out / "summary.md").read_text()
     assert "## Final scores" in short and "## Ablations" not in short
+    separate = again["separate"]  # the three Ultralytics models, each scored by its own validator
+    assert [r["model"] for r in separate.values()] == ["yolov8n-sem.yaml", "yolov8n.yaml", "yolov8n-cls.yaml"]
+    assert all(r["params"] > 1e6 and repo_path(r["weights"]).is_file() for r in separate.values())
+    assert "## Separate Ultralytics models" in short and "| det mAP50 | yolov8n.yaml |" in short
+    assert all(r["minutes_this_call"] < 0.2 for r in main([*argv, "separate=True"])["separate"].values())  # skipped
     assert all(run["wall_minutes_this_call"] < 0.5 for run in again["runs"].values())  # finished runs: no retraining
     first = [results["runs"][n] for n in again["runs"]]
     stages = {s["save_dir"]: m for run in first for s, m in zip(run["stages"], run["stage_minutes"], strict=True)}
