@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from ultralytics.utils import torch_utils
 
@@ -19,9 +20,18 @@ def test_benchmark_measures_every_row_and_saves_the_table(tmp_path):
     assert (torch.get_num_threads(), torch_utils.NUM_THREADS) == threads  # restored after the run
     assert out["machine"]["threads"] == 1 and out["machine"]["imgsz"] == 64  # imgsz from the checkpoint
     rows = {(r["name"].split(" (")[0], r["runtime"]): r for r in out["rows"]}
-    for key in [("unified model", "PyTorch eager"), ("unified model", "ONNX Runtime"), ("unified model", "TorchScript"),
-                ("backbone alone", "PyTorch eager"), ("YOLOv8n detector", "PyTorch eager")]:  # fmt: skip
+    separate = ["YOLOv8n detector", "semantic model, YOLOv8n backbone", "YOLOv8n-cls"]
+    keys = [("unified model", "PyTorch eager"), ("unified model", "ONNX Runtime"), ("unified model", "TorchScript"),
+            ("unified model", "OpenVINO fp32"), ("backbone alone", "PyTorch eager"),
+            *((name, runtime) for name in separate for runtime in ("PyTorch eager", "ONNX Runtime"))]  # fmt: skip
+    for key in keys:
         assert key in rows and rows[key]["params"] > 0 and rows[key]["gflops"] > 0, key
+    assert not [key for key in rows if key[1].endswith("INT8")]  # no data to calibrate on: left out
+    for runtime in ("PyTorch eager", "ONNX Runtime"):
+        summed = rows[("three separate Ultralytics models, summed", runtime)]
+        parts = [rows[(name, runtime)] for name in separate]
+        assert summed["params"] == sum(r["params"] for r in parts) > 3 * rows[("unified model", runtime)]["params"]
+        assert summed["median_ms"] == pytest.approx(sum(r["median_ms"] for r in parts))
     assert any("argmax" in name for name, _ in rows) and any("end to end" in name for name, _ in rows)
     assert all(0 < r["median_ms"] <= r["p90_ms"] for r in out["rows"])
     assert rows[("backbone alone", "PyTorch eager")]["params"] < rows[("unified model", "PyTorch eager")]["params"]
@@ -32,3 +42,17 @@ def test_benchmark_measures_every_row_and_saves_the_table(tmp_path):
     assert saved["rows"] == out["rows"]
     table = (tmp_path / "benchmark" / "benchmark.md").read_text()
     assert "| model | runtime |" in table and "1 threads" in table and table.count("\n| ") >= len(out["rows"]) + 4
+
+
+def test_int8_rows_are_calibrated_on_the_data(synth_yaml, tmp_path):
+    weights = tmp_path / "untrained.pt"
+    torch.save({"model": UnifiedModel(task_names=NAMES, verbose=False), "train_args": {"imgsz": 64}}, weights)
+    out = run(["benchmark", f"model={weights}", f"data={synth_yaml}", "runs=3", "warmup=1", "threads=1",
+               f"project={tmp_path}"])  # fmt: skip
+    runtimes = {r["runtime"] for r in out["rows"] if r["name"].startswith("unified model (")}
+    assert {"ONNX Runtime INT8", "OpenVINO INT8", "OpenVINO fp32"} <= runtimes
+    assert set(out["exported"]) == {"ONNX Runtime", "OpenVINO fp32", "ONNX Runtime INT8", "OpenVINO INT8"}
+    assert out["exported"]["ONNX Runtime INT8"].endswith("_int8.onnx")
+    speedup, share = (out["checks"][k]["value"] for k in ("ONNX Runtime fp32 / fastest INT8 latency",
+                      "fastest INT8 / three separate models summed (ONNX Runtime fp32)"))  # fmt: skip
+    assert speedup > 0 and 0 < share < 1

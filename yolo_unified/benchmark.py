@@ -1,10 +1,13 @@
 """``yolo-unified benchmark``: size, CPU latency and memory of the unified model and its references, in one run.
 
 Every row runs in the same process on the same input size at batch 1, with the thread count set explicitly: the unified
-model in PyTorch eager, ONNX Runtime and TorchScript; the backbone alone (layers 0-9) and a plain Ultralytics YOLOv8n
-detector as references; the cost of the segmentation post-processing, upsampling + argmax (in PyTorch as the predictor
-does it, and baked into the ONNX graph); and the whole predictor on a real image. The table is printed and saved as
-``benchmark.md`` and ``benchmark.json`` in ``runs/unified/benchmark*/``.
+model in PyTorch eager, ONNX Runtime and TorchScript, OpenVINO fp32 and, calibrated on the checkpoint's data (or
+``data=``), INT8 in ONNX Runtime and OpenVINO; the backbone alone (layers 0-9); the three separate Ultralytics models a
+user would otherwise deploy (YOLOv8n detector, the semantic model of cfg/models/yolov8n-sem.yaml, YOLOv8n-cls, with the
+checkpoint's class counts) in PyTorch eager and ONNX Runtime, and their summed latency; the cost of the segmentation
+post-processing, upsampling + argmax (in PyTorch as the predictor does it, and baked into the ONNX graph); and the
+whole predictor on a real image. The table is printed and saved as ``benchmark.md`` and ``benchmark.json`` in
+``runs/unified/benchmark*/``; ``exported`` in the result names the unified model's exported files by runtime.
 """
 
 from __future__ import annotations
@@ -26,19 +29,34 @@ import cv2
 import numpy as np
 import torch
 from ultralytics import __version__ as ultralytics_version
+from ultralytics.engine.exporter import Exporter
 from ultralytics.nn.autobackend import AutoBackend
-from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.nn.tasks import ClassificationModel, DetectionModel, SemanticSegmentationModel, load_checkpoint
 from ultralytics.utils import ASSETS, LOGGER, colorstr, torch_utils
 from ultralytics.utils.torch_utils import get_cpu_info, get_flops
 
+from yolo_unified.data.config import ULTRALYTICS_TASK
 from yolo_unified.engine import run_dir
 from yolo_unified.export import UnifiedExporter, check_onnx_packages
 from yolo_unified.models.unified.model import UnifiedYOLO
 from yolo_unified.nn.modules import upsample_logits
-from yolo_unified.nn.tasks import BACKBONE_LAYERS
+from yolo_unified.nn.tasks import BACKBONE_LAYERS, CFG_DIR
 
 BUDGET_MS = 150.0  # per-image latency budget
-MAX_OVERHEAD = 1.5  # target: the full unified model at most 1.5x the backbone's latency
+MAX_OVERHEAD = 1.3  # target: the full unified model at most 1.3x the backbone's latency
+MIN_INT8_SPEEDUP = 1.5  # target: the fastest INT8 model at least 1.5x faster than ONNX Runtime fp32
+MAX_SEPARATE_SHARE = 0.2  # target: unified INT8 at most 1/5 of the three separate models' summed latency
+SEPARATE = (  # the separate Ultralytics models of the comparison: task, model YAML, class, row name
+    ("det", "yolov8n.yaml", DetectionModel, "YOLOv8n detector"),
+    (
+        "seg",
+        str(CFG_DIR / "models" / "yolov8n-sem.yaml"),
+        SemanticSegmentationModel,
+        "semantic model, YOLOv8n backbone",
+    ),
+    ("cls", "yolov8n-cls.yaml", ClassificationModel, "YOLOv8n-cls"),
+)
+SEPARATE_SUM = "three separate Ultralytics models, summed"
 PROC = Path("/proc/self")  # Linux: resident memory now (VmRSS) and at its peak (VmHWM, reset via clear_refs)
 Runner = Callable[[], Any]
 
@@ -128,6 +146,20 @@ def ort_runner(file: str, x: torch.Tensor, threads: int) -> Runner:
     return lambda: session.run(None, feed)
 
 
+def openvino_runner(folder: str, x: torch.Tensor, threads: int) -> Runner:
+    """An OpenVINO CPU inference request on the model in `folder`, `threads` threads, fp32 precision where the model
+    is not quantized (OpenVINO would otherwise pick bf16 on CPUs that have it)."""
+    import openvino
+
+    core = openvino.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    request = core.compile_model(
+        core.read_model(next(Path(folder).glob("*.xml"))), "CPU", config
+    ).create_infer_request()
+    feed = [x.numpy()]
+    return lambda: request.infer(feed)
+
+
 def target(value: float, goal: str, met: bool) -> dict[str, Any]:
     """One latency target: measured value, goal, whether it is met."""
     return {"value": round(value, 2), "target": goal, "met": bool(met)}
@@ -147,9 +179,14 @@ def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 class Benchmark:
     """The rows of one benchmark run; see the module docstring."""
 
-    def __init__(self, model: str, imgsz: int | None, runs: int, warmup: int, threads: int, save_dir: Path):
-        """Load the checkpoint (``imgsz`` defaults to its training size); nothing is measured yet."""
+    def __init__(
+        self, model: str, imgsz: int | None, runs: int, warmup: int, threads: int, save_dir: Path, data: str | None
+    ):
+        """Load the checkpoint (``imgsz`` defaults to its training size, INT8 calibration ``data`` to its training
+        data); nothing is measured yet."""
         self.weights, self.runs, self.warmup, self.threads, self.save_dir = model, runs, warmup, threads, save_dir
+        self.data = data
+        self.exported: dict[str, str] = {}  # runtime -> exported file of the unified model
         self.model = load_checkpoint(model)[0].float().eval()
         self.imgsz = int(imgsz or self.model.args["imgsz"])
         self.x = torch.rand(1, 3, self.imgsz, self.imgsz, generator=torch.Generator().manual_seed(0))
@@ -167,12 +204,54 @@ class Benchmark:
         self.rows.append(Row(name, runtime, *(size or (None, None)), median, p90, peak, added))
         LOGGER.info(f"{name:<56} {runtime:<14} median {median:7.2f} ms  p90 {p90:7.2f} ms")
 
-    def export(self, fmt: str, seg_argmax: bool = False) -> str:
-        """Export the checkpoint into the run directory with ``UnifiedExporter`` (static shape, batch 1)."""
+    def export(self, fmt: str, seg_argmax: bool = False, quantize: int | None = None) -> str:
+        """Export the checkpoint into the run directory with ``UnifiedExporter`` (static shape, batch 1; INT8
+        calibrated on ``data``)."""
         model = deepcopy(self.model)
         model.pt_path = str(self.save_dir / f"{Path(self.weights).stem}{'-argmax' if seg_argmax else ''}.pt")
         args = {"format": fmt, "imgsz": self.imgsz, "batch": 1, "device": "cpu", "verbose": False}
+        if quantize:
+            args.update(quantize=quantize, data=self.data)
         return UnifiedExporter(overrides=args, seg_argmax=seg_argmax)(model)
+
+    def measure_int8(self, unified: str, size: tuple[int, float]) -> None:
+        """OpenVINO fp32 and the INT8 rows (ONNX Runtime, OpenVINO); without calibration data the INT8 rows are left
+        out with a warning naming ``data=``."""
+        folder = self.exported["OpenVINO fp32"] = self.export("openvino")
+        self.measure(unified, "OpenVINO fp32", lambda: openvino_runner(folder, self.x, self.threads), size)
+        try:
+            onnx_int8 = self.exported["ONNX Runtime INT8"] = self.export("onnx", quantize=8)
+        except (ValueError, FileNotFoundError) as e:
+            LOGGER.warning(f"benchmark: INT8 rows left out: {e}")
+            return
+        self.measure(unified, "ONNX Runtime INT8", lambda: ort_runner(onnx_int8, self.x, self.threads), size)
+        folder = self.exported["OpenVINO INT8"] = self.export("openvino", quantize=8)
+        self.measure(unified, "OpenVINO INT8", lambda: openvino_runner(folder, self.x, self.threads), size)
+
+    def measure_separate(self) -> None:
+        """The separate Ultralytics models with the checkpoint's class counts, in PyTorch eager and ONNX Runtime (an
+        untrained model has the latency of a trained one), and their summed latency per runtime."""
+        rows = {"PyTorch eager": [], "ONNX Runtime": []}
+        for task, yaml_file, model_class, name in SEPARATE:
+            net = model_class(yaml_file, nc=len(self.model.task_names[task]), verbose=False).eval()
+            size = model_size(net, self.imgsz)
+            backend = AutoBackend(deepcopy(net), verbose=False)
+            self.measure(
+                f"{name} (Ultralytics)", "PyTorch eager", lambda b=backend: partial(torch_forward, b, self.x), size
+            )
+            rows["PyTorch eager"].append(self.rows[-1])
+            net.pt_path = str(self.save_dir / f"separate-{task}.pt")
+            net.args, net.task = {"imgsz": self.imgsz, "data": None}, ULTRALYTICS_TASK[task]
+            args = {"format": "onnx", "imgsz": self.imgsz, "batch": 1, "device": "cpu", "verbose": False}
+            onnx_file = Exporter(overrides=args)(net)
+            self.measure(
+                f"{name} (Ultralytics)", "ONNX Runtime", lambda f=onnx_file: ort_runner(f, self.x, self.threads), size
+            )
+            rows["ONNX Runtime"].append(self.rows[-1])
+        for runtime, parts in rows.items():
+            params, gflops = sum(r.params for r in parts), sum(r.gflops for r in parts)
+            median, p90 = sum(r.median_ms for r in parts), sum(r.p90_ms for r in parts)
+            self.rows.append(Row(SEPARATE_SUM, runtime, params, gflops, median, p90, None, None))
 
     def run(self) -> list[Row]:
         """Measure every row, in the order of the table."""
@@ -180,10 +259,11 @@ class Benchmark:
         eager = AutoBackend(deepcopy(self.model), verbose=False)  # as the predictor runs it: fused, channels_last
         size = model_size(self.model, self.imgsz)  # as trained (fusing gives each level its own tower conv copy)
         self.measure(unified, eager_rt, lambda: partial(torch_forward, eager, self.x), size)
-        onnx_file = self.export("onnx")
+        onnx_file = self.exported["ONNX Runtime"] = self.export("onnx")
         self.measure(unified, "ONNX Runtime", lambda: ort_runner(onnx_file, self.x, self.threads), size)
         ts_file = self.export("torchscript")
         self.measure(unified, "TorchScript", lambda: partial(torch_forward, AutoBackend(ts_file), self.x), size)
+        self.measure_int8(unified, size)
 
         backbone = AutoBackend(torch.nn.Sequential(*eager.model.model[:BACKBONE_LAYERS]), verbose=False)
         name = f"backbone alone (layers 0-{BACKBONE_LAYERS - 1})"
@@ -192,9 +272,7 @@ class Benchmark:
         )
         full_run, backbone_run = partial(torch_forward, eager, self.x), partial(torch_forward, backbone, self.x)
         self.overhead = paired_ratio(full_run, backbone_run, self.runs, self.warmup)  # the 1.5x target's measure
-        yolov8n = AutoBackend(DetectionModel("yolov8n.yaml", verbose=False), verbose=False)
-        name, size = "YOLOv8n detector (Ultralytics, 80 classes)", model_size(yolov8n.model, self.imgsz)
-        self.measure(name, eager_rt, lambda: partial(torch_forward, yolov8n, self.x), size)
+        self.measure_separate()
 
         with torch.inference_mode():
             logits = eager(self.x)[1]
@@ -211,15 +289,27 @@ class Benchmark:
 
     def checks(self) -> dict[str, dict[str, Any]]:
         """The latency targets, evaluated on this run's rows."""
-        eager, ort = (self.rows[i].median_ms for i in (0, 1))  # see the order in run()
+        median = {(r.name, r.runtime): r.median_ms for r in self.rows}
+        unified = self.rows[0].name
+        eager, ort = median[unified, "PyTorch eager"], median[unified, "ONNX Runtime"]
         worst = max(r.p90_ms for r in self.rows)
-        return {
+        checks = {
             "full model / backbone latency (PyTorch eager, timed in alternation)": target(
                 self.overhead, f"<= {MAX_OVERHEAD}", self.overhead <= MAX_OVERHEAD
             ),
             "ONNX Runtime / PyTorch eager latency": target(ort / eager, "< 1", ort < eager),
             "slowest p90 (ms)": target(worst, f"< {BUDGET_MS:g}", worst < BUDGET_MS),
         }
+        int8 = [median[k] for k in median if k[0] == unified and k[1].endswith("INT8")]
+        if int8:
+            speedup, share = ort / min(int8), min(int8) / median[SEPARATE_SUM, "ONNX Runtime"]
+            checks["ONNX Runtime fp32 / fastest INT8 latency"] = target(
+                speedup, f">= {MIN_INT8_SPEEDUP}", speedup >= MIN_INT8_SPEEDUP
+            )
+            checks["fastest INT8 / three separate models summed (ONNX Runtime fp32)"] = target(
+                share, f"<= {MAX_SEPARATE_SHARE}", share <= MAX_SEPARATE_SHARE
+            )
+        return checks
 
     def machine(self) -> dict[str, Any]:
         """What the numbers were measured on and with."""
@@ -269,6 +359,7 @@ def markdown(machine: dict[str, Any], rows: list[Row], checks: dict[str, dict[st
 def benchmark(
     model: str,
     imgsz: int | None = None,
+    data: str | None = None,
     runs: int = 50,
     warmup: int = 10,
     threads: int | None = None,
@@ -278,7 +369,8 @@ def benchmark(
 ) -> dict[str, Any]:
     """Benchmark a unified checkpoint (see the module docstring); return ``{"machine", "rows", "checks", "save_dir"}``.
 
-    ``imgsz`` defaults to the checkpoint's training size, ``threads`` to every logical core.
+    ``imgsz`` defaults to the checkpoint's training size, ``data`` (INT8 calibration) to the checkpoint's training
+    data, ``threads`` to every logical core.
     """
     if not str(model).endswith(".pt"):
         raise ValueError(f"benchmark needs a unified *.pt checkpoint, got '{model}'")
@@ -289,12 +381,12 @@ def benchmark(
     save_dir.mkdir(parents=True, exist_ok=True)
     threads = threads or os.cpu_count() or 1
     with pinned_threads(threads):
-        bench = Benchmark(model, imgsz, runs, warmup, threads, save_dir)
+        bench = Benchmark(model, imgsz, runs, warmup, threads, save_dir, data)
         rows = bench.run()
         checks, machine = bench.checks(), bench.machine()
     table = markdown(machine, rows, checks)
     (save_dir / "benchmark.md").write_text(table)
-    result = {"machine": machine, "rows": [asdict(r) for r in rows], "checks": checks}
+    result = {"machine": machine, "rows": [asdict(r) for r in rows], "checks": checks, "exported": bench.exported}
     (save_dir / "benchmark.json").write_text(json.dumps(result, indent=2))
     LOGGER.info(f"\n{colorstr('bold', 'yolo-unified benchmark')}\n{table}Results saved to {colorstr('bold', save_dir)}")
     return {**result, "save_dir": str(save_dir)}

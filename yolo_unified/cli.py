@@ -12,7 +12,7 @@ from ultralytics.utils import LOGGER, YAML
 
 import yolo_unified
 
-BENCHMARK_KEYS = {"model", "imgsz", "runs", "warmup", "threads", "project", "name", "exist_ok"}
+BENCHMARK_KEYS = {"model", "imgsz", "data", "runs", "warmup", "threads", "project", "name", "exist_ok"}
 MODES = ("train", "val", "predict", "export", "benchmark", "data")
 HELP = f"""yolo-unified {yolo_unified.__version__}: one YOLOv8n model, one head, three tasks (det, seg, cls).
 
@@ -45,7 +45,8 @@ format   export: onnx, torchscript, openvino (tested on CPU), or any Ultralytics
 quantize export: 8 = INT8 (onnx, openvino), calibrated on data= (default: the checkpoint's training data): the split=
          (val) images of every task in equal shares, fraction= of them; 16 = FP16
 seg_argmax  export: True bakes the segmentation argmax into the graph (output seg = class map, not logits)
-runs, warmup, threads   benchmark: timed runs (default 50), warm-up runs (10), CPU threads (all cores)
+runs, warmup, threads   benchmark: timed runs (default 50), warm-up runs (10), CPU threads (all cores); its data=
+         calibrates the INT8 rows (default: the checkpoint's training data; without any, those rows are left out)
 other    any Ultralytics train/val/predict/export argument: epochs, imgsz, batch, lr0, conf, iou, dynamic, ...
 """
 
