@@ -4,6 +4,7 @@
     python -m benchmarks.hw2 ... pretrained=../shared/weights/yolov8n-cls-imagenette.pt   # the pretrained regime
     python -m benchmarks.hw2 ... ablations=False   # baselines and the default protocol only (a second regime)
     python -m benchmarks.hw2 ... separate=True     # adds the three separate Ultralytics models (benchmarks.separate)
+    python -m benchmarks.hw2 ... runtimes=True     # adds the final model's accuracy per runtime (benchmarks.runtimes)
     python -m benchmarks.hw2 data=datasets/unified-synth.yaml quick=True out=/tmp/quick    # a smoke run, minutes
 
 ``data`` is the raw HW2 folder (converted into ``datasets/hw2`` first, as ``yolo-unified data prepare`` does) or a
@@ -318,6 +319,22 @@ def summary_markdown(results: dict) -> str:
             f"Summed parameters of the separate models: {sum(r['params'] for r in separate.values()) / 1e6:.2f} M; "
             f"the unified model: {unified / 1e6:.2f} M for all three tasks.",
         ]
+    if runtimes := results.get("runtimes"):
+        lines += [
+            "",
+            "## Accuracy per runtime (the default protocol's final model, seed 0; INT8 calibrated on the val images "
+            "of every task)",
+            "",
+            "| runtime | mIoU | mAP50 | top-1 |",
+            "|---|---|---|---|",
+            *(
+                f"| {label} | {' | '.join(fmt(scores.get(t)) for t in ('seg', 'det', 'cls'))} |"
+                for label, scores in runtimes.items()
+                if label != "openvino_precision"
+            ),
+            "",
+            f"OpenVINO runs its fp32 model at its CPU plugin's default precision: {runtimes['openvino_precision']}.",
+        ]
     default = runs.get("default_seed0")
     stage_times = ", ".join(
         f"{s['task']} {m:.1f} min" for s, m in zip(default["stages"], default["stage_minutes"], strict=True)
@@ -331,6 +348,7 @@ def main(argv: list[str]) -> dict:
     """Run the benchmark for command-line tokens `argv` (``key=value``); return the results dict."""
     args = parse_args(argv)
     keys = {"data", "imgsz", "out", "quick", "pretrained", "seeds", "bootstrap", "speed_imgsz", "ablations", "separate"}
+    keys |= {"runtimes"}
     if unknown := set(args) - keys:
         raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.hw2")
     quick, t0, commit = bool(args.get("quick", False)), time.time(), git_commit()  # the code that runs
@@ -405,6 +423,13 @@ def main(argv: list[str]) -> dict:
         name="speed",
         exist_ok=True,
     )
+    runtimes = {}
+    if args.get("runtimes", False):  # the final model's accuracy in every runtime, fp32 and INT8
+        from benchmarks.runtimes import runtime_scores
+
+        config = states["default_seed0"]["config"]
+        imgsz = {s["task"]: {**config["common"], **s}.get("imgsz", 640) for s in config["stages"]}
+        runtimes = runtime_scores(final_weights, data, imgsz, out / "runtimes", n_boot)
     record = invocation(t0, commit)
     minutes = {s["save_dir"]: m for r in runs.values() for s, m in zip(r["stages"], r["stage_minutes"], strict=True)}
     results = {
@@ -425,6 +450,7 @@ def main(argv: list[str]) -> dict:
         },
         "runs": runs,
         **({"separate": separate} if separate else {}),
+        **({"runtimes": runtimes} if runtimes else {}),
         "speed": {
             "rows": speed["rows"],
             "checks": speed["checks"],

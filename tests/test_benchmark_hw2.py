@@ -67,7 +67,7 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
         assert results["runs"]["baselines"]["final"][stage["task"]]["value"] == pytest.approx(stage["own_score"])
     assert "budget: seg 1 epochs at 64 px, det 1 epochs at 64 px, cls 1 epochs at 64 px" in summary
     argv = [f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}", "bootstrap=10", "ablations=False"]
-    again = main([*argv, "separate=True"])
+    again = main([*argv, "separate=True", "runtimes=True"])
     assert set(again["runs"]) == {"default_seed0", "baselines"}  # the second regime's shorter run
     short = (out / "summary.md").read_text()
     assert "## Final scores" in short and "## Ablations" not in short
@@ -76,6 +76,13 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
     assert all(r["params"] > 1e6 and repo_path(r["weights"]).is_file() for r in separate.values())
     assert "## Separate Ultralytics models" in short and "| det mAP50 | yolov8n.yaml |" in short
     assert all(r["minutes_this_call"] < 0.2 for r in main([*argv, "separate=True"])["separate"].values())  # skipped
+    runtimes = again["runtimes"]  # every runtime scores every task; fp32 exports agree with PyTorch
+    assert set(runtimes) == {"openvino_precision", "PyTorch", "ONNX Runtime fp32", "ONNX Runtime INT8",
+                             "OpenVINO fp32", "OpenVINO INT8"}  # fmt: skip
+    assert runtimes["ONNX Runtime fp32"]["cls"]["value"] == pytest.approx(runtimes["PyTorch"]["cls"]["value"])
+    assert all(math.isfinite(s["value"]) for label, r in runtimes.items() if label != "openvino_precision"
+               for s in r.values())  # fmt: skip
+    assert "## Accuracy per runtime" in short and "| OpenVINO INT8 |" in short
     assert all(run["wall_minutes_this_call"] < 0.5 for run in again["runs"].values())  # finished runs: no retraining
     first = [results["runs"][n] for n in again["runs"]]
     stages = {s["save_dir"]: m for run in first for s, m in zip(run["stages"], run["stage_minutes"], strict=True)}

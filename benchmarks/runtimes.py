@@ -1,0 +1,87 @@
+"""Accuracy of a unified checkpoint in every CPU runtime it ships to: PyTorch, ONNX Runtime, OpenVINO, fp32 and INT8.
+
+    python -m benchmarks.runtimes model=best.pt data=datasets/hw2.yaml [imgsz=320] [cls_imgsz=160] [out=...]
+
+Each runtime's model is exported with dynamic input size (one file serves every task's image size) by
+``yolo-unified export``'s code; the INT8 ones are calibrated on the val images of every task of ``data`` (equal
+shares, letterboxed to ``imgsz``). Every task is then scored by the unified validators exactly as ``yolo-unified val``
+scores the checkpoint, with a 95% bootstrap interval over the val images. OpenVINO runs its fp32 model at its own
+default precision, which is bf16 on CPUs with AMX or AVX512-BF16 (``openvino_precision`` in the result says which).
+Exports are kept in ``out`` and reused by a re-run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from ultralytics.utils import LOGGER, colorstr
+
+from benchmarks.bootstrap import bootstrapped
+from yolo_unified.cli import parse_args
+from yolo_unified.data.config import load_data_config, task_names
+from yolo_unified.models.unified.model import UnifiedYOLO
+
+RUNTIMES = {  # label -> (export format, quantize); PyTorch runs the checkpoint itself
+    "PyTorch": (None, None),
+    "ONNX Runtime fp32": ("onnx", None),
+    "ONNX Runtime INT8": ("onnx", 8),
+    "OpenVINO fp32": ("openvino", None),
+    "OpenVINO INT8": ("openvino", 8),
+}
+
+
+def exported(weights: str, out: Path, fmt: str | None, quantize: int | None, data: str, imgsz: int) -> str:
+    """The checkpoint exported to `fmt` (dynamic input size) inside `out`, reusing an earlier export."""
+    if fmt is None:
+        return weights
+    out.mkdir(parents=True, exist_ok=True)
+    copy = out / "best.pt"
+    if not copy.is_file():
+        shutil.copy(weights, copy)
+    name = {("onnx", None): "best.onnx", ("onnx", 8): "best_int8.onnx"}.get((fmt, quantize))
+    name = name or ("best_int8_openvino_model" if quantize else "best_openvino_model")
+    if (out / name).exists():
+        return str(out / name)
+    args = {"format": fmt, "imgsz": imgsz, "dynamic": True, "batch": 1, "data": data}
+    return UnifiedYOLO(str(copy)).export(**args, **({"quantize": quantize} if quantize else {}))
+
+
+def openvino_precision() -> str:
+    """The precision OpenVINO's CPU plugin runs fp32 models at by default on this machine (f32, bf16, f16)."""
+    import openvino
+
+    return str(openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+
+
+def runtime_scores(
+    weights: str, data: str, imgsz: dict[str, int], out: Path, n_boot: int = 1000
+) -> dict[str, dict[str, Any]]:
+    """Every task's bootstrapped score in every runtime of `RUNTIMES` (`imgsz`: each task's image size)."""
+    names = task_names(load_data_config(data))
+    scores: dict[str, Any] = {"openvino_precision": openvino_precision()}
+    for label, (fmt, quantize) in RUNTIMES.items():
+        model = exported(weights, out, fmt, quantize, data, max(imgsz.values()))
+        folder = out / "bootstrap" / label.replace(" ", "-")
+        scores[label] = {t: bootstrapped(model, data, t, imgsz[t], names[t], n_boot, folder / t) for t in names}
+        values = ", ".join(f"{t} {s['value']:.4f}" for t, s in scores[label].items())
+        LOGGER.info(f"{colorstr('benchmarks.runtimes:')} {label}: {values}")
+    return scores
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """Score a checkpoint in every runtime for command-line tokens `argv` (``key=value``)."""
+    args = parse_args(argv)
+    if unknown := set(args) - {"model", "data", "imgsz", "cls_imgsz", "out", "bootstrap"}:
+        raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.runtimes")
+    data = str(args.get("data", "datasets/hw2.yaml"))
+    size = int(args.get("imgsz", 320))
+    imgsz = {t: int(args.get("cls_imgsz", 160)) if t == "cls" else size for t in load_data_config(data)["tasks"]}
+    out = Path(args.get("out", "runs/unified/runtimes")).resolve()
+    return runtime_scores(str(args["model"]), data, imgsz, out, int(args.get("bootstrap", 1000)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
