@@ -5,6 +5,7 @@
     python -m benchmarks.hw2 ... ablations=False   # baselines and the default protocol only (a second regime)
     python -m benchmarks.hw2 ... separate=True     # adds the three separate Ultralytics models (benchmarks.separate)
     python -m benchmarks.hw2 ... runtimes=True     # adds the final model's accuracy per runtime (benchmarks.runtimes)
+    python -m benchmarks.hw2 ... deployed=True     # adds the deployed path's scores (benchmarks.deployed)
     python -m benchmarks.hw2 data=datasets/unified-synth.yaml quick=True out=/tmp/quick    # a smoke run, minutes
 
 ``data`` is the raw HW2 folder (converted into ``datasets/hw2`` first, as ``yolo-unified data prepare`` does) or a
@@ -335,6 +336,30 @@ def summary_markdown(results: dict) -> str:
             "",
             f"OpenVINO runs its fp32 model at its CPU plugin's default precision: {runtimes['openvino_precision']}.",
         ]
+    if deployed := {name: run for name, run in runs.items() if run.get("deployed")}:
+        lines += [
+            "",
+            "## Deployed path (each task as `yolo-unified predict` serves it: one letterboxed pass at the model's "
+            "image size, the predictor's NMS with one class per box at conf 0.25; benchmarks.deployed)",
+            "",
+            "| run | mIoU: validator / deployed | mAP50: validator / deployed | top-1: validator / deployed |",
+            "|---|---|---|---|",
+            *(
+                f"| {run['label']} | "
+                + " | ".join(
+                    f"{fmt(run['final'].get(t))} / {fmt(run['deployed'].get(t))}" for t in ("seg", "det", "cls")
+                )
+                + " |"
+                for run in deployed.values()
+            ),
+        ]
+        if (det := (results.get("separate") or {}).get("det", {})).get("deployed"):
+            lines += [
+                "",
+                f"The separate YOLOv8n detector the same way: mAP50 {fmt(det['final'])} (validator) / "
+                f"{fmt(det['deployed'])} (its predictor's NMS); the separate segmentation and classification models "
+                "predict as they validate.",
+            ]
     default = runs.get("default_seed0")
     stage_times = ", ".join(
         f"{s['task']} {m:.1f} min" for s, m in zip(default["stages"], default["stage_minutes"], strict=True)
@@ -348,7 +373,7 @@ def main(argv: list[str]) -> dict:
     """Run the benchmark for command-line tokens `argv` (``key=value``); return the results dict."""
     args = parse_args(argv)
     keys = {"data", "imgsz", "out", "quick", "pretrained", "seeds", "bootstrap", "speed_imgsz", "ablations", "separate"}
-    keys |= {"runtimes"}
+    keys |= {"runtimes", "deployed"}
     if unknown := set(args) - keys:
         raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.hw2")
     quick, t0, commit = bool(args.get("quick", False)), time.time(), git_commit()  # the code that runs
@@ -423,6 +448,17 @@ def main(argv: list[str]) -> dict:
         name="speed",
         exist_ok=True,
     )
+    if args.get("deployed", False):  # each task as the predictor serves it: one pass at the model's image size
+        from benchmarks.deployed import deployed_scores, separate_deployed_detection
+
+        for name in [n for n in runs if n.startswith("default")]:
+            final = out / name / "weights" / "best.pt"
+            imgsz = torch.load(final, map_location="cpu", weights_only=False)["train_args"]["imgsz"]
+            runs[name]["deployed"] = deployed_scores(str(final), data, imgsz, out / name / "deployed", n_boot)
+        if "det" in separate:
+            det = separate["det"]
+            det["deployed"] = separate_deployed_detection(repo_path(det["weights"]), data, out / "separate", n_boot)
+
     runtimes = {}
     if args.get("runtimes", False):  # the final model's accuracy in every runtime, fp32 and INT8
         from benchmarks.runtimes import runtime_scores

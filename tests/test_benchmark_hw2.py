@@ -67,7 +67,7 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
         assert results["runs"]["baselines"]["final"][stage["task"]]["value"] == pytest.approx(stage["own_score"])
     assert "budget: seg 1 epochs at 64 px, det 1 epochs at 64 px, cls 1 epochs at 64 px" in summary
     argv = [f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}", "bootstrap=10", "ablations=False"]
-    again = main([*argv, "separate=True", "runtimes=True"])
+    again = main([*argv, "separate=True", "runtimes=True", "deployed=True"])
     assert set(again["runs"]) == {"default_seed0", "baselines"}  # the second regime's shorter run
     short = (out / "summary.md").read_text()
     assert "## Final scores" in short and "## Ablations" not in short
@@ -83,6 +83,10 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
     assert all(math.isfinite(s["value"]) for label, r in runtimes.items() if label != "openvino_precision"
                for s in r.values())  # fmt: skip
     assert "## Accuracy per runtime" in short and "| OpenVINO INT8 |" in short
+    deployed = again["runs"]["default_seed0"]["deployed"]  # the predictor's path: seg as validated at the same size
+    assert set(deployed) == {"seg", "det", "cls"} and "## Deployed path" in short
+    assert deployed["seg"]["value"] == pytest.approx(again["runs"]["default_seed0"]["final"]["seg"]["value"])
+    assert math.isfinite(again["separate"]["det"]["deployed"]["value"]) and "separate YOLOv8n detector" in short
     assert all(run["wall_minutes_this_call"] < 0.5 for run in again["runs"].values())  # finished runs: no retraining
     first = [results["runs"][n] for n in again["runs"]]
     stages = {s["save_dir"]: m for run in first for s, m in zip(run["stages"], run["stage_minutes"], strict=True)}

@@ -259,7 +259,7 @@ def test_protocol_with_a_joint_stage_then_a_sequential_one(synth_yaml, tmp_path)
     after stage 1 and measures their forgetting after stage 2."""
     stages = [
         {"tasks": ["seg", "det"], "epochs": 2, "balance": "uncertainty"},
-        {"task": "cls", "epochs": 1, "lr_mult": {"backbone": 0.1, "neck": 0.1, "tower": 0.1, "cls": 10.0},
+        {"task": "cls", "epochs": 1, "imgsz": 32, "lr_mult": {"backbone": 0.1, "neck": 0.1, "tower": 0.1, "cls": 10.0},
          "feat_distill": {"weight": 1.0}},
     ]  # fmt: skip
     state = engine.train(stages=stages, data=synth_yaml, project=str(tmp_path), name="js", **TINY)
@@ -275,6 +275,8 @@ def test_protocol_with_a_joint_stage_then_a_sequential_one(synth_yaml, tmp_path)
     forgetting_row = next(line for line in md.splitlines() if line.startswith("| forgetting"))
     assert forgetting_row.count("PASS") + forgetting_row.count("FAIL") == 3  # seg and det after stage 1, cls its own
     assert (root / "forgetting_heatmap.png").is_file() and (root / "weights/best.pt").is_file()
+    final_imgsz = torch.load(root / "weights/best.pt", weights_only=False)["train_args"]["imgsz"]
+    assert final_imgsz == 64 and torch.load(second["weights"], weights_only=False)["train_args"]["imgsz"] == 32
     with pytest.raises(ValueError, match="stage 1: give either task .* or tasks"):
         engine.train(stages=[{"task": "seg", "tasks": ["det"]}], data=synth_yaml, project=str(tmp_path))
     with pytest.raises(ValueError, match=r"stage 2: tasks must name distinct tasks .* got \['cls', 'cls'\]"):

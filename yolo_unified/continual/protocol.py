@@ -69,7 +69,8 @@ class Protocol:
     beside the stage's ``best.pt`` (`stage_memory` reads it), so every ``best.pt`` is a plain Ultralytics checkpoint.
     A stage that keeps no weights keeps no memory either: the next one continues from the previous weights and their
     memory.
-    The final model, ``<root>/weights/best.pt``, has its memory beside it too: a protocol started from it goes on
+    The final model, ``<root>/weights/best.pt``, records the largest image size of the stages as its own (what
+    predict and export use by default) and has its memory beside it too: a protocol started from it goes on
     with it.
     """
 
@@ -96,6 +97,12 @@ class Protocol:
         args = self.stage_args(i)
         args.update((args.get("task_args") or {}).get(task) or {})
         return {"imgsz": args.get("imgsz", 640), "batch": args.get("batch", 16)}
+
+    def deployment_imgsz(self) -> int:
+        """The image size the final model predicts and exports at by default: the largest any task was trained at
+        (the last stage's alone, e.g. classification at 160, would shrink detection and segmentation)."""
+        tasks = {t for stage in self.stages for t in stage_tasks(stage)}
+        return max(int(self.eval_args(t)["imgsz"]) for t in tasks)
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) every stage, then write the forgetting report; return the protocol state."""
@@ -159,6 +166,7 @@ class Protocol:
         final.parent.mkdir(exist_ok=True)
         ckpt = torch.load(done[-1]["weights"], map_location="cpu", weights_only=False)
         memory = ckpt.pop("continual", None) or stage_memory(done[-1]["weights"])  # inside: before memory.pt existed
+        ckpt["train_args"] = {**(ckpt.get("train_args") or {}), "imgsz": self.deployment_imgsz()}
         save_atomically(ckpt, final)
         save_atomically(memory, memory_file(final))
         limit = float(self.common.get("forget_limit", 0.05))

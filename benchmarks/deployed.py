@@ -1,0 +1,121 @@
+"""Scores of the deployed path: every task as ``yolo-unified predict`` (and an exported model run alike) serves it.
+
+    python -m benchmarks.deployed model=best.pt data=datasets/hw2.yaml [imgsz=320] [out=...]
+
+The validators score each task the way its own Ultralytics task does; a deployed unified model makes one letterboxed
+pass for all tasks. The differences, each measured here with the validators' own metric code (and bootstrap intervals):
+
+- every task at one image size, the predictor's (``imgsz``: by default the checkpoint's);
+- detection after the predictor's NMS: one class per box, its default ``conf`` 0.25, ``iou`` 0.7, ``max_det`` 300 (the
+  validator keeps a candidate box for every class above 0.001, which mAP rewards);
+- classification on the whole image letterboxed like the other tasks (the validator resizes and centre-crops);
+- segmentation letterboxed as in validation (only the image size can differ).
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from ultralytics.models.yolo.detect import DetectionValidator
+from ultralytics.utils import nms
+from ultralytics.utils.checks import check_imgsz
+
+from benchmarks.bootstrap import bootstrapped
+from yolo_unified.cli import parse_args
+from yolo_unified.data.config import load_data_config, task_names
+from yolo_unified.models.unified.predict import letterbox
+from yolo_unified.models.unified.val import (
+    UnifiedClassificationValidator,
+    UnifiedDetectionValidator,
+    UnifiedSegmentationValidator,
+)
+
+PREDICT_NMS = {"conf_thres": 0.25, "iou_thres": 0.7, "max_det": 300}  # Ultralytics' predictor defaults
+
+
+class PredictorNMSMixin:
+    """A detection validator that scores the boxes the predictor returns: one class per box after NMS at the
+    predictor's defaults. Works for the unified model and for an Ultralytics detector (both give boxes first)."""
+
+    def postprocess(self, preds: Any) -> list[dict[str, torch.Tensor]]:
+        """The predictor's NMS on the detection output."""
+        if isinstance(preds, (list, tuple)):
+            preds = preds[0]
+        kept = nms.non_max_suppression(preds, multi_label=False, **PREDICT_NMS)
+        return [{"bboxes": x[:, :4], "conf": x[:, 4], "cls": x[:, 5], "extra": x[:, 6:]} for x in kept]
+
+
+class DeployedDetectionValidator(PredictorNMSMixin, UnifiedDetectionValidator):
+    """The unified model's detection as the predictor serves it."""
+
+
+class SeparateDeployedDetectionValidator(PredictorNMSMixin, DetectionValidator):
+    """An Ultralytics detector's detection as its predictor serves it."""
+
+
+def letterboxed_tensor(image: Image.Image, imgsz: int) -> torch.Tensor:
+    """An RGB image letterboxed as the predictor does, as a float CHW tensor in [0, 1]."""
+    boxed, _ = letterbox(np.asarray(image), [imgsz, imgsz])
+    return torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1))).float() / 255
+
+
+class DeployedClassificationValidator(UnifiedClassificationValidator):
+    """Top-1 of the class the predictor returns: the whole image letterboxed, no centre crop."""
+
+    def build_dataset(self, img_path: str):
+        """Ultralytics' classification val dataset with the predictor's letterbox in place of resize + crop."""
+        dataset = super().build_dataset(img_path)
+        dataset.torch_transforms = partial(letterboxed_tensor, imgsz=self.args.imgsz)
+        return dataset
+
+
+DEPLOYED = {
+    "seg": UnifiedSegmentationValidator,
+    "det": DeployedDetectionValidator,
+    "cls": DeployedClassificationValidator,
+}
+
+
+def deployed_scores(weights: str, data: str, imgsz: int, out: Path, n_boot: int = 1000) -> dict[str, dict[str, Any]]:
+    """Every task's bootstrapped score on the deployed path at one image size `imgsz`."""
+    names = task_names(load_data_config(data))
+    imgsz = check_imgsz(imgsz, stride=32)
+    return {t: bootstrapped(weights, data, t, imgsz, names[t], n_boot, out / t, DEPLOYED[t]) for t in names}
+
+
+def separate_deployed_detection(weights: str | Path, data: str, out: Path, n_boot: int = 1000) -> dict[str, Any]:
+    """The separate Ultralytics detector's (`benchmarks.separate`) mAP50 as its predictor serves it."""
+    from benchmarks.separate import ultralytics_data
+
+    ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+    imgsz, names = ckpt["train_args"]["imgsz"], task_names(load_data_config(data))["det"]
+    det_data = ultralytics_data(data, "det", out)
+    return bootstrapped(
+        str(weights), det_data, "det", imgsz, names, n_boot, out / "deployed", SeparateDeployedDetectionValidator
+    )
+
+
+def main(argv: list[str]) -> dict[str, dict[str, Any]]:
+    """Score a checkpoint on the deployed path for command-line tokens `argv` (``key=value``)."""
+    args = parse_args(argv)
+    if unknown := set(args) - {"model", "data", "imgsz", "out", "bootstrap"}:
+        raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.deployed")
+    model = str(args["model"])
+    imgsz = int(args.get("imgsz") or torch.load(model, map_location="cpu", weights_only=False)["train_args"]["imgsz"])
+    out = Path(args.get("out", "runs/unified/deployed")).resolve()
+    scores = deployed_scores(
+        model, str(args.get("data", "datasets/hw2.yaml")), imgsz, out, int(args.get("bootstrap", 1000))
+    )
+    for task, s in scores.items():
+        print(f"{task}: {s['value']:.4f} [95% CI {s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}] at {imgsz} px")
+    return scores
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
