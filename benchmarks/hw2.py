@@ -6,6 +6,7 @@
     python -m benchmarks.hw2 ... separate=True     # adds the three separate Ultralytics models (benchmarks.separate)
     python -m benchmarks.hw2 ... runtimes=True     # adds the final model's accuracy per runtime (benchmarks.runtimes)
     python -m benchmarks.hw2 ... deployed=True     # adds the deployed path's scores (benchmarks.deployed)
+    python -m benchmarks.hw2 ... joint=True [joint_methods=fixed,pcgrad]   # adds joint training (benchmarks.joint)
     python -m benchmarks.hw2 data=datasets/unified-synth.yaml quick=True out=/tmp/quick    # a smoke run, minutes
 
 ``data`` is the raw HW2 folder (converted into ``datasets/hw2`` first, as ``yolo-unified data prepare`` does) or a
@@ -336,7 +337,21 @@ def summary_markdown(results: dict) -> str:
             "",
             f"OpenVINO runs its fp32 model at its CPU plugin's default precision: {runtimes['openvino_precision']}.",
         ]
-    if deployed := {name: run for name, run in runs.items() if run.get("deployed")}:
+    if joint := results.get("joint"):
+        from benchmarks.joint import joint_markdown
+
+        lines += [
+            "",
+            "## Joint training (cfg/joint.yaml: every task in every step; one run per balancing method at seed 0, the "
+            "default recipe with more seeds; delta_m: mean relative change against the single-task baselines)",
+            "",
+            *joint_markdown(joint, fmt),
+            "",
+            "![joint](joint_scores.png)",
+        ]
+    deployed = {run["label"]: run for run in runs.values() if run.get("deployed")}
+    deployed.update({name: run for name, run in (joint or {}).items() if run.get("deployed")})
+    if deployed:
         lines += [
             "",
             "## Deployed path (each task as `yolo-unified predict` serves it: one letterboxed pass at the model's "
@@ -345,12 +360,12 @@ def summary_markdown(results: dict) -> str:
             "| run | mIoU: validator / deployed | mAP50: validator / deployed | top-1: validator / deployed |",
             "|---|---|---|---|",
             *(
-                f"| {run['label']} | "
+                f"| {label} | "
                 + " | ".join(
                     f"{fmt(run['final'].get(t))} / {fmt(run['deployed'].get(t))}" for t in ("seg", "det", "cls")
                 )
                 + " |"
-                for run in deployed.values()
+                for label, run in deployed.items()
             ),
         ]
         if (det := (results.get("separate") or {}).get("det", {})).get("deployed"):
@@ -373,7 +388,7 @@ def main(argv: list[str]) -> dict:
     """Run the benchmark for command-line tokens `argv` (``key=value``); return the results dict."""
     args = parse_args(argv)
     keys = {"data", "imgsz", "out", "quick", "pretrained", "seeds", "bootstrap", "speed_imgsz", "ablations", "separate"}
-    keys |= {"runtimes", "deployed"}
+    keys |= {"runtimes", "deployed", "joint", "joint_methods"}
     if unknown := set(args) - keys:
         raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.hw2")
     quick, t0, commit = bool(args.get("quick", False)), time.time(), git_commit()  # the code that runs
@@ -448,6 +463,23 @@ def main(argv: list[str]) -> dict:
         name="speed",
         exist_ok=True,
     )
+    joint = {}
+    if args.get("joint", False):  # every task at once, per balancing method (benchmarks.joint)
+        from benchmarks.joint import joint_runs, plot_joint
+        from yolo_unified.balancing import BALANCERS
+
+        methods = args.get("joint_methods") or ",".join(BALANCERS)
+        methods = [m.strip() for m in str(methods).strip("[]").split(",") if m.strip()]
+        joint_force = {**force, "task_args": {"cls": {"imgsz": force["imgsz"]}}} if quick else force
+        single = {t: s["value"] for t, s in runs["baselines"]["final"].items()}
+        joint = joint_runs(out, common, joint_force, methods, int(args.get("seeds", 2)), single, n_boot)
+        references = {"single-task": single}
+        references["sequential (seed 0)"] = {t: s["value"] for t, s in runs["default_seed0"]["final"].items()}
+        if separate:
+            references["separate Ultralytics"] = {t: r["final"]["value"] for t, r in separate.items()}
+        plot_joint(out / "joint_scores.png", joint, references)
+        joint = {n: {**r, "weights": repo_relative(r["weights"])} for n, r in joint.items()}
+
     if args.get("deployed", False):  # each task as the predictor serves it: one pass at the model's image size
         from benchmarks.deployed import deployed_scores, separate_deployed_detection
 
@@ -455,6 +487,11 @@ def main(argv: list[str]) -> dict:
             final = out / name / "weights" / "best.pt"
             imgsz = torch.load(final, map_location="cpu", weights_only=False)["train_args"]["imgsz"]
             runs[name]["deployed"] = deployed_scores(str(final), data, imgsz, out / name / "deployed", n_boot)
+        if default_joint := next((n for n, r in joint.items() if r["seed"] == 0 and r["method"] == "fixed"), None):
+            weights = repo_path(joint[default_joint]["weights"])
+            imgsz = torch.load(weights, map_location="cpu", weights_only=False)["train_args"]["imgsz"]
+            folder = out / default_joint / "deployed"
+            joint[default_joint]["deployed"] = deployed_scores(str(weights), data, imgsz, folder, n_boot)
         if "det" in separate:
             det = separate["det"]
             det["deployed"] = separate_deployed_detection(repo_path(det["weights"]), data, out / "separate", n_boot)
@@ -487,6 +524,7 @@ def main(argv: list[str]) -> dict:
         "runs": runs,
         **({"separate": separate} if separate else {}),
         **({"runtimes": runtimes} if runtimes else {}),
+        **({"joint": joint} if joint else {}),
         "speed": {
             "rows": speed["rows"],
             "checks": speed["checks"],

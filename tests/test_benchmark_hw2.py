@@ -67,7 +67,7 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
         assert results["runs"]["baselines"]["final"][stage["task"]]["value"] == pytest.approx(stage["own_score"])
     assert "budget: seg 1 epochs at 64 px, det 1 epochs at 64 px, cls 1 epochs at 64 px" in summary
     argv = [f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}", "bootstrap=10", "ablations=False"]
-    again = main([*argv, "separate=True", "runtimes=True", "deployed=True"])
+    again = main([*argv, "separate=True", "runtimes=True", "deployed=True", "joint=True", "joint_methods=fixed,pcgrad"])
     assert set(again["runs"]) == {"default_seed0", "baselines"}  # the second regime's shorter run
     short = (out / "summary.md").read_text()
     assert "## Final scores" in short and "## Ablations" not in short
@@ -87,6 +87,12 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
     assert set(deployed) == {"seg", "det", "cls"} and "## Deployed path" in short
     assert deployed["seg"]["value"] == pytest.approx(again["runs"]["default_seed0"]["final"]["seg"]["value"])
     assert math.isfinite(again["separate"]["det"]["deployed"]["value"]) and "separate YOLOv8n detector" in short
+    joint = again["joint"]  # one run per method, scored on every task, with delta_m against the baselines
+    assert list(joint) == ["joint_fixed_seed0", "joint_pcgrad_seed0"] and (out / "joint_scores.png").is_file()
+    for run in joint.values():
+        assert set(run["final"]) == {"seg", "det", "cls"} and math.isfinite(run["delta_m"]) and run["minutes"] > 0
+    assert set(joint["joint_fixed_seed0"]["deployed"]) == {"seg", "det", "cls"}
+    assert "## Joint training" in short and "| joint_pcgrad_seed0 | pcgrad |" in short
     assert all(run["wall_minutes_this_call"] < 0.5 for run in again["runs"].values())  # finished runs: no retraining
     first = [results["runs"][n] for n in again["runs"]]
     stages = {s["save_dir"]: m for run in first for s, m in zip(run["stages"], run["stage_minutes"], strict=True)}

@@ -1,0 +1,139 @@
+"""The joint section of benchmarks.hw2: the unified model trained on every task at once, per loss-balancing method.
+
+Each run is cfg/joint.yaml with one ``balance`` method at seed 0, and the default recipe (cfg/joint.yaml's own method)
+with further seeds. Budget on HW2 (240 training images per task, batch 16): 30 epochs of 15 optimizer steps, each step
+a batch of every task, so 450 steps of each task; the protocol (cfg/seq.yaml) gives segmentation 450 steps, detection
+and classification 225 each (15 epochs), the single-task baselines the same. A run is an Ultralytics training run
+in ``<out>/joint_<method>_seed<k>``: a re-run of the benchmark skips finished runs and resumes an interrupted one
+from its last.pt. Every task is scored at its own image size with a 95% bootstrap interval; delta_m is the mean
+relative change of the three primary metrics against the single-task baselines (Maninis et al. 2019), in percent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ultralytics.utils import LOGGER, YAML, colorstr, plt_settings
+
+from benchmarks.bootstrap import bootstrapped
+from yolo_unified.balancing import BALANCERS
+from yolo_unified.benchmark import reset_peak_rss, rss_mb
+from yolo_unified.engine import train
+from yolo_unified.nn.tasks import CFG_DIR
+
+TASKS = ("seg", "det", "cls")
+
+
+def finished(last: Path) -> bool:
+    """Whether an Ultralytics run's last.pt is that of a finished training (Ultralytics strips it: epoch -1)."""
+    return last.is_file() and torch.load(last, map_location="cpu", weights_only=False).get("epoch") == -1
+
+
+def run_joint(root: Path, cfg: dict[str, Any]) -> Path:
+    """Train (or resume, or skip when finished) the joint run `cfg` in `root`; return its best (else last) weights."""
+    last = root / "weights" / "last.pt"
+    if finished(last):
+        LOGGER.info(f"{colorstr('benchmarks.hw2:')} {root.name} already trained, skipping")
+    elif last.is_file():
+        train(resume=str(last))
+    else:
+        train(**cfg, project=str(root.parent), name=root.name, exist_ok=True)
+    best = root / "weights" / "best.pt"
+    return best if best.is_file() else last
+
+
+def delta_m(scores: dict[str, float], baselines: dict[str, float]) -> float:
+    """Mean relative change (%) of each task's primary metric against its single-task score (higher is better)."""
+    changes = [(scores[t] - baselines[t]) / baselines[t] for t in scores if baselines.get(t)]
+    return 100 * float(np.mean(changes)) if changes else float("nan")
+
+
+def training_minutes(root: Path) -> float:
+    """The run's training time from Ultralytics' results.csv (elapsed seconds of its last row)."""
+    rows = (root / "results.csv").read_text().strip().splitlines()
+    return float(rows[-1].split(",")[1]) / 60 if len(rows) > 1 else 0.0
+
+
+def joint_runs(
+    out: Path,
+    common: dict[str, Any],
+    force: dict[str, Any],
+    methods: list[str],
+    seeds: int,
+    baselines: dict[str, float],
+    n_boot: int,
+) -> dict[str, dict[str, Any]]:
+    """Train and score every method at seed 0 and the default recipe at seeds 1..seeds-1."""
+    joint = YAML.load(CFG_DIR / "joint.yaml")
+    if unknown := [m for m in methods if m not in BALANCERS]:
+        raise ValueError(f"joint_methods: unknown method(s) {unknown}; valid methods: {', '.join(BALANCERS)}")
+    plan = [(m, 0) for m in methods] + [(joint["balance"], k) for k in range(1, seeds)]
+    results = {}
+    for method, seed in plan:
+        name = f"joint_{method}_seed{seed}"
+        LOGGER.info(f"\n{colorstr('bold', 'benchmarks.hw2')}: {name}")
+        cfg = {**joint, **common, "balance": method, "seed": seed, **force}
+        if all(baselines.values()):  # best.pt by the mean retention (a zero baseline leaves the plain mean)
+            cfg["baselines"] = str(out / "baselines")
+        start = reset_peak_rss()
+        weights = run_joint(out / name, cfg)
+        peak = rss_mb("VmHWM") if start is not None else None
+        sizes = {t: ((cfg.get("task_args") or {}).get(t) or {}).get("imgsz", cfg["imgsz"]) for t in TASKS}
+        final = {
+            t: bootstrapped(str(weights), common["data"], t, sizes[t], names, n_boot, out / name / "bootstrap" / t)
+            for t, names in task_class_names(common["data"]).items()
+        }
+        results[name] = {
+            "method": method,
+            "seed": seed,
+            "weights": str(weights),
+            "final": final,
+            "delta_m": delta_m({t: s["value"] for t, s in final.items()}, baselines),
+            "minutes": training_minutes(out / name),
+            "peak_rss_mb": peak,
+        }
+    return results
+
+
+def task_class_names(data: str) -> dict[str, dict[int, str]]:
+    """Class names per task of a multi-task data YAML."""
+    from yolo_unified.data.config import load_data_config, task_names
+
+    return task_names(load_data_config(data))
+
+
+@plt_settings()
+def plot_joint(file: Path, runs: dict[str, dict], references: dict[str, dict[str, float]]) -> None:
+    """Each joint run's three scores (bars with their 95% intervals) against reference rows (dashed lines)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.4 * len(runs) + 2.5), tight_layout=True)
+    labels = list(runs)
+    for ax, task, metric in zip(axes, TASKS, ("mIoU", "mAP50", "top-1"), strict=True):
+        values = [runs[n]["final"][task]["value"] for n in labels]
+        lo = [v - runs[n]["final"][task]["ci95"][0] for v, n in zip(values, labels, strict=True)]
+        hi = [runs[n]["final"][task]["ci95"][1] - v for v, n in zip(values, labels, strict=True)]
+        ax.barh(range(len(labels)), values, xerr=[lo, hi], color="tab:blue", alpha=0.7)
+        for (ref, scores), style in zip(references.items(), ("--", ":", "-."), strict=False):
+            if task in scores:
+                ax.axvline(scores[task], linestyle=style, color="k", label=ref)
+        ax.set(yticks=range(len(labels)), yticklabels=labels if task == "seg" else [], title=f"{task} {metric}")
+        ax.legend(fontsize=7)
+    fig.savefig(file, dpi=150)
+    plt.close(fig)
+
+
+def joint_markdown(runs: dict[str, dict], fmt) -> list[str]:
+    """The joint section's table rows (Markdown), `fmt` formatting a bootstrapped score."""
+    lines = [
+        "| run | balance | mIoU | mAP50 | top-1 | delta_m vs single-task | minutes | peak RSS (MB) |",
+        "|---|---|---|---|---|---:|---:|---:|",
+    ]
+    for name, r in runs.items():
+        peak = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "-"
+        cells = " | ".join(fmt(r["final"].get(t)) for t in TASKS)
+        lines.append(f"| {name} | {r['method']} | {cells} | {r['delta_m']:+.1f}% | {r['minutes']:.1f} | {peak} |")
+    return lines
