@@ -13,6 +13,7 @@ from ultralytics.utils import LOGGER, YAML, colorstr
 from ultralytics.utils.files import increment_path
 
 from yolo_unified.data.config import ULTRALYTICS_TASK, load_data_config
+from yolo_unified.ddp import cpu_workers, from_rank_zero, init_cpu_group
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import VALIDATORS
 from yolo_unified.nn.modules import TASKS
@@ -48,8 +49,9 @@ def default_data(datasets_dir: str | Path = "datasets") -> str:
 
 
 def run_dir(project: str | Path | None, name: str | None, default_name: str, exist_ok: bool = False) -> Path:
-    """An incremented run directory ``project/name`` (``train``, ``train2``, ...) as Ultralytics names its runs."""
-    return increment_path(Path(project or "runs/unified").resolve() / (name or default_name), exist_ok=exist_ok)
+    """An incremented run directory ``project/name`` (``train``, ``train2``, ...) as Ultralytics names its runs (with
+    DDP on the CPU, rank 0's choice for every rank)."""
+    return from_rank_zero(increment_path(Path(project or "runs/unified").resolve() / (name or default_name), exist_ok))
 
 
 def train(task: str | None = None, force: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
@@ -66,6 +68,8 @@ def train(task: str | None = None, force: dict[str, Any] | None = None, **overri
     force = {k: v for k, v in (force or {}).items() if v is not None}
     task = force.pop("task", task)
     given = {k: v for k, v in {**overrides, **force}.items() if v is not None}
+    if cpu_workers(given.get("device")):  # started by torchrun with device=cpu: DDP over gloo (yolo_unified.ddp)
+        init_cpu_group()
     overrides = dict(given)
     if overrides.get("resume") and Path(str(overrides["resume"])).is_dir():  # a protocol run directory
         return resume_protocol(overrides.pop("resume"), overrides)

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ultralytics.utils import LOGGER, colorstr
+from ultralytics.utils import LOGGER, RANK, colorstr
 
 from yolo_unified.continual.base import StageContext
 from yolo_unified.continual.report import own_scores, stage_tasks, write_report
+from yolo_unified.ddp import rank_zero_alone, same_on_every_rank, wait_for_rank_zero
 from yolo_unified.nn.modules import TASKS
 
 STATE_FILE = "protocol.json"
@@ -115,7 +116,8 @@ class Protocol:
             self.state["config"] = {
                 "stages": self.stages, "common": self.common, "chain": self.chain, "baselines": self.baselines
             }  # fmt: skip
-            save_atomically(self.state, self.state_file)
+            if RANK in {-1, 0}:  # DDP (yolo_unified.ddp): rank 0 writes, the other ranks keep their copy
+                save_atomically(self.state, self.state_file)
         data = self.common["data"]
         initial = self.common.get("model")
         done = self.state["stages"]
@@ -134,7 +136,7 @@ class Protocol:
                 eval_args={t: self.eval_args(t) for t in learned},
                 prev_weights=weights if self.chain else None,
                 data=data,
-                memory=stage_memory(weights) if self.chain else {},
+                memory=same_on_every_rank(stage_memory(weights)) if self.chain else {},
                 forget_limit=float(self.common.get("forget_limit", 0.05)),
                 root=self.root,
             )
@@ -144,24 +146,34 @@ class Protocol:
                 args.update(joint=True, tasks=tasks)
             trainer_class = JointTrainer if len(tasks) > 1 else TRAINERS[tasks[0]]
             best = self.train_stage(trainer_class, args, context, stage_dir)
-            kept = best is not None
-            if not kept:  # nothing acceptable was trained (e.g. every epoch forgot too much): keep the start
-                LOGGER.warning(f"stage {i + 1} ({label}) kept no weights; the protocol continues from {weights}")
-                best = weights
-            else:
-                save_atomically(context.memory, memory_file(best))
-            scores = {}
-            for t in [*learned, *tasks] if self.chain else tasks:
-                save_dir = str(stage_dir / "eval")
-                scores.update(val(best, data, tasks=[t], save_dir=save_dir, plots=False, **self.eval_args(t)))
-            record = {"task": label, "weights": str(best), "save_dir": str(stage_dir), "scores": scores}
-            if len(tasks) > 1:
-                record.update(tasks=tasks, own_scores={t: scores[t][PRIMARY_METRIC[t]] for t in tasks})
-            else:
-                record["own_score"] = scores[label][PRIMARY_METRIC[label]]
-            done.append({**record, "kept_weights": kept})
-            save_atomically(self.state, self.state_file)
+            if RANK > 0:  # DDP: rank 0 records the stage (scores, memory.pt, protocol.json); read what it wrote
+                wait_for_rank_zero()
+                self.state = json.loads(self.state_file.read_text())
+                done = self.state["stages"]
+                weights = done[-1]["weights"] if self.chain else initial
+                continue
+            with rank_zero_alone():  # DDP: the other ranks wait at the barrier below
+                kept = best is not None
+                if not kept:  # nothing acceptable was trained (e.g. every epoch forgot too much): keep the start
+                    LOGGER.warning(f"stage {i + 1} ({label}) kept no weights; the protocol continues from {weights}")
+                    best = weights
+                else:
+                    save_atomically(context.memory, memory_file(best))
+                scores = {}
+                for t in [*learned, *tasks] if self.chain else tasks:
+                    save_dir = str(stage_dir / "eval")
+                    scores.update(val(best, data, tasks=[t], save_dir=save_dir, plots=False, **self.eval_args(t)))
+                record = {"task": label, "weights": str(best), "save_dir": str(stage_dir), "scores": scores}
+                if len(tasks) > 1:
+                    record.update(tasks=tasks, own_scores={t: scores[t][PRIMARY_METRIC[t]] for t in tasks})
+                else:
+                    record["own_score"] = scores[label][PRIMARY_METRIC[label]]
+                done.append({**record, "kept_weights": kept})
+                save_atomically(self.state, self.state_file)
+            wait_for_rank_zero()
             weights = str(best) if self.chain else initial
+        if RANK > 0:
+            return self.state
         final = self.root / "weights" / "best.pt"  # the model after every stage, beside the report
         final.parent.mkdir(exist_ok=True)
         ckpt = torch.load(done[-1]["weights"], map_location="cpu", weights_only=False)

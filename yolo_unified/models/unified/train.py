@@ -6,6 +6,7 @@ import os
 from copy import copy
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 import torch
@@ -13,11 +14,12 @@ from ultralytics.models.yolo.classify import ClassificationTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.semantic import SemanticSegmentationTrainer
 from ultralytics.nn.tasks import load_checkpoint
-from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, WORLD_SIZE, colorstr
 from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
 
 from yolo_unified.continual import StageContext, build_strategies, module_of
 from yolo_unified.data.config import load_data_config, task_data, task_names
+from yolo_unified.ddp import cpu_ddp, cpu_workers, from_rank_zero, init_cpu_group, rank_zero_alone
 from yolo_unified.models.unified import val
 from yolo_unified.nn.tasks import DEFAULT_MODEL_YAML, UnifiedModel
 
@@ -66,11 +68,29 @@ class UnifiedTrainerMixin:
         if not overrides.get("model"):
             overrides["model"] = DEFAULT_MODEL_YAML
         super().__init__(cfg, overrides, _callbacks)
+        if cpu_workers(self.args.device):  # one of several torchrun processes: a rank of CPU DDP (yolo_unified.ddp)
+            init_cpu_group()
+            self.world_size = WORLD_SIZE
+            LOGGER.info(
+                f"{colorstr('DDP:')} rank {RANK} of {WORLD_SIZE} on the CPU (gloo), batch {self.args.batch} split"
+            )
         self.context = context or StageContext(index=0, task=self.task_key, data=str(self.args.data))
         self.strategies = build_strategies(self.args, self.context)
         self.nan_stopped = False
         self.add_callback("on_pretrain_routine_end", UnifiedTrainerMixin._setup_strategies)
         self.add_callback("on_train_end", UnifiedTrainerMixin._end_strategies)
+
+    def _setup_ddp(self) -> None:
+        """Ultralytics' DDP setup for GPUs; on the CPU the gloo group is joined already (in ``__init__``)."""
+        if not cpu_workers(self.args.device):
+            super()._setup_ddp()
+
+    def _setup_train(self) -> None:
+        """Ultralytics' setup; CPU DDP wraps the model without ``device_ids`` (`yolo_unified.ddp.cpu_ddp`)."""
+        if not cpu_workers(self.args.device):
+            return super()._setup_train()
+        with patch.object(torch.nn.parallel, "DistributedDataParallel", cpu_ddp):
+            return super()._setup_train()
 
     def _setup_strategies(self) -> None:
         """Set the strategies up and give their loss terms to the model being trained (not to its EMA copy)."""
@@ -79,14 +99,16 @@ class UnifiedTrainerMixin:
         unwrap_model(self.model).loss_terms = self.strategies
 
     def _end_strategies(self) -> None:
-        """Let the strategies store what later stages need, from the stage's best weights."""
+        """Let the strategies store what later stages need, from the stage's best weights (DDP: on rank 0, whose
+        memory the protocol saves for every rank)."""
         weights = self.best if self.best.exists() else self.last
         if not self.strategies or not weights.exists():
             return
         best = load_checkpoint(weights)[0].float().to(self.device)
         best.args = self.args
-        for s in self.strategies:
-            s.stage_end(self, best)
+        with rank_zero_alone():
+            for s in self.strategies:
+                s.stage_end(self, best)
 
     def finish_stage(self) -> None:
         """Finish a stage whose training ended before its protocol recorded it: the strategies' end-of-stage work."""
@@ -141,8 +163,10 @@ class UnifiedTrainerMixin:
     def validate(self):
         """Validate; an epoch a strategy vetoes (forgetting too much) never becomes the stage's best."""
         best_before = self.best_fitness
-        metrics, fitness = super().validate()
-        if metrics is not None and not all([s.accept_epoch(self) for s in self.strategies]):
+        metrics, fitness = super().validate()  # DDP: every rank validates its share, rank 0 gets the metrics
+        with rank_zero_alone():  # DDP: the strategies' checks run on rank 0, which tells the others
+            vetoed = metrics is not None and not all([s.accept_epoch(self) for s in self.strategies])
+        if from_rank_zero(vetoed):
             self.best_fitness = best_before
             fitness = float("-inf")
         return metrics, fitness
@@ -184,8 +208,15 @@ class UnifiedTrainerMixin:
 
     def final_eval(self):
         """Strip the optimizer from last.pt and best.pt atomically, then validate best.pt as Ultralytics does."""
+        if RANK not in {-1, 0}:  # DDP: rank 0 strips and validates
+            return
         (self.wdir / ".trained").touch()  # the training loop is over: a resumed protocol only finishes this stage
         last = strip_atomically(self.last) if self.last.exists() else {}
+        with rank_zero_alone():
+            self.validate_best(last)
+
+    def validate_best(self, last: dict) -> None:
+        """Ultralytics' final validation of best.pt, its train results updated from `last` (the stripped last.pt)."""
         if self.best.exists():
             strip_atomically(self.best, updates={"train_results": last.get("train_results")})
             LOGGER.info(f"\nValidating {self.best}...")

@@ -1,0 +1,107 @@
+"""Multi-process training on CPU: processes started by ``torchrun`` train one model with DDP over gloo.
+
+Ultralytics launches DDP itself for several GPUs (``device=0,1``: it generates the command and starts one process per
+GPU) and runs CPU training in one process. Started by ``torchrun`` (which sets ``RANK``, ``LOCAL_RANK`` and
+``WORLD_SIZE``) with ``device=cpu``, each process is one rank of a gloo process group: the unified trainers wrap the
+model in DistributedDataParallel, each rank reads its share of every batch, rank 0 alone validates and writes
+checkpoints, and a protocol's between-stage work (scores, protocol.json, the strategies' memory.pt, the report) is rank
+0's; the other ranks wait for it and read what it wrote.
+
+    torchrun --nproc_per_node 2 -m yolo_unified train cfg=cfg/seq.yaml device=cpu   # one machine, 2 processes
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import timedelta
+from typing import Any
+from unittest.mock import patch
+
+import torch
+import torch.distributed as dist
+from ultralytics.utils import RANK, WORLD_SIZE
+
+DDP = torch.nn.parallel.DistributedDataParallel  # the class itself, kept before the trainers patch its name
+
+
+def cpu_workers(device: Any) -> bool:
+    """Whether this process is one of several started by torchrun to train on the CPU (``device=cpu``)."""
+    return WORLD_SIZE > 1 and RANK != -1 and str(device).lower() == "cpu"
+
+
+def init_cpu_group() -> None:
+    """Join the gloo process group of the torchrun workers (once per process; the stages of a protocol share it)."""
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", rank=RANK, world_size=WORLD_SIZE, timeout=timedelta(hours=3))
+
+
+def from_rank_zero(obj: Any) -> Any:
+    """`obj` as rank 0 has it, on every rank (unchanged without a process group)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wait_for_rank_zero() -> None:
+    """Block every rank until all reach this point (rank 0 after its writes): a no-op without a process group."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+@contextmanager
+def rank_zero_alone() -> Iterator[None]:
+    """Work rank 0 does while the other ranks wait elsewhere (final validation, a stage's memory and reports), run as
+    a single process runs it: Ultralytics' modules see ``RANK == -1`` (no gathering of validation statistics from
+    ranks that are not there, the device chosen as outside DDP) and no process group (its rank-0-first barriers are
+    skipped), else rank 0 would meet the other ranks' next collective with one of its own."""
+    if not dist.is_initialized():
+        yield
+        return
+    with ExitStack() as stack:
+        stack.enter_context(patch.object(dist, "is_initialized", lambda: False))
+        for module in [m for name, m in sys.modules.items() if name.startswith("ultralytics") and m is not None]:
+            if getattr(module, "RANK", None) == RANK:
+                stack.enter_context(patch.object(module, "RANK", -1))
+        yield
+
+
+def cpu_ddp(module: torch.nn.Module, device_ids: list | None = None, **kwargs: Any) -> torch.nn.Module:
+    """DistributedDataParallel for a CPU module: Ultralytics passes ``device_ids=[device.index]``, which CPU modules
+    must not be given."""
+    return DDP(module, **kwargs)
+
+
+def digest(obj: Any) -> str:
+    """A content hash of nested dicts/lists of tensors, arrays and plain values (the strategies' memory)."""
+    h = hashlib.sha256()
+
+    def add(x: Any) -> None:
+        if isinstance(x, dict):
+            for k in sorted(x, key=str):
+                h.update(str(k).encode())
+                add(x[k])
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                add(v)
+        elif isinstance(x, torch.Tensor):
+            h.update(x.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            h.update(repr(x).encode())
+
+    add(obj)
+    return h.hexdigest()
+
+
+def same_on_every_rank(memory: dict[str, Any]) -> dict[str, Any]:
+    """`memory` after checking that every DDP rank holds the same (each read rank 0's memory.pt); else an error."""
+    if dist.is_initialized():
+        digests = [None] * dist.get_world_size()
+        dist.all_gather_object(digests, digest(memory))
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"DDP ranks hold different strategy memory (digests {digests}): a file-system problem?")
+    return memory
