@@ -7,17 +7,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 from conftest import REPO
+from ultralytics.cfg import DEFAULT_CFG_DICT
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_unified import engine
-from yolo_unified.continual import StageContext, Strategy
-from yolo_unified.continual.protocol import stage_memory
+from yolo_unified.cli import check_keys
+from yolo_unified.continual import StageContext, Strategy, build_strategies
+from yolo_unified.continual.protocol import check_stage_tasks, stage_memory
 from yolo_unified.continual.report import write_report
 from yolo_unified.models.unified.train import TRAINERS
 
@@ -195,3 +198,16 @@ def test_memory_of_a_checkpoint_from_before_memory_pt_is_still_read(tmp_path):
     assert torch.equal(stage_memory(str(tmp_path / "best.pt"))["ewc"]["fisher"]["w"], torch.ones(2))
     torch.save({"model": None}, tmp_path / "plain.pt")
     assert stage_memory(str(tmp_path / "plain.pt")) == {}
+
+
+@pytest.mark.parametrize("name", ["seq", "seq-pretrained", "chain", "baselines"])
+def test_packaged_protocols_are_valid(name):
+    """Every key of the packaged protocols is a train or strategy key, every stage's strategies build."""
+    cfg = yaml.safe_load((REPO / "cfg" / f"{name}.yaml").read_text())
+    check_keys({k: v for k, v in cfg.items() if k != "stages"})
+    for i, stage in enumerate(cfg["stages"]):
+        check_stage_tasks(stage, i)
+        check_keys({k: v for k, v in stage.items() if k != "task"})
+        args = SimpleNamespace(**{**DEFAULT_CFG_DICT, **cfg, **stage})
+        context = StageContext(index=i, task=stage["task"], previous=["seg"] if i else [])
+        assert all(isinstance(s, Strategy) for s in build_strategies(args, context))
