@@ -173,13 +173,20 @@ def drop(d: dict | None) -> str:
     return f"{d['relative']:+.1%} ({d['points']:+.2f} pts)" if d else ""
 
 
+def training_minutes(run: Path) -> float:
+    """Training wall time of an Ultralytics run folder in minutes, from its results.csv (elapsed seconds column)."""
+    rows = (run / "results.csv").read_text().strip().splitlines()
+    return float(rows[-1].split(",")[1]) / 60 if len(rows) > 1 else 0.0
+
+
 def stage_minutes(state: dict) -> list[float]:
-    """Training wall time of each stage in minutes, from Ultralytics' results.csv (elapsed seconds column)."""
-    minutes = []
-    for s in state["stages"]:
-        rows = (Path(s["save_dir"]) / "results.csv").read_text().strip().splitlines()
-        minutes.append(float(rows[-1].split(",")[1]) / 60 if len(rows) > 1 else 0.0)
-    return minutes
+    """Training wall time of each stage of a protocol in minutes."""
+    return [training_minutes(Path(s["save_dir"])) for s in state["stages"]]
+
+
+def finished_run(last: Path) -> bool:
+    """Whether an Ultralytics run's last.pt is that of a finished training (Ultralytics strips it: epoch -1)."""
+    return last.is_file() and torch.load(last, map_location="cpu", weights_only=False).get("epoch") == -1
 
 
 def run_verdict(state: dict, limit: float) -> str:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from ultralytics.utils import LOGGER, YAML, colorstr, plt_settings
 
 from benchmarks.bootstrap import bootstrapped
+from benchmarks.hw2 import finished_run, training_minutes
 from yolo_unified.balancing import BALANCERS
 from yolo_unified.benchmark import reset_peak_rss, rss_mb
 from yolo_unified.engine import train
@@ -27,15 +27,10 @@ from yolo_unified.nn.tasks import CFG_DIR
 TASKS = ("seg", "det", "cls")
 
 
-def finished(last: Path) -> bool:
-    """Whether an Ultralytics run's last.pt is that of a finished training (Ultralytics strips it: epoch -1)."""
-    return last.is_file() and torch.load(last, map_location="cpu", weights_only=False).get("epoch") == -1
-
-
 def run_joint(root: Path, cfg: dict[str, Any]) -> Path:
     """Train (or resume, or skip when finished) the joint run `cfg` in `root`; return its best (else last) weights."""
     last = root / "weights" / "last.pt"
-    if finished(last):
+    if finished_run(last):
         LOGGER.info(f"{colorstr('benchmarks.hw2:')} {root.name} already trained, skipping")
     elif last.is_file():
         train(resume=str(last))
@@ -49,12 +44,6 @@ def delta_m(scores: dict[str, float], baselines: dict[str, float]) -> float:
     """Mean relative change (%) of each task's primary metric against its single-task score (higher is better)."""
     changes = [(scores[t] - baselines[t]) / baselines[t] for t in scores if baselines.get(t)]
     return 100 * float(np.mean(changes)) if changes else float("nan")
-
-
-def training_minutes(root: Path) -> float:
-    """The run's training time from Ultralytics' results.csv (elapsed seconds of its last row)."""
-    rows = (root / "results.csv").read_text().strip().splitlines()
-    return float(rows[-1].split(",")[1]) / 60 if len(rows) > 1 else 0.0
 
 
 def joint_runs(

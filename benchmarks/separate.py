@@ -31,6 +31,7 @@ from ultralytics.utils import LOGGER, YAML, colorstr
 from ultralytics.utils.torch_utils import get_num_params
 
 from benchmarks.bootstrap import bootstrapped
+from benchmarks.hw2 import QUICK, finished_run
 from yolo_unified.cli import parse_args
 from yolo_unified.data.config import ULTRALYTICS_TASK, load_data_config, task_data
 from yolo_unified.nn.tasks import BACKBONE_LAYERS, CFG_DIR
@@ -77,7 +78,7 @@ def backbone_weights(pretrained: str, out: Path) -> str:
 def train_one(task: str, data: str, args: dict[str, Any], out: Path) -> str:
     """Train (or resume, or skip when finished) the separate model of `task` in ``out/<task>``; return its best.pt."""
     best, last = out / task / "weights" / "best.pt", out / task / "weights" / "last.pt"
-    if last.is_file() and torch.load(last, map_location="cpu", weights_only=False)["epoch"] == -1:  # final: stripped
+    if finished_run(last):
         LOGGER.info(f"{colorstr('benchmarks.separate:')} {task} already trained, skipping")
     elif last.is_file():
         YOLO(str(last)).train(resume=True)
@@ -125,8 +126,6 @@ def train_separate(
 
 def main(argv: list[str]) -> dict[str, dict[str, Any]]:
     """Train and score the separate models for command-line tokens `argv` (``key=value``)."""
-    from benchmarks.hw2 import QUICK
-
     args = parse_args(argv)
     if unknown := set(args) - {"data", "imgsz", "pretrained", "out", "quick", "bootstrap"}:
         raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.separate")
