@@ -82,6 +82,11 @@ DEPLOYED = {
 }
 
 
+def checkpoint_imgsz(weights: str | Path) -> int:
+    """The image size a checkpoint predicts at by default (its training arguments')."""
+    return int(torch.load(weights, map_location="cpu", weights_only=False)["train_args"]["imgsz"])
+
+
 def deployed_scores(weights: str, data: str, imgsz: int, out: Path, n_boot: int = 1000) -> dict[str, dict[str, Any]]:
     """Every task's bootstrapped score on the deployed path at one image size `imgsz`."""
     names = task_names(load_data_config(data))
@@ -93,12 +98,11 @@ def separate_deployed_detection(weights: str | Path, data: str, out: Path, n_boo
     """The separate Ultralytics detector's (`benchmarks.separate`) mAP50 as its predictor serves it."""
     from benchmarks.separate import ultralytics_data
 
-    ckpt = torch.load(weights, map_location="cpu", weights_only=False)
-    imgsz, names = ckpt["train_args"]["imgsz"], task_names(load_data_config(data))["det"]
-    det_data = ultralytics_data(data, "det", out)
+    names, det_data = task_names(load_data_config(data))["det"], ultralytics_data(data, "det", out)
     return bootstrapped(
-        str(weights), det_data, "det", imgsz, names, n_boot, out / "deployed", SeparateDeployedDetectionValidator
-    )
+        str(weights), det_data, "det", checkpoint_imgsz(weights), names, n_boot, out / "deployed",
+        SeparateDeployedDetectionValidator,
+    )  # fmt: skip
 
 
 def main(argv: list[str]) -> dict[str, dict[str, Any]]:
@@ -107,7 +111,7 @@ def main(argv: list[str]) -> dict[str, dict[str, Any]]:
     if unknown := set(args) - {"model", "data", "imgsz", "out", "bootstrap"}:
         raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.deployed")
     model = str(args["model"])
-    imgsz = int(args.get("imgsz") or torch.load(model, map_location="cpu", weights_only=False)["train_args"]["imgsz"])
+    imgsz = int(args.get("imgsz") or checkpoint_imgsz(model))
     out = Path(args.get("out", "runs/unified/deployed")).resolve()
     scores = deployed_scores(
         model, str(args.get("data", "datasets/hw2.yaml")), imgsz, out, int(args.get("bootstrap", 1000))

@@ -488,17 +488,18 @@ def main(argv: list[str]) -> dict:
         joint = {n: {**r, "weights": repo_relative(r["weights"])} for n, r in joint.items()}
 
     if args.get("deployed", False):  # each task as the predictor serves it: one pass at the model's image size
-        from benchmarks.deployed import deployed_scores, separate_deployed_detection
+        from benchmarks.deployed import checkpoint_imgsz, deployed_scores, separate_deployed_detection
 
         for name in [n for n in runs if n.startswith("default")]:
             final = out / name / "weights" / "best.pt"
-            imgsz = torch.load(final, map_location="cpu", weights_only=False)["train_args"]["imgsz"]
-            runs[name]["deployed"] = deployed_scores(str(final), data, imgsz, out / name / "deployed", n_boot)
+            folder = out / name / "deployed"
+            runs[name]["deployed"] = deployed_scores(str(final), data, checkpoint_imgsz(final), folder, n_boot)
         if default_joint := next((n for n, r in joint.items() if r["seed"] == 0 and r["method"] == "fixed"), None):
             weights = repo_path(joint[default_joint]["weights"])
-            imgsz = torch.load(weights, map_location="cpu", weights_only=False)["train_args"]["imgsz"]
             folder = out / default_joint / "deployed"
-            joint[default_joint]["deployed"] = deployed_scores(str(weights), data, imgsz, folder, n_boot)
+            joint[default_joint]["deployed"] = deployed_scores(
+                str(weights), data, checkpoint_imgsz(weights), folder, n_boot
+            )
         if "det" in separate:
             det = separate["det"]
             det["deployed"] = separate_deployed_detection(repo_path(det["weights"]), data, out / "separate", n_boot)

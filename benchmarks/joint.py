@@ -21,10 +21,10 @@ from benchmarks.bootstrap import bootstrapped
 from benchmarks.hw2 import finished_run, training_minutes
 from yolo_unified.balancing import BALANCERS
 from yolo_unified.benchmark import reset_peak_rss, rss_mb
+from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.engine import train
+from yolo_unified.nn.modules import TASKS
 from yolo_unified.nn.tasks import CFG_DIR
-
-TASKS = ("seg", "det", "cls")
 
 
 def run_joint(root: Path, cfg: dict[str, Any]) -> Path:
@@ -73,7 +73,7 @@ def joint_runs(
         sizes = {t: ((cfg.get("task_args") or {}).get(t) or {}).get("imgsz", cfg["imgsz"]) for t in TASKS}
         final = {
             t: bootstrapped(str(weights), common["data"], t, sizes[t], names, n_boot, out / name / "bootstrap" / t)
-            for t, names in task_class_names(common["data"]).items()
+            for t, names in task_names(load_data_config(common["data"])).items()
         }
         results[name] = {
             "method": method,
@@ -85,13 +85,6 @@ def joint_runs(
             "peak_rss_mb": peak,
         }
     return results
-
-
-def task_class_names(data: str) -> dict[str, dict[int, str]]:
-    """Class names per task of a multi-task data YAML."""
-    from yolo_unified.data.config import load_data_config, task_names
-
-    return task_names(load_data_config(data))
 
 
 @plt_settings()
