@@ -13,7 +13,9 @@
 multi-task data YAML. Every run is a protocol run under ``<out>/<name>``: a killed benchmark re-run with the same
 command skips finished runs and stages and resumes the interrupted one. The single-task baselines and the ablation runs
 share the first (segmentation) stage of the seed-0 default run: it is the same training in all of them (the strategies
-act from stage 2 on, and the segmentation baseline has the same settings). ``quick=True`` shrinks every stage (64 px,
+act from stage 2 on, and the segmentation baseline has the same settings). The protocol is the one `yolo-unified
+train` recommends: cfg/seq.yaml, or cfg/seq-pretrained.yaml with ``pretrained=`` (its first stage trains the backbone
+at a tenth of the rate, and so does the segmentation baseline it shares). ``quick=True`` shrinks every stage (64 px,
 one epoch, 5% of the training images) to check that the whole pipeline produces its files.
 
 Output in ``out``: ``summary.md`` (every table, with the machine, command, commit, date and wall times),
@@ -49,7 +51,7 @@ from yolo_unified.continual import STRATEGIES
 from yolo_unified.continual.protocol import STATE_FILE, save_atomically
 from yolo_unified.continual.report import forgetting, unlearned_stages, verdict, write_report
 from yolo_unified.data.config import load_data_config, task_names
-from yolo_unified.engine import train
+from yolo_unified.engine import recommended_protocol, train
 from yolo_unified.nn.tasks import CFG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,7 +293,7 @@ def summary_markdown(results: dict) -> str:
         "|---|---|",
         *(f"| {t} {TASK_METRIC[t]} | {fmt(s)} |" for t, s in runs["baselines"]["final"].items()),
         "",
-        "## Sequential protocol (cfg/seq.yaml)",
+        f"## Sequential protocol ({results.get('protocol', 'cfg/seq.yaml')})",
     ]
     for name in [n for n in runs if n.startswith("default")]:
         report = (repo_path(runs[name]["root"]) / "forgetting.md").read_text()
@@ -400,7 +402,8 @@ def main(argv: list[str]) -> dict:
         raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.hw2")
     quick, t0, commit = bool(args.get("quick", False)), time.time(), git_commit()  # the code that runs
     out = Path(args.get("out", "benchmarks/results/hw2-320")).resolve()
-    seq = YAML.load(CFG_DIR / "seq.yaml")
+    protocol = recommended_protocol(args.get("pretrained"))  # as `yolo-unified train` picks it
+    seq = YAML.load(protocol)
     common = common_args(args, seq)
     data = common["data"]
     names = task_names(load_data_config(data))
@@ -416,7 +419,7 @@ def main(argv: list[str]) -> dict:
     n_boot = int(args.get("bootstrap", 50 if quick else 1000))
 
     # seed 0 first: the baselines and the ablations start from its first stage (the same training in all of them)
-    label = "default combination (cfg/seq.yaml), seed {}"
+    label = f"default combination (cfg/{protocol.name}), seed {{}}"
     plan = [("default_seed0", label.format(0), {**seq, "seed": 0})]
     plan.append(("baselines", "single-task baselines", YAML.load(CFG_DIR / "baselines.yaml")))
     plan += [(f"default_seed{i}", label.format(i), {**seq, "seed": i}) for i in range(1, int(args.get("seeds", 2)))]
@@ -518,6 +521,7 @@ def main(argv: list[str]) -> dict:
         "command": recorded_command(argv),
         "date": record["date"],
         "commit": commit,
+        "protocol": f"cfg/{protocol.name}",
         "budget": budget(seq, common["imgsz"], force),
         "machine": machine_info(),
         "quick": quick,

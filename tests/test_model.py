@@ -6,9 +6,11 @@ import time
 import pytest
 import torch
 from conftest import REPO
+from ultralytics.nn.modules.block import DFL
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel, load_checkpoint
 
 from yolo_unified.nn import UnifiedModel
+from yolo_unified.nn.modules import BinExpectation
 
 NAMES = {
     "seg": {i: f"s{i}" for i in range(21)},
@@ -108,3 +110,12 @@ def test_fused_model_matches_the_trained_one():
         assert fused.is_fused() and not any(isinstance(x, torch.nn.BatchNorm2d) for x in fused.modules())
         for a, b in zip(ref, fused(x)[:3], strict=True):
             torch.testing.assert_close(a, b)
+
+
+def test_bin_expectation_decodes_as_ultralytics_dfl():
+    """The head's box decode gives Ultralytics' DFL values (the expected bin under each side's softmax)."""
+    x = torch.randn(2, 64, 300) * 3
+    assert torch.allclose(BinExpectation(16)(x), DFL(16)(x), atol=1e-5)
+    peaked = torch.full((1, 64, 1), -50.0)
+    peaked[0, [3, 16 + 7, 32 + 0, 48 + 15]] = 50.0  # each side certain of one bin
+    assert BinExpectation(16)(peaked).flatten().tolist() == pytest.approx([3, 7, 0, 15])

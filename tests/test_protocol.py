@@ -211,3 +211,17 @@ def test_packaged_protocols_are_valid(name):
         args = SimpleNamespace(**{**DEFAULT_CFG_DICT, **cfg, **stage})
         context = StageContext(index=i, task=stage["task"], previous=["seg"] if i else [])
         assert all(isinstance(s, Strategy) for s in build_strategies(args, context))
+
+
+@pytest.mark.parametrize(
+    ("pretrained", "protocol"),
+    [(None, "seq"), (True, "seq"), ("weights/yolov8n-cls.pt", "seq-pretrained"), ("yolov8n.pt", "seq-pretrained")],
+)
+def test_the_default_protocol_depends_on_pretrained_weights(pretrained, protocol, synth_yaml, monkeypatch):
+    """Without stages, `train` runs cfg/seq.yaml, or cfg/seq-pretrained.yaml when pretrained= names weights."""
+    ran = {}
+    monkeypatch.setattr(engine, "train_protocol", lambda **cfg: ran.update(cfg) or {})
+    engine.train(data=synth_yaml, pretrained=pretrained, epochs=1)
+    expected = yaml.safe_load((REPO / "cfg" / f"{protocol}.yaml").read_text())
+    assert [s.get("lr_mult") for s in ran["stages"]] == [s.get("lr_mult") for s in expected["stages"]]
+    assert all(s["epochs"] == 1 for s in ran["stages"])  # the caller's keys win over the protocol's

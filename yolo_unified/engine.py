@@ -56,12 +56,13 @@ def run_dir(project: str | Path | None, name: str | None, default_name: str, exi
 
 def train(task: str | None = None, force: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
     """Train one task (``task=seg|det|cls``), every task jointly (``joint=True``, `train_joint`) or a sequential
-    protocol (``stages=``; by default cfg/seq.yaml's).
+    protocol (``stages=``; by default the recommended one, `recommended_protocol`).
 
     `force` holds keys that win over a protocol stage's own keys (the command line's); without ``data=`` the
     built-in synthetic data is generated and ``cfg/synth.yaml`` joins `force`, below the caller's keys. Without
-    ``task=`` or ``stages=`` the recommended protocol, cfg/seq.yaml, runs, every key given winning over its own
-    (cfg/chain.yaml is the same tasks without forgetting mitigation, for comparison). Returns
+    ``task=`` or ``stages=`` the recommended protocol runs (cfg/seq.yaml, or cfg/seq-pretrained.yaml with
+    ``pretrained=`` weights), every key given winning over its own (cfg/chain.yaml is the same tasks without
+    forgetting mitigation, for comparison). Returns
     ``{"weights": best.pt, "save_dirs": {task: run dir}}`` for one task or a joint run, a protocol's state plus
     ``"weights"`` (its final best.pt) for a protocol.
     """
@@ -84,12 +85,14 @@ def train(task: str | None = None, force: dict[str, Any] | None = None, **overri
         return train_joint(task, overrides)
     default_protocol = task is None and not overrides.get("stages")
     if default_protocol:
+        protocol = recommended_protocol(overrides.get("pretrained"))
         if missing := [t for t in TASKS if t not in load_data_config(overrides["data"])["tasks"]]:
             raise ValueError(
-                f"{overrides['data']} has no {', '.join(missing)} data, which the default protocol (cfg/seq.yaml) "
-                "learns: train one task with task=, or give cfg= a protocol with your own stages"
+                f"{overrides['data']} has no {', '.join(missing)} data, which the default protocol "
+                f"(cfg/{protocol.name}) learns: train one task with task=, or give cfg= a protocol with your own stages"
             )
-        force, overrides = dict(overrides), {**YAML.load(CFG_DIR / "seq.yaml"), **overrides}
+        LOGGER.info(f"yolo-unified: the recommended protocol, cfg/{protocol.name} (every key given wins over its own)")
+        force, overrides = dict(overrides), {**YAML.load(protocol), **overrides}
     if overrides.get("stages"):
         if task is not None:
             raise ValueError(f"task={task} and a protocol (stages=) do not go together: each stage names its task")
@@ -101,6 +104,14 @@ def train(task: str | None = None, force: dict[str, Any] | None = None, **overri
             LOGGER.info(f"Compare with plain fine-tuning (no mitigation): yolo-unified train cfg=cfg/chain.yaml{keys}")
         return state
     return train_task(task, overrides)
+
+
+def recommended_protocol(pretrained: Any) -> Path:
+    """The protocol `train` runs without ``task=`` or ``stages=``: cfg/seq-pretrained.yaml when ``pretrained=`` names
+    weights (its backbone learns slowly, so it keeps what it knows), else cfg/seq.yaml (a random backbone at a tenth
+    of the learning rate would learn too slowly)."""
+    weights = isinstance(pretrained, (str, Path)) and str(pretrained).lower() not in {"", "true", "false"}
+    return CFG_DIR / ("seq-pretrained.yaml" if weights else "seq.yaml")
 
 
 def train_task(task: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
