@@ -11,6 +11,7 @@ import onnx
 import openvino as ov
 import pytest
 import torch
+import yaml
 from ultralytics.nn.autobackend import AutoBackend
 from ultralytics.nn.tasks import load_checkpoint
 
@@ -303,3 +304,16 @@ def test_missing_export_packages_name_the_extra(weights, monkeypatch, fmt, quant
     exporter = export.UnifiedExporter(overrides={"format": fmt, "quantize": quantize, "imgsz": IMGSZ})
     with pytest.raises(ModuleNotFoundError, match=rf'needs {missing}: pip install "yolo-unified\[export\]"'):
         exporter(load_checkpoint(weights)[0])
+
+
+def test_export_and_val_refuse_data_whose_classes_differ_from_the_heads(weights, synth_yaml, tmp_path):
+    """INT8 calibration and val on a data YAML with other class counts than the checkpoint's heads: one message."""
+    data = yaml.safe_load(Path(synth_yaml).read_text())
+    data["det"]["names"] = {0: "a", 1: "b"}  # 2 detection classes; the model has 3
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**data, "path": str(load_data_config(synth_yaml)["path"])}))
+    mismatch = r"best.pt: its heads do not match the class counts of .*other.yaml \(det 3 vs 2; model vs data\)"
+    with pytest.raises(ValueError, match=mismatch):
+        UnifiedYOLO(weights).export(format="onnx", quantize=8, data=str(other), imgsz=IMGSZ)
+    with pytest.raises(ValueError, match=mismatch):
+        engine.val(model=weights, data=str(other), project=str(tmp_path))

@@ -226,7 +226,8 @@ def test_bad_data_and_checkpoints_fail_naming_the_file(synth_yaml, tmp_path, mon
     other = {**task_names(load_data_config(synth_yaml)), "det": {0: "a", 1: "b"}}  # 2 detection classes, not 3
     torch.save({"model": UnifiedModel(task_names=other, verbose=False)}, tmp_path / "other.pt")
     trainer = new_trainer(synth_yaml, tmp_path, model=str(tmp_path / "other.pt"))
-    with pytest.raises(ValueError, match=r"other.pt: its heads do not match the class counts .*\(det 2 vs 3\)"):
+    mismatch = r"other.pt: its heads do not match the class counts .*\(det 2 vs 3; model vs data\)"
+    with pytest.raises(ValueError, match=mismatch):
         trainer.setup_model()
     with pytest.raises(ValueError, match="task=det does not go with it"):
         engine.train(task="det", joint=True, data=synth_yaml)

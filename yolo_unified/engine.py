@@ -12,7 +12,7 @@ from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, YAML, colorstr
 from ultralytics.utils.files import increment_path
 
-from yolo_unified.data.config import ULTRALYTICS_TASK, load_data_config
+from yolo_unified.data.config import ULTRALYTICS_TASK, check_heads, load_data_config, task_names
 from yolo_unified.ddp import cpu_workers, from_rank_zero, init_cpu_group
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import VALIDATORS
@@ -226,6 +226,9 @@ def val(
     tasks = [t for t in (tasks or TASKS) if t in cfg["tasks"] and t in model_tasks]
     if not tasks:
         raise ValueError(f"{data} and the model share no task")
+    if module is not None and getattr(module, "task_names", None):
+        data_names = {t: names for t, names in task_names(cfg).items() if t in tasks}
+        check_heads(module.task_names, data_names, model if module is not model else "the model", data)
     save_dir = overrides.pop("save_dir", None)
     save_dir = (
         Path(save_dir)

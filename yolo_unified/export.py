@@ -36,7 +36,7 @@ from ultralytics.data.utils import IMG_FORMATS, get_split_fraction
 from ultralytics.engine.exporter import Exporter, export_formats
 from ultralytics.utils import LOGGER, colorstr
 
-from yolo_unified.data.config import load_data_config, task_data
+from yolo_unified.data.config import check_heads, load_data_config, task_data, task_names
 from yolo_unified.models.unified.predict import letterbox
 
 OUTPUT_NAMES = ("det", "seg", "cls")  # the order of UnifiedHead's export outputs
@@ -195,7 +195,8 @@ class UnifiedExporter(Exporter):
                 f"INT8 calibration data ({origin}) '{data}' not found: set data=path/to/data.yaml (a yolo-unified data "
                 "YAML)"
             )
-        load_data_config(data)  # a clear error now for a YAML without task sections, not after the FP32 export
+        cfg = load_data_config(data)  # a clear error now for a YAML without task sections, not after the FP32 export
+        check_heads(model.task_names, task_names(cfg), self.args.model or "the model", data)
         return str(data)
 
     @contextmanager

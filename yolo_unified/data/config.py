@@ -59,3 +59,14 @@ def task_data(cfg: dict[str, Any], task: str, splits: tuple[str, ...] = ("train"
 def task_names(cfg: dict[str, Any]) -> dict[str, dict[int, str]]:
     """Class names of every task the data YAML describes."""
     return {task: section["names"] for task, section in cfg["tasks"].items()}
+
+
+def check_heads(model_names: dict[str, dict], data_names: dict[str, dict], model: Any, data: Any) -> None:
+    """Raise a ValueError naming `model` and `data` when a task of the data has another class count in the model's
+    heads (`model_names`) than in the data (`data_names`); tasks the model lacks count as 0 classes."""
+    if bad := [t for t in data_names if len(model_names.get(t, ())) != len(data_names[t])]:
+        counts = ", ".join(f"{t} {len(model_names.get(t, ()))} vs {len(data_names[t])}" for t in bad)
+        raise ValueError(
+            f"model={model}: its heads do not match the class counts of {data} ({counts}; model vs data); use the "
+            "data the model was trained on, or train on this data from the model's other weights with pretrained="
+        )

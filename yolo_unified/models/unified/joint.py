@@ -21,7 +21,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 from yolo_unified.balancing import Balancer, build_balancer, gradient_stats
 from yolo_unified.continual import StageContext, module_of, stage_samples
 from yolo_unified.continual.protocol import STATE_FILE, save_atomically
-from yolo_unified.data.config import ULTRALYTICS_TASK, load_data_config, task_names
+from yolo_unified.data.config import ULTRALYTICS_TASK, check_heads, load_data_config, task_names
 from yolo_unified.data.sampling import JointLoader, TaskSampler, check_sampling
 from yolo_unified.engine import PRIMARY_METRIC
 from yolo_unified.models.unified.train import (
@@ -285,13 +285,8 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True):
         """The unified model; a unified checkpoint given as ``model=`` must have heads for the data's class counts."""
         if isinstance(weights, UnifiedModel) and str(self.args.model).endswith(".pt"):
-            data = task_names(self.data_config)
-            if bad := [t for t in self.tasks if len(weights.task_names.get(t, ())) != len(data[t])]:
-                counts = ", ".join(f"{t} {len(weights.task_names.get(t, ()))} vs {len(data[t])}" for t in bad)
-                raise ValueError(
-                    f"model={self.args.model}: its heads do not match the class counts of {self.args.data} "
-                    f"({counts}); to start from its other weights, give it as pretrained= with a model YAML"
-                )
+            data = {t: names for t, names in task_names(self.data_config).items() if t in self.tasks}
+            check_heads(weights.task_names, data, self.args.model, self.args.data)
         return super().get_model(cfg, weights, verbose)
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
