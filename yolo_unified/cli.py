@@ -36,7 +36,8 @@ Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml load
   yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2
 
 MODE     one of {", ".join(MODES)}, or help, --version
-task     seg | det | cls (train only: one task; omitted: the protocol of cfg=, else cfg/seq.yaml: seg, det, cls)
+task     seg | det | cls (train only: one task; omitted: the protocol of cfg=, else cfg/seq.yaml, or
+         cfg/seq-pretrained.yaml when pretrained= names weights: seg, det, cls)
 joint    train: True trains every task of the data YAML in one run (cfg/joint.yaml; keys in cfg/default.yaml)
 data     multi-task data YAML (default: the built-in synthetic data, generated into ./datasets)
 model    unified model YAML or checkpoint (*.pt); a YOLOv8 detection/classification checkpoint gives its backbone

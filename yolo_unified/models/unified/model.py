@@ -44,9 +44,10 @@ class UnifiedYOLO(Model):
         """Train this model as ``yolo-unified train`` does (`yolo_unified.cli.train`); return what it returns.
 
         Keys as on the command line: ``cfg=`` loads a file, and the keys given here win over it and over a protocol's
-        per-stage keys; without ``task=`` or a protocol, cfg/seq.yaml runs. A checkpoint continues from its weights,
-        a model YAML starts from new ones (``resume=`` continues a run with its own). Afterwards this object holds
-        the final best.pt, for ``predict``, ``val`` and ``export``.
+        per-stage keys; without ``task=`` or a protocol, the recommended one runs (cfg/seq.yaml, or
+        cfg/seq-pretrained.yaml with ``pretrained=`` weights). A checkpoint continues from its weights, a model YAML
+        starts from new ones (``resume=`` continues a run with its own). Afterwards this object holds the final
+        best.pt, for ``predict``, ``val`` and ``export``.
         """
         self._check_is_pytorch_model()
         model: str | None = str(self.ckpt_path or self.cfg)
