@@ -7,17 +7,18 @@
 ``<out>/base`` is a ``benchmarks.hw2`` run with ``ablations=False seeds=1`` (run first when its results.json is
 missing): the first stage of its ``default_seed0`` is the first stage of every grid run, and its single-task baselines
 give the retention. Each configuration of the grid (cfg/sweep.yaml: learning-rate multipliers of the shared network,
-strategy strengths, combinations) is a protocol run ``<out>/<name>-seed<k>``: cfg/seq.yaml's top-level keys and first
-stage, then the grid's two stages. After the seed-0 grid, the ``front`` best configurations (those within the forgetting
-limit by mean retention, then the Pareto front in worst forgetting and mean retention after stage 3) are re-run with
-seeds 1..seeds-1; stage 1 stays shared, so a seed only changes stages 2 and 3. Scores are the validators', recorded in
-each run's protocol.json after every stage (no bootstrap). A killed sweep re-run with the same command skips finished
-runs and stages and resumes the interrupted one. ``only=`` restricts the grid to the named configurations, run in the
-order named; ``quick=True`` shrinks every stage as ``benchmarks.hw2`` does and the grid to the first shared multiplier,
-the first ``with_shared`` one and the first strength of the first strategy.
+strategy strengths, combinations) is a protocol run ``<out>/<name>-seed<k>``: the recommended protocol's top-level
+keys and first stage (cfg/seq.yaml, or cfg/seq-pretrained.yaml with ``pretrained=``, as `yolo-unified train` and the
+base run pick it), then the grid's two stages. After the seed-0 grid, the ``front`` best configurations (those within
+the forgetting limit by mean retention, then the Pareto front in worst forgetting and mean retention after stage 3) are
+re-run with seeds 1..seeds-1; stage 1 stays shared, so a seed only changes stages 2 and 3. Scores are the validators',
+recorded in each run's protocol.json after every stage (no bootstrap). A killed sweep re-run with the same command
+skips finished runs and stages and resumes the interrupted one. ``only=`` restricts the grid to the named
+configurations, run in the order named; ``quick=True`` shrinks every stage as ``benchmarks.hw2`` does and the grid to
+the first shared multiplier, the first ``with_shared`` one and the first strength of the first strategy.
 
 Output in ``out``: ``pareto_stage2.png``, ``pareto_stage3.png``, ``summary.md`` (every configuration, and the
-recommended one as a cfg/seq.yaml snippet) and ``results.json`` (every number); paths inside the repository are
+recommended one as a snippet of that protocol) and ``results.json`` (every number); paths inside the repository are
 recorded relative to it.
 """
 
@@ -60,7 +61,7 @@ from yolo_unified.cli import parse_args
 from yolo_unified.continual import STRATEGIES
 from yolo_unified.continual.protocol import STATE_FILE
 from yolo_unified.continual.report import forgetting, verdict
-from yolo_unified.engine import PRIMARY_METRIC
+from yolo_unified.engine import PRIMARY_METRIC, recommended_protocol
 from yolo_unified.nn.tasks import CFG_DIR
 
 KEYS = {"data", "imgsz", "pretrained", "out", "grid", "seeds", "front", "quick", "only"}
@@ -169,7 +170,8 @@ def select(configs: list[GridConfig], only: Any) -> list[GridConfig]:
 
 
 def run_cfg(seq: dict, config: GridConfig, seed: int, baselines: Path) -> dict:
-    """A grid run's protocol: cfg/seq.yaml's top-level keys and first stage, then the configuration's two stages."""
+    """A grid run's protocol: the recommended protocol's top-level keys and first stage, then the configuration's two
+    stages."""
     top = {k: v for k, v in seq.items() if k != "stages"}
     stages = [deepcopy(seq["stages"][0]), *deepcopy(config.stages)]
     return {**top, "seed": seed, "baselines": str(baselines), "stages": stages}
@@ -362,12 +364,12 @@ def cell(stat: dict, seeds: int, kind: str = "score") -> str:
 
 
 def recommended_text(results: dict) -> str:
-    """The recommendation as Markdown: a cfg/seq.yaml snippet of its two stages, or why there is none."""
-    name = results["recommended"]
+    """The recommendation as Markdown: a snippet of its two stages for the protocol swept, or why there is none."""
+    name, protocol = results["recommended"], results.get("protocol", "cfg/seq.yaml")
     if name is None:
         return (
             "None: no configuration with a shared multiplier > 0 passes the forgetting limit on every seed it ran "
-            "with (and has a retention). Keep cfg/seq.yaml's frozen shared network."
+            f"with (and has a retention). Keep {protocol}'s stages 2 and 3."
         )
     c = results["configurations"][name]
     snippet = yaml.safe_dump(c["stages"], sort_keys=False, default_flow_style=None, width=120)
@@ -375,7 +377,7 @@ def recommended_text(results: dict) -> str:
     return (
         f"`{name}`: mean retention {c['metrics']['mean_retention']['mean']:.1%}, worst forgetting "
         f"{c['metrics']['worst_forgetting_stage3']['mean']:+.1%} after stage 3, PASS on its {len(c['seeds'])} "
-        f"seed(s). Stages 2 and 3 for cfg/seq.yaml (in place of its last two stages; quick mode's overrides not "
+        f"seed(s). Stages 2 and 3 for {protocol} (in place of its last two stages; quick mode's overrides not "
         f"included):\n\n```yaml\nstages:\n  # - stage 1 as it is\n{snippet}\n```"
     )
 
@@ -453,7 +455,8 @@ def main(argv: list[str]) -> dict:
     if not configs:
         raise ValueError(f"{grid_file}: the grid has no configuration")
     seeds, n_front = int(args.get("seeds", 2)), int(args.get("front", 3))
-    seq = YAML.load(CFG_DIR / "seq.yaml")
+    protocol = recommended_protocol(args.get("pretrained"))  # the base run's, as benchmarks.hw2 picks it
+    seq = YAML.load(protocol)
     base = out / "base"
     if not (base / "results.json").is_file():  # the shared stage 1 and the single-task models (resumable itself)
         passed = [f"{k}={args[k]}" for k in ("data", "imgsz", "pretrained", "quick") if k in args]
@@ -517,6 +520,7 @@ def main(argv: list[str]) -> dict:
         "command": recorded_command(argv, "benchmarks.sweep"),
         "date": record["date"],
         "commit": commit,
+        "protocol": f"cfg/{protocol.name}",
         "budget": budget({"stages": [seq["stages"][0], *configs[0].stages]}, common["imgsz"], force),
         "machine": machine_info(),
         "quick": quick,
