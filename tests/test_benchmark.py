@@ -7,6 +7,7 @@ import torch
 from ultralytics.utils import torch_utils
 
 from yolo_unified.cli import run
+from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.nn import UnifiedModel
 
 NAMES = {"seg": {0: "background", 1: "thing"}, "det": {0: "thing"}, "cls": {0: "a", 1: "b"}}
@@ -46,7 +47,8 @@ def test_benchmark_measures_every_row_and_saves_the_table(tmp_path):
 
 def test_int8_rows_are_calibrated_on_the_data(synth_yaml, tmp_path):
     weights = tmp_path / "untrained.pt"
-    torch.save({"model": UnifiedModel(task_names=NAMES, verbose=False), "train_args": {"imgsz": 64}}, weights)
+    names = task_names(load_data_config(synth_yaml))  # heads for the calibration data's classes
+    torch.save({"model": UnifiedModel(task_names=names, verbose=False), "train_args": {"imgsz": 64}}, weights)
     out = run(["benchmark", f"model={weights}", f"data={synth_yaml}", "runs=3", "warmup=1", "threads=1",
                f"project={tmp_path}"])  # fmt: skip
     runtimes = {r["runtime"] for r in out["rows"] if r["name"].startswith("unified model (")}
