@@ -2,20 +2,22 @@
 
     python -m benchmarks.sweep data=../shared/data/hw2 imgsz=320 out=benchmarks/results/hw2-sweep \
         pretrained=../shared/weights/yolov8n-cls-imagenette.pt \
-        [grid=cfg/sweep.yaml] [seeds=2] [front=3] [quick=True] [only=name1,name2]
+        [grid=<cfg/sweep.yaml>] [seeds=2] [front=3] [quick=True] [only=name1,name2] [base=<benchmarks.hw2 out>]
 
 ``<out>/base`` is a ``benchmarks.hw2`` run with ``ablations=False seeds=1`` (run first when its results.json is
-missing): the first stage of its ``default_seed0`` is the first stage of every grid run, and its single-task baselines
-give the retention. Each configuration of the grid (cfg/sweep.yaml: learning-rate multipliers of the shared network,
-strategy strengths, combinations) is a protocol run ``<out>/<name>-seed<k>``: the recommended protocol's top-level
-keys and first stage (cfg/seq.yaml, or cfg/seq-pretrained.yaml with ``pretrained=``, as `yolo-unified train` and the
-base run pick it), then the grid's two stages. After the seed-0 grid, the ``front`` best configurations (those within
-the forgetting limit by mean retention, then the Pareto front in worst forgetting and mean retention after stage 3) are
-re-run with seeds 1..seeds-1; stage 1 stays shared, so a seed only changes stages 2 and 3. Scores are the validators',
-recorded in each run's protocol.json after every stage (no bootstrap). A killed sweep re-run with the same command
-skips finished runs and stages and resumes the interrupted one. ``only=`` restricts the grid to the named
-configurations, run in the order named; ``quick=True`` shrinks every stage as ``benchmarks.hw2`` does and the grid to
-the first shared multiplier, the first ``with_shared`` one and the first strength of the first strategy.
+missing; ``base=`` names another finished ``benchmarks.hw2`` output to use instead, e.g. the benchmark of the same
+data and regime): the first stage of its ``default_seed0`` is the first stage of every grid run, and its single-task
+baselines give the retention. Each configuration of the grid (cfg/sweep.yaml, or cfg/sweep-pretrained.yaml with
+``pretrained=``: learning-rate multipliers of the shared network, strategy strengths, combinations) is a protocol
+run ``<out>/<name>-seed<k>``: the recommended protocol's top-level keys and first stage (cfg/seq.yaml, or
+cfg/seq-pretrained.yaml with ``pretrained=``, as `yolo-unified train` and the base run pick it), then the grid's two
+stages. After the seed-0 grid, the ``front`` best configurations (those within the forgetting limit by mean
+retention, then the Pareto front in worst forgetting and mean retention after stage 3) are re-run with seeds
+1..seeds-1; stage 1 stays shared, so a seed only changes stages 2 and 3. Scores are the validators', recorded in
+each run's protocol.json after every stage (no bootstrap). A killed sweep re-run with the same command skips
+finished runs and stages and resumes the interrupted one. ``only=`` restricts the grid to the named configurations,
+run in the order named; ``quick=True`` shrinks every stage as ``benchmarks.hw2`` does and the grid to the first
+shared multiplier, the first ``with_shared`` one and the first strength of the first strategy.
 
 Output in ``out``: ``pareto_stage2.png``, ``pareto_stage3.png``, ``summary.md`` (every configuration, and the
 recommended one as a snippet of that protocol) and ``results.json`` (every number); paths inside the repository are
@@ -64,7 +66,7 @@ from yolo_unified.continual.report import forgetting, verdict
 from yolo_unified.engine import PRIMARY_METRIC, recommended_protocol
 from yolo_unified.nn.tasks import CFG_DIR
 
-KEYS = {"data", "imgsz", "pretrained", "out", "grid", "seeds", "front", "quick", "only"}
+KEYS = {"data", "imgsz", "pretrained", "out", "grid", "seeds", "front", "quick", "only", "base"}
 GRID_KEYS = {"stages", "shared", "with_shared", "strategies", "combined"}
 SHARED_MODULES = ("backbone", "neck", "tower")  # the modules every task uses: the grid's `shared` multiplier
 
@@ -96,7 +98,8 @@ def number(value: Any) -> str:
 
 
 def grid_config(stages: list[dict], shared: float, settings: dict[str, dict], strategies: dict) -> GridConfig:
-    """The configuration with `shared` as the backbone/neck/tower multiplier of both stages and `settings` on in both.
+    """The configuration with `shared` as the backbone/neck/tower multiplier of the varied stages and `settings` on in
+    them; a stage with ``vary: False`` runs as written in every configuration.
 
     Its name is ``shared<m>`` followed by ``-<key><strength>`` per strategy (joined by ``+``), the strength being the
     value of the strategy's ``param`` in `strategies`.
@@ -109,10 +112,12 @@ def grid_config(stages: list[dict], shared: float, settings: dict[str, dict], st
         strengths.append(f"{key}{number(values[param])}")
     name = f"shared{number(shared)}" + (f"-{'+'.join(strengths)}" if strengths else "")
     full = []
-    for stage in stages:
-        own = {k: v for k, v in (stage.get("lr_mult") or {}).items() if k not in SHARED_MODULES}
-        full.append({**deepcopy(stage), "lr_mult": {**dict.fromkeys(SHARED_MODULES, float(shared)), **own}})
-        full[-1].update(deepcopy(settings))
+    for written in stages:
+        stage = {k: v for k, v in deepcopy(written).items() if k != "vary"}
+        if written.get("vary", True):
+            own = {k: v for k, v in (stage.get("lr_mult") or {}).items() if k not in SHARED_MODULES}
+            stage.update(lr_mult={**dict.fromkeys(SHARED_MODULES, float(shared)), **own}, **deepcopy(settings))
+        full.append(stage)
     return GridConfig(name, float(shared), settings, full)
 
 
@@ -128,6 +133,8 @@ def parse_grid(grid: dict, quick: bool = False) -> list[GridConfig]:
     stages = grid.get("stages") or []
     if len(stages) != 2 or not all(isinstance(s, dict) and s.get("task") for s in stages):
         raise ValueError("sweep grid: 'stages' must be the two later stages, each a dict with a task (det, then cls)")
+    if all(s.get("vary", True) is False for s in stages):
+        raise ValueError("sweep grid: every stage has 'vary: False'; the grid would vary nothing")
     strategies, combined = dict(grid.get("strategies") or {}), list(grid.get("combined") or [])
     known = sorted(set(STRATEGIES) - {"lr_mult"})
     for key in [*strategies, *(k for combination in combined for k in combination)]:
@@ -450,14 +457,17 @@ def main(argv: list[str]) -> dict:
         raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.sweep; valid: {sorted(KEYS)}")
     quick, t0, commit = bool(args.get("quick", False)), time.time(), git_commit()  # the code that runs
     out = Path(args.get("out", "benchmarks/results/hw2-sweep")).resolve()
-    grid_file = Path(args.get("grid", CFG_DIR / "sweep.yaml"))
+    protocol = recommended_protocol(args.get("pretrained"))  # the base run's, as benchmarks.hw2 picks it
+    regime_grid = "sweep-pretrained.yaml" if protocol.name == "seq-pretrained.yaml" else "sweep.yaml"
+    grid_file = Path(args.get("grid", CFG_DIR / regime_grid))
     configs = select(parse_grid(YAML.load(grid_file), quick), args.get("only"))
     if not configs:
         raise ValueError(f"{grid_file}: the grid has no configuration")
     seeds, n_front = int(args.get("seeds", 2)), int(args.get("front", 3))
-    protocol = recommended_protocol(args.get("pretrained"))  # the base run's, as benchmarks.hw2 picks it
     seq = YAML.load(protocol)
-    base = out / "base"
+    base = repo_path(args["base"]).resolve() if "base" in args else out / "base"
+    if "base" in args and not (base / "results.json").is_file():
+        raise FileNotFoundError(f"base={args['base']}: no benchmarks.hw2 results.json there")
     if not (base / "results.json").is_file():  # the shared stage 1 and the single-task models (resumable itself)
         passed = [f"{k}={args[k]}" for k in ("data", "imgsz", "pretrained", "quick") if k in args]
         hw2.main([*passed, f"out={base}", "ablations=False", "seeds=1"])

@@ -47,6 +47,10 @@ def test_grid_names_and_stage_settings():
     assert [c.name for c in chosen] == ["shared0.1-lwf0.3", "shared0"]  # in the order named: the run order
     with pytest.raises(ValueError, match="no configuration \\['shared9'\\]"):
         select(list(configs.values()), "shared9")
+    held = {**GRID["stages"][1], "vary": False}  # stage 3 as written in every configuration
+    for config in parse_grid({**GRID, "stages": [GRID["stages"][0], held]}):
+        assert config.stages[1] == GRID["stages"][1]
+        assert config.stages[0]["lr_mult"]["neck"] == config.shared
 
 
 def test_grid_errors_name_the_culprit():
@@ -62,6 +66,8 @@ def test_grid_errors_name_the_culprit():
         parse_grid({**GRID, "combined": [{"ewc": {"samples": 8}}]})
     with pytest.raises(ValueError, match="appear twice"):
         parse_grid({**GRID, "shared": [0.1, 0.10]})
+    with pytest.raises(ValueError, match="would vary nothing"):
+        parse_grid({**GRID, "stages": [{**s, "vary": False} for s in GRID["stages"]]})
 
 
 def test_front_is_pareto_in_forgetting_and_retention():
@@ -81,6 +87,8 @@ def test_front_is_pareto_in_forgetting_and_retention():
 def test_packaged_grid_parses():
     names = [c.name for c in parse_grid(YAML.load(CFG_DIR / "sweep.yaml"))]
     assert "shared0" in names and "shared0.1-ewc1+pseudo_label1" in names
+    pretrained = {c.name: c for c in parse_grid(YAML.load(CFG_DIR / "sweep-pretrained.yaml"))}
+    assert all(c.stages[1]["lr_mult"]["backbone"] == 0.01 for c in pretrained.values())  # stage 3 held
 
 
 def test_quick_sweep_shares_stage_one_and_resumes(synth_yaml, tmp_path):
@@ -121,6 +129,13 @@ def test_quick_sweep_shares_stage_one_and_resumes(synth_yaml, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*/weights/best.pt")} == weights
     assert again["front"] == results["front"] and len(again["invocations"]) == 2
     assert all(run["metrics"] == results["runs"][name]["metrics"] for name, run in again["runs"].items())
+    elsewhere = main(
+        [*argv[:2], f"out={tmp_path / 'other'}", f"grid={grid}", "seeds=1", "only=shared0", f"base={out}/base"]
+    )
+    assert elsewhere["base"]["root"] == results["base"]["root"] and not (tmp_path / "other/base").exists()
+    assert elsewhere["runs"]["shared0-seed0"]["stages"][0]["weights"] == base_stage1["weights"]  # base= reused
+    with pytest.raises(FileNotFoundError, match="base=.*no benchmarks.hw2 results.json"):
+        main([*argv, f"base={tmp_path}"])
     with pytest.raises(ValueError, match="trained with pretrained=None \\(this sweep: yolov8n.pt\\)"):
         main([*argv, "pretrained=yolov8n.pt"])  # the shared stage 1 would not be this sweep's
     YAML.save(grid, {**GRID, "stages": [{**GRID["stages"][0], "lr0": 0.01}, GRID["stages"][1]]})
