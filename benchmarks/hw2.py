@@ -6,7 +6,7 @@
     python -m benchmarks.hw2 ... separate=True     # adds the three separate Ultralytics models (benchmarks.separate)
     python -m benchmarks.hw2 ... runtimes=True     # adds the final model's accuracy per runtime (benchmarks.runtimes)
     python -m benchmarks.hw2 ... deployed=True     # adds the deployed path's scores (benchmarks.deployed)
-    python -m benchmarks.hw2 ... joint=True [joint_methods=fixed,pcgrad]   # adds joint training (benchmarks.joint)
+    python -m benchmarks.hw2 ... joint=True [joint_methods=fixed,pcgrad] [joint_seeds=2]  # adds joint training
     python -m benchmarks.hw2 data=datasets/unified-synth.yaml quick=True out=/tmp/quick    # a smoke run, minutes
 
 ``data`` is the raw HW2 folder (converted into ``datasets/hw2`` first, as ``yolo-unified data prepare`` does) or a
@@ -397,7 +397,7 @@ def main(argv: list[str]) -> dict:
     """Run the benchmark for command-line tokens `argv` (``key=value``); return the results dict."""
     args = parse_args(argv)
     keys = {"data", "imgsz", "out", "quick", "pretrained", "seeds", "bootstrap", "speed_imgsz", "ablations", "separate"}
-    keys |= {"runtimes", "deployed", "joint", "joint_methods"}
+    keys |= {"runtimes", "deployed", "joint", "joint_methods", "joint_seeds"}
     if unknown := set(args) - keys:
         raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.hw2")
     quick, t0, commit = bool(args.get("quick", False)), time.time(), git_commit()  # the code that runs
@@ -482,7 +482,7 @@ def main(argv: list[str]) -> dict:
         methods = [m.strip() for m in str(methods).strip("[]").split(",") if m.strip()]
         joint_force = {**force, "task_args": {"cls": {"imgsz": force["imgsz"]}}} if quick else force
         single = {t: s["value"] for t, s in runs["baselines"]["final"].items()}
-        joint = joint_runs(out, common, joint_force, methods, int(args.get("seeds", 2)), single, n_boot)
+        joint = joint_runs(out, common, joint_force, methods, int(args.get("joint_seeds", 2)), single, n_boot)
         references = {"single-task": single}
         references["sequential (seed 0)"] = {t: s["value"] for t, s in runs["default_seed0"]["final"].items()}
         if separate:

@@ -1,16 +1,18 @@
 """The joint section of benchmarks.hw2: the unified model trained on every task at once, per loss-balancing method.
 
 Each run is cfg/joint.yaml with one ``balance`` method at seed 0, and the default recipe (cfg/joint.yaml's own method)
-with further seeds. Budget on HW2 (240 training images per task, batch 16): 30 epochs of 15 optimizer steps, each step
-a batch of every task, so 450 steps of each task; the protocol (cfg/seq.yaml) gives segmentation 450 steps, detection
-and classification 225 each (15 epochs), the single-task baselines the same. A run is an Ultralytics training run
-in ``<out>/joint_<method>_seed<k>``: a re-run of the benchmark skips finished runs and resumes an interrupted one
-from its last.pt. Every task is scored at its own image size with a 95% bootstrap interval; delta_m is the mean
-relative change of the three primary metrics against the single-task baselines (Maninis et al. 2019), in percent.
+with further seeds (``joint_seeds``, default 2). Budget on HW2 (240 training images per task, batch 16): 30 epochs of 15
+optimizer steps, each step a batch of every task, so 450 steps of each task; the protocol (cfg/seq.yaml) gives
+segmentation 450 steps, detection and classification 225 each (15 epochs), the single-task baselines the same. A run is
+an Ultralytics training run in ``<out>/joint_<method>_seed<k>``: a re-run of the benchmark skips finished runs and
+resumes an interrupted one from its last.pt. Every task is scored at its own image size with a 95% bootstrap interval;
+delta_m is the mean relative change of the three primary metrics against the single-task baselines (Maninis et al.
+2019), in percent.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +29,25 @@ from yolo_unified.nn.modules import TASKS
 from yolo_unified.nn.tasks import CFG_DIR
 
 
-def run_joint(root: Path, cfg: dict[str, Any]) -> Path:
-    """Train (or resume, or skip when finished) the joint run `cfg` in `root`; return its best (else last) weights."""
-    last = root / "weights" / "last.pt"
+def run_joint(root: Path, cfg: dict[str, Any]) -> tuple[Path, float | None]:
+    """Train (or resume, or skip when finished) the joint run `cfg` in `root`.
+
+    Returns its best (else last) weights and the peak resident memory (MB) of the training call that finished it,
+    kept in ``<root>/peak_memory.json`` so that a later invocation which skips the run still reports it.
+    """
+    last, memory = root / "weights" / "last.pt", root / "peak_memory.json"
     if finished_run(last):
         LOGGER.info(f"{colorstr('benchmarks.hw2:')} {root.name} already trained, skipping")
-    elif last.is_file():
-        train(resume=str(last))
     else:
-        train(**cfg, project=str(root.parent), name=root.name, exist_ok=True)
+        start = reset_peak_rss()
+        if last.is_file():
+            train(resume=str(last))
+        else:
+            train(**cfg, project=str(root.parent), name=root.name, exist_ok=True)
+        memory.write_text(json.dumps({"peak_rss_mb": rss_mb("VmHWM") if start is not None else None}))
     best = root / "weights" / "best.pt"
-    return best if best.is_file() else last
+    peak = json.loads(memory.read_text())["peak_rss_mb"] if memory.is_file() else None
+    return (best if best.is_file() else last), peak
 
 
 def delta_m(scores: dict[str, float], baselines: dict[str, float]) -> float:
@@ -55,7 +65,7 @@ def joint_runs(
     baselines: dict[str, float],
     n_boot: int,
 ) -> dict[str, dict[str, Any]]:
-    """Train and score every method at seed 0 and the default recipe at seeds 1..seeds-1."""
+    """Train and score every method at seed 0 and the default recipe (cfg/joint.yaml) at seeds 1..seeds-1."""
     joint = YAML.load(CFG_DIR / "joint.yaml")
     if unknown := [m for m in methods if m not in BALANCERS]:
         raise ValueError(f"joint_methods: unknown method(s) {unknown}; valid methods: {', '.join(BALANCERS)}")
@@ -67,9 +77,7 @@ def joint_runs(
         cfg = {**joint, **common, "balance": method, "seed": seed, **force}
         if all(baselines.values()):  # best.pt by the mean retention (a zero baseline leaves the plain mean)
             cfg["baselines"] = str(out / "baselines")
-        start = reset_peak_rss()
-        weights = run_joint(out / name, cfg)
-        peak = rss_mb("VmHWM") if start is not None else None
+        weights, peak = run_joint(out / name, cfg)
         sizes = {t: ((cfg.get("task_args") or {}).get(t) or {}).get("imgsz", cfg["imgsz"]) for t in TASKS}
         final = {
             t: bootstrapped(str(weights), common["data"], t, sizes[t], names, n_boot, out / name / "bootstrap" / t)
