@@ -2,12 +2,12 @@
 
 Each run is cfg/joint.yaml with one ``balance`` method at seed 0, and the default recipe (cfg/joint.yaml's own method)
 with further seeds (``joint_seeds``, default 2). Budget on HW2 (240 training images per task, batch 16): 30 epochs of 15
-optimizer steps, each step a batch of every task, so 450 steps of each task; the protocol (cfg/seq.yaml) gives
-segmentation 450 steps, detection and classification 225 each (15 epochs), the single-task baselines the same. A run is
-an Ultralytics training run in ``<out>/joint_<method>_seed<k>``: a re-run of the benchmark skips finished runs and
-resumes an interrupted one from its last.pt. Every task is scored at its own image size with a 95% bootstrap interval;
-delta_m is the mean relative change of the three primary metrics against the single-task baselines (Maninis et al.
-2019), in percent.
+optimizer steps, each with a segmentation batch and every other one with a detection and a classification batch
+(``task_share`` 0.5): 450 / 225 / 225 steps, the same as the protocol (cfg/seq.yaml: 30, 15 and 15 epochs) and the
+single-task baselines. A run is an Ultralytics training run in ``<out>/joint_<method>_seed<k>``: a re-run of the
+benchmark skips finished runs and resumes an interrupted one from its last.pt. Every task is scored at its own image
+size with a 95% bootstrap interval; delta_m is the mean relative change of the three primary metrics against the single-
+task baselines (Maninis et al. 2019), in percent.
 """
 
 from __future__ import annotations

@@ -92,8 +92,20 @@ def test_sampler_draws_tasks_in_proportion():
     ]  # fmt: skip
     with pytest.raises(ValueError, match="task_sampling='roundrobin'.*round_robin, proportional, temperature"):
         TaskSampler(sizes, "roundrobin")
+    with pytest.raises(ValueError, match="task_share=.*needs task_sampling=round_robin"):
+        TaskSampler(sizes, "proportional", shares={"det": 0.5})
     with pytest.raises(ValueError, match="task_tau=0"):
         TaskSampler(sizes, "temperature", tau=0)
+
+
+def test_task_share_spreads_a_task_evenly_over_the_steps():
+    sampler = TaskSampler({"seg": 10, "det": 10, "cls": 10}, shares={"det": 0.5, "cls": 1 / 3})
+    draws = [sampler.draw() for _ in range(30)]
+    assert all(d["seg"] == 1 for d in draws)  # share 1: every step
+    assert [k for k, d in enumerate(draws) if "det" in d] == list(range(1, 30, 2))  # every other step
+    assert [k for k, d in enumerate(draws) if "cls" in d] == list(range(2, 30, 3))  # every third step
+    sampler.step = 17  # where a resumed run's epoch starts: the same steps as an uninterrupted run
+    assert [sampler.draw() for _ in range(13)] == draws[17:]
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +133,18 @@ def test_joint_run_writes_every_task_and_the_diagnostics(joint_run, synth_yaml, 
     metrics = ["seg/mIoU", "det/mAP50(B)", "det/mAP50-95(B)", "cls/accuracy_top1"]
     keys = [f"train/{k}" for k in losses] + [f"val/{k}" for k in losses] + [f"metrics/{k}" for k in metrics]
     assert not [k for k in keys if k not in results[0]]
-    assert all(r["train/det/box_loss"] > 0 and r["train/cls/loss"] > 0 for r in results)
+    # cfg/joint.yaml's task_share 0.5: with one step an epoch here, detection and classification come every other
+    # step, so in the second epoch only (segmentation in both)
+    assert "1 steps an epoch, each with a batch of every task, det in 50% of them, cls in 50% of them" in log
+    assert [(r["train/det/box_loss"] > 0, r["train/cls/loss"] > 0, r["train/seg/ce_loss"] > 0) for r in results] == [
+        (False, False, True), (True, True, True)
+    ]  # fmt: skip
     diagnostics = rows(root / "diagnostics.csv")
     assert [r["epoch"] for r in diagnostics] == [1, 2] and (root / "diagnostics.png").is_file()
     for t in OUTPUTS:
-        assert diagnostics[0][f"weight/{t}"] == 1.0 and diagnostics[0][f"loss/{t}"] > 0
-        assert diagnostics[0][f"grad_norm/{t}"] > 0
-    assert all(-1 <= diagnostics[0][f"cos/{p}"] <= 1 for p in ("seg-det", "seg-cls", "det-cls"))
+        assert diagnostics[1][f"weight/{t}"] == 1.0 and diagnostics[1][f"loss/{t}"] > 0
+        assert diagnostics[1][f"grad_norm/{t}"] > 0
+    assert all(-1 <= diagnostics[1][f"cos/{p}"] <= 1 for p in ("seg-det", "seg-cls", "det-cls"))
     assert "seg/ce" in log and "det/box" in log and "cls/loss" in log  # the progress bar's header: every task
     assert all((root / t).is_dir() for t in OUTPUTS)  # each task's validation outputs in its own folder
     model = load_checkpoint(out["weights"])[0]
@@ -187,6 +204,9 @@ def new_trainer(synth_yaml: str, tmp_path: Path, **overrides) -> JointTrainer:
         ({"balance_args": {"weights": {"det": -1}}}, r"balance=fixed .*weights.det is -1"),
         ({"balance_args": {"temp": 2}}, r"balance=fixed balance_args=\{'temp': 2\}: .*unexpected keyword"),
         ({"balance": "gradnorm", "task_sampling": "proportional"}, r"gradnorm .*needs task_sampling=round_robin"),
+        ({"balance": "gradnorm", "task_share": {"det": 0.5}}, r"gradnorm .*needs .* every task_share 1"),
+        ({"task_share": {"det": 1.5}}, r"task_share \{'det': 1.5\}: .* a number in \(0, 1\]"),
+        ({"task_share": {"pose": 0.5}}, r"task_share=\{'pose': 0.5\}: give a dict .* per task of the data"),
         ({"task_args": {"cls": {"imgsx": 96}}}, r"task_args: unknown key\(s\) \['imgsx'\] for cls"),
         ({"ewc": {"lam": 1.0}}, r"ewc: these strategies .* joint training does not support them"),
     ],

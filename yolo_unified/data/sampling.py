@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,16 +23,28 @@ def check_sampling(mode: str, tau: float) -> None:
 class TaskSampler:
     """The batches of each task in one optimizer step, for tasks whose training sets hold ``sizes`` images.
 
-    Every step holds as many batches as there are tasks. ``round_robin`` gives one batch of every task;
-    ``proportional`` and ``temperature`` draw each of the step's batches from a task at random, with probability
-    ``p_t ~ n_t`` or ``p_t ~ n_t ** (1 / tau)`` (``tau`` 1 is proportional, a large ``tau`` uniform), so a task can
-    get several batches of a step, or none.
+    ``round_robin`` gives every step one batch of every task, or, for a task with a share below 1 (``task_share``),
+    a batch in that fraction of the steps, evenly spread (0.5: every other step). ``proportional`` and
+    ``temperature`` give every step as many batches as there are tasks, each drawn from a task at random with
+    probability ``p_t ~ n_t`` or ``p_t ~ n_t ** (1 / tau)`` (``tau`` 1 is proportional, a large ``tau`` uniform),
+    so a task can get several batches of a step, or none.
     """
 
-    def __init__(self, sizes: dict[str, int], mode: str = "round_robin", tau: float = 2.0, seed: int = 0) -> None:
-        """Check the mode and tau, and fix the draw probabilities; draws are reproducible from `seed`."""
+    def __init__(
+        self,
+        sizes: dict[str, int],
+        mode: str = "round_robin",
+        tau: float = 2.0,
+        seed: int = 0,
+        shares: dict[str, float] | None = None,
+    ) -> None:
+        """Check the mode, tau and shares, and fix the draw probabilities; draws are reproducible from `seed`."""
         check_sampling(mode, tau)
         self.tasks, self.mode = list(sizes), mode
+        self.shares = {t: float((shares or {}).get(t, 1.0)) for t in self.tasks}
+        if any(s != 1.0 for s in self.shares.values()) and mode != "round_robin":
+            raise ValueError(f"task_share={shares}: a task's share of the steps needs task_sampling=round_robin")
+        self.step = 0  # the run's step count (global over epochs), which the shares are spread over
         exponent = 1.0 / tau if mode == "temperature" else {"round_robin": 0.0, "proportional": 1.0}[mode]
         weights = np.array([float(sizes[t]) for t in self.tasks]) ** exponent
         self.probabilities = dict(zip(self.tasks, (weights / weights.sum()).tolist(), strict=True))
@@ -40,7 +53,8 @@ class TaskSampler:
     def draw(self) -> dict[str, int]:
         """How many batches of each task the next step holds (tasks without a batch are left out)."""
         if self.mode == "round_robin":
-            return dict.fromkeys(self.tasks, 1)
+            k, self.step = self.step, self.step + 1
+            return {t: 1 for t, share in self.shares.items() if math.floor((k + 1) * share) > math.floor(k * share)}
         drawn = self.rng.choice(len(self.tasks), size=len(self.tasks), p=list(self.probabilities.values()))
         counts = np.bincount(drawn, minlength=len(self.tasks))
         return {t: int(c) for t, c in zip(self.tasks, counts, strict=True) if c}

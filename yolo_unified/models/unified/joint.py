@@ -239,8 +239,13 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
             self.args.compile = False
         check_sampling(self.args.task_sampling, self.args.task_tau)
         self.balancer = self.build_balancer().to(self.device)
-        if self.balancer.key == "gradnorm" and self.args.task_sampling != "round_robin":
-            raise ValueError("balance=gradnorm compares every task at every step: it needs task_sampling=round_robin")
+        self.shares = self.task_shares()
+        every_step = self.args.task_sampling == "round_robin" and min(self.shares.values()) == 1
+        if self.balancer.key == "gradnorm" and not every_step:
+            raise ValueError(
+                "balance=gradnorm compares every task at every step: it needs task_sampling=round_robin and every "
+                "task_share 1"
+            )
         self.baselines = baseline_scores(self.args.baselines, self.tasks) if self.args.baselines else None
         self.shared: list[torch.nn.Parameter] = []
         self.epoch_means = EpochMeans()
@@ -282,6 +287,16 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
             raise ValueError(f"task_args: unknown key(s) {unknown} for {task}; valid keys are the train keys")
         return get_cfg(dict(vars(self.args)), {**own, "task": ULTRALYTICS_TASK[task]})
 
+    def task_shares(self) -> dict[str, float]:
+        """Each task's share of the steps (``task_share``; a task left out: 1), checked."""
+        given = self.args.task_share or {}
+        if not isinstance(given, dict) or not set(given) <= set(self.tasks):
+            raise ValueError(f"task_share={given!r}: give a dict of step fractions per task of the data {self.tasks}")
+        shares = {t: given.get(t, 1.0) for t in self.tasks}
+        if bad := {t: s for t, s in shares.items() if not (isinstance(s, (int, float)) and 0 < s <= 1)}:
+            raise ValueError(f"task_share {bad}: a task's share of the steps must be a number in (0, 1]")
+        return {t: float(s) for t, s in shares.items()}
+
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True):
         """The unified model; a unified checkpoint given as ``model=`` must have heads for the data's class counts."""
         if isinstance(weights, UnifiedModel) and str(self.args.model).endswith(".pt"):
@@ -312,9 +327,12 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         sizes = {task: len(loader.dataset) for task, loader in loaders.items()}
         if mode != "train":
             return JointLoader(loaders, TaskSampler(sizes))
-        loader = JointLoader(loaders, TaskSampler(sizes, self.args.task_sampling, self.args.task_tau, self.args.seed))
+        sampler = TaskSampler(sizes, self.args.task_sampling, self.args.task_tau, self.args.seed, self.shares)
+        loader = JointLoader(loaders, sampler)
         if self.args.task_sampling == "round_robin":
-            how = "a batch of every task"
+            how = "a batch of every task" + "".join(
+                f", {t} in {share:.0%} of them" for t, share in self.shares.items() if share < 1
+            )
         else:
             p = loader.task_sampler.probabilities
             how = f"{len(loaders)} batches of tasks drawn with " + ", ".join(f"{t} p={p[t]:.2f}" for t in p)
@@ -381,8 +399,9 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         return {name: torch.tensor(v) for name, v in means.items()}
 
     def _start_epoch(self) -> None:
-        """Start the epoch's means."""
+        """Start the epoch's means; place the task sampler at the epoch's first step (a resumed run goes on alike)."""
         self.epoch_means = EpochMeans()
+        self.train_loader.task_sampler.step = self.epoch * len(self.train_loader)
 
     def _end_epoch(self) -> None:
         """Give the balancer the epoch's task losses; write and plot the epoch's diagnostics."""
