@@ -6,8 +6,8 @@ optimizer steps, each with a segmentation batch and every other one with a detec
 (``task_share`` 0.5): 450 / 225 / 225 steps, the same as the protocol (cfg/seq.yaml: 30, 15 and 15 epochs) and the
 single-task baselines. A run is an Ultralytics training run in ``<out>/joint_<method>_seed<k>``: a re-run of the
 benchmark skips finished runs and resumes an interrupted one from its last.pt. Every task is scored at its own image
-size with a 95% bootstrap interval; delta_m is the mean relative change of the three primary metrics against the single-
-task baselines (Maninis et al. 2019), in percent.
+size with a 95% bootstrap interval; delta_m is the mean relative change of the three primary metrics against the
+single-task baselines (Maninis et al. 2019), in percent.
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ def new_trainer(synth_yaml: str, tmp_path: Path, **overrides) -> JointTrainer:
         ({"balance": "gradnorm", "task_sampling": "proportional"}, r"gradnorm .*needs task_sampling=round_robin"),
         ({"balance": "gradnorm", "task_share": {"det": 0.5}}, r"gradnorm .*needs .* every task_share 1"),
         ({"task_share": {"det": 1.5}}, r"task_share \{'det': 1.5\}: .* a number in \(0, 1\]"),
-        ({"task_share": {"pose": 0.5}}, r"task_share=\{'pose': 0.5\}: give a dict .* per task of the data"),
+        ({"task_share": {"pose": 0.5}}, r"task_share=\{'pose': 0.5\}: give a dict .* per task, tasks are"),
         ({"task_args": {"cls": {"imgsx": 96}}}, r"task_args: unknown key\(s\) \['imgsx'\] for cls"),
         ({"ewc": {"lam": 1.0}}, r"ewc: these strategies .* joint training does not support them"),
     ],
@@ -271,6 +271,8 @@ def test_command_line_errors_are_one_line(synth_yaml, tmp_path, monkeypatch, log
 def test_tasks_key_restricts_a_joint_run(synth_yaml, tmp_path):
     trainer = new_trainer(synth_yaml, tmp_path, tasks="[det,seg]")  # as the command line gives it
     assert trainer.tasks == ["seg", "det"] and set(trainer.parts) == {"seg", "det"}
+    shares = {"det": 0.5, "cls": 0.5}  # cfg/joint.yaml's: the share of cls, which this run does not train, is ignored
+    assert new_trainer(synth_yaml, tmp_path, tasks="seg,det", task_share=shares).shares == {"seg": 1.0, "det": 0.5}
     with pytest.raises(ValueError, match=r"tasks=\['seg', 'depth'\]: .* has no depth data \(it has seg, det, cls\)"):
         new_trainer(synth_yaml, tmp_path, tasks=["seg", "depth"])
 

@@ -288,10 +288,11 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         return get_cfg(dict(vars(self.args)), {**own, "task": ULTRALYTICS_TASK[task]})
 
     def task_shares(self) -> dict[str, float]:
-        """Each task's share of the steps (``task_share``; a task left out: 1), checked."""
+        """Each trained task's share of the steps (``task_share``; a task left out: 1), checked; the share of a task
+        the run does not train (``tasks=seg,det`` with cfg/joint.yaml's cls share) is ignored."""
         given = self.args.task_share or {}
-        if not isinstance(given, dict) or not set(given) <= set(self.tasks):
-            raise ValueError(f"task_share={given!r}: give a dict of step fractions per task of the data {self.tasks}")
+        if not isinstance(given, dict) or not set(given) <= set(TASKS):
+            raise ValueError(f"task_share={given!r}: give a dict of step fractions per task, tasks are {list(TASKS)}")
         shares = {t: given.get(t, 1.0) for t in self.tasks}
         if bad := {t: s for t, s in shares.items() if not (isinstance(s, (int, float)) and 0 < s <= 1)}:
             raise ValueError(f"task_share {bad}: a task's share of the steps must be a number in (0, 1]")
