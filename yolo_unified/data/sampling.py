@@ -12,12 +12,17 @@ from torch.utils.data import ConcatDataset, DataLoader
 SAMPLING_MODES = ("round_robin", "proportional", "temperature")
 
 
-def check_sampling(mode: str, tau: float) -> None:
-    """Fail with a message naming the key on an unknown ``task_sampling`` or a ``task_tau`` that is not > 0."""
+def check_sampling(mode: str, tau: float, shares: dict[str, float] | None = None) -> None:
+    """Fail with a message naming the key on an unknown ``task_sampling``, a ``task_tau`` that is not > 0, or a
+    ``task_share`` outside (0, 1] or below 1 without round_robin."""
     if mode not in SAMPLING_MODES:
         raise ValueError(f"task_sampling='{mode}' is not a sampling mode; valid modes: {', '.join(SAMPLING_MODES)}")
     if mode == "temperature" and not (isinstance(tau, (int, float)) and tau > 0):
         raise ValueError(f"task_tau={tau!r}: the sampling temperature must be a number > 0")
+    if bad := {t: v for t, v in (shares or {}).items() if not (isinstance(v, (int, float)) and 0 < v <= 1)}:
+        raise ValueError(f"task_share {bad}: a task's share of the steps must be a number in (0, 1]")
+    if any(v != 1 for v in (shares or {}).values()) and mode != "round_robin":
+        raise ValueError(f"task_share={shares}: a task's share of the steps needs task_sampling=round_robin")
 
 
 class TaskSampler:
@@ -39,11 +44,9 @@ class TaskSampler:
         shares: dict[str, float] | None = None,
     ) -> None:
         """Check the mode, tau and shares, and fix the draw probabilities; draws are reproducible from `seed`."""
-        check_sampling(mode, tau)
+        check_sampling(mode, tau, shares)
         self.tasks, self.mode = list(sizes), mode
         self.shares = {t: float((shares or {}).get(t, 1.0)) for t in self.tasks}
-        if any(s != 1.0 for s in self.shares.values()) and mode != "round_robin":
-            raise ValueError(f"task_share={shares}: a task's share of the steps needs task_sampling=round_robin")
         self.step = 0  # the run's step count (global over epochs), which the shares are spread over
         exponent = 1.0 / tau if mode == "temperature" else {"round_robin": 0.0, "proportional": 1.0}[mode]
         weights = np.array([float(sizes[t]) for t in self.tasks]) ** exponent

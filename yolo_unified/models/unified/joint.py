@@ -237,9 +237,9 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         if self.args.compile:
             LOGGER.warning("compile=True: joint steps run eagerly (each task is its own forward pass); compile off")
             self.args.compile = False
-        check_sampling(self.args.task_sampling, self.args.task_tau)
-        self.balancer = self.build_balancer().to(self.device)
         self.shares = self.task_shares()
+        check_sampling(self.args.task_sampling, self.args.task_tau, self.shares)
+        self.balancer = self.build_balancer().to(self.device)
         every_step = self.args.task_sampling == "round_robin" and min(self.shares.values()) == 1
         if self.balancer.key == "gradnorm" and not every_step:
             raise ValueError(
@@ -288,15 +288,12 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         return get_cfg(dict(vars(self.args)), {**own, "task": ULTRALYTICS_TASK[task]})
 
     def task_shares(self) -> dict[str, float]:
-        """Each trained task's share of the steps (``task_share``; a task left out: 1), checked; the share of a task
-        the run does not train (``tasks=seg,det`` with cfg/joint.yaml's cls share) is ignored."""
+        """Each trained task's share of the steps (``task_share``; a task left out: 1; check_sampling checks the
+        values); the share of a task the run does not train (``tasks=seg,det`` with cfg/joint.yaml) is ignored."""
         given = self.args.task_share or {}
         if not isinstance(given, dict) or not set(given) <= set(TASKS):
             raise ValueError(f"task_share={given!r}: give a dict of step fractions per task, tasks are {list(TASKS)}")
-        shares = {t: given.get(t, 1.0) for t in self.tasks}
-        if bad := {t: s for t, s in shares.items() if not (isinstance(s, (int, float)) and 0 < s <= 1)}:
-            raise ValueError(f"task_share {bad}: a task's share of the steps must be a number in (0, 1]")
-        return {t: float(s) for t, s in shares.items()}
+        return {t: given.get(t, 1.0) for t in self.tasks}
 
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True):
         """The unified model; a unified checkpoint given as ``model=`` must have heads for the data's class counts."""
