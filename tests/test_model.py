@@ -2,14 +2,17 @@
 
 import copy
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import REPO
 from ultralytics.nn.modules.block import DFL
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel, load_checkpoint
+from ultralytics.utils.loss import SemanticSegmentationLoss
 
 from yolo_unified.nn import UnifiedModel
+from yolo_unified.nn.loss import SemanticLoss
 from yolo_unified.nn.modules import BinExpectation
 
 NAMES = {
@@ -119,3 +122,25 @@ def test_bin_expectation_decodes_as_ultralytics_dfl():
     peaked = torch.full((1, 64, 1), -50.0)
     peaked[0, [3, 16 + 7, 32 + 0, 48 + 15]] = 50.0  # each side certain of one bin
     assert BinExpectation(16)(peaked).flatten().tolist() == pytest.approx([3, 7, 0, 15])
+
+
+@pytest.mark.parametrize("class_weights", [False, True])
+def test_semantic_loss_equals_ultralytics(class_weights):
+    """SemanticLoss gives Ultralytics' CE + Dice values and gradients, ignored pixels and class weights included."""
+    nc = 5
+    weights = torch.rand(nc) + 0.5 if class_weights else None
+    view = SimpleNamespace(model=[SimpleNamespace(nc=nc)], args=SimpleNamespace(data="x"), class_weights=weights)
+    view.parameters = lambda: iter([torch.zeros(1)])
+    torch.manual_seed(0)
+    masks = torch.randint(0, nc, (3, 64, 48))
+    masks[0, :10] = 255
+    masks[1] = 2  # one image with a single class
+    batch = {"semantic_mask": masks}
+    results = []
+    for loss in (SemanticSegmentationLoss(view), SemanticLoss(view)):
+        logits = torch.randn(3, nc, 8, 6, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        total, items = loss(logits, batch)
+        total.backward()
+        results.append((total.detach(), items["ce_loss"], items["dice_loss"], logits.grad))
+    for ours, ultralytics in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(ours, ultralytics, rtol=1e-5, atol=1e-6)

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel, parse_model
 from ultralytics.utils import LOGGER, YAML
-from ultralytics.utils.loss import SemanticSegmentationLoss, v8DetectionLoss
+from ultralytics.utils.loss import v8DetectionLoss
 from ultralytics.utils.torch_utils import initialize_weights
 
+from yolo_unified.nn.loss import SemanticLoss
 from yolo_unified.nn.modules import UnifiedFPN, UnifiedHead
 
 CFG_DIR = Path(str(files("yolo_unified.cfg")))  # the repo's top-level cfg/, installed as a package
@@ -188,8 +189,9 @@ class UnifiedModel(DetectionModel):
 class UnifiedLoss:
     """Ultralytics' own losses, one per task; a batch gets the loss of the task its labels belong to.
 
-    Detection: ``v8DetectionLoss`` (box, cls, dfl); segmentation: ``SemanticSegmentationLoss`` (CE + Dice, 255
-    ignored); classification: cross-entropy as in ``v8ClassificationLoss``. Outputs of the other tasks get no loss.
+    Detection: ``v8DetectionLoss`` (box, cls, dfl); segmentation: ``SemanticSegmentationLoss``'s CE + Dice (255
+    ignored), computed by its faster twin ``SemanticLoss``; classification: cross-entropy as in
+    ``v8ClassificationLoss``. Outputs of the other tasks get no loss.
     """
 
     def __init__(self, model: UnifiedModel):
@@ -216,7 +218,7 @@ class UnifiedLoss:
             if task == "det":
                 self.criteria[task] = v8DetectionLoss(self._view(head.nc))
             elif task == "seg":
-                self.criteria[task] = SemanticSegmentationLoss(self._view(head.nc_seg))
+                self.criteria[task] = SemanticLoss(self._view(head.nc_seg))
         return self.criteria.get(task)
 
     @staticmethod
