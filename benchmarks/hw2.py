@@ -176,9 +176,15 @@ def drop(d: dict | None) -> str:
 
 
 def training_minutes(run: Path) -> float:
-    """Training wall time of an Ultralytics run folder in minutes, from its results.csv (elapsed seconds column)."""
-    rows = (run / "results.csv").read_text().strip().splitlines()
-    return float(rows[-1].split(",")[1]) / 60 if len(rows) > 1 else 0.0
+    """Training wall time of an Ultralytics run folder in minutes, from its results.csv (elapsed seconds column).
+
+    Ultralytics restarts that clock when a run resumes: a drop marks a resume, and each stretch's last value counts
+    (a resume after the very first epoch can go unnoticed, missing that epoch's time).
+    """
+    rows = (run / "results.csv").read_text().strip().splitlines()[1:]
+    elapsed = [float(row.split(",")[1]) for row in rows]
+    ends = [t for t, following in zip(elapsed, elapsed[1:], strict=False) if following < t]
+    return (sum(ends) + elapsed[-1]) / 60 if elapsed else 0.0
 
 
 def stage_minutes(state: dict) -> list[float]:

@@ -96,7 +96,7 @@ def test_fixed_weights_and_their_validation():
 def test_uncertainty_weights_tend_to_the_inverse_loss_scale():
     balancer = build("uncertainty")
     optimizer = torch.optim.Adam(balancer.parameters(), lr=0.05)
-    losses = {"a": torch.tensor(10.0), "b": torch.tensor(0.1)}
+    losses = {"a": torch.tensor(10.0, requires_grad=True), "b": torch.tensor(0.1, requires_grad=True)}  # with graphs
     for _ in range(300):
         optimizer.zero_grad()
         total, weights = balancer.combine(losses, [])
@@ -184,3 +184,56 @@ def test_gradient_stats_norms_and_cosines():
     stats = gradient_stats(linear_losses(theta, [1.0, 0.0], [-1.0, 1.0]), [theta])
     assert stats == pytest.approx({"grad_norm/a": 1.0, "grad_norm/b": math.sqrt(2), "cos/a-b": -1 / math.sqrt(2)})
     assert theta.grad is None
+
+
+def three_linear_losses(theta: torch.Tensor, rows: list[list[float]], absent: str) -> dict[str, torch.Tensor]:
+    """Linear losses of tasks a, b, c with gradients `rows`; task `absent` has no batch (a zero loss, no graph)."""
+    losses = {t: torch.tensor(g) @ theta for t, g in zip("abc", rows, strict=True)}
+    return {**losses, absent: torch.zeros(())}
+
+
+@pytest.mark.parametrize("name", [n for n, b in BALANCERS.items() if b.kind == "gradient"])
+def test_gradient_methods_aggregate_only_the_tasks_in_the_step(name):
+    """A task without a batch (task_share) is left out, not read as a zero gradient: with the other two tasks the
+    update is the aggregate of those two, and a step with one task takes its gradient as it is."""
+    rows = [[1.0, 0.0, 0.0], [-1.0, 1.0, 0.5], [0.0, 2.0, -1.0]]
+    theta = torch.nn.Parameter(torch.zeros(3))
+    two_tasks = build(name, ["a", "b"])
+    if name == "rlw":
+        torch.manual_seed(0)
+    _, pair_weights = two_tasks.combine(linear_losses(theta, rows[0], rows[1]), [theta])
+    expected, theta.grad = theta.grad, None
+    three_tasks = build(name, ["a", "b", "c"])
+    if name == "rlw":
+        torch.manual_seed(0)
+    _, weights = three_tasks.combine(three_linear_losses(theta, rows, absent="c"), [theta])
+    torch.testing.assert_close(theta.grad, expected)
+    assert weights == pytest.approx({**pair_weights, "c": 0.0})
+    theta.grad = None
+    losses = {"a": torch.zeros(()), "b": torch.zeros(()), "c": torch.tensor(rows[2]) @ theta}
+    _, weights = three_tasks.combine(losses, [theta])
+    torch.testing.assert_close(theta.grad, torch.tensor(rows[2]))
+    assert weights == {"a": 0.0, "b": 0.0, "c": 1.0}
+
+
+def test_uncertainty_leaves_the_log_variance_of_a_task_without_a_batch_alone():
+    theta = torch.nn.Parameter(torch.zeros(3))
+    balancer = build("uncertainty", ["a", "b", "c"])
+    total, _ = balancer.combine(three_linear_losses(theta, [[1.0] * 3] * 3, absent="b"), [theta])
+    total.backward()
+    assert balancer.log_vars.grad.tolist() == [1.0, 0.0, 1.0]  # d(exp(-s) L + s)/ds at s = 0, L = theta . g = 0
+
+
+def test_gradnorm_compares_the_tasks_in_the_step():
+    """GradNorm with a task missing from some steps: the weights move only in steps with two tasks or more, and a
+    task's initial loss is its loss in its first step."""
+    model = TwoHeads()
+    layer = model.trunk[2].weight
+    balancer = build("gradnorm", alpha=1.5)
+    losses = model.losses(scale_b=10.0)
+    _, weights = balancer.combine({"a": losses["a"], "b": torch.zeros(())}, [layer])
+    assert balancer.weights.grad is None and weights == {"a": 1.0, "b": 1.0}
+    assert balancer.initial_losses[0] == losses["a"].detach() and balancer.initial_losses[1].isnan()
+    balancer.combine(model.losses(scale_b=10.0), [layer])
+    assert balancer.initial_losses[1] == losses["b"].detach()
+    assert balancer.weights.grad is not None and balancer.weights.grad.abs().sum() > 0

@@ -8,7 +8,16 @@ import torch
 from ultralytics.utils import YAML
 
 from benchmarks.bootstrap import background_miou, interval, per_image_records, score
-from benchmarks.hw2 import ABLATIONS, REPO, ablation_cfg, main, repo_path, repo_relative, summary_markdown
+from benchmarks.hw2 import (
+    ABLATIONS,
+    REPO,
+    ablation_cfg,
+    main,
+    repo_path,
+    repo_relative,
+    summary_markdown,
+    training_minutes,
+)
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.nn import UnifiedModel
 from yolo_unified.nn.tasks import CFG_DIR
@@ -26,6 +35,14 @@ def test_ablation_cfgs_change_one_thing_each():
     assert "lwf" not in lwf["stages"][0] and all(s["lwf"] for s in lwf["stages"][1:])
     ewc = ablation_cfg(seq, ("ewc",), staged=False)["stages"]
     assert ewc[0]["ewc"] == seq["stages"][0]["ewc"] and all(s["ewc"]["lam"] > 0 for s in ewc[1:])
+
+
+def test_training_minutes_add_up_the_stretches_of_a_resumed_run(tmp_path):
+    """Ultralytics restarts results.csv's elapsed time on resume: each stretch's last value counts."""
+    times = [60, 120, 180, 70, 130, 50]  # resumed after epoch 3 and after epoch 5
+    rows = [f"{i + 1},{t},0.5" for i, t in enumerate(times)]
+    (tmp_path / "results.csv").write_text("epoch,time,train/loss\n" + "\n".join(rows) + "\n")
+    assert training_minutes(tmp_path) == pytest.approx((180 + 130 + 50) / 60)
 
 
 def test_repo_relative_paths_are_read_back_from_any_directory(tmp_path, monkeypatch):

@@ -75,30 +75,54 @@ class JacobianBalancer(Balancer):
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, tasks: Sequence[str], **settings: Any) -> None:
-        """Build the aggregator from our defaults, overridden by `settings`."""
+        """Check the settings by building the aggregator of every task (a step with fewer tasks gets its own)."""
         super().__init__(tasks)
-        settings = {**self.defaults, **settings}
-        if "n_tasks" in inspect.signature(self.aggregator_type).parameters:
-            settings.setdefault("n_tasks", len(self.tasks))
-        try:
-            self.aggregator = self.aggregator_type(**settings)
-        except ImportError as e:  # CAGrad, Nash-MTL and UPGrad need optional solvers
-            raise ImportError(f"balancing method '{self.key}': {e}") from e
+        self.settings = {**self.defaults, **settings}
+        self.aggregators: dict[tuple[int, ...], WeightedAggregator] = {}
+        self.aggregator(tuple(range(len(self.tasks))))
+
+    def aggregator(self, rows: tuple[int, ...]) -> WeightedAggregator:
+        """The aggregator of the Jacobian rows of the tasks `rows` (indices in task order), built on first use: a
+        stateful one (Nash-MTL) keeps its state per set of tasks."""
+        if rows not in self.aggregators:
+            settings = dict(self.settings)
+            if "n_tasks" in inspect.signature(self.aggregator_type).parameters:
+                settings.setdefault("n_tasks", len(rows))
+            try:
+                self.aggregators[rows] = self.aggregator_type(**settings)
+            except ImportError as e:  # CAGrad, Nash-MTL and UPGrad need optional solvers
+                raise ImportError(f"balancing method '{self.key}': {e}") from e
+        return self.aggregators[rows]
 
     def combine(
         self, losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Parameter]
     ) -> tuple[None, dict[str, float]]:
-        """Fill every ``.grad``: the heads' own gradients and the aggregated gradient on `shared`."""
+        """Fill every ``.grad``: the heads' own gradients and the aggregated gradient on `shared`.
+
+        Only the tasks with a batch in the step (a loss with a graph) are aggregated: a task left out by
+        ``task_share`` or the sampling has no gradient, and a zero row would be read as a task that wants no change
+        (MGDA's min-norm point would be zero, Aligned-MTL's scale too). A step with one task takes its gradient as
+        it is: there is nothing to balance. A task without a batch gets weight 0.
+        """
         ordered = self.ordered(losses)
         params = trainable(shared)
         if not params:
             raise ValueError(f"{self.key}: no shared parameter requires a gradient")
-        if not any(loss.requires_grad for loss in ordered):  # no task in this batch: nothing to do
-            return None, dict.fromkeys(self.tasks, 0.0)
-        for p, jacobian in zip(params, task_jacobians(ordered, params, into_others=True), strict=True):
-            p.jac = jacobian  # where TorchJD's jac_to_grad reads each parameter's Jacobian
-        weights = jac_to_grad(params, self.aggregator)
-        return None, dict(zip(self.tasks, weights.tolist(), strict=True))
+        rows = tuple(i for i, loss in enumerate(ordered) if loss.requires_grad)
+        weights = dict.fromkeys(self.tasks, 0.0)
+        if not rows:  # no task in this batch: nothing to do
+            return None, weights
+        jacobians = task_jacobians([ordered[i] for i in rows], params, into_others=True)
+        if len(rows) == 1:
+            for p, jacobian in zip(params, jacobians, strict=True):
+                p.grad = jacobian[0] if p.grad is None else p.grad + jacobian[0]
+            row_weights = [1.0]
+        else:
+            for p, jacobian in zip(params, jacobians, strict=True):
+                p.jac = jacobian  # where TorchJD's jac_to_grad reads each parameter's Jacobian
+            row_weights = jac_to_grad(params, self.aggregator(rows)).tolist()
+        weights.update({self.tasks[i]: w for i, w in zip(rows, row_weights, strict=True)})
+        return None, weights
 
 
 GRADIENT_BALANCERS: dict[str, type[JacobianBalancer]] = {

@@ -28,8 +28,11 @@ class GradNorm(Balancer):
         optimizer.step()  # the optimizer holds the network and balancer.parameters() (no weight decay on them)
 
     :meth:`combine` renormalises the weights to sum ``T`` before using them (the paper renormalises after each
-    step: the same weights reach every loss). Its own backward is small: each task's gradient on ``W`` alone (the
-    graph is kept for ``total.backward()``) and the GradNorm loss on the ``T`` weights.
+    step: the same weights reach every loss). A step need not hold every task (``task_share``, non-round-robin
+    sampling): the GradNorm loss then compares the tasks it holds (``L_t(0)`` is a task's loss in its first step),
+    and a step with one task leaves the weights as they are (no ``.grad``, so the optimizer skips them). Its own
+    backward is small: each task's gradient on ``W`` alone (the graph is kept for ``total.backward()``) and the
+    GradNorm loss on the ``T`` weights.
     """
 
     key = "gradnorm"
@@ -53,11 +56,14 @@ class GradNorm(Balancer):
             raise ValueError(f"{self.key}: no shared weight tensor (of more than one dimension) requires a gradient")
         ordered = self.ordered(losses)
         values = torch.stack([loss.detach() for loss in ordered])
-        if self.initial_losses.isnan().any():
-            self.initial_losses.copy_(values)
-        norms = task_jacobians(ordered, layers[-1:])[0].flatten(1).norm(dim=1)  # ||grad_W L_t||, no graph
-        weighted_norms = self.weights * norms  # = ||grad_W w_t L_t||, as w_t > 0
-        progress = values / self.initial_losses.clamp(min=1e-12)
-        target = weighted_norms.mean() * (progress / progress.mean()) ** self.alpha
-        (weighted_norms - target.detach()).abs().sum().backward(inputs=[self.weights])
+        present = torch.tensor([loss.requires_grad for loss in ordered], device=values.device)
+        first = present & self.initial_losses.isnan()
+        self.initial_losses[first] = values[first]  # a task's L_t(0) is its loss in its first step
+        rows = present.nonzero().flatten().tolist()
+        if len(rows) > 1:  # the weights move only in steps with tasks to compare
+            norms = task_jacobians([ordered[i] for i in rows], layers[-1:])[0].flatten(1).norm(dim=1)
+            weighted_norms = self.weights[rows] * norms  # = ||grad_W w_t L_t||, as w_t > 0; no graph in the norms
+            progress = values[rows] / self.initial_losses[rows].clamp(min=1e-12)
+            target = weighted_norms.mean() * (progress / progress.mean()) ** self.alpha
+            (weighted_norms - target.detach()).abs().sum().backward(inputs=[self.weights])
         return self.weighted_sum(losses, self.weights.detach())

@@ -20,7 +20,9 @@ class Uncertainty(Balancer):
     regression one: our tasks' losses are not pure likelihoods (det mixes box IoU, DFL and BCE; seg mixes CE and
     Dice), so no factor is more right than another, and one form keeps the tasks on an equal footing. Each weight
     ``exp(-s_t)`` then tends to ``1 / L_t``, the inverse of its loss scale, for every choice of factor up to a
-    constant. The log-variances join the optimizer (no weight decay: it would pull every weight toward 1).
+    constant. The log-variances join the optimizer (no weight decay: it would pull every weight toward 1). A task
+    without a batch in the step (``task_share``, non-round-robin sampling) adds no regulariser either: ``s_t`` alone
+    would be pushed down with nothing to hold it, and a task in half the steps would end with twice the weight.
     """
 
     key = "uncertainty"
@@ -33,6 +35,7 @@ class Uncertainty(Balancer):
     def combine(
         self, losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Parameter]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The precision-weighted losses plus the log-variance regulariser."""
+        """The precision-weighted losses plus the log-variance regulariser of the tasks with a batch in the step."""
         total, weights = self.weighted_sum(losses, torch.exp(-self.log_vars))
-        return total + self.log_vars.sum(), weights
+        present = torch.tensor([loss.requires_grad for loss in self.ordered(losses)], device=self.log_vars.device)
+        return total + self.log_vars[present].sum(), weights

@@ -240,12 +240,6 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         self.shares = self.task_shares()
         check_sampling(self.args.task_sampling, self.args.task_tau, self.shares)
         self.balancer = self.build_balancer().to(self.device)
-        every_step = self.args.task_sampling == "round_robin" and min(self.shares.values()) == 1
-        if self.balancer.key == "gradnorm" and not every_step:
-            raise ValueError(
-                "balance=gradnorm compares every task at every step: it needs task_sampling=round_robin and every "
-                "task_share 1"
-            )
         self.baselines = baseline_scores(self.args.baselines, self.tasks) if self.args.baselines else None
         self.shared: list[torch.nn.Parameter] = []
         self.epoch_means = EpochMeans()
