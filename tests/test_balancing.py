@@ -184,6 +184,8 @@ def test_gradient_stats_norms_and_cosines():
     stats = gradient_stats(linear_losses(theta, [1.0, 0.0], [-1.0, 1.0]), [theta])
     assert stats == pytest.approx({"grad_norm/a": 1.0, "grad_norm/b": math.sqrt(2), "cos/a-b": -1 / math.sqrt(2)})
     assert theta.grad is None
+    absent = gradient_stats({"a": torch.tensor([1.0, 0.0]) @ theta, "b": torch.zeros(())}, [theta])
+    assert absent["grad_norm/a"] == 1.0 and math.isnan(absent["grad_norm/b"]) and math.isnan(absent["cos/a-b"])
 
 
 def three_linear_losses(theta: torch.Tensor, rows: list[list[float]], absent: str) -> dict[str, torch.Tensor]:

@@ -14,14 +14,18 @@ def gradient_stats(losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Pa
     """Each task's gradient norm on the `shared` parameters and the cosine similarity of every pair of tasks.
 
     Keys: ``grad_norm/<task>`` and ``cos/<task a>-<task b>`` (pairs in the order of `losses`; NaN where a gradient
-    is zero), ready for a CSV row. A negative cosine means the two tasks pull the shared parameters apart. Leaves
+    is zero, and a task without a batch in the step, a loss without a graph, has no norm: NaN, not 0), ready for a
+    CSV row. A negative cosine means the two tasks pull the shared parameters apart. Leaves
     every ``.grad`` and the graph as they were: call it before ``backward()`` or ``combine()``.
     """
     tasks = list(losses)
     jacobians = task_jacobians(list(losses.values()), trainable(shared))
     gramian = sum(j.flatten(1) @ j.flatten(1).T for j in jacobians)
     norms = gramian.diagonal().clamp(min=0).sqrt()
-    stats = {f"grad_norm/{task}": norm for task, norm in zip(tasks, norms.tolist(), strict=True)}
+    stats = {
+        f"grad_norm/{task}": norm if losses[task].requires_grad else float("nan")
+        for task, norm in zip(tasks, norms.tolist(), strict=True)
+    }
     for (i, a), (k, b) in combinations(enumerate(tasks), 2):
         scale = norms[i] * norms[k]
         stats[f"cos/{a}-{b}"] = (gramian[i, k] / scale).item() if scale > 0 else float("nan")
