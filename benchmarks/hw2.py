@@ -357,8 +357,9 @@ def summary_markdown(results: dict) -> str:
 
         lines += [
             "",
-            "## Joint training (cfg/joint.yaml: every task in every step; one run per balancing method at seed 0, the "
-            "default recipe with more seeds; delta_m: mean relative change against the single-task baselines)",
+            f"## Joint training ({next(iter(joint.values()))['recipe']}, the protocol's optimizer steps per task; one "
+            "run per balancing method at seed 0, the recipe's own method with more seeds; delta_m: mean relative "
+            "change against the single-task baselines)",
             "",
             *joint_markdown(joint, fmt),
             "",
@@ -503,7 +504,7 @@ def main(argv: list[str]) -> dict:
             final = out / name / "weights" / "best.pt"
             folder = out / name / "deployed"
             runs[name]["deployed"] = deployed_scores(str(final), data, checkpoint_imgsz(final), folder, n_boot)
-        if default_joint := next((n for n, r in joint.items() if r["seed"] == 0 and r["method"] == "fixed"), None):
+        if default_joint := next((n for n, r in joint.items() if r["seed"] == 0 and r["default"]), None):
             weights = repo_path(joint[default_joint]["weights"])
             folder = out / default_joint / "deployed"
             joint[default_joint]["deployed"] = deployed_scores(

@@ -1,13 +1,13 @@
 """The joint section of benchmarks.hw2: the unified model trained on every task at once, per loss-balancing method.
 
-Each run is cfg/joint.yaml with one ``balance`` method at seed 0, and the default recipe (cfg/joint.yaml's own method)
-with further seeds (``joint_seeds``, default 2). Budget on HW2 (240 training images per task, batch 16): 30 epochs of 15
-optimizer steps, each with a segmentation batch and every other one with a detection and a classification batch
-(``task_share`` 0.5): 450 / 225 / 225 steps, the same as the protocol (cfg/seq.yaml: 30, 15 and 15 epochs) and the
-single-task baselines. A run is an Ultralytics training run in ``<out>/joint_<method>_seed<k>``: a re-run of the
-benchmark skips finished runs and resumes an interrupted one from its last.pt. Every task is scored at its own image
-size with a 95% bootstrap interval; delta_m is the mean relative change of the three primary metrics against the
-single-task baselines (Maninis et al. 2019), in percent.
+Each run is the regime's joint recipe (cfg/joint.yaml; cfg/joint-pretrained.yaml with ``pretrained=``) with one
+``balance`` method at seed 0, and the recipe's own method with further seeds (``joint_seeds``, default 2). Budget on
+HW2 (240 training images per task, batch 16): 30 epochs of 15 optimizer steps, each with a segmentation batch and
+every other one with a detection and a classification batch (``task_share`` 0.5): 450 / 225 / 225 steps, the same as
+the protocol (cfg/seq.yaml: 30, 15 and 15 epochs) and the single-task baselines. A run is an Ultralytics training run
+in ``<out>/joint_<method>_seed<k>``: a re-run of the benchmark skips finished runs and resumes an interrupted one from
+its last.pt. Every task is scored at its own image size with a 95% bootstrap interval; delta_m is the mean relative
+change of the three primary metrics against the single-task baselines (Maninis et al. 2019), in percent.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.engine import train
 from yolo_unified.nn.modules import TASKS
 from yolo_unified.nn.tasks import CFG_DIR
+
+
+def joint_recipe(pretrained: bool) -> Path:
+    """The joint recipe of a regime: cfg/joint-pretrained.yaml with ``pretrained=`` weights, else cfg/joint.yaml."""
+    return CFG_DIR / ("joint-pretrained.yaml" if pretrained else "joint.yaml")
 
 
 def run_joint(root: Path, cfg: dict[str, Any]) -> tuple[Path, float | None]:
@@ -65,8 +70,13 @@ def joint_runs(
     baselines: dict[str, float],
     n_boot: int,
 ) -> dict[str, dict[str, Any]]:
-    """Train and score every method at seed 0 and the default recipe (cfg/joint.yaml) at seeds 1..seeds-1."""
-    joint = YAML.load(CFG_DIR / "joint.yaml")
+    """Train and score every method at seed 0 and the default recipe at seeds 1..seeds-1.
+
+    The recipe is the regime's (``joint_recipe``); a method other than the recipe's own ``balance`` runs without the
+    recipe's ``balance_args`` (they are that method's settings).
+    """
+    recipe = joint_recipe("pretrained" in common)
+    joint = YAML.load(recipe)
     if unknown := [m for m in methods if m not in BALANCERS]:
         raise ValueError(f"joint_methods: unknown method(s) {unknown}; valid methods: {', '.join(BALANCERS)}")
     plan = [(m, 0) for m in methods] + [(joint["balance"], k) for k in range(1, seeds)]
@@ -75,6 +85,8 @@ def joint_runs(
         name = f"joint_{method}_seed{seed}"
         LOGGER.info(f"\n{colorstr('bold', 'benchmarks.hw2')}: {name}")
         cfg = {**joint, **common, "balance": method, "seed": seed, **force}
+        if method != joint["balance"]:
+            cfg["balance_args"] = None
         if all(baselines.values()):  # best.pt by the mean retention (a zero baseline leaves the plain mean)
             cfg["baselines"] = str(out / "baselines")
         weights, peak = run_joint(out / name, cfg)
@@ -86,6 +98,8 @@ def joint_runs(
         results[name] = {
             "method": method,
             "seed": seed,
+            "recipe": f"cfg/{recipe.name}",
+            "default": method == joint["balance"],
             "weights": str(weights),
             "final": final,
             "delta_m": delta_m({t: s["value"] for t, s in final.items()}, baselines),

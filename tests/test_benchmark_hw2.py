@@ -109,7 +109,8 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
     assert list(joint) == ["joint_fixed_seed0", "joint_pcgrad_seed0"] and (out / "joint_scores.png").is_file()
     for run in joint.values():
         assert set(run["final"]) == {"seg", "det", "cls"} and math.isfinite(run["delta_m"]) and run["minutes"] > 0
-    assert set(joint["joint_fixed_seed0"]["deployed"]) == {"seg", "det", "cls"}
+    assert set(joint["joint_fixed_seed0"]["deployed"]) == {"seg", "det", "cls"}  # the regime's recipe, deployed
+    assert joint["joint_fixed_seed0"]["recipe"] == "cfg/joint.yaml" and "## Joint training (cfg/joint.yaml" in short
     assert "## Joint training" in short and "| joint_pcgrad_seed0 | pcgrad |" in short
     assert all(run["wall_minutes_this_call"] < 0.5 for run in again["runs"].values())  # finished runs: no retraining
     first = [results["runs"][n] for n in again["runs"]]
