@@ -79,7 +79,9 @@ def joint_runs(
     joint = YAML.load(recipe)
     if unknown := [m for m in methods if m not in BALANCERS]:
         raise ValueError(f"joint_methods: unknown method(s) {unknown}; valid methods: {', '.join(BALANCERS)}")
-    plan = [(m, 0) for m in methods] + [(joint["balance"], k) for k in range(1, seeds)]
+    default = joint["balance"]  # the recipe's runs first (its seeds measure the noise), then the other methods
+    plan = [(default, 0)] * (default in methods) + [(default, k) for k in range(1, seeds)]
+    plan += [(m, 0) for m in methods if m != default]
     results = {}
     for method, seed in plan:
         name = f"joint_{method}_seed{seed}"
