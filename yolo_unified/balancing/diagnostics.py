@@ -14,9 +14,9 @@ def gradient_stats(losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Pa
     """Each task's gradient norm on the `shared` parameters and the cosine similarity of every pair of tasks.
 
     Keys: ``grad_norm/<task>`` and ``cos/<task a>-<task b>`` (pairs in the order of `losses`; NaN where a gradient
-    is zero, and a task without a batch in the step, a loss without a graph, has no norm: NaN, not 0), ready for a
-    CSV row. A negative cosine means the two tasks pull the shared parameters apart. Leaves
-    every ``.grad`` and the graph as they were: call it before ``backward()`` or ``combine()``.
+    is zero), ready for a CSV row; a task without a batch in the step (a loss without a graph) has no norm: NaN, not
+    0. A negative cosine means the two tasks pull the shared parameters apart. Leaves every ``.grad`` and the graph
+    as they were: call it before ``backward()`` or ``combine()``.
     """
     tasks = list(losses)
     jacobians = task_jacobians(list(losses.values()), trainable(shared))
