@@ -87,7 +87,7 @@ def joint_runs(
         name = f"joint_{method}_seed{seed}"
         LOGGER.info(f"\n{colorstr('bold', 'benchmarks.hw2')}: {name}")
         cfg = {**joint, **common, "balance": method, "seed": seed, **force}
-        if method != joint["balance"]:
+        if method != default:
             cfg["balance_args"] = None
         if all(baselines.values()):  # best.pt by the mean retention (a zero baseline leaves the plain mean)
             cfg["baselines"] = str(out / "baselines")
@@ -101,7 +101,7 @@ def joint_runs(
             "method": method,
             "seed": seed,
             "recipe": f"cfg/{recipe.name}",
-            "default": method == joint["balance"],
+            "default": method == default,
             "weights": str(weights),
             "final": final,
             "delta_m": delta_m({t: s["value"] for t, s in final.items()}, baselines),
