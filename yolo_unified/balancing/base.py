@@ -58,6 +58,12 @@ class Balancer(torch.nn.Module):
         return total, dict(zip(self.tasks, weights.tolist(), strict=True))
 
 
+def present(losses: Sequence[torch.Tensor]) -> list[int]:
+    """Indices of the losses with a graph: the tasks that have a batch in the step (a task without one gets a zero
+    loss without a graph, under ``task_share`` or a non-round-robin sampling)."""
+    return [i for i, loss in enumerate(losses) if loss.requires_grad]
+
+
 def trainable(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     """The tensors of `params` that require a gradient (frozen parameters take no part in balancing)."""
     return [p for p in params if p.requires_grad]
@@ -75,7 +81,7 @@ def task_jacobians(
       task heads, each of which gets only its own task's gradient), the graph is freed after the last loss, and the
       ``.grad`` of the `shared` tensors is left as it was.
     """
-    live = [i for i, loss in enumerate(losses) if loss.requires_grad]
+    live = present(losses)
     rows = []
     for i, loss in enumerate(losses):
         if i not in live:

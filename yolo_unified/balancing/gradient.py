@@ -14,7 +14,7 @@ import torch
 from torchjd.aggregation import IMTLG, MGDA, AlignedMTL, CAGrad, NashMTL, PCGrad, Random, UPGrad, WeightedAggregator
 from torchjd.autojac import jac_to_grad
 
-from yolo_unified.balancing.base import Balancer, task_jacobians, trainable
+from yolo_unified.balancing.base import Balancer, present, task_jacobians, trainable
 
 # registry key -> (TorchJD aggregator, our default settings, what it is)
 METHODS: dict[str, tuple[type[WeightedAggregator], dict[str, Any], str]] = {
@@ -108,7 +108,7 @@ class JacobianBalancer(Balancer):
         params = trainable(shared)
         if not params:
             raise ValueError(f"{self.key}: no shared parameter requires a gradient")
-        rows = tuple(i for i, loss in enumerate(ordered) if loss.requires_grad)
+        rows = tuple(present(ordered))
         weights = dict.fromkeys(self.tasks, 0.0)
         if not rows:  # no task in this batch: nothing to do
             return None, weights

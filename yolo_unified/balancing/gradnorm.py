@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from yolo_unified.balancing.base import Balancer, task_jacobians, trainable
+from yolo_unified.balancing.base import Balancer, present, task_jacobians, trainable
 
 
 class GradNorm(Balancer):
@@ -56,10 +56,9 @@ class GradNorm(Balancer):
             raise ValueError(f"{self.key}: no shared weight tensor (of more than one dimension) requires a gradient")
         ordered = self.ordered(losses)
         values = torch.stack([loss.detach() for loss in ordered])
-        present = torch.tensor([loss.requires_grad for loss in ordered], device=values.device)
-        first = present & self.initial_losses.isnan()
+        rows = present(ordered)
+        first = [i for i in rows if self.initial_losses[i].isnan()]
         self.initial_losses[first] = values[first]  # a task's L_t(0) is its loss in its first step
-        rows = present.nonzero().flatten().tolist()
         if len(rows) > 1:  # the weights move only in steps with tasks to compare
             norms = task_jacobians([ordered[i] for i in rows], layers[-1:])[0].flatten(1).norm(dim=1)
             weighted_norms = self.weights[rows] * norms  # = ||grad_W w_t L_t||, as w_t > 0; no graph in the norms

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from yolo_unified.balancing.base import Balancer
+from yolo_unified.balancing.base import Balancer, present
 
 
 class Uncertainty(Balancer):
@@ -37,5 +37,4 @@ class Uncertainty(Balancer):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The precision-weighted losses plus the log-variance regulariser of the tasks with a batch in the step."""
         total, weights = self.weighted_sum(losses, torch.exp(-self.log_vars))
-        present = torch.tensor([loss.requires_grad for loss in self.ordered(losses)], device=self.log_vars.device)
-        return total + self.log_vars[present].sum(), weights
+        return total + self.log_vars[present(self.ordered(losses))].sum(), weights
