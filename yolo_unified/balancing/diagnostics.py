@@ -7,7 +7,7 @@ from itertools import combinations
 
 import torch
 
-from yolo_unified.balancing.base import task_jacobians, trainable
+from yolo_unified.balancing.base import present, task_jacobians, trainable
 
 
 def gradient_stats(losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Parameter]) -> dict[str, float]:
@@ -18,13 +18,14 @@ def gradient_stats(losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Pa
     0. A negative cosine means the two tasks pull the shared parameters apart. Leaves every ``.grad`` and the graph
     as they were: call it before ``backward()`` or ``combine()``.
     """
-    tasks = list(losses)
-    jacobians = task_jacobians(list(losses.values()), trainable(shared))
+    tasks, values = list(losses), list(losses.values())
+    live = present(values)
+    jacobians = task_jacobians(values, trainable(shared))
     gramian = sum(j.flatten(1) @ j.flatten(1).T for j in jacobians)
     norms = gramian.diagonal().clamp(min=0).sqrt()
     stats = {
-        f"grad_norm/{task}": norm if losses[task].requires_grad else float("nan")
-        for task, norm in zip(tasks, norms.tolist(), strict=True)
+        f"grad_norm/{t}": norm if i in live else float("nan")
+        for i, (t, norm) in enumerate(zip(tasks, norms.tolist(), strict=True))
     }
     for (i, a), (k, b) in combinations(enumerate(tasks), 2):
         scale = norms[i] * norms[k]
