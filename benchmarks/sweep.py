@@ -99,7 +99,7 @@ def number(value: Any) -> str:
 
 def grid_config(stages: list[dict], shared: float, settings: dict[str, dict], strategies: dict) -> GridConfig:
     """The configuration with `shared` as the backbone/neck/tower multiplier of the varied stages and `settings` on in
-    them; a stage with ``vary: False`` runs as written in every configuration.
+    them; a stage with ``vary: False`` (already the protocol's own, see ``parse_grid``) runs as it is.
 
     Its name is ``shared<m>`` followed by ``-<key><strength>`` per strategy (joined by ``+``), the strength being the
     value of the strategy's ``param`` in `strategies`.
@@ -121,12 +121,26 @@ def grid_config(stages: list[dict], shared: float, settings: dict[str, dict], st
     return GridConfig(name, float(shared), settings, full)
 
 
-def parse_grid(grid: dict, quick: bool = False) -> list[GridConfig]:
+def held_stage(written: dict, protocol: list[dict]) -> dict:
+    """A grid stage as it runs: a ``vary: False`` stage is the `protocol`'s own stage for its task, as written there
+    (the grid names only the task, so the two files cannot drift apart); any other stage is the grid's."""
+    if written.get("vary", True):
+        return written
+    if extra := sorted(set(written) - {"task", "vary"}):
+        task = written["task"]
+        raise ValueError(f"sweep grid: a 'vary: False' stage is the protocol's own {task} stage; drop {extra}")
+    own = [s for s in protocol if s.get("task") == written["task"]]
+    if len(own) != 1:
+        raise ValueError(f"sweep grid: the protocol needs exactly one {written['task']} stage to hold, not {len(own)}")
+    return {**deepcopy(own[0]), "vary": False}
+
+
+def parse_grid(grid: dict, protocol: list[dict], quick: bool = False) -> list[GridConfig]:
     """The configurations of a grid (cfg/sweep.yaml's layout), checked: one per ``shared`` multiplier without a
     strategy, then for each ``with_shared`` multiplier one per strategy strength and one per combination.
 
-    ``quick`` keeps the first ``shared`` and the first ``with_shared`` multiplier and the first strength of the first
-    strategy (no combination).
+    `protocol` is the swept protocol's stages (``vary: False`` stages are taken from it). ``quick`` keeps the first
+    ``shared`` and the first ``with_shared`` multiplier and the first strength of the first strategy (no combination).
     """
     if unknown := sorted(set(grid) - GRID_KEYS):
         raise ValueError(f"sweep grid: unknown key(s) {unknown}; valid: {sorted(GRID_KEYS)}")
@@ -135,6 +149,7 @@ def parse_grid(grid: dict, quick: bool = False) -> list[GridConfig]:
         raise ValueError("sweep grid: 'stages' must be the two later stages, each a dict with a task (det, then cls)")
     if all(s.get("vary", True) is False for s in stages):
         raise ValueError("sweep grid: every stage has 'vary: False'; the grid would vary nothing")
+    stages = [held_stage(s, protocol) for s in stages]
     strategies, combined = dict(grid.get("strategies") or {}), list(grid.get("combined") or [])
     known = sorted(set(STRATEGIES) - {"lr_mult"})
     for key in [*strategies, *(k for combination in combined for k in combination)]:
@@ -460,11 +475,11 @@ def main(argv: list[str]) -> dict:
     protocol = recommended_protocol(args.get("pretrained"))  # the base run's, as benchmarks.hw2 picks it
     regime_grid = "sweep-pretrained.yaml" if protocol.name == "seq-pretrained.yaml" else "sweep.yaml"
     grid_file = Path(args.get("grid", CFG_DIR / regime_grid))
-    configs = select(parse_grid(YAML.load(grid_file), quick), args.get("only"))
+    seq = YAML.load(protocol)
+    configs = select(parse_grid(YAML.load(grid_file), seq["stages"], quick), args.get("only"))
     if not configs:
         raise ValueError(f"{grid_file}: the grid has no configuration")
     seeds, n_front = int(args.get("seeds", 2)), int(args.get("front", 3))
-    seq = YAML.load(protocol)
     base = repo_path(args["base"]).resolve() if "base" in args else out / "base"
     if "base" in args and not (base / "results.json").is_file():
         raise FileNotFoundError(f"base={args['base']}: no benchmarks.hw2 results.json there")

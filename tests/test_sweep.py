@@ -24,9 +24,15 @@ GRID = {
     "combined": [{"ewc": {"lam": 1.0}, "lwf": {"weight": 0.3}}],
 }
 
+PROTOCOL = [  # the swept protocol's stages: its stage 3 differs from the grid's (epochs), to tell them apart
+    {"task": "seg", "epochs": 2},
+    GRID["stages"][0],
+    {**GRID["stages"][1], "epochs": 3},
+]
+
 
 def test_grid_names_and_stage_settings():
-    configs = {c.name: c for c in parse_grid(GRID)}
+    configs = {c.name: c for c in parse_grid(GRID, PROTOCOL)}
     per_shared = ["ewc1", "ewc10", "lwf0.3", "replay4", "ewc1+lwf0.3"]
     assert list(configs) == ["shared0", "shared0.1", *(f"shared{m}-{s}" for m in ("0.1", "0.03") for s in per_shared)]
     frozen, both = configs["shared0"], configs["shared0.03-ewc1+lwf0.3"]
@@ -42,32 +48,37 @@ def test_grid_names_and_stage_settings():
     assert ewc10[0]["ewc"]["lam"] == ewc10[1]["ewc"]["lam"] == 10.0 and "lwf" not in ewc10[1]
     assert all("ewc" not in s for s in frozen.stages) and frozen.stages[0]["lr_mult"]["backbone"] == 0.0
     assert GRID["stages"][0]["lr_mult"] == {"seg": 0.0, "det": 5.0, "cls": 0.0}  # the grid itself is left as it was
-    assert [c.name for c in parse_grid(GRID, quick=True)] == ["shared0", "shared0.1", "shared0.1-ewc1"]
+    assert [c.name for c in parse_grid(GRID, PROTOCOL, quick=True)] == ["shared0", "shared0.1", "shared0.1-ewc1"]
     chosen = select(list(configs.values()), "shared0.1-lwf0.3,shared0")
     assert [c.name for c in chosen] == ["shared0.1-lwf0.3", "shared0"]  # in the order named: the run order
     with pytest.raises(ValueError, match="no configuration \\['shared9'\\]"):
         select(list(configs.values()), "shared9")
-    held = {**GRID["stages"][1], "vary": False}  # stage 3 as written in every configuration
-    for config in parse_grid({**GRID, "stages": [GRID["stages"][0], held]}):
-        assert config.stages[1] == GRID["stages"][1]
+    held = {"task": "cls", "vary": False}  # the protocol's own stage 3 in every configuration
+    for config in parse_grid({**GRID, "stages": [GRID["stages"][0], held]}, PROTOCOL):
+        assert config.stages[1] == PROTOCOL[2]
         assert config.stages[0]["lr_mult"]["neck"] == config.shared
 
 
 def test_grid_errors_name_the_culprit():
     with pytest.raises(ValueError, match="unknown strategy 'nope'.*known strategies: .*ewc"):
-        parse_grid({**GRID, "strategies": {**GRID["strategies"], "nope": {"param": "w", "values": [1]}}})
+        parse_grid({**GRID, "strategies": {**GRID["strategies"], "nope": {"param": "w", "values": [1]}}}, PROTOCOL)
     with pytest.raises(ValueError, match="unknown strategy 'nope'"):
-        parse_grid({**GRID, "combined": [{"nope": {"w": 1}}]})
+        parse_grid({**GRID, "combined": [{"nope": {"w": 1}}]}, PROTOCOL)
     with pytest.raises(ValueError, match="unknown strategy 'lr_mult' \\(the shared multiplier sets lr_mult\\)"):
-        parse_grid({**GRID, "strategies": {"lr_mult": {"param": "det", "values": [1]}}})
+        parse_grid({**GRID, "strategies": {"lr_mult": {"param": "det", "values": [1]}}}, PROTOCOL)
     with pytest.raises(ValueError, match="unknown key\\(s\\) \\['shard'\\]"):
-        parse_grid({**GRID, "shard": [0.1]})
+        parse_grid({**GRID, "shard": [0.1]}, PROTOCOL)
     with pytest.raises(ValueError, match="lack its strength 'lam'"):
-        parse_grid({**GRID, "combined": [{"ewc": {"samples": 8}}]})
+        parse_grid({**GRID, "combined": [{"ewc": {"samples": 8}}]}, PROTOCOL)
     with pytest.raises(ValueError, match="appear twice"):
-        parse_grid({**GRID, "shared": [0.1, 0.10]})
+        parse_grid({**GRID, "shared": [0.1, 0.10]}, PROTOCOL)
     with pytest.raises(ValueError, match="would vary nothing"):
-        parse_grid({**GRID, "stages": [{**s, "vary": False} for s in GRID["stages"]]})
+        parse_grid({**GRID, "stages": [{**s, "vary": False} for s in GRID["stages"]]}, PROTOCOL)
+    held = [GRID["stages"][0], {"task": "cls", "vary": False, "epochs": 3}]
+    with pytest.raises(ValueError, match="the protocol's own cls stage; drop \\['epochs'\\]"):
+        parse_grid({**GRID, "stages": held}, PROTOCOL)
+    with pytest.raises(ValueError, match="exactly one cls stage to hold, not 0"):
+        parse_grid({**GRID, "stages": [GRID["stages"][0], {"task": "cls", "vary": False}]}, PROTOCOL[:2])
 
 
 def test_front_is_pareto_in_forgetting_and_retention():
@@ -85,10 +96,12 @@ def test_front_is_pareto_in_forgetting_and_retention():
     not {"pseudo_label", "feat_distill"} <= set(STRATEGIES), reason="cfg/sweep.yaml names strategies not there yet"
 )
 def test_packaged_grid_parses():
-    names = [c.name for c in parse_grid(YAML.load(CFG_DIR / "sweep.yaml"))]
+    names = [c.name for c in parse_grid(YAML.load(CFG_DIR / "sweep.yaml"), YAML.load(CFG_DIR / "seq.yaml")["stages"])]
     assert "shared0" in names and "shared0.1-ewc1+pseudo_label1" in names
-    pretrained = {c.name: c for c in parse_grid(YAML.load(CFG_DIR / "sweep-pretrained.yaml"))}
-    assert all(c.stages[1]["lr_mult"]["backbone"] == 0.01 for c in pretrained.values())  # stage 3 held
+    protocol = YAML.load(CFG_DIR / "seq-pretrained.yaml")["stages"]
+    pretrained = {c.name: c for c in parse_grid(YAML.load(CFG_DIR / "sweep-pretrained.yaml"), protocol)}
+    assert all(c.stages[1] == protocol[2] for c in pretrained.values())  # stage 3 held, as the protocol writes it
+    assert protocol[2]["lr_mult"]["backbone"] == 0.01
 
 
 def test_quick_sweep_shares_stage_one_and_resumes(synth_yaml, tmp_path):
