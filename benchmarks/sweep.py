@@ -126,12 +126,12 @@ def held_stage(written: dict, protocol: list[dict]) -> dict:
     (the grid names only the task, so the two files cannot drift apart); any other stage is the grid's."""
     if written.get("vary", True):
         return written
+    task = written["task"]
     if extra := sorted(set(written) - {"task", "vary"}):
-        task = written["task"]
         raise ValueError(f"sweep grid: a 'vary: False' stage is the protocol's own {task} stage; drop {extra}")
-    own = [s for s in protocol if s.get("task") == written["task"]]
+    own = [s for s in protocol if s.get("task") == task]
     if len(own) != 1:
-        raise ValueError(f"sweep grid: the protocol needs exactly one {written['task']} stage to hold, not {len(own)}")
+        raise ValueError(f"sweep grid: the protocol needs exactly one {task} stage to hold, not {len(own)}")
     return {**deepcopy(own[0]), "vary": False}
 
 
