@@ -6,6 +6,7 @@ import pytest
 import torch
 from ultralytics.utils import torch_utils
 
+from yolo_unified.benchmark import target
 from yolo_unified.cli import run
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.nn import UnifiedModel
@@ -58,3 +59,8 @@ def test_int8_rows_are_calibrated_on_the_data(synth_yaml, tmp_path):
     speedup, share = (out["checks"][k]["value"] for k in ("ONNX Runtime fp32 / fastest INT8 latency",
                       "fastest INT8 / three separate models summed (ONNX Runtime fp32)"))  # fmt: skip
     assert speedup > 0 and 0 < share < 1
+
+
+def test_a_missed_target_does_not_print_as_its_goal():
+    missed = target(1.3034, "<= 1.3", False)  # 1.30 beside NO would read as a wrong verdict
+    assert missed == {"value": 1.303, "target": "<= 1.3", "met": False}
