@@ -286,8 +286,9 @@ def summary_markdown(results: dict) -> str:
         f"- date: {results['date']}, commit {results['commit']}",
         f"- {machine_text(m)}",
         f"- budget: {results['budget']}",
-        f"- training time of all runs: {results['training_minutes']:.1f} min (every stage once, from Ultralytics' "
-        "results.csv); each invocation of the command (a re-run skips finished training): wall time, peak memory: "
+        f"- training time of the protocol runs and baselines: {results['training_minutes']:.1f} min (every stage once, "
+        "from Ultralytics' results.csv; the separate and joint runs' are in their tables)"
+        "; each invocation of the command (a re-run skips finished training): wall time, peak memory: "
         + "; ".join(invocation_text(i) for i in results["invocations"]),
         f"- scores: final value [95% bootstrap interval over the val images, {results['bootstrap']} resamples]; "
         f"references: all-background mIoU {results['references']['seg_all_background']:.4f}, chance top-1 "
@@ -323,13 +324,13 @@ def summary_markdown(results: dict) -> str:
         lines += [
             "",
             "## Separate Ultralytics models (one per task: what a user would otherwise train, same budgets and "
-            "pretrained weights as the single-task baselines)",
+            "starting weights (pretrained or not) as the single-task baselines)",
             "",
-            "| task | Ultralytics model | params (M) | score | unified model, this task alone |",
-            "|---|---|---:|---|---|",
+            "| task | Ultralytics model | params (M) | score | unified model, this task alone | minutes |",
+            "|---|---|---:|---|---|---:|",
             *(
                 f"| {t} {TASK_METRIC[t]} | {r['model']} | {r['params'] / 1e6:.2f} | {fmt(r['final'])} | "
-                f"{fmt(runs['baselines']['final'].get(t))} |"
+                f"{fmt(runs['baselines']['final'].get(t))} | {r['minutes']:.1f} |"
                 for t, r in separate.items()
             ),
             "",
@@ -466,7 +467,10 @@ def main(argv: list[str]) -> dict:
 
         shared = {k: v for k, v in common.items() if k != "data"}
         separate = train_separate(data, out / "separate", shared, force, n_boot)
-        separate = {t: {**r, "weights": repo_relative(r["weights"])} for t, r in separate.items()}
+        separate = {
+            t: {**r, "weights": repo_relative(r["weights"]), "minutes": training_minutes(Path(r["weights"]).parents[1])}
+            for t, r in separate.items()
+        }
 
     from yolo_unified.benchmark import benchmark
 
