@@ -467,10 +467,7 @@ def main(argv: list[str]) -> dict:
 
         shared = {k: v for k, v in common.items() if k != "data"}
         separate = train_separate(data, out / "separate", shared, force, n_boot)
-        separate = {
-            t: {**r, "weights": repo_relative(r["weights"]), "minutes": training_minutes(Path(r["weights"]).parents[1])}
-            for t, r in separate.items()
-        }
+        separate = {t: {**r, "weights": repo_relative(r["weights"])} for t, r in separate.items()}
 
     from yolo_unified.benchmark import benchmark
 

@@ -31,7 +31,7 @@ from ultralytics.utils import LOGGER, YAML, colorstr
 from ultralytics.utils.torch_utils import get_num_params
 
 from benchmarks.bootstrap import bootstrapped
-from benchmarks.hw2 import QUICK, finished_run
+from benchmarks.hw2 import QUICK, finished_run, training_minutes
 from yolo_unified.cli import parse_args
 from yolo_unified.data.config import ULTRALYTICS_TASK, load_data_config, task_data
 from yolo_unified.nn.tasks import BACKBONE_LAYERS, CFG_DIR
@@ -118,6 +118,7 @@ def train_separate(
             "weights": weights,
             "params": get_num_params(model),
             "minutes_this_call": (time.time() - t0) / 60,
+            "minutes": training_minutes(out / task),  # from its results.csv, also when this call skipped the training
             "final": score,
         }
         LOGGER.info(f"{colorstr('benchmarks.separate:')} {task} {score['value']:.4f} {score['ci95']}")
