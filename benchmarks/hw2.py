@@ -7,16 +7,20 @@
     python -m benchmarks.hw2 ... runtimes=True     # adds the final model's accuracy per runtime (benchmarks.runtimes)
     python -m benchmarks.hw2 ... deployed=True     # adds the deployed path's scores (benchmarks.deployed)
     python -m benchmarks.hw2 ... joint=True [joint_methods=fixed,pcgrad] [joint_seeds=2]  # adds joint training
+    python -m benchmarks.hw2 ... recorded=True     # extends a committed benchmark whose weights are not here
     python -m benchmarks.hw2 data=datasets/unified-synth.yaml quick=True out=/tmp/quick    # a smoke run, minutes
 
 ``data`` is the raw HW2 folder (converted into ``datasets/hw2`` first, as ``yolo-unified data prepare`` does) or a
 multi-task data YAML. Every run is a protocol run under ``<out>/<name>``: a killed benchmark re-run with the same
-command skips finished runs and stages and resumes the interrupted one. The single-task baselines and the ablation runs
-share the first (segmentation) stage of the seed-0 default run: it is the same training in all of them (the strategies
-act from stage 2 on, and the segmentation baseline has the same settings). The protocol is the one `yolo-unified
-train` recommends: cfg/seq.yaml, or cfg/seq-pretrained.yaml with ``pretrained=`` (its first stage trains the backbone
-at a tenth of the rate, and so does the segmentation baseline it shares). ``quick=True`` shrinks every stage (64 px,
-one epoch, 5% of the training images) to check that the whole pipeline produces its files.
+command skips finished runs and stages and resumes the interrupted one. A clone of the repository holds a committed
+benchmark's reports but not its weights: with ``recorded=True`` the runs (and sections) that results.json records and
+whose weights are not here are kept as recorded, not re-run, and only the rest are trained; the summary names them.
+The single-task baselines and the ablation runs share the first (segmentation) stage of the seed-0 default run: it is
+the same training in all of them (the strategies act from stage 2 on, and the segmentation baseline has the same
+settings). The protocol is the one `yolo-unified train` recommends: cfg/seq.yaml, or cfg/seq-pretrained.yaml with
+``pretrained=`` (its first stage trains the backbone at a tenth of the rate, and so does the segmentation baseline it
+shares). ``quick=True`` shrinks every stage (64 px, one epoch, 5% of the training images) to check that the whole
+pipeline produces its files.
 
 Output in ``out``: ``summary.md`` (every table, with the machine, command, commit, date and wall times),
 ``results.json`` (every number), the runs' own reports and plots, and the speed table of ``yolo-unified benchmark``.
@@ -275,9 +279,25 @@ def invocation_text(i: dict[str, Any]) -> str:
     return f"{i['date']}, commit {i['commit']}: {i['wall_minutes']:.1f} min, {peak}"
 
 
+def weightless(results: dict) -> set[str]:
+    """The runs and sections of a benchmark's `results` whose weights are not in this checkout.
+
+    Names: a protocol run's (``default_seed0``, ``baselines``, ...), a joint run's, ``separate`` for the separate
+    Ultralytics models.
+    """
+    files = {name: [s["weights"] for s in run["stages"]] for name, run in results.get("runs", {}).items()}
+    files |= {name: [run["weights"]] for name, run in results.get("joint", {}).items()}
+    if separate := results.get("separate"):
+        files["separate"] = [r["weights"] for r in separate.values()]
+    return {name for name, paths in files.items() if not all(repo_path(p).is_file() for p in paths)}
+
+
 def summary_markdown(results: dict) -> str:
     """All tables of the benchmark as Markdown."""
-    m, runs = results["machine"], results["runs"]
+    m, runs, kept = results["machine"], results["runs"], results.get("recorded")
+    recorded = (
+        [f"- kept as recorded by earlier invocations (their weights were not here): {', '.join(kept)}"] if kept else []
+    )
     limit = results["forget_limit"]
     lines = [
         f"# HW2 benchmark ({results['regime']})",
@@ -290,6 +310,7 @@ def summary_markdown(results: dict) -> str:
         "from Ultralytics' results.csv; the separate and joint runs' are in their tables)"
         "; each invocation of the command (a re-run skips finished training): wall time, peak memory: "
         + "; ".join(invocation_text(i) for i in results["invocations"]),
+        *recorded,
         f"- scores: final value [95% bootstrap interval over the val images, {results['bootstrap']} resamples]; "
         f"references: all-background mIoU {results['references']['seg_all_background']:.4f}, chance top-1 "
         f"{results['references']['cls_chance']:.4f}, chance mAP50 ~0",
@@ -405,7 +426,7 @@ def main(argv: list[str]) -> dict:
     """Run the benchmark for command-line tokens `argv` (``key=value``); return the results dict."""
     args = parse_args(argv)
     keys = {"data", "imgsz", "out", "quick", "pretrained", "seeds", "bootstrap", "speed_imgsz", "ablations", "separate"}
-    keys |= {"runtimes", "deployed", "joint", "joint_methods", "joint_seeds"}
+    keys |= {"runtimes", "deployed", "joint", "joint_methods", "joint_seeds", "recorded"}
     if unknown := set(args) - keys:
         raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.hw2")
     quick, t0, commit = bool(args.get("quick", False)), time.time(), git_commit()  # the code that runs
@@ -416,11 +437,12 @@ def main(argv: list[str]) -> dict:
     data = common["data"]
     names = task_names(load_data_config(data))
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
-    stages = [s for run in previous.get("runs", {}).values() for s in run["stages"]]
-    if missing := [s["weights"] for s in stages if not repo_path(s["weights"]).is_file()]:
+    gone = weightless(previous)
+    if gone and not args.get("recorded", False):
         raise FileNotFoundError(
-            f"{out} holds a benchmark whose weights are not here ({missing[0]} and {len(missing) - 1} more; a clone of "
-            "the repository has only the reports): pass a new out= to run it again"
+            f"{out} holds a benchmark whose weights are not here ({', '.join(sorted(gone))}; a clone of the repository "
+            "has only the reports): pass recorded=True to keep those runs as recorded and train only the rest, or a "
+            "new out= to run it all again"
         )
     force = dict(QUICK) if quick else {}
     limit = float(seq.get("forget_limit", 0.05))
@@ -438,16 +460,21 @@ def main(argv: list[str]) -> dict:
     states: dict[str, dict] = {}
     for name, label, cfg in plan:
         LOGGER.info(f"\n{colorstr('bold', 'benchmarks.hw2')}: {name} ({label})")
+        if name in gone:
+            runs[name] = previous["runs"][name]
+            continue
         root, baselines = out / name, out / "baselines"
         if name == "default_seed0":
             pass
         elif name.startswith("default"):
             cfg = {**cfg, "baselines": str(baselines)}
+        elif "default_seed0" in gone:
+            raise FileNotFoundError(f"{name} starts from default_seed0's first stage, whose weights are not here")
         else:
             share_first_stage(root, states["default_seed0"])
         state, seconds = run_protocol(cfg, root, common, force)
         states[name] = state
-        if name == "baselines":  # now seed 0's report can have its retention row
+        if name == "baselines" and "default_seed0" in states:  # now seed 0's report can have its retention row
             write_report(out / "default_seed0", states["default_seed0"], limit, baselines=str(baselines))
         final = final_scores(state, data, names, root, n_boot)
         runs[name] = {
@@ -461,8 +488,8 @@ def main(argv: list[str]) -> dict:
             "stages": with_stage_paths(state["stages"], repo_relative),
         }
 
-    separate = {}
-    if args.get("separate", False):  # the three Ultralytics models a user would otherwise train
+    separate = previous["separate"] if "separate" in gone else {}
+    if args.get("separate", False) and not separate:  # the three Ultralytics models a user would otherwise train
         from benchmarks.separate import train_separate
 
         shared = {k: v for k, v in common.items() if k != "data"}
@@ -471,16 +498,19 @@ def main(argv: list[str]) -> dict:
 
     from yolo_unified.benchmark import benchmark
 
-    final_weights = states["default_seed0"]["stages"][-1]["weights"]
-    speed = benchmark(
-        final_weights,
-        imgsz=int(args.get("speed_imgsz", 64 if quick else 512)),
-        runs=3 if quick else 50,
-        warmup=1 if quick else 10,
-        project=str(out),
-        name="speed",
-        exist_ok=True,
-    )
+    if "default_seed0" in gone:  # its final model is not here to time
+        speed, speed_table = previous["speed"], previous["speed_table"]
+    else:
+        speed = benchmark(
+            states["default_seed0"]["stages"][-1]["weights"],
+            imgsz=int(args.get("speed_imgsz", 64 if quick else 512)),
+            runs=3 if quick else 50,
+            warmup=1 if quick else 10,
+            project=str(out),
+            name="speed",
+            exist_ok=True,
+        )
+        speed_table = (Path(speed["save_dir"]) / "benchmark.md").read_text()
     joint = {}
     if args.get("joint", False):  # every task at once, per balancing method (benchmarks.joint)
         from benchmarks.joint import joint_runs, plot_joint
@@ -490,7 +520,8 @@ def main(argv: list[str]) -> dict:
         methods = [m.strip() for m in str(methods).strip("[]").split(",") if m.strip()]
         joint_force = {**force, "task_args": {"cls": {"imgsz": force["imgsz"]}}} if quick else force
         single = {t: s["value"] for t, s in runs["baselines"]["final"].items()}
-        joint = joint_runs(out, common, joint_force, methods, int(args.get("joint_seeds", 2)), single, n_boot)
+        kept = {name: previous["joint"][name] for name in gone if name in previous.get("joint", {})}
+        joint = joint_runs(out, common, joint_force, methods, int(args.get("joint_seeds", 2)), single, n_boot, kept)
         references = {"single-task": single}
         references["sequential (seed 0)"] = {t: s["value"] for t, s in runs["default_seed0"]["final"].items()}
         if separate:
@@ -501,26 +532,28 @@ def main(argv: list[str]) -> dict:
     if args.get("deployed", False):  # each task as the predictor serves it: one pass at the model's image size
         from benchmarks.deployed import checkpoint_imgsz, deployed_scores, separate_deployed_detection
 
-        for name in [n for n in runs if n.startswith("default")]:
+        for name in [n for n in runs if n.startswith("default") and n not in gone]:
             final = out / name / "weights" / "best.pt"
             folder = out / name / "deployed"
             runs[name]["deployed"] = deployed_scores(str(final), data, checkpoint_imgsz(final), folder, n_boot)
-        if default_joint := next((n for n, r in joint.items() if r["seed"] == 0 and r["default"]), None):
+        recipe_runs = (n for n, r in joint.items() if r["seed"] == 0 and r["default"] and n not in gone)
+        if default_joint := next(recipe_runs, None):
             weights = repo_path(joint[default_joint]["weights"])
             folder = out / default_joint / "deployed"
             joint[default_joint]["deployed"] = deployed_scores(
                 str(weights), data, checkpoint_imgsz(weights), folder, n_boot
             )
-        if "det" in separate:
+        if "det" in separate and "separate" not in gone:
             det = separate["det"]
             det["deployed"] = separate_deployed_detection(repo_path(det["weights"]), data, out / "separate", n_boot)
 
-    runtimes = {}
-    if args.get("runtimes", False):  # the final model's accuracy in every runtime, fp32 and INT8
+    runtimes = previous.get("runtimes", {}) if "default_seed0" in gone else {}
+    if args.get("runtimes", False) and not runtimes:  # the final model's accuracy in every runtime, fp32 and INT8
         from benchmarks.runtimes import runtime_scores
 
         config = states["default_seed0"]["config"]
         imgsz = {s["task"]: {**config["common"], **s}.get("imgsz", 640) for s in config["stages"]}
+        final_weights = states["default_seed0"]["stages"][-1]["weights"]
         runtimes = runtime_scores(final_weights, data, imgsz, out / "runtimes", n_boot)
     record = invocation(t0, commit)
     minutes = {s["save_dir"]: m for r in runs.values() for s, m in zip(r["stages"], r["stage_minutes"], strict=True)}
@@ -537,6 +570,7 @@ def main(argv: list[str]) -> dict:
         "bootstrap": n_boot,
         "training_minutes": sum(minutes.values()),  # a stage shared by several runs counted once
         "invocations": [*previous.get("invocations", []), record],
+        "recorded": sorted(gone),  # kept from the earlier results.json: their weights were not here
         "references": {
             "seg_all_background": runs["baselines"]["final"].get("seg", {}).get("all_background", math.nan),
             "cls_chance": 1 / len(names["cls"]) if "cls" in names else math.nan,
@@ -550,7 +584,7 @@ def main(argv: list[str]) -> dict:
             "checks": speed["checks"],
             "machine": {**speed["machine"], "model": repo_relative(speed["machine"]["model"])},
         },
-        "speed_table": (Path(speed["save_dir"]) / "benchmark.md").read_text(),
+        "speed_table": speed_table,
     }
     write_outputs(out, results, summary_markdown(results), "benchmarks.hw2")
     return results

@@ -69,11 +69,13 @@ def joint_runs(
     seeds: int,
     baselines: dict[str, float],
     n_boot: int,
+    kept: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train and score every method at seed 0 and the default recipe at seeds 1..seeds-1.
 
     The recipe is the regime's (``joint_recipe``); a method other than the recipe's own ``balance`` runs without the
-    recipe's ``balance_args`` (they are that method's settings).
+    recipe's ``balance_args`` (they are that method's settings). A run in `kept` (an earlier record whose weights are
+    not here) is returned as recorded.
     """
     recipe = joint_recipe("pretrained" in common)
     joint = YAML.load(recipe)
@@ -86,6 +88,9 @@ def joint_runs(
     for method, seed in plan:
         name = f"joint_{method}_seed{seed}"
         LOGGER.info(f"\n{colorstr('bold', 'benchmarks.hw2')}: {name}")
+        if name in (kept or {}):
+            results[name] = kept[name]
+            continue
         cfg = {**joint, **common, "balance": method, "seed": seed, **force}
         if method != default:
             cfg["balance_args"] = None

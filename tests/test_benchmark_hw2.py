@@ -18,6 +18,7 @@ from benchmarks.hw2 import (
     summary_markdown,
     training_minutes,
 )
+from benchmarks.joint import joint_runs
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.nn import UnifiedModel
 from yolo_unified.nn.tasks import CFG_DIR
@@ -116,9 +117,24 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):
     first = [results["runs"][n] for n in again["runs"]]
     stages = {s["save_dir"]: m for run in first for s, m in zip(run["stages"], run["stage_minutes"], strict=True)}
     assert len(again["invocations"]) == 2 and again["training_minutes"] == pytest.approx(sum(stages.values()))
+    saved = json.loads((out / "results.json").read_text())
     (out / "baselines/2-det/weights/best.pt").unlink()  # as in a clone: reports without weights
-    with pytest.raises(FileNotFoundError, match="pass a new out="):
+    repo_path(saved["separate"]["det"]["weights"]).unlink()
+    with pytest.raises(FileNotFoundError, match="recorded=True"):
         main([f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}"])
+    extended = main([*argv, "separate=True", "recorded=True"])  # what lost its weights is kept, the rest re-scored
+    assert extended["recorded"] == ["baselines", "separate"] and extended["separate"] == saved["separate"]
+    assert extended["runs"]["baselines"] == saved["runs"]["baselines"] and len(extended["invocations"]) == 4
+    assert (
+        "kept as recorded by earlier invocations (their weights were not here): baselines, separate"
+        in (out / "summary.md").read_text()
+    )
+
+
+def test_joint_runs_keep_the_records_given(tmp_path):
+    record = {"method": "fixed", "seed": 0, "final": {}, "weights": "gone/best.pt"}
+    kept = joint_runs(tmp_path, {"data": "unused.yaml"}, {}, ["fixed"], 1, {}, 10, {"joint_fixed_seed0": record})
+    assert kept == {"joint_fixed_seed0": record} and not any(tmp_path.iterdir())  # nothing trained
 
 
 @pytest.mark.parametrize("task", ["seg", "det", "cls"])
