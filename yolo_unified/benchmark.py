@@ -193,6 +193,7 @@ class Benchmark:
         self.x = torch.rand(1, 3, self.imgsz, self.imgsz, generator=torch.Generator().manual_seed(0))
         self.rows: list[Row] = []
         self.overhead = float("nan")  # full model / backbone eager latency, timed in alternation (run() sets it)
+        self.int8_speedup = float("nan")  # ONNX Runtime fp32 / fastest INT8 latency, timed in alternation
         self.load_average = [round(x, 2) for x in os.getloadavg()]  # other work on the machine skews every row
 
     def measure(self, name: str, runtime: str, make: Callable[[], Runner], size: tuple[int, float] | None = None):
@@ -207,9 +208,10 @@ class Benchmark:
 
     def export(self, fmt: str, seg_argmax: bool = False, quantize: int | None = None) -> str:
         """Export the checkpoint into the run directory with ``UnifiedExporter`` (static shape, batch 1; INT8
-        calibrated on ``data``)."""
-        model = deepcopy(self.model)
-        model.pt_path = str(self.save_dir / f"{Path(self.weights).stem}{'-argmax' if seg_argmax else ''}.pt")
+        calibrated on ``data``, written to ``int8/``: Ultralytics deletes the fp32 ONNX file it quantizes)."""
+        model, folder = deepcopy(self.model), (self.save_dir / "int8" if quantize else self.save_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        model.pt_path = str(folder / f"{Path(self.weights).stem}{'-argmax' if seg_argmax else ''}.pt")
         args = {"format": fmt, "imgsz": self.imgsz, "batch": 1, "device": "cpu", "verbose": False}
         if quantize:
             args.update(quantize=quantize, data=self.data)
@@ -228,6 +230,14 @@ class Benchmark:
         self.measure(unified, "ONNX Runtime INT8", lambda: ort_runner(onnx_int8, self.x, self.threads), size)
         folder = self.exported["OpenVINO INT8"] = self.export("openvino", quantize=8)
         self.measure(unified, "OpenVINO INT8", lambda: openvino_runner(folder, self.x, self.threads), size)
+        fastest = min(self.rows[-2:], key=lambda row: row.median_ms)
+        int8 = (
+            ort_runner(onnx_int8, self.x, self.threads)
+            if fastest.runtime == "ONNX Runtime INT8"
+            else openvino_runner(folder, self.x, self.threads)
+        )
+        fp32 = ort_runner(self.exported["ONNX Runtime"], self.x, self.threads)
+        self.int8_speedup = paired_ratio(fp32, int8, self.runs, self.warmup)  # the 1.5x target's measure
 
     def measure_separate(self) -> None:
         """The separate Ultralytics models with the checkpoint's class counts, in PyTorch eager and ONNX Runtime (an
@@ -272,7 +282,7 @@ class Benchmark:
             name, eager_rt, lambda: partial(torch_forward, backbone, self.x), model_size(backbone.model, self.imgsz)
         )
         full_run, backbone_run = partial(torch_forward, eager, self.x), partial(torch_forward, backbone, self.x)
-        self.overhead = paired_ratio(full_run, backbone_run, self.runs, self.warmup)  # the 1.5x target's measure
+        self.overhead = paired_ratio(full_run, backbone_run, self.runs, self.warmup)  # the 1.3x target's measure
         self.measure_separate()
 
         with torch.inference_mode():
@@ -304,8 +314,8 @@ class Benchmark:
         }
         int8 = [median[k] for k in median if k[0] == unified and k[1].endswith("INT8")]
         if int8:
-            speedup, share = ort / min(int8), min(int8) / median[SEPARATE_SUM, "ONNX Runtime"]
-            checks["ONNX Runtime fp32 / fastest INT8 latency"] = target(
+            speedup, share = self.int8_speedup, min(int8) / median[SEPARATE_SUM, "ONNX Runtime"]
+            checks["ONNX Runtime fp32 / fastest INT8 latency (timed in alternation)"] = target(
                 speedup, f">= {MIN_INT8_SPEEDUP}", speedup >= MIN_INT8_SPEEDUP
             )
             checks["fastest INT8 / three separate models summed (ONNX Runtime fp32)"] = target(
