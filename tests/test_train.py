@@ -94,6 +94,21 @@ def test_val_reports_every_task(chain, synth_yaml, tmp_path):
     assert (tmp_path / "val/metrics.json").is_file() and (tmp_path / "val/metrics.csv").is_file()
 
 
+def test_val_defaults_to_the_training_image_size(chain, synth_yaml, tmp_path, monkeypatch):
+    sizes = {}
+
+    def spy(task, validator):
+        def build(save_dir, args):
+            sizes[task] = args["imgsz"]
+            return validator(save_dir=save_dir, args=args)
+
+        return build
+
+    monkeypatch.setattr(engine, "VALIDATORS", {t: spy(t, v) for t, v in engine.VALIDATORS.items()})
+    engine.val(model=chain["weights"], data=synth_yaml, tasks=["cls"], batch=4, project=str(tmp_path), plots=False)
+    assert sizes == {"cls": 64}  # trained at 64 (Ultralytics' default, 640, would score another model)
+
+
 def test_pretrained_applies_to_a_new_model_only(chain, synth_yaml, tmp_path):
     src = DetectionModel("yolov8n.yaml", nc=80, verbose=False)
     torch.save({"model": src}, tmp_path / "yolov8n.pt")

@@ -212,7 +212,8 @@ def val(
     """Validate every task the data YAML and the model share (or just `tasks`); print and save a summary.
 
     `model` is a checkpoint path (or an exported model) or a unified model in memory (a copy is validated, so a
-    training model is left as it is). Returns ``{task: {metric: value}}`` with Ultralytics' metric names, MAP50-95
+    training model is left as it is); without ``imgsz`` a checkpoint is validated at its training image size (an
+    exported model at its export size). Returns ``{task: {metric: value}}`` with Ultralytics' metric names, MAP50-95
     and the rest included. Results go to ``runs/unified/val*/<task>/`` (plots, confusion matrices) plus
     ``metrics.json`` and ``metrics.csv`` beside them (``save_dir=`` puts them elsewhere).
     """
@@ -226,6 +227,8 @@ def val(
     tasks = [t for t in (tasks or TASKS) if t in cfg["tasks"] and t in model_tasks]
     if not tasks:
         raise ValueError(f"{data} and the model share no task")
+    if "imgsz" not in overrides and isinstance(getattr(module, "args", None), dict) and "imgsz" in module.args:
+        overrides["imgsz"] = module.args["imgsz"]  # as Ultralytics' val: the size the checkpoint was trained at
     if module is not None and getattr(module, "task_names", None):
         data_names = {t: names for t, names in task_names(cfg).items() if t in tasks}
         check_heads(module.task_names, data_names, model if module is not model else "the model", data)
