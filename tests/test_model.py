@@ -11,7 +11,7 @@ from ultralytics.nn.modules.block import DFL
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel, load_checkpoint
 from ultralytics.utils.loss import SemanticSegmentationLoss
 
-from yolo_unified.nn import UnifiedModel
+from yolo_unified.nn import UnifiedHead, UnifiedModel
 from yolo_unified.nn.loss import SemanticLoss
 from yolo_unified.nn.modules import BinExpectation
 
@@ -144,3 +144,21 @@ def test_semantic_loss_equals_ultralytics(class_weights):
         results.append((total.detach(), items["ce_loss"], items["dice_loss"], logits.grad))
     for ours, ultralytics in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(ours, ultralytics, rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_tower_fuses_to_the_same_outputs():
+    head = UnifiedHead(nc=3, nc_seg=4, nc_cls=5, tower=1, groups=4, ch=(64, 64, 64))
+    assert head.tower[0].conv.groups == 4 and head.tower[0].conv.weight.shape == (64, 16, 3, 3)
+    head.stride = torch.tensor([8.0, 16.0, 32.0])
+    x = [torch.rand(1, 64, s, s) for s in (16, 8, 4)]
+    for bn in head.tower[0].bn:  # non-trivial statistics, so folding them has something to fold
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    head.eval()
+    with torch.no_grad():
+        before = head(x)[:3]
+        head.fuse()
+        after = head(x)[:3]
+    for a, b in zip(before, after, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="not divisible"):
+        UnifiedHead(groups=3, ch=(64, 64, 64))
