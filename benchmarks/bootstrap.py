@@ -7,6 +7,7 @@ the same metric code on the resampled records, so the point value and every resa
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ import numpy as np
 import torch
 from ultralytics.utils.metrics import DetMetrics, SemanticMetrics
 
-from yolo_unified.data.config import ULTRALYTICS_TASK
-from yolo_unified.engine import PRIMARY_METRIC
+from yolo_unified.cli import parse_args
+from yolo_unified.common import PRIMARY_METRIC, ULTRALYTICS_TASK
+from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.models.unified.val import VALIDATORS
 
 
@@ -120,9 +122,6 @@ def main(argv: list[str]) -> dict[str, dict[str, Any]]:
 
     Prints and returns each task's score with its 95% bootstrap interval.
     """
-    from yolo_unified.cli import parse_args
-    from yolo_unified.data.config import load_data_config, task_names
-
     args = parse_args(argv)
     names = task_names(load_data_config(args["data"]))
     out: dict[str, dict[str, Any]] = {}
@@ -140,6 +139,4 @@ def main(argv: list[str]) -> dict[str, dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    import sys
-
     main(sys.argv[1:])

@@ -23,11 +23,13 @@ import numpy as np
 import torch
 from PIL import Image
 from ultralytics.models.yolo.detect import DetectionValidator
+from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import nms
 from ultralytics.utils.checks import check_imgsz
 
 from benchmarks.bootstrap import bootstrapped
-from yolo_unified.cli import parse_args
+from benchmarks.common import benchmark_args, ultralytics_data
+from yolo_unified.common import task_imgsz
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.models.unified.predict import letterbox
 from yolo_unified.models.unified.val import (
@@ -83,21 +85,21 @@ DEPLOYED = {
 
 
 def checkpoint_imgsz(weights: str | Path) -> int:
-    """The image size a checkpoint predicts at by default (its training arguments')."""
-    return int(torch.load(weights, map_location="cpu", weights_only=False)["train_args"]["imgsz"])
+    """The image size a checkpoint predicts at by default: its deployment size (`task_imgsz`)."""
+    return task_imgsz(load_checkpoint(weights)[0])
 
 
-def deployed_scores(weights: str, data: str, imgsz: int, out: Path, n_boot: int = 1000) -> dict[str, dict[str, Any]]:
-    """Every task's bootstrapped score on the deployed path at one image size `imgsz`."""
+def deployed_scores(
+    weights: str, data: str, out: Path, imgsz: int | None = None, n_boot: int = 1000
+) -> dict[str, dict[str, Any]]:
+    """Every task's bootstrapped score on the deployed path at one image size `imgsz` (default: the checkpoint's)."""
     names = task_names(load_data_config(data))
-    imgsz = check_imgsz(imgsz, stride=32)
+    imgsz = check_imgsz(imgsz or checkpoint_imgsz(weights), stride=32)
     return {t: bootstrapped(weights, data, t, imgsz, names[t], n_boot, out / t, DEPLOYED[t]) for t in names}
 
 
 def separate_deployed_detection(weights: str | Path, data: str, out: Path, n_boot: int = 1000) -> dict[str, Any]:
     """The separate Ultralytics detector's (`benchmarks.separate`) mAP50 as its predictor serves it."""
-    from benchmarks.separate import ultralytics_data
-
     names, det_data = task_names(load_data_config(data))["det"], ultralytics_data(data, "det", out)
     return bootstrapped(
         str(weights), det_data, "det", checkpoint_imgsz(weights), names, n_boot, out / "deployed",
@@ -107,15 +109,12 @@ def separate_deployed_detection(weights: str | Path, data: str, out: Path, n_boo
 
 def main(argv: list[str]) -> dict[str, dict[str, Any]]:
     """Score a checkpoint on the deployed path for command-line tokens `argv` (``key=value``)."""
-    args = parse_args(argv)
-    if unknown := set(args) - {"model", "data", "imgsz", "out", "bootstrap"}:
-        raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.deployed")
+    args = benchmark_args(argv, {"model", "data", "imgsz", "out", "bootstrap"}, "benchmarks.deployed")
     model = str(args["model"])
     imgsz = int(args.get("imgsz") or checkpoint_imgsz(model))
     out = Path(args.get("out", "runs/unified/deployed")).resolve()
-    scores = deployed_scores(
-        model, str(args.get("data", "datasets/hw2.yaml")), imgsz, out, int(args.get("bootstrap", 1000))
-    )
+    data = str(args.get("data", "datasets/hw2.yaml"))
+    scores = deployed_scores(model, data, out, imgsz, int(args.get("bootstrap", 1000)))
     for task, s in scores.items():
         print(f"{task}: {s['value']:.4f} [95% CI {s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}] at {imgsz} px")
     return scores

@@ -16,17 +16,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 from ultralytics.utils import LOGGER, YAML, colorstr, plt_settings
 
 from benchmarks.bootstrap import bootstrapped
-from benchmarks.hw2 import finished_run, training_minutes
+from benchmarks.common import METRIC_NAME, finished_run, training_minutes
 from yolo_unified.balancing import BALANCERS
-from yolo_unified.benchmark import reset_peak_rss, rss_mb
+from yolo_unified.common import TASKS
 from yolo_unified.data.config import load_data_config, task_names
-from yolo_unified.engine import train
-from yolo_unified.nn.modules import TASKS
 from yolo_unified.nn.tasks import CFG_DIR
+from yolo_unified.speed import reset_peak_rss, rss_mb
+from yolo_unified.workflows import train
 
 
 def joint_recipe(pretrained: bool) -> Path:
@@ -63,7 +64,7 @@ def delta_m(scores: dict[str, float], baselines: dict[str, float]) -> float:
 
 def joint_runs(
     out: Path,
-    common: dict[str, Any],
+    settings: dict[str, Any],
     force: dict[str, Any],
     methods: list[str],
     seeds: int,
@@ -73,11 +74,12 @@ def joint_runs(
 ) -> dict[str, dict[str, Any]]:
     """Train and score every method at seed 0 and the default recipe at seeds 1..seeds-1.
 
-    The recipe is the regime's (``joint_recipe``); a method other than the recipe's own ``balance`` runs without the
-    recipe's ``balance_args`` (they are that method's settings). A run in `kept` (an earlier record whose weights are
-    not here) is returned as recorded.
+    `settings` are the benchmark's keys of every run (data, imgsz, pretrained), `force` keys win over the recipe's and
+    `baselines` holds the single-task scores for delta_m. The recipe is the regime's (``joint_recipe``); a method
+    other than the recipe's own ``balance`` runs without the recipe's ``balance_args`` (they are that method's
+    settings). A run in `kept` (an earlier record whose weights are not here) is returned as recorded.
     """
-    recipe = joint_recipe("pretrained" in common)
+    recipe = joint_recipe("pretrained" in settings)
     joint = YAML.load(recipe)
     if unknown := [m for m in methods if m not in BALANCERS]:
         raise ValueError(f"joint_methods: unknown method(s) {unknown}; valid methods: {', '.join(BALANCERS)}")
@@ -91,7 +93,7 @@ def joint_runs(
         if name in (kept or {}):
             results[name] = kept[name]
             continue
-        cfg = {**joint, **common, "balance": method, "seed": seed, **force}
+        cfg = {**joint, **settings, "balance": method, "seed": seed, **force}
         if method != default:
             cfg["balance_args"] = None
         if all(baselines.values()):  # best.pt by the mean retention (a zero baseline leaves the plain mean)
@@ -99,8 +101,8 @@ def joint_runs(
         weights, peak = run_joint(out / name, cfg)
         sizes = {t: ((cfg.get("task_args") or {}).get(t) or {}).get("imgsz", cfg["imgsz"]) for t in TASKS}
         final = {
-            t: bootstrapped(str(weights), common["data"], t, sizes[t], names, n_boot, out / name / "bootstrap" / t)
-            for t, names in task_names(load_data_config(common["data"])).items()
+            t: bootstrapped(str(weights), settings["data"], t, sizes[t], names, n_boot, out / name / "bootstrap" / t)
+            for t, names in task_names(load_data_config(settings["data"])).items()
         }
         results[name] = {
             "method": method,
@@ -119,11 +121,9 @@ def joint_runs(
 @plt_settings()
 def plot_joint(file: Path, runs: dict[str, dict], references: dict[str, dict[str, float]]) -> None:
     """Each joint run's three scores (bars with their 95% intervals) against reference rows (dashed lines)."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.4 * len(runs) + 2.5), tight_layout=True)
     labels = list(runs)
-    for ax, task, metric in zip(axes, TASKS, ("mIoU", "mAP50", "top-1"), strict=True):
+    for ax, task in zip(axes, TASKS, strict=True):
         values = [runs[n]["final"][task]["value"] for n in labels]
         lo = [v - runs[n]["final"][task]["ci95"][0] for v, n in zip(values, labels, strict=True)]
         hi = [runs[n]["final"][task]["ci95"][1] - v for v, n in zip(values, labels, strict=True)]
@@ -131,20 +131,9 @@ def plot_joint(file: Path, runs: dict[str, dict], references: dict[str, dict[str
         for (ref, scores), style in zip(references.items(), ("--", ":", "-."), strict=False):
             if task in scores:
                 ax.axvline(scores[task], linestyle=style, color="k", label=ref)
-        ax.set(yticks=range(len(labels)), yticklabels=labels if task == "seg" else [], title=f"{task} {metric}")
+        ax.set(
+            yticks=range(len(labels)), yticklabels=labels if task == "seg" else [], title=f"{task} {METRIC_NAME[task]}"
+        )
         ax.legend(fontsize=7)
     fig.savefig(file, dpi=150)
     plt.close(fig)
-
-
-def joint_markdown(runs: dict[str, dict], fmt) -> list[str]:
-    """The joint section's table rows (Markdown), `fmt` formatting a bootstrapped score."""
-    lines = [
-        "| run | balance | mIoU | mAP50 | top-1 | delta_m vs single-task | minutes | peak RSS (MB) |",
-        "|---|---|---|---|---|---:|---:|---:|",
-    ]
-    for name, r in runs.items():
-        peak = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "-"
-        cells = " | ".join(fmt(r["final"].get(t)) for t in TASKS)
-        lines.append(f"| {name} | {r['method']} | {cells} | {r['delta_m']:+.1f}% | {r['minutes']:.1f} | {peak} |")
-    return lines

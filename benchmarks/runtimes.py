@@ -20,7 +20,7 @@ from typing import Any
 from ultralytics.utils import LOGGER, colorstr
 
 from benchmarks.bootstrap import bootstrapped
-from yolo_unified.cli import parse_args
+from benchmarks.common import benchmark_args
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.models.unified.model import UnifiedYOLO
 
@@ -73,9 +73,8 @@ def runtime_scores(
 
 def main(argv: list[str]) -> dict[str, Any]:
     """Score a checkpoint in every runtime for command-line tokens `argv` (``key=value``)."""
-    args = parse_args(argv)
-    if unknown := set(args) - {"model", "data", "imgsz", "cls_imgsz", "out", "bootstrap"}:
-        raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.runtimes")
+    keys = {"model", "data", "imgsz", "cls_imgsz", "out", "bootstrap"}
+    args = benchmark_args(argv, keys, "benchmarks.runtimes")
     data = str(args.get("data", "datasets/hw2.yaml"))
     size = int(args.get("imgsz", 320))
     imgsz = {t: int(args.get("cls_imgsz", 160)) if t == "cls" else size for t in load_data_config(data)["tasks"]}

@@ -31,10 +31,10 @@ from ultralytics.utils import LOGGER, YAML, colorstr
 from ultralytics.utils.torch_utils import get_num_params
 
 from benchmarks.bootstrap import bootstrapped
-from benchmarks.hw2 import QUICK, finished_run, training_minutes
-from yolo_unified.cli import parse_args
-from yolo_unified.data.config import ULTRALYTICS_TASK, load_data_config, task_data
-from yolo_unified.nn.tasks import BACKBONE_LAYERS, CFG_DIR
+from benchmarks.common import QUICK, benchmark_args, finished_run, training_minutes, ultralytics_data
+from yolo_unified.common import BACKBONE_LAYERS, ULTRALYTICS_TASK
+from yolo_unified.data.config import load_data_config
+from yolo_unified.nn.tasks import CFG_DIR
 
 MODELS = {  # task -> (model YAML, Ultralytics validator)
     "seg": (str(CFG_DIR / "models" / "yolov8n-sem.yaml"), SemanticSegmentationValidator),
@@ -42,22 +42,6 @@ MODELS = {  # task -> (model YAML, Ultralytics validator)
     "cls": ("yolov8n-cls.yaml", ClassificationValidator),
 }
 STAGE_KEYS = ("epochs", "imgsz", "lr0", "lrf", "batch")  # a baselines stage's keys that the separate model gets too
-
-
-def ultralytics_data(data: str, task: str, out: Path) -> str:
-    """The task's data as Ultralytics' own trainer reads it: a dataset YAML written into `out` (seg, det), or the
-    classification root folder that holds the ``train`` and ``val`` folders (cls)."""
-    section = task_data(load_data_config(data), task)
-    if task == "cls":
-        root = Path(section["train"]).parent
-        if Path(section["val"]).parent != root:
-            raise ValueError(f"{data}: Ultralytics' classifier needs cls train and val folders in one root folder")
-        return str(root)
-    out.mkdir(parents=True, exist_ok=True)
-    keys = ("path", "train", "val", "names", "masks_dir")
-    file = out / f"data-{task}.yaml"
-    YAML.save(file, {k: section[k] for k in keys if k in section})
-    return str(file)
 
 
 def backbone_weights(pretrained: str, out: Path) -> str:
@@ -89,22 +73,22 @@ def train_one(task: str, data: str, args: dict[str, Any], out: Path) -> str:
 
 
 def train_separate(
-    data: str, out: Path, common: dict[str, Any], force: dict[str, Any] | None = None, n_boot: int = 1000
+    data: str, out: Path, settings: dict[str, Any], force: dict[str, Any] | None = None, n_boot: int = 1000
 ) -> dict[str, dict[str, Any]]:
     """Train and score the separate Ultralytics model of every task of `data` (budgets of cfg/baselines.yaml).
 
-    `common` holds ``imgsz`` and optionally ``pretrained``; `force` keys win over every stage's (quick mode). Returns
+    `settings` holds ``imgsz`` and optionally ``pretrained``; `force` keys win over every stage's (quick mode). Returns
     per task: weights, parameters, training minutes and the bootstrapped score.
     """
-    if common.get("pretrained"):
-        common = {**common, "pretrained": backbone_weights(common["pretrained"], out)}
+    if settings.get("pretrained"):
+        settings = {**settings, "pretrained": backbone_weights(settings["pretrained"], out)}
     baselines = YAML.load(CFG_DIR / "baselines.yaml")
     top = {k: v for k, v in baselines.items() if k not in {"stages", "chain"}}
     tasks = load_data_config(data)["tasks"]
     results = {}
     for stage in (s for s in baselines["stages"] if s["task"] in tasks):
         task = stage["task"]
-        args = {**top, **common, **{k: stage[k] for k in STAGE_KEYS if k in stage}, **(force or {})}
+        args = {**top, **settings, **{k: stage[k] for k in STAGE_KEYS if k in stage}, **(force or {})}
         t0 = time.time()
         weights = train_one(task, ultralytics_data(data, task, out), args, out)
         model = YOLO(weights).model
@@ -127,17 +111,16 @@ def train_separate(
 
 def main(argv: list[str]) -> dict[str, dict[str, Any]]:
     """Train and score the separate models for command-line tokens `argv` (``key=value``)."""
-    args = parse_args(argv)
-    if unknown := set(args) - {"data", "imgsz", "pretrained", "out", "quick", "bootstrap"}:
-        raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.separate")
-    common = {"imgsz": int(args.get("imgsz", 320))}
+    keys = {"data", "imgsz", "pretrained", "out", "quick", "bootstrap"}
+    args = benchmark_args(argv, keys, "benchmarks.separate")
+    settings = {"imgsz": int(args.get("imgsz", 320))}
     if args.get("pretrained"):
-        common["pretrained"] = str(args["pretrained"])
+        settings["pretrained"] = str(args["pretrained"])
     quick = bool(args.get("quick", False))
     force = dict(QUICK) if quick else None
     out = Path(args.get("out", "runs/unified/separate")).resolve()
     n_boot = int(args.get("bootstrap", 50 if quick else 1000))
-    return train_separate(str(args.get("data", "datasets/hw2.yaml")), out, common, force, n_boot)
+    return train_separate(str(args.get("data", "datasets/hw2.yaml")), out, settings, force, n_boot)
 
 
 if __name__ == "__main__":

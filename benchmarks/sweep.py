@@ -29,46 +29,42 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import yaml
 from ultralytics.utils import LOGGER, YAML, colorstr, plt_settings
 
 from benchmarks import hw2
-from benchmarks.hw2 import (
-    QUICK,
-    TASK_METRIC,
-    budget,
-    common_args,
-    git_commit,
+from benchmarks.common import (
+    METRIC_NAME,
+    BenchmarkSetup,
+    budget_text,
     invocation,
     invocation_text,
-    machine_info,
-    machine_text,
-    recorded_command,
+    markdown,
+    provenance_lines,
     repo_path,
     repo_relative,
+    results_header,
     run_protocol,
     run_verdict,
     share_first_stage,
     stage_minutes,
+    start_benchmark,
     with_stage_paths,
     write_outputs,
 )
-from yolo_unified.cli import parse_args
+from yolo_unified.common import PRIMARY_METRIC, SHARED_MODULES, STATE_FILE
 from yolo_unified.continual import STRATEGIES
-from yolo_unified.continual.protocol import STATE_FILE
-from yolo_unified.continual.report import forgetting, verdict
-from yolo_unified.engine import PRIMARY_METRIC, recommended_protocol
 from yolo_unified.nn.tasks import CFG_DIR
+from yolo_unified.workflows.report import forgetting, verdict
 
 KEYS = {"data", "imgsz", "pretrained", "out", "grid", "seeds", "front", "quick", "only", "base"}
 GRID_KEYS = {"stages", "shared", "with_shared", "strategies", "combined"}
-SHARED_MODULES = ("backbone", "neck", "tower")  # the modules every task uses: the grid's `shared` multiplier
 
 
 @dataclass
@@ -90,6 +86,28 @@ class GridConfig:
     def frozen(self) -> bool:
         """The frozen point: shared network not trained, no strategy."""
         return self.shared == 0 and not self.strategies
+
+
+@dataclass
+class SweepSetup(BenchmarkSetup):
+    """One invocation of the sweep: the benchmark's settings, the grid and the base run every grid run starts from."""
+
+    grid: Path  # the grid file
+    configs: list[GridConfig]  # the configurations to run, in run order
+    base: Path  # the benchmarks.hw2 output whose default_seed0 stage 1 and baselines every grid run shares
+    base_state: dict[str, Any]  # the protocol state of its default_seed0 (absolute stage paths)
+    tasks: list[str]  # the tasks in stage order
+    single: dict[str, float | None]  # the base's single-task scores, for retention
+
+    @property
+    def seeds(self) -> int:
+        """Seeds of the front's configurations (the others run with seed 0 alone)."""
+        return int(self.args.get("seeds", 2))
+
+    @property
+    def front_size(self) -> int:
+        """How many of the best configurations after seed 0 run with the further seeds."""
+        return min(int(self.args.get("front", 3)), len(self.configs)) if self.seeds > 1 else 0
 
 
 def number(value: Any) -> str:
@@ -248,23 +266,22 @@ def run_metrics(state: dict, tasks: list[str], single: dict[str, float], limit: 
     return metrics
 
 
-def run_config(config: GridConfig, seed: int, setup: dict, label: str) -> dict:
+def run_config(config: GridConfig, seed: int, sweep: SweepSetup, label: str) -> dict:
     """Run (or resume, or skip when finished) one configuration with one seed; return its record for results.json."""
     name = f"{config.name}-seed{seed}"
-    root = setup["out"] / name
+    root = sweep.out / name
     LOGGER.info(f"\n{colorstr('bold', 'benchmarks.sweep')}: {name} ({label})")
-    cfg = run_cfg(setup["seq"], config, seed, setup["base"] / "baselines")
-    check_settings(root, cfg, setup["force"])
-    share_first_stage(root, setup["base_state"])
-    state, seconds = run_protocol(cfg, root, setup["common"], setup["force"])
-    limit = setup["limit"]
+    cfg = run_cfg(sweep.seq, config, seed, sweep.base / "baselines")
+    check_settings(root, cfg, sweep.force)
+    share_first_stage(root, sweep.base_state)
+    state, seconds = run_protocol(cfg, root, sweep.settings, sweep.force)
     return {
         "configuration": config.name,
         "seed": seed,
         "root": repo_relative(root),
-        "metrics": run_metrics(state, setup["tasks"], setup["single"], limit),
-        "pass": verdict(state, limit) == "PASS",
-        "verdict": run_verdict(state, limit),
+        "metrics": run_metrics(state, sweep.tasks, sweep.single, sweep.limit),
+        "pass": verdict(state, sweep.limit) == "PASS",
+        "verdict": run_verdict(state, sweep.limit),
         "wall_minutes_this_call": seconds / 60,
         "stages": with_stage_paths(state["stages"], repo_relative),
     }
@@ -332,8 +349,6 @@ def plot_pareto(points: list[dict], path: Path, title: str, xlabel: str, single:
 
     `points`: ``{"name", "family", "frozen", "x": (mean, min, max), "y": (mean, min, max)}`` with y in %.
     """
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(8, 5.5), tight_layout=True)
     points = [p for p in points if None not in p["x"] and None not in p["y"]]
     families = list(dict.fromkeys(p["family"] for p in points))
@@ -376,7 +391,7 @@ def plot_points(results: dict, stage: int) -> list[dict]:
     return points
 
 
-def cell(stat: dict, seeds: int, kind: str = "score") -> str:
+def stat_cell(stat: dict, seeds: int, kind: str = "score") -> str:
     """A table cell: the seed mean, with ``[min, max]`` over several seeds (kind: score, percent or signed %)."""
     if stat["mean"] is None:
         return "-"
@@ -404,13 +419,38 @@ def recommended_text(results: dict) -> str:
     )
 
 
-def summary_markdown(results: dict) -> str:
-    """The sweep's summary: settings, plots, the table of every configuration and the recommendation."""
+def overview(results: dict) -> list[str]:
+    """The summary's title and list of settings, provenance, grid, references and training times."""
+    single = results["base"]["single_task"]
+    scores = ", ".join(f"{t} {METRIC_NAME[t]} {v:.4f}" for t, v in single.items() if v is not None)
+    seeds = (
+        f"the {results['front_size']} best after seed 0 (within the forgetting limit by mean retention, then the "
+        f"Pareto front in worst forgetting and mean retention after stage 3) re-run with seeds "
+        f"1..{results['seeds'] - 1}: " + ", ".join(f"`{n}`" for n in results["front"])
+        if results["front"]
+        else "one seed each"
+    )
+    return [
+        f"# Stability/plasticity sweep ({results['regime']})",
+        "",
+        *provenance_lines(results),
+        f"- budget: {results['budget']}; stage 1 trained once (`{results['base']['root']}/default_seed0`) and shared",
+        f"- grid: `{results['grid']['file']}`{' (quick: reduced)' if results['quick'] else ''}, "
+        f"{len(results['configurations'])} configurations at seed 0; {seeds}",
+        f"- single-task scores (`{results['base']['root']}/baselines`, for retention): {scores}; limit: "
+        f"{results['forget_limit']:.0%} relative forgetting of every finished task",
+        f"- scores: the validators' after each stage (each run's protocol.json, no bootstrap); several seeds: mean "
+        f"[min, max]; training time of the grid runs (stages 2 and 3, every seed): {results['training_minutes']:.1f} "
+        "min; each invocation: " + "; ".join(invocation_text(i) for i in results["invocations"]),
+    ]
+
+
+def configurations_table(results: dict) -> list[str]:
+    """Every configuration's scores, forgetting, retention, verdict and training time, the least forgetting first."""
     first, mid, last = results["tasks"]
-    limit, single = results["forget_limit"], results["base"]["single_task"]
     columns = [  # header, metric, kind
-        (f"{mid} {TASK_METRIC[mid]}", f"{mid}_final", "score"),
-        (f"{last} {TASK_METRIC[last]}", f"{last}_final", "score"),
+        (f"{mid} {METRIC_NAME[mid]}", f"{mid}_final", "score"),
+        (f"{last} {METRIC_NAME[last]}", f"{last}_final", "score"),
         (f"{first} forgetting", f"{first}_forgetting_stage3", "forgetting"),
         (f"{mid} forgetting", f"{mid}_forgetting_stage3", "forgetting"),
         (f"{first} forgetting after stage 2", f"{first}_forgetting_stage2", "forgetting"),
@@ -419,105 +459,92 @@ def summary_markdown(results: dict) -> str:
     ]
     configs = results["configurations"]
 
-    def worst(name: str) -> float:
-        value = configs[name]["metrics"]["worst_forgetting_stage3"]["mean"]
-        return math.inf if value is None else value
+    def order(name: str) -> tuple[float, float]:
+        """Worst forgetting after stage 3 (unknown last), then the higher mean retention."""
+        worst, retention = (configs[name]["metrics"][k]["mean"] for k in ("worst_forgetting_stage3", "mean_retention"))
+        return math.inf if worst is None else worst, -(retention or 0)
 
-    scores = ", ".join(f"{t} {TASK_METRIC[t]} {v:.4f}" for t, v in single.items() if v is not None)
-    seeds = (
-        f"the {results['front_size']} best after seed 0 (within the forgetting limit by mean retention, then the "
-        f"Pareto front in worst forgetting and mean retention after stage 3) re-run with seeds "
-        f"1..{results['seeds'] - 1}: " + ", ".join(f"`{n}`" for n in results["front"])
-        if results["front"]
-        else "one seed each"
-    )
     lines = [
-        f"# Stability/plasticity sweep ({results['regime']})",
-        "",
-        f"- command: `{results['command']}`",
-        f"- date: {results['date']}, commit {results['commit']}",
-        f"- {machine_text(results['machine'])}",
-        f"- budget: {results['budget']}; stage 1 trained once (`{results['base']['root']}/default_seed0`) and shared",
-        f"- grid: `{results['grid']['file']}`{' (quick: reduced)' if results['quick'] else ''}, "
-        f"{len(configs)} configurations at seed 0; {seeds}",
-        f"- single-task scores (`{results['base']['root']}/baselines`, for retention): {scores}; limit: "
-        f"{limit:.0%} relative forgetting of every finished task",
-        f"- scores: the validators' after each stage (each run's protocol.json, no bootstrap); several seeds: mean "
-        f"[min, max]; training time of the grid runs (stages 2 and 3, every seed): {results['training_minutes']:.1f} "
-        "min; each invocation: " + "; ".join(invocation_text(i) for i in results["invocations"]),
-        "",
-        "![stage 2](pareto_stage2.png)",
-        "",
-        "![stage 3](pareto_stage3.png)",
-        "",
         "## Configurations (sorted by worst forgetting after stage 3)",
         "",
         "| configuration | seeds | " + " | ".join(h for h, *_ in columns) + " | verdict | training (min) |",
         "|---|---|" + "---|" * len(columns) + "---|---|",
     ]
-    for name in sorted(configs, key=lambda n: (worst(n), -(configs[n]["metrics"]["mean_retention"]["mean"] or 0))):
+    for name in sorted(configs, key=order):
         c, n = configs[name], len(configs[name]["seeds"])
-        cells = [cell(c["metrics"][key], n, kind) for _, key, kind in columns]
+        cells = [stat_cell(c["metrics"][key], n, kind) for _, key, kind in columns]
         passes = sum(c["passes"])
         verdict_cell = "PASS" if passes == n else "FAIL" if not passes else f"PASS {passes}/{n}"
         lines.append(f"| {name} | {n} | {' | '.join(cells)} | {verdict_cell} | {c['training_minutes']:.1f} |")
-    lines += ["", "## Recommended", "", recommended_text(results), ""]
-    return "\n".join(lines)
+    return lines
 
 
-def main(argv: list[str]) -> dict:
-    """Run the sweep for command-line tokens `argv` (``key=value``); return the results dict."""
-    args = parse_args(argv)
-    if unknown := set(args) - KEYS:
-        raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmarks.sweep; valid: {sorted(KEYS)}")
-    quick, t0, commit = bool(args.get("quick", False)), time.time(), git_commit()  # the code that runs
-    out = Path(args.get("out", "benchmarks/results/hw2-sweep")).resolve()
-    protocol = recommended_protocol(args.get("pretrained"))  # the base run's, as benchmarks.hw2 picks it
-    regime_grid = "sweep-pretrained.yaml" if protocol.name == "seq-pretrained.yaml" else "sweep.yaml"
-    grid_file = Path(args.get("grid", CFG_DIR / regime_grid))
-    seq = YAML.load(protocol)
-    configs = select(parse_grid(YAML.load(grid_file), seq["stages"], quick), args.get("only"))
-    if not configs:
-        raise ValueError(f"{grid_file}: the grid has no configuration")
-    seeds, n_front = int(args.get("seeds", 2)), int(args.get("front", 3))
-    base = repo_path(args["base"]).resolve() if "base" in args else out / "base"
+def summary_markdown(results: dict) -> str:
+    """The sweep's summary: settings, plots, the table of every configuration and the recommendation."""
+    plots = ["![stage 2](pareto_stage2.png)", "", "![stage 3](pareto_stage3.png)"]
+    recommended = ["## Recommended", "", recommended_text(results)]
+    return markdown([overview(results), plots, configurations_table(results), recommended])
+
+
+def base_run(setup: BenchmarkSetup) -> tuple[Path, dict]:
+    """The base benchmarks.hw2 output (``base=``, else ``<out>/base``, run first when missing) and the protocol state
+    of its default_seed0, checked to be this sweep's stage 1."""
+    args = setup.args
+    base = repo_path(args["base"]).resolve() if "base" in args else setup.out / "base"
     if "base" in args and not (base / "results.json").is_file():
         raise FileNotFoundError(f"base={args['base']}: no benchmarks.hw2 results.json there")
     if not (base / "results.json").is_file():  # the shared stage 1 and the single-task models (resumable itself)
         passed = [f"{k}={args[k]}" for k in ("data", "imgsz", "pretrained", "quick") if k in args]
         hw2.main([*passed, f"out={base}", "ablations=False", "seeds=1"])
-    common = common_args(args, seq)
-    base_state = json.loads((base / "default_seed0" / STATE_FILE).read_text())
-    base_state = {**base_state, "stages": with_stage_paths(base_state["stages"], repo_path)}
-    force = dict(QUICK) if quick else {}
-    if differ := base_mismatch(base_state["config"]["common"], {**common, **force}):
+    state = json.loads((base / "default_seed0" / STATE_FILE).read_text())
+    state = {**state, "stages": with_stage_paths(state["stages"], repo_path)}
+    if differ := base_mismatch(state["config"]["common"], {**setup.settings, **setup.force}):
         raise ValueError(f"{base} was trained with {', '.join(differ)}: pass the same settings or a new out=")
-    if not Path(base_state["stages"][0]["weights"]).is_file():
+    if not Path(state["stages"][0]["weights"]).is_file():
         raise FileNotFoundError(f"{base}: the shared stage-1 weights are not here (a clone has only the reports)")
-    tasks = [seq["stages"][0]["task"], *(s["task"] for s in configs[0].stages)]
-    base_runs = json.loads((base / "results.json").read_text())["runs"]
-    single = {t: base_runs["baselines"]["final"].get(t, {}).get("value") for t in tasks}
-    limit = float(seq.get("forget_limit", 0.05))
-    setup = {
-        "out": out, "seq": seq, "base": base, "base_state": base_state, "common": common, "force": force,
-        "limit": limit, "tasks": tasks, "single": single,
-    }  # fmt: skip
+    return base, state
 
-    n_front = min(n_front, len(configs)) if seeds > 1 else 0
-    total = len(configs) + n_front * (seeds - 1)
+
+def start(argv: list[str]) -> SweepSetup:
+    """The sweep's settings for command-line tokens `argv`: its grid and its base run."""
+    setup = start_benchmark(argv, KEYS, "benchmarks.sweep", "benchmarks/results/hw2-sweep")
+    regime_grid = "sweep-pretrained.yaml" if setup.protocol.name == "seq-pretrained.yaml" else "sweep.yaml"
+    grid = Path(setup.args.get("grid", CFG_DIR / regime_grid))
+    configs = select(parse_grid(YAML.load(grid), setup.seq["stages"], setup.quick), setup.args.get("only"))
+    if not configs:
+        raise ValueError(f"{grid}: the grid has no configuration")
+    base, base_state = base_run(setup)
+    tasks = [setup.seq["stages"][0]["task"], *(s["task"] for s in configs[0].stages)]
+    baselines = json.loads((base / "results.json").read_text())["runs"]["baselines"]["final"]
+    single = {t: baselines.get(t, {}).get("value") for t in tasks}
+    return SweepSetup(
+        **vars(setup), grid=grid, configs=configs, base=base, base_state=base_state, tasks=tasks, single=single
+    )
+
+
+def grid_runs(sweep: SweepSetup) -> tuple[dict[str, dict], list[str]]:
+    """Every configuration with seed 0, then the `front_size` best (`rank_configs`) with the further seeds; return
+    the runs' records and that front."""
+    configs, n_front = sweep.configs, sweep.front_size
+    total = len(configs) + n_front * (sweep.seeds - 1)
     runs: dict[str, dict] = {}
     for c in configs:
-        runs[f"{c.name}-seed0"] = run_config(c, 0, setup, f"{len(runs) + 1}/{total}")
+        runs[f"{c.name}-seed0"] = run_config(c, 0, sweep, f"{len(runs) + 1}/{total}")
     seed0 = {c.name: aggregate([runs[f"{c.name}-seed0"]]) for c in configs}
-    front = rank_configs([c.name for c in configs], seed0, limit)[:n_front]
-    for seed in range(1, seeds if n_front else 1):
+    front = rank_configs([c.name for c in configs], seed0, sweep.limit)[:n_front]
+    for seed in range(1, sweep.seeds if n_front else 1):
         for c in (c for c in configs if c.name in front):
-            runs[f"{c.name}-seed{seed}"] = run_config(c, seed, setup, f"{len(runs) + 1}/{total}")
+            runs[f"{c.name}-seed{seed}"] = run_config(c, seed, sweep, f"{len(runs) + 1}/{total}")
+    return runs, front
 
-    configurations = {}
+
+def configuration_records(configs: list[GridConfig], runs: dict[str, dict]) -> dict[str, dict]:
+    """Per configuration: its settings, seeds and verdicts, every number over its seeds and its Pareto rank after
+    stage 3."""
+    records = {}
     for c in configs:
         mine = [r for r in runs.values() if r["configuration"] == c.name]
-        configurations[c.name] = {
+        records[c.name] = {
             "shared": c.shared,
             "strategies": c.strategies,
             "family": c.family,
@@ -528,46 +555,67 @@ def main(argv: list[str]) -> dict:
             "metrics": aggregate(mine),
             "training_minutes": sum(r["metrics"]["minutes"] for r in mine),
         }
-    names = list(configurations)
-    ranks = pareto_ranks([stability_plasticity(configurations[n]["metrics"]) for n in names])
-    for name, rank in zip(names, ranks, strict=True):
-        configurations[name]["pareto_rank_stage3"] = rank
+    ranks = pareto_ranks([stability_plasticity(record["metrics"]) for record in records.values()])
+    for record, rank in zip(records.values(), ranks, strict=True):
+        record["pareto_rank_stage3"] = rank
+    return records
+
+
+def recommended_config(configurations: dict[str, dict]) -> str | None:
+    """The best mean retention among the configurations that train the shared network (multiplier > 0) and pass on
+    every seed they ran with; None when there is none."""
     eligible = [
         n for n, c in configurations.items()
         if c["shared"] > 0 and all(c["passes"]) and c["metrics"]["mean_retention"]["mean"] is not None
     ]  # fmt: skip
-    recommended = max(eligible, key=lambda n: configurations[n]["metrics"]["mean_retention"]["mean"], default=None)
+    return max(eligible, key=lambda n: configurations[n]["metrics"]["mean_retention"]["mean"], default=None)
 
-    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
-    record = invocation(t0, commit)
-    results = {
-        "regime": f"pretrained={common['pretrained']}" if "pretrained" in common else "from scratch",
-        "command": recorded_command(argv, "benchmarks.sweep"),
-        "date": record["date"],
-        "commit": commit,
-        "protocol": f"cfg/{protocol.name}",
-        "budget": budget({"stages": [seq["stages"][0], *configs[0].stages]}, common["imgsz"], force),
-        "machine": machine_info(),
-        "quick": quick,
-        "forget_limit": limit,
-        "tasks": tasks,
-        "seeds": seeds,
-        "front_size": n_front,
-        "grid": {"file": repo_relative(grid_file.resolve()), "only": args.get("only")},
-        "base": {"root": repo_relative(base), "single_task": single},
+
+def results_record(sweep: SweepSetup, runs: dict[str, dict], front: list[str]) -> dict:
+    """The sweep's results.json: settings, provenance, every configuration, every run and the recommendation."""
+    configurations = configuration_records(sweep.configs, runs)
+    record = invocation(sweep.started, sweep.commit)
+    protocol = {"stages": [sweep.seq["stages"][0], *sweep.configs[0].stages]}
+    return {
+        **results_header(sweep, budget_text(protocol, sweep.settings["imgsz"], sweep.force), record),
+        "tasks": sweep.tasks,
+        "seeds": sweep.seeds,
+        "front_size": sweep.front_size,
+        "grid": {"file": repo_relative(sweep.grid.resolve()), "only": sweep.args.get("only")},
+        "base": {"root": repo_relative(sweep.base), "single_task": sweep.single},
         "training_minutes": sum(r["metrics"]["minutes"] for r in runs.values()),
-        "invocations": [*previous.get("invocations", []), record],
+        "invocations": [*sweep.previous.get("invocations", []), record],
         "front": front,
-        "recommended": recommended,
+        "recommended": recommended_config(configurations),
         "configurations": configurations,
         "runs": runs,
     }
+
+
+def plot_stages(results: dict, out: Path) -> None:
+    """``pareto_stage2.png`` and ``pareto_stage3.png`` in `out`: every configuration after stage 2 and stage 3."""
     out.mkdir(parents=True, exist_ok=True)
     for stage in (2, 3):
-        new, path = tasks[stage - 1], out / f"pareto_stage{stage}.png"
-        title = f"After stage {stage} ({new}): stability vs plasticity"
-        plot_pareto(plot_points(results, stage), path, title, f"{new} {TASK_METRIC[new]}", single.get(new), limit)
-    write_outputs(out, results, summary_markdown(results), "benchmarks.sweep")
+        new = results["tasks"][stage - 1]
+        title, xlabel = f"After stage {stage} ({new}): stability vs plasticity", f"{new} {METRIC_NAME[new]}"
+        single = results["base"]["single_task"].get(new)
+        plot_pareto(
+            plot_points(results, stage),
+            out / f"pareto_stage{stage}.png",
+            title,
+            xlabel,
+            single,
+            results["forget_limit"],
+        )
+
+
+def main(argv: list[str]) -> dict:
+    """Run the sweep for command-line tokens `argv` (``key=value``); return the results dict."""
+    sweep = start(argv)
+    runs, front = grid_runs(sweep)
+    results = results_record(sweep, runs, front)
+    plot_stages(results, sweep.out)
+    write_outputs(sweep.out, results, summary_markdown(results), "benchmarks.sweep")
     return results
 
 

@@ -8,16 +8,8 @@ import torch
 from ultralytics.utils import YAML
 
 from benchmarks.bootstrap import background_miou, interval, per_image_records, score
-from benchmarks.hw2 import (
-    ABLATIONS,
-    REPO,
-    ablation_cfg,
-    main,
-    repo_path,
-    repo_relative,
-    summary_markdown,
-    training_minutes,
-)
+from benchmarks.common import REPO, repo_path, repo_relative, training_minutes
+from benchmarks.hw2 import ABLATIONS, ablation_cfg, main, summary_markdown
 from benchmarks.joint import joint_runs
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.nn import UnifiedModel

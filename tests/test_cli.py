@@ -8,9 +8,11 @@ import pytest
 from ultralytics.utils import YAML
 
 import yolo_unified
-from yolo_unified import engine
+from yolo_unified import UnifiedYOLO
 from yolo_unified.cli import parse_tokens, run
 from yolo_unified.nn.tasks import CFG_DIR
+from yolo_unified.workflows import base as workflows_base
+from yolo_unified.workflows import protocol
 
 TINY = ["epochs=1", "imgsz=64", "batch=4", "workers=0", "plots=False"]
 
@@ -55,7 +57,9 @@ def test_command_line_keys_win_over_cfg_and_stage_keys(tmp_path, monkeypatch):
     cfg = tmp_path / "proto.yaml"
     cfg.write_text("epochs: 7\nlr0: 0.5\nstages:\n  - {task: seg, epochs: 30, lr0: 0.1}\n  - {task: det, epochs: 20}\n")
     seen = {}
-    monkeypatch.setattr(engine, "train_protocol", lambda **kw: seen.update(kw))
+    record = lambda stages, **kw: seen.update(kw, stages=stages) or {"weights": ""}  # noqa: E731
+    monkeypatch.setattr(protocol, "run_protocol", record)
+    monkeypatch.setattr(UnifiedYOLO, "_load", lambda self, weights, task=None: None)  # nothing was trained
     run(["train", f"cfg={cfg}", "data=some.yaml", "epochs=2"])
     assert [s["epochs"] for s in seen["stages"]] == [2, 2]  # typed on the command line: wins everywhere
     assert seen["stages"][0]["lr0"] == 0.1 and seen["lr0"] == 0.5  # from the cfg file: a stage's own value wins
@@ -63,7 +67,7 @@ def test_command_line_keys_win_over_cfg_and_stage_keys(tmp_path, monkeypatch):
 
 
 def test_train_without_data_task_or_stages_runs_the_seq_protocol(synth_yaml, tmp_path, monkeypatch, logged):
-    monkeypatch.setattr(engine, "default_data", lambda: synth_yaml)  # the built-in data, at the fixture's tiny size
+    monkeypatch.setattr(workflows_base, "default_data", lambda: synth_yaml)  # the built-in data, tiny
     monkeypatch.chdir(tmp_path)
     state = run(["train", *TINY])  # `yolo-unified train` with tiny budgets forced over cfg/synth.yaml's
     root = tmp_path / "runs/unified/seq"

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from yolo_unified.continual.protocol import MEMORY_FILE
+from yolo_unified.common import MEMORY_FILE
 from yolo_unified.ddp import digest
 
 STAGES = [

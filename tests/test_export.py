@@ -15,7 +15,7 @@ import yaml
 from ultralytics.nn.autobackend import AutoBackend
 from ultralytics.nn.tasks import load_checkpoint
 
-from yolo_unified import UnifiedYOLO, cli, engine, export
+from yolo_unified import UnifiedYOLO, cli, export, workflows
 from yolo_unified.cli import run
 from yolo_unified.data.config import load_data_config
 from yolo_unified.models.unified.predict import letterbox
@@ -73,7 +73,7 @@ def varied_checkpoint(synth_yaml: str, project: Path) -> str:
     projections drawn at random (then the classification one fitted, `fit_class_probe`), so boxes, scores, seg maps
     and classes vary from anchor to anchor and image to image.
     """
-    out = engine.train(task="det", data=synth_yaml, epochs=1, imgsz=IMGSZ, batch=8, workers=0, plots=False,
+    out = workflows.train(task="det", data=synth_yaml, epochs=1, imgsz=IMGSZ, batch=8, workers=0, plots=False,
                        val=False, project=str(project))  # fmt: skip
     ckpt = torch.load(out["weights"], weights_only=False)
     model = ckpt["model"].float()  # the EMA weights: a final checkpoint keeps them here (Ultralytics strip_optimizer)
@@ -162,7 +162,7 @@ def test_seg_argmax_baked_into_the_graph(model_file, synth_yaml):
 def test_onnx_model_validates_like_the_checkpoint(model_file, synth_yaml, tmp_path):
     onnx_file = UnifiedYOLO(model_file).export(format="onnx", imgsz=IMGSZ)
     common = dict(data=synth_yaml, imgsz=IMGSZ, plots=False, project=str(tmp_path))
-    pt = engine.val(model=model_file, batch=4, name="pt", **common)
+    pt = UnifiedYOLO(model_file).val(batch=4, name="pt", **common)
     ox = run(["val", f"model={onnx_file}", *(f"{k}={v}" for k, v in common.items()), "name=onnx"])
     assert set(ox) == set(pt) == {"seg", "det", "cls"}
     for task, metrics in pt.items():
@@ -316,4 +316,4 @@ def test_export_and_val_refuse_data_whose_classes_differ_from_the_heads(weights,
     with pytest.raises(ValueError, match=mismatch):
         UnifiedYOLO(weights).export(format="onnx", quantize=8, data=str(other), imgsz=IMGSZ)
     with pytest.raises(ValueError, match=mismatch):
-        engine.val(model=weights, data=str(other), project=str(tmp_path))
+        UnifiedYOLO(weights).val(data=str(other), project=str(tmp_path))

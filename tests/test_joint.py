@@ -4,6 +4,7 @@ import csv
 import json
 import logging
 import sys
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,15 @@ import torch
 from conftest import REPO
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, YAML
+from ultralytics.utils.torch_utils import unwrap_model
 
-from yolo_unified import engine
+from yolo_unified import workflows
 from yolo_unified.cli import entrypoint, run
+from yolo_unified.common import PRIMARY_METRIC, task_imgsz
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.data.sampling import JointLoader, TaskSampler
 from yolo_unified.models.unified.joint import JointTrainer, baseline_scores, multitask_fitness, task_losses
+from yolo_unified.models.unified.val import validate
 from yolo_unified.nn import UnifiedModel
 
 TINY = {"epochs": 2, "imgsz": 64, "batch": 8, "nbs": 8, "workers": 0, "plots": False, "warmup_epochs": 0}
@@ -148,9 +152,10 @@ def test_joint_run_writes_every_task_and_the_diagnostics(joint_run, synth_yaml, 
     assert "seg/ce" in log and "det/box" in log and "cls/loss" in log  # the progress bar's header: every task
     assert all((root / t).is_dir() for t in OUTPUTS)  # each task's validation outputs in its own folder
     model = load_checkpoint(out["weights"])[0]
-    assert type(model) is UnifiedModel and not hasattr(model, "joint_step")
-    scores = engine.val(model=out["weights"], data=synth_yaml, imgsz=64, batch=4, plots=False, save_dir=tmp_path)
-    assert set(scores) == set(OUTPUTS) and all(0 <= s[engine.PRIMARY_METRIC[t]] <= 1 for t, s in scores.items())
+    assert type(model) is UnifiedModel and not hasattr(model, "joint_step") and not hasattr(model, "loss_terms")
+    assert model.task_imgsz == {"seg": 64, "det": 64, "cls": 160}  # cfg/joint.yaml's task_args: cls at 160
+    scores = validate(out["weights"], synth_yaml, tmp_path, imgsz=64, batch=4, plots=False)
+    assert set(scores) == set(OUTPUTS) and all(0 <= s[PRIMARY_METRIC[t]] <= 1 for t, s in scores.items())
 
 
 def test_uncertainty_weights_learn_and_resume(synth_yaml, tmp_path):
@@ -172,7 +177,7 @@ def test_uncertainty_weights_learn_and_resume(synth_yaml, tmp_path):
     assert saved.abs().min() > 1e-3 and torch.equal(saved, trainer.balancer.log_vars.detach())
     assert trainer.optimizer.param_groups[-1]["param_group"] == "balancer"
     assert trainer.optimizer.param_groups[-1]["weight_decay"] == 0.0
-    out = engine.train(resume=str(tmp_path / "u/weights/last.pt"))
+    out = workflows.train(resume=str(tmp_path / "u/weights/last.pt"))
     assert out["weights"] == str(tmp_path / "u/weights/best.pt")
     assert [r["epoch"] for r in rows(tmp_path / "u/results.csv")] == [1, 2, 3]
     weights = [r["weight/det"] for r in rows(tmp_path / "u/diagnostics.csv")]
@@ -193,6 +198,30 @@ def test_pcgrad_runs_inside_the_trainer(synth_yaml, tmp_path):
 def new_trainer(synth_yaml: str, tmp_path: Path, **overrides) -> JointTrainer:
     args = {"data": synth_yaml, "joint": True, "save_dir": str(tmp_path / "run"), **TINY, **overrides}
     return JointTrainer(overrides=args)
+
+
+def test_the_joint_step_is_the_trainers_own(synth_yaml, tmp_path):
+    """A step attaches nothing to the model; with balance=fixed its gradients are the plain sum's of the task losses
+    (the strategies, here gradient clipping, add no loss term)."""
+    trainer = new_trainer(synth_yaml, tmp_path, batch=2)
+    trainer._setup_train()
+    trainer._setup_step()
+    trainer._model_train()
+    model = unwrap_model(trainer.model)
+    drawn = next(iter(trainer.train_loader))  # one step's batches, {task: [batch]}
+    assert set(drawn) == set(OUTPUTS) and [s.key for s in trainer.strategies] == ["clip_grad"]
+    trainer._train_step(deepcopy(drawn))
+    step = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert not hasattr(model, "joint_step") and not hasattr(model, "loss_terms")
+    model.zero_grad()
+    losses, _ = task_losses(model, trainer.preprocess_batch(deepcopy(drawn)), trainer.tasks)
+    sum(losses.values()).backward()
+    expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert step.keys() == expected.keys() and any(n.startswith("model.0.") for n in step)  # the backbone too
+    for name, grad in step.items():
+        torch.testing.assert_close(grad, expected[name], msg=name)
+    trainer.train_loader.close()
+    trainer.test_loader.close()
 
 
 @pytest.mark.parametrize(
@@ -238,8 +267,10 @@ def test_bad_data_and_checkpoints_fail_naming_the_file(synth_yaml, tmp_path, mon
     with pytest.raises(RuntimeError, match=r"no-val.yaml: 'det:' has no 'val:' split"):
         new_trainer(no_val, tmp_path)
     det_only = write_data(synth_yaml, tmp_path / "det.yaml", lambda d: [d.pop("seg"), d.pop("cls")])
-    monkeypatch.setattr(engine, "train_task", lambda task, overrides: {"task": task, "joint": overrides["joint"]})
-    assert engine.train(joint=True, data=det_only, project=str(tmp_path)) == {"task": "det", "joint": False}
+    monkeypatch.setattr(
+        workflows.joint, "train_task", lambda task, overrides: {"task": task, "joint": overrides["joint"]}
+    )
+    assert workflows.train(joint=True, data=det_only, project=str(tmp_path)) == {"task": "det", "joint": False}
     assert "det.yaml has det data only; training det alone" in logged.text
     other = {**task_names(load_data_config(synth_yaml)), "det": {0: "a", 1: "b"}}  # 2 detection classes, not 3
     torch.save({"model": UnifiedModel(task_names=other, verbose=False)}, tmp_path / "other.pt")
@@ -248,7 +279,7 @@ def test_bad_data_and_checkpoints_fail_naming_the_file(synth_yaml, tmp_path, mon
     with pytest.raises(ValueError, match=mismatch):
         trainer.setup_model()
     with pytest.raises(ValueError, match="task=det does not go with it"):
-        engine.train(task="det", joint=True, data=synth_yaml)
+        workflows.train(task="det", joint=True, data=synth_yaml)
 
 
 def test_command_line_errors_are_one_line(synth_yaml, tmp_path, monkeypatch, logged, capsys):
@@ -283,7 +314,7 @@ def test_protocol_with_a_joint_stage_then_a_sequential_one(synth_yaml, tmp_path)
         {"task": "cls", "epochs": 1, "imgsz": 32, "lr_mult": {"backbone": 0.1, "neck": 0.1, "tower": 0.1, "cls": 10.0},
          "feat_distill": {"weight": 1.0}},
     ]  # fmt: skip
-    state = engine.train(stages=stages, data=synth_yaml, project=str(tmp_path), name="js", **TINY)
+    state = workflows.train(stages=stages, data=synth_yaml, project=str(tmp_path), name="js", **TINY)
     first, second = state["stages"]
     assert (first["task"], first["tasks"], set(first["own_scores"])) == ("seg+det", ["seg", "det"], {"seg", "det"})
     assert first["own_scores"]["det"] == first["scores"]["det"]["metrics/mAP50(B)"]
@@ -296,9 +327,9 @@ def test_protocol_with_a_joint_stage_then_a_sequential_one(synth_yaml, tmp_path)
     forgetting_row = next(line for line in md.splitlines() if line.startswith("| forgetting"))
     assert forgetting_row.count("PASS") + forgetting_row.count("FAIL") == 3  # seg and det after stage 1, cls its own
     assert (root / "forgetting_heatmap.png").is_file() and (root / "weights/best.pt").is_file()
-    final_imgsz = torch.load(root / "weights/best.pt", weights_only=False)["train_args"]["imgsz"]
-    assert final_imgsz == 64 and torch.load(second["weights"], weights_only=False)["train_args"]["imgsz"] == 32
+    final = load_checkpoint(root / "weights/best.pt")[0]  # each task's image size, the largest to deploy at
+    assert final.task_imgsz == {"seg": 64, "det": 64, "cls": 32} and task_imgsz(final) == 64
     with pytest.raises(ValueError, match="stage 1: give either task .* or tasks"):
-        engine.train(stages=[{"task": "seg", "tasks": ["det"]}], data=synth_yaml, project=str(tmp_path))
+        workflows.train(stages=[{"task": "seg", "tasks": ["det"]}], data=synth_yaml, project=str(tmp_path))
     with pytest.raises(ValueError, match=r"stage 2: tasks must name distinct tasks .* got \['cls', 'cls'\]"):
-        engine.train(stages=[stages[0], {"tasks": ["cls", "cls"]}], data=synth_yaml, project=str(tmp_path))
+        workflows.train(stages=[stages[0], {"tasks": ["cls", "cls"]}], data=synth_yaml, project=str(tmp_path))

@@ -17,12 +17,13 @@ from ultralytics.cfg import DEFAULT_CFG_DICT
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
-from yolo_unified import engine
-from yolo_unified.cli import check_keys
+from yolo_unified import workflows
 from yolo_unified.continual import StageContext, Strategy, build_strategies
-from yolo_unified.continual.protocol import check_stage_tasks, stage_memory
-from yolo_unified.continual.report import write_report
 from yolo_unified.models.unified.train import TRAINERS
+from yolo_unified.workflows import protocol as workflows_protocol
+from yolo_unified.workflows.base import check_keys
+from yolo_unified.workflows.protocol import check_stage_tasks, stage_memory
+from yolo_unified.workflows.report import write_report
 
 TINY = {"imgsz": 64, "batch": 4, "workers": 0, "plots": False}
 
@@ -42,7 +43,7 @@ def tiny_protocol(epochs: int = 1) -> dict:
 def protocol_run(synth_yaml, tmp_path_factory):
     root = tmp_path_factory.mktemp("proto")
     cfg = tiny_protocol()
-    state = engine.train(**{**cfg, "data": synth_yaml, "project": str(root), "name": "seq"})
+    state = workflows.train(**{**cfg, "data": synth_yaml, "project": str(root), "name": "seq"})
     return root / "seq", state
 
 
@@ -85,7 +86,7 @@ def test_resume_after_a_kill_finishes_every_stage(synth_yaml, tmp_path):
     assert len(json.loads((root / "protocol.json").read_text())["stages"]) == 1
     torch.load(stage2 / "last.pt", weights_only=False)  # the checkpoint the kill left is whole
 
-    state = engine.train(**{**cfg, "resume": str(root)})  # as `yolo-unified train cfg=... resume=<run>`: no data=
+    state = workflows.train(**{**cfg, "resume": str(root)})  # as `yolo-unified train cfg=... resume=<run>`: no data=
     assert [s["task"] for s in state["stages"]] == ["seg", "det", "cls"]
     for stage in ("2-det", "3-cls"):  # the run's own settings, not the built-in data's defaults
         args = yaml.safe_load((root / stage / "args.yaml").read_text())
@@ -130,7 +131,7 @@ def test_baselines_cfg_trains_each_task_alone_and_gives_retention(protocol_run, 
     cfg.update(TINY)
     for stage in cfg["stages"]:
         stage.update(TINY, epochs=1)
-    state = engine.train(**{**cfg, "data": synth_yaml, "project": str(tmp_path), "name": "baselines"})
+    state = workflows.train(**{**cfg, "data": synth_yaml, "project": str(tmp_path), "name": "baselines"})
     assert [sorted(s["scores"]) for s in state["stages"]] == [["seg"], ["det"], ["cls"]]  # nothing chained
     root = protocol_run[0]
     md = write_report(root, json.loads((root / "protocol.json").read_text()), baselines=str(tmp_path / "baselines"))
@@ -172,7 +173,7 @@ def test_other_task_orders_work(synth_yaml, tmp_path):
         {"task": "seg", "epochs": 1, "replay": {"size": 2, "batch": 2}, "ewc": {"lam": 10.0, "samples": 4},
          "lwf": {"weight": 1.0}, "forget_stop": {"every": 1, "patience": 5}},
     ]  # fmt: skip
-    state = engine.train(stages=stages, data=synth_yaml, project=str(tmp_path), name="ds", **TINY)
+    state = workflows.train(stages=stages, data=synth_yaml, project=str(tmp_path), name="ds", **TINY)
     assert [s["task"] for s in state["stages"]] == ["det", "seg"]
     assert set(state["stages"][-1]["scores"]) == {"det", "seg"}
     md = (tmp_path / "ds/forgetting.md").read_text()
@@ -182,7 +183,7 @@ def test_other_task_orders_work(synth_yaml, tmp_path):
 def test_resume_of_a_missing_run_fails_clearly(synth_yaml, tmp_path):
     cfg = tiny_protocol()
     with pytest.raises(FileNotFoundError, match="no protocol run directory"):
-        engine.train(**{**cfg, "data": synth_yaml, "resume": str(tmp_path / "not-there")})
+        workflows.train(**{**cfg, "data": synth_yaml, "resume": str(tmp_path / "not-there")})
     assert not any(tmp_path.iterdir())  # nothing was started instead
 
 
@@ -220,8 +221,8 @@ def test_packaged_protocols_are_valid(name):
 def test_the_default_protocol_depends_on_pretrained_weights(pretrained, protocol, synth_yaml, monkeypatch):
     """Without stages, `train` runs cfg/seq.yaml, or cfg/seq-pretrained.yaml when pretrained= names weights."""
     ran = {}
-    monkeypatch.setattr(engine, "train_protocol", lambda **cfg: ran.update(cfg) or {})
-    engine.train(data=synth_yaml, pretrained=pretrained, epochs=1)
+    monkeypatch.setattr(workflows_protocol, "run_protocol", lambda stages, **cfg: ran.update(cfg, stages=stages) or {})
+    workflows.train(data=synth_yaml, pretrained=pretrained, epochs=1)
     expected = yaml.safe_load((REPO / "cfg" / f"{protocol}.yaml").read_text())
     assert [s.get("lr_mult") for s in ran["stages"]] == [s.get("lr_mult") for s in expected["stages"]]
     assert all(s["epochs"] == 1 for s in ran["stages"])  # the caller's keys win over the protocol's

@@ -12,10 +12,11 @@ from PIL import Image
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils import YAML
 
-from yolo_unified import engine
+from yolo_unified import UnifiedYOLO, workflows
 from yolo_unified.cli import run
 from yolo_unified.continual import STRATEGIES
 from yolo_unified.data.synthetic import make_synthetic
+from yolo_unified.models.unified import val as unified_val
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.nn import UnifiedModel
 from yolo_unified.nn.tasks import CFG_DIR
@@ -40,7 +41,7 @@ def four_images(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("task", ["seg", "det", "cls"])
 def test_loss_falls_when_overfitting_four_images(task, four_images, tmp_path):
-    out = engine.train(task=task, data=four_images, project=str(tmp_path), name=task, **OVERFIT)
+    out = workflows.train(task=task, data=four_images, project=str(tmp_path), name=task, **OVERFIT)
     total = [sum(v for k, v in row.items() if k.startswith("train/")) for row in read_results(out["save_dirs"][task])]
     first, last = total[0], sum(total[-3:]) / 3  # the last three epochs: one 4-image batch is a noisy estimate
     assert last < 0.7 * first, f"{task} loss went {first:.4f} -> {last:.4f} ({[round(t, 3) for t in total]})"
@@ -86,7 +87,7 @@ def test_checkpoint_reloads_as_the_same_unified_model(chain):
 
 
 def test_val_reports_every_task(chain, synth_yaml, tmp_path):
-    results = engine.val(model=chain["weights"], data=synth_yaml, imgsz=64, batch=4, project=str(tmp_path), plots=False)
+    results = UnifiedYOLO(chain["weights"]).val(data=synth_yaml, imgsz=64, batch=4, project=str(tmp_path), plots=False)
     assert set(results) == {"seg", "det", "cls"}
     assert 0.0 <= results["seg"]["metrics/mIoU"] <= 1.0
     assert 0.0 <= results["det"]["metrics/mAP50(B)"] <= 1.0
@@ -104,8 +105,8 @@ def test_val_defaults_to_the_training_image_size(chain, synth_yaml, tmp_path, mo
 
         return build
 
-    monkeypatch.setattr(engine, "VALIDATORS", {t: spy(t, v) for t, v in engine.VALIDATORS.items()})
-    engine.val(model=chain["weights"], data=synth_yaml, tasks=["cls"], batch=4, project=str(tmp_path), plots=False)
+    monkeypatch.setattr(unified_val, "VALIDATORS", {t: spy(t, v) for t, v in unified_val.VALIDATORS.items()})
+    UnifiedYOLO(chain["weights"]).val(data=synth_yaml, tasks=["cls"], batch=4, project=str(tmp_path), plots=False)
     assert sizes == {"cls": 64}  # trained at 64 (Ultralytics' default, 640, would score another model)
 
 
@@ -140,7 +141,7 @@ def test_training_skips_bad_files_and_names_them(synth_yaml, tmp_path, logged):
     mask = sorted((root / "seg/masks/train").glob("*.png"))[0]
     Image.fromarray(np.zeros((10, 20), np.uint8)).save(mask)  # not its image's size
     for task in ("det", "seg"):
-        out = engine.train(task=task, data=str(data), project=str(tmp_path), name=task, epochs=1, imgsz=64, batch=4,
+        out = workflows.train(task=task, data=str(data), project=str(tmp_path), name=task, epochs=1, imgsz=64, batch=4,
                            workers=0, plots=False)  # fmt: skip
         assert Path(out["weights"]).is_file()
     text = logged.text  # Ultralytics' dataset scan names the file and the problem, and counts what it skipped

@@ -4,7 +4,9 @@ import os
 from importlib.resources import files
 
 import ultralytics.utils.torch_utils as _torch_utils
-from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, YAML
+from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, YAML
+
+from yolo_unified.ultralytics_api import PINNED_ULTRALYTICS, signature_changes
 
 __version__ = "0.1.0"
 
@@ -16,11 +18,12 @@ for _key, _value in YAML.load(files("yolo_unified.cfg") / "default.yaml").items(
 # Ultralytics trains on CPU with cpu_count - 1 threads (1 on a 2-core machine); training is ~1.7x faster with all cores.
 _torch_utils.NUM_THREADS = int(os.environ.get("YOLO_UNIFIED_THREADS", os.cpu_count() or 1))
 
+if _changes := signature_changes():  # Ultralytics' internals this package replaces (yolo_unified/ultralytics_api.py)
+    LOGGER.warning(
+        f"yolo-unified was written for Ultralytics {PINNED_ULTRALYTICS}; these internals it replaces differ here "
+        "(reinstall with pip install -e . to get the pinned version):\n  " + "\n  ".join(_changes)
+    )
 
-def __getattr__(name: str):
-    """``yolo_unified.UnifiedYOLO``, imported on first use (the CLI and data tools do not need it)."""
-    if name == "UnifiedYOLO":
-        from yolo_unified.models.unified.model import UnifiedYOLO
+from yolo_unified.models.unified.model import UnifiedYOLO  # noqa: E402  (after the settings above)
 
-        return UnifiedYOLO
-    raise AttributeError(f"module 'yolo_unified' has no attribute '{name}'")
+__all__ = ("UnifiedYOLO", "__version__")

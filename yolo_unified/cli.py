@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
-from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
-from ultralytics.cfg import DEFAULT_CFG_DICT, _handle_deprecation, smart_value
-from ultralytics.utils import LOGGER, YAML
+from ultralytics.cfg import smart_value
+from ultralytics.utils import LOGGER
 
 import yolo_unified
+from yolo_unified.data.prepare import prepare_hw2
+from yolo_unified.models.unified.model import UnifiedYOLO
+from yolo_unified.workflows.base import check_keys, run_dir, split_cfg
 
 BENCHMARK_KEYS = {"model", "imgsz", "data", "runs", "warmup", "threads", "project", "name", "exist_ok"}
 MODES = ("train", "val", "predict", "export", "benchmark", "data")
@@ -63,51 +65,48 @@ def parse_tokens(tokens: list[str]) -> dict[str, Any]:
     return pairs
 
 
-def split_cfg(keys: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The keys of the ``cfg=`` file named in `keys` (none without one), and the other keys: the explicit ones."""
-    explicit = {k: v for k, v in keys.items() if k != "cfg"}
-    if not (cfg := keys.get("cfg")):
-        return {}, explicit
-    if not Path(cfg).is_file():
-        raise FileNotFoundError(f"cfg file '{cfg}' not found")
-    return YAML.load(cfg) or {}, explicit
-
-
 def parse_args(tokens: list[str]) -> dict[str, Any]:
     """Parse ``key=value`` tokens into a dict: the keys of a ``cfg=file.yaml`` among them, the rest over those."""
     from_file, explicit = split_cfg(parse_tokens(tokens))
     return {**from_file, **explicit}
 
 
-def check_keys(args: dict[str, Any], extra: set[str] = frozenset()) -> None:
-    """Fail on keys that are neither Ultralytics' nor ours, suggesting close ones and listing the valid ones.
-
-    Ultralytics' deprecated spellings (``half=True``, ``int8=True``) are renamed in place first, as ``yolo`` does.
-    """
-    _handle_deprecation(args)  # renames in place
-    valid = {*DEFAULT_CFG_DICT, "save_dir", *extra}
-    if unknown := [k for k in args if k not in valid]:
-        hints = [f"'{k}' (did you mean {', '.join(close)}?)" if (close := get_close_matches(k, valid)) else f"'{k}'"
-                 for k in unknown]  # fmt: skip
-        raise SyntaxError(f"unknown key(s) {', '.join(hints)}. Valid keys: {', '.join(sorted(valid))}")
+def prepare_data(tokens: list[str]) -> Path:
+    """``yolo-unified data prepare src=... dst=... [yaml=...]``: lay out the HW2 data (`prepare_hw2`)."""
+    if not tokens or tokens[0] != "prepare":
+        raise SyntaxError("usage: yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2 [yaml=...]")
+    args = parse_args(tokens[1:])
+    if unknown := set(args) - {"src", "dst", "yaml"}:
+        raise SyntaxError(f"unknown key(s) {sorted(unknown)} for 'data prepare'; valid keys: src, dst, yaml")
+    return prepare_hw2(args.get("src", "../shared/data/hw2"), args.get("dst", "datasets/hw2"), args.get("yaml"))
 
 
-def train(keys: dict[str, Any]) -> dict[str, Any]:
-    """Train as ``yolo-unified train key=value ...`` does (`yolo_unified.engine.train`); return what it returns.
+def mode_args(mode: str, tokens: list[str]) -> dict[str, Any]:
+    """The keys of one mode's command line, checked: train keeps ``cfg=`` (its explicit keys win over a protocol's
+    stages), the other modes read the file here and need ``model=``."""
+    if mode == "train":
+        return parse_tokens(tokens)
+    args = parse_args(tokens)
+    if mode == "benchmark":
+        if unknown := set(args) - BENCHMARK_KEYS:
+            raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmark; valid keys: {sorted(BENCHMARK_KEYS)}")
+    else:
+        check_keys(args, {"seg_argmax"} if mode == "export" else set())
+    if not args.get("model"):
+        raise SyntaxError(f"{mode} needs model=path/to/best.pt (predict and val also take exported models)")
+    return args
 
-    ``cfg=`` loads a file; the explicit keys win over the file's and over a protocol's per-stage keys. Unknown keys
-    fail (`check_keys`).
-    """
-    from yolo_unified import engine
 
-    from_file, explicit = split_cfg(keys)
-    check_keys(from_file)
-    check_keys(explicit)
-    return engine.train(force=explicit, **from_file)
+def predict(model: UnifiedYOLO, **args: Any) -> Path:
+    """``yolo-unified predict``: annotated copies of every source image in ``runs/unified/predict*/``, streamed."""
+    save_dir = run_dir(args.pop("project", None), args.pop("name", None), "predict", args.get("exist_ok"))
+    for _ in model.predict(stream=True, save_dir=str(save_dir), **{"save": True, **args}):  # streamed: no pile-up
+        pass
+    return save_dir
 
 
 def run(argv: list[str]) -> Any:
-    """Dispatch one command line; return what the mode returns."""
+    """Dispatch one command line to ``getattr(UnifiedYOLO(model), mode)``; return what the mode returns."""
     if not argv or argv[0] in {"help", "-h", "--help"}:
         print(HELP)
         return None
@@ -115,47 +114,17 @@ def run(argv: list[str]) -> Any:
         print(yolo_unified.__version__)
         return None
     mode, rest = argv[0], argv[1:]
-    from yolo_unified import engine
-
     if mode == "data":
-        if not rest or rest[0] != "prepare":
-            raise SyntaxError("usage: yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2 [yaml=...]")
-        from yolo_unified.data.prepare import prepare_hw2
-
-        args = parse_args(rest[1:])
-        if unknown := set(args) - {"src", "dst", "yaml"}:
-            raise SyntaxError(f"unknown key(s) {sorted(unknown)} for 'data prepare'; valid keys: src, dst, yaml")
-        return prepare_hw2(args.get("src", "../shared/data/hw2"), args.get("dst", "datasets/hw2"), args.get("yaml"))
-    if mode == "train":
-        return train(parse_tokens(rest))
-    args = parse_args(rest)
-    if mode == "val":
-        check_keys(args)
-        if not args.get("model"):
-            raise SyntaxError("val needs model=path/to/best.pt")
-        return engine.val(**args)
-    if mode in {"predict", "export"}:
-        check_keys(args, {"seg_argmax"} if mode == "export" else set())
-        if not args.get("model"):
-            raise SyntaxError(f"{mode} needs model=path/to/best.pt (predict also takes exported models)")
-        from yolo_unified import UnifiedYOLO
-
-        model = UnifiedYOLO(args.pop("model"))
-        if mode == "export":
-            return model.export(**args)
-        save_dir = engine.run_dir(args.pop("project", None), args.pop("name", None), "predict", args.get("exist_ok"))
-        for _ in model.predict(stream=True, save_dir=str(save_dir), **{"save": True, **args}):  # streamed: no pile-up
-            pass
-        return save_dir
-    if mode == "benchmark":
-        if unknown := set(args) - BENCHMARK_KEYS:
-            raise SyntaxError(f"unknown key(s) {sorted(unknown)} for benchmark; valid keys: {sorted(BENCHMARK_KEYS)}")
-        if not args.get("model"):
-            raise SyntaxError("benchmark needs model=path/to/best.pt")
-        from yolo_unified.benchmark import benchmark
-
-        return benchmark(**args)
-    raise SyntaxError(f"unknown mode '{mode}'; valid modes: {', '.join(MODES)}, help, --version")
+        return prepare_data(rest)
+    if mode not in MODES:
+        raise SyntaxError(f"unknown mode '{mode}'; valid modes: {', '.join(MODES)}, help, --version")
+    args = mode_args(mode, rest)
+    if mode == "train":  # model= is a train key: a YOLOv8 checkpoint (not a unified one) gives its matching tensors
+        return UnifiedYOLO().train(**args)
+    model = UnifiedYOLO(args.pop("model"))
+    if mode == "predict":
+        return predict(model, **args)
+    return getattr(model, mode)(**args)
 
 
 def entrypoint() -> None:

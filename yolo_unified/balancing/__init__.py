@@ -3,7 +3,7 @@
 Loss-level methods (``kind == "loss"``) weight the task losses into one total that the trainer backpropagates;
 gradient-level methods (``kind == "gradient"``) combine the task gradients on the shared parameters themselves
 (one adapter over TorchJD's aggregators serves them all). A new method is a ``Balancer`` subclass in its own file,
-added to ``BALANCERS`` below.
+added to ``BALANCERS`` below (a built-in one) or registered with `register_balancer` (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -25,6 +25,14 @@ BALANCERS: dict[str, type[Balancer]] = {
 }
 
 
+def register_balancer(cls: type[Balancer]) -> type[Balancer]:
+    """Make `cls` a balancing method, chosen with ``balance=<its key>``; usable as a class decorator."""
+    if not cls.key or cls.key in BALANCERS or cls.kind not in {"loss", "gradient"}:
+        raise ValueError(f"balancing method {cls.key!r} ({cls.kind}): needs a new key and kind 'loss' or 'gradient'")
+    BALANCERS[cls.key] = cls
+    return cls
+
+
 def build_balancer(name: str, tasks: Sequence[str], **settings: Any) -> Balancer:
     """The balancer registered as `name` for `tasks`, with its method's `settings` (keyword arguments)."""
     if name not in BALANCERS:
@@ -37,6 +45,7 @@ __all__ = (
     "Balancer",
     "JacobianBalancer",
     "build_balancer",
+    "register_balancer",
     "gradient_stats",
     "task_jacobians",
 )

@@ -1,14 +1,16 @@
 """Forgetting mitigation for sequential multi-task training: one strategy per file, one cfg key per strategy.
 
-A new strategy is a ``Strategy`` subclass in its own file, added to ``STRATEGIES`` below, with its key documented in
-``cfg/default.yaml``.
+A new strategy is a ``Strategy`` subclass in its own file: a built-in one is added to ``STRATEGIES`` below with its
+key documented in ``cfg/default.yaml``; one from outside the package calls `register_strategy` (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from yolo_unified.continual.base import MODULE_PREFIXES, StageContext, Strategy, module_of, stage_samples
+from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
+
+from yolo_unified.continual.base import StageContext, Strategy, stage_samples
 from yolo_unified.continual.bn_freeze import BNFreeze
 from yolo_unified.continual.ewc import EWC, diagonal_fisher
 from yolo_unified.continual.feat_distill import FeatDistill
@@ -25,6 +27,17 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
+def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    """Make `cls` a strategy: its ``key`` becomes a train key (off by default) that switches it on and holds its
+    settings. Usable as a class decorator; a key that is already a train key (Ultralytics' or a strategy's) fails."""
+    if not cls.key or cls.key in DEFAULT_CFG_DICT:
+        raise ValueError(f"strategy key {cls.key!r} is empty or already a train key; give the strategy its own")
+    STRATEGIES[cls.key] = cls
+    DEFAULT_CFG_DICT[cls.key] = None
+    setattr(DEFAULT_CFG, cls.key, None)
+    return cls
+
+
 def build_strategies(args: Any, context: StageContext) -> list[Strategy]:
     """The strategies switched on in `args` (a value that is not null/False/0/empty), built for `context`."""
     return [cls(getattr(args, key), context) for key, cls in STRATEGIES.items() if getattr(args, key, None)]
@@ -36,6 +49,7 @@ __all__ = (
     "StageContext",
     "Strategy",
     "build_strategies",
+    "register_strategy",
     "diagonal_fisher",
     "module_of",
     "stage_samples",

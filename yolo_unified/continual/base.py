@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-
-# module groups of the unified model, by parameter-name prefix (used for per-module learning rates and freezing)
-MODULE_PREFIXES = {
-    "backbone": tuple(f"model.{i}." for i in range(10)),
-    "neck": ("model.10.",),
-    "tower": ("model.11.tower.",),
-    "det": ("model.11.det.", "model.11.dfl."),
-    "seg": ("model.11.seg.",),
-    "cls": ("model.11.cls.",),
-}
-
-
-def module_of(name: str) -> str:
-    """The module group (backbone, neck, tower, det, seg, cls) a parameter or module name belongs to."""
-    name = name if name.endswith(".") else name + "."
-    return next((group for group, prefixes in MODULE_PREFIXES.items() if name.startswith(prefixes)), "other")
+from torch.utils.data import default_collate
+from ultralytics.nn.tasks import load_checkpoint
 
 
 @dataclass
@@ -37,12 +24,14 @@ class StageContext:
     task: str  # task of this stage: seg, det or cls (a joint stage: its tasks joined by "+", e.g. seg+det)
     previous: list[str] = field(default_factory=list)  # tasks finished before this stage, in order
     own_scores: dict[str, float] = field(default_factory=dict)  # score of each finished task right after its stage
-    eval_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per finished task: its own imgsz and batch
+    eval_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per finished task: its validation batch
     prev_weights: str | None = None  # checkpoint the stage starts from (the previous stage's best.pt)
     data: str = ""  # multi-task data YAML
     memory: dict[str, Any] = field(default_factory=dict)
     forget_limit: float = 0.05
     root: Path = Path(".")
+    # scores a model on finished tasks: evaluate(model, tasks=[...], save_dir=..., **eval_args) -> {task: {metric: v}}
+    evaluate: Callable[..., dict[str, dict[str, float]]] | None = None
     _teacher: Any = field(default=None, init=False, repr=False)
     _taught: tuple[torch.Tensor, Any] | None = field(default=None, init=False, repr=False)
 
@@ -53,8 +42,6 @@ class StageContext:
         this one copy: a resumed stage distils from the same teacher, as ``prev_weights`` is the previous stage's best.
         """
         if self._teacher is None and self.previous and self.prev_weights:
-            from ultralytics.nn.tasks import load_checkpoint
-
             self._teacher = load_checkpoint(self.prev_weights)[0].float().to(device).eval().requires_grad_(False)
         return self._teacher
 
@@ -114,8 +101,6 @@ def stage_samples(trainer, n: int, seed: int = 0) -> list[dict[str, Any]]:
 
     Images come out as float tensors in [0, 1] on the trainer's device, labels in Ultralytics' batch format.
     """
-    from torch.utils.data import default_collate
-
     dataset = trainer.build_dataset(trainer.data["train"], mode="val", batch=1)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     collate = getattr(dataset, "collate_fn", default_collate)

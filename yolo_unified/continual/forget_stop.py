@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ultralytics.utils import LOGGER
 
+from yolo_unified.common import PRIMARY_METRIC
 from yolo_unified.continual.base import Strategy
 
 
@@ -28,13 +29,15 @@ class ForgetStop(Strategy):
         every = int(self.cfg.get("every", 1))
         if not self.context.previous or (trainer.epoch + 1) % every:
             return True
-        from yolo_unified.engine import PRIMARY_METRIC, val
-
+        if self.context.evaluate is None:
+            raise ValueError(
+                "forget_stop needs the protocol's evaluator (StageContext.evaluate) to score finished tasks"
+            )
         scores, save_dir = {}, str(trainer.save_dir / "forget_stop")
-        for t in self.context.previous:  # each at its own stage's image size, as the protocol scores it
-            own_args = self.context.eval_args.get(t, {"imgsz": trainer.args.imgsz, "batch": trainer.args.batch})
-            result = val(trainer.ema.ema, self.context.data, tasks=[t], plots=False, save_dir=save_dir, **own_args)
-            scores[t] = result[t][PRIMARY_METRIC[t]]  # val() validates a copy: the EMA is left as it is
+        for t in self.context.previous:  # each at its own image size (task_imgsz), as the protocol scores it
+            own_args = self.context.eval_args.get(t, {"batch": trainer.args.batch})
+            result = self.context.evaluate(trainer.ema.ema, tasks=[t], plots=False, save_dir=save_dir, **own_args)
+            scores[t] = result[t][PRIMARY_METRIC[t]]  # the evaluator validates a copy: the EMA is left as it is
         self.history.append(scores)
         limit = self.context.forget_limit
         worst = {t: 1 - s / own for t, s in scores.items() if (own := self.context.own_scores.get(t))}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from ultralytics.utils import LOGGER
 
-from yolo_unified.continual.base import MODULE_PREFIXES, Strategy, module_of
+from yolo_unified.common import MODULE_PREFIXES, module_of
+from yolo_unified.continual.base import Strategy
 
 
 class LRMult(Strategy):

@@ -8,9 +8,7 @@ from typing import Any
 from ultralytics.nn.autobackend import check_class_names
 from ultralytics.utils import YAML
 
-from yolo_unified.nn.modules import TASKS
-
-ULTRALYTICS_TASK = {"seg": "semantic", "det": "detect", "cls": "classify"}  # our task name -> Ultralytics' task
+from yolo_unified.common import TASKS
 
 
 def load_data_config(data: str | Path) -> dict[str, Any]:

@@ -11,8 +11,6 @@ import torch.nn.functional as F
 from ultralytics.nn.modules import Conv, Detect
 from ultralytics.utils.torch_utils import fuse_conv_and_bn
 
-TASKS = ("seg", "det", "cls")  # the three tasks, in the order the sequential protocol learns them
-
 
 class UnifiedFPN(nn.Module):
     """Feature pyramid: a 1x1 lateral per tapped level and a top-down nearest upsample-add.

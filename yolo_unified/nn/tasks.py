@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from copy import deepcopy
 from importlib.resources import files
 from pathlib import Path
@@ -43,9 +44,6 @@ def load_model_yaml(cfg: str | Path) -> dict:
     d = YAML.load(path)
     d["yaml_file"] = str(path)
     return d
-
-
-JOINT_BATCHES = "task_batches"  # a joint-training batch's key: {task: [batch, ...]} for one optimizer step
 
 
 def batch_task(batch: dict) -> str:
@@ -156,29 +154,27 @@ class UnifiedModel(DetectionModel):
             )
         return len(match)
 
-    def loss(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The batch's task loss, plus the terms of the forgetting-mitigation strategies in ``loss_terms``.
+    def loss(
+        self, batch: dict, preds: Any = None, terms: Sequence[Any] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The batch's task loss, plus the loss terms of the forgetting-mitigation strategies `terms`.
 
-        Only the model being trained carries ``loss_terms`` (the trainer sets it after the EMA copy is made), so
-        validation losses are the task losses alone. Terms are per image and scaled like Ultralytics' task loss
-        (summed over the batch for detection and segmentation, a mean for classification).
-
-        A joint-training batch (one batch per task, under ``JOINT_BATCHES``) goes to ``joint_step``, which the joint
-        trainer sets on the model it trains, as it does ``loss_terms``: Ultralytics' training loop has no other hook
-        between its call of the model and its ``backward()``.
+        Each of `terms` gives its term with ``loss(model, raw_outputs, batch)`` (None: no term). Terms are per image
+        and scaled like Ultralytics' task loss (summed over the batch for detection and segmentation, a mean for
+        classification). The joint trainer's step passes its strategies; by default the terms are ``loss_terms``,
+        which the single-task trainers set on the model they train (after the EMA copy is made, so validation losses
+        are the task losses alone): Ultralytics' training loop, which they run, calls ``model(batch)`` with no other
+        hook before its ``backward()``.
         """
-        if JOINT_BATCHES in batch:
-            return self.joint_step(batch[JOINT_BATCHES])
         if getattr(self, "criterion", None) is None:
             self.criterion = self.init_criterion()
         preds = self.forward(batch["img"]) if preds is None else preds
         loss, items = self.criterion(preds, batch)
-        terms = [
-            t for t in (s.loss(self, self.criterion.raw(preds), batch) for s in getattr(self, "loss_terms", ())) if t
-        ]
-        if terms:
-            loss = loss.sum() + loss_scale(batch) * sum(term for term, _ in terms)
-            items = {**items, **{k: v for _, parts in terms for k, v in parts.items()}}
+        terms = getattr(self, "loss_terms", ()) if terms is None else terms
+        added = [t for t in (s.loss(self, self.criterion.raw(preds), batch) for s in terms) if t]
+        if added:
+            loss = loss.sum() + loss_scale(batch) * sum(term for term, _ in added)
+            items = {**items, **{k: v for _, parts in added for k, v in parts.items()}}
         return loss, items
 
     def init_criterion(self) -> UnifiedLoss:

@@ -14,8 +14,9 @@ from ultralytics.models.yolo.detect import DetectionPredictor
 from ultralytics.utils import DEFAULT_CFG, ops
 from ultralytics.utils.plotting import Annotator, colors
 
+from yolo_unified.common import TASKS
 from yolo_unified.models.unified.val import model_task_names
-from yolo_unified.nn.modules import TASKS, upsample_logits
+from yolo_unified.nn.modules import upsample_logits
 
 RatioPad = tuple[tuple[float, float], tuple[int, int]]  # ((gain_h, gain_w), (pad_left, pad_top)), as Ultralytics'
 IGNORE = 255  # Ultralytics' ignore id in semantic maps

@@ -17,7 +17,8 @@ from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, WORLD_SIZE, colorstr
 from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
 
-from yolo_unified.continual import StageContext, build_strategies, module_of
+from yolo_unified.common import module_of
+from yolo_unified.continual import StageContext, build_strategies
 from yolo_unified.data.config import load_data_config, task_data, task_names
 from yolo_unified.ddp import cpu_ddp, cpu_workers, from_rank_zero, init_cpu_group, rank_zero_alone
 from yolo_unified.models.unified import val
@@ -77,7 +78,7 @@ class UnifiedTrainerMixin:
         self.context = context or StageContext(index=0, task=self.task_key, data=str(self.args.data))
         self.strategies = build_strategies(self.args, self.context)
         self.nan_stopped = False
-        self.add_callback("on_pretrain_routine_end", UnifiedTrainerMixin._setup_strategies)
+        self.add_callback("on_pretrain_routine_end", type(self)._setup_strategies)
         self.add_callback("on_train_end", UnifiedTrainerMixin._end_strategies)
 
     def _setup_ddp(self) -> None:
@@ -258,12 +259,22 @@ class UnifiedTrainerMixin:
         return ckpt
 
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True):
-        """Return a unified model whose class counts come from the data YAML (all its tasks, not just this one)."""
+        """Return a unified model whose class counts come from the data YAML (all its tasks, not just this one).
+
+        The model carries each task's image size (``task_imgsz``: the sizes `weights` held, and this run's own),
+        which val, predict and export read from its checkpoints (`yolo_unified.common.task_imgsz`).
+        """
         names = {**(getattr(weights, "task_names", None) or {}), **task_names(self.data_config)}
         model = UnifiedModel(cfg or DEFAULT_MODEL_YAML, ch=self.data["channels"], task_names=names, verbose=verbose)
         if weights:
             model.load(weights)
+        model.task_imgsz = {**(getattr(weights, "task_imgsz", None) or {}), **self.trained_imgsz()}
         return model
+
+    def trained_imgsz(self) -> dict[str, int]:
+        """The image size of each task this run trains: ``{task: imgsz}``."""
+        imgsz = self.args.imgsz
+        return {self.task_key: int(max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz)}
 
     def set_model_attributes(self):
         """Attach the training arguments (the losses read their gains); class names stay per task on the model."""

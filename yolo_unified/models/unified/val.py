@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import json
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +13,11 @@ from ultralytics.models.yolo.classify import ClassificationValidator
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.models.yolo.semantic import SemanticSegmentationValidator
 from ultralytics.nn.autobackend import check_class_names
-from ultralytics.utils import YAML
+from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.utils import LOGGER, YAML, colorstr
 
-from yolo_unified.data.config import load_data_config, task_data
-from yolo_unified.nn.modules import TASKS
+from yolo_unified.common import TASKS, ULTRALYTICS_TASK, task_imgsz
+from yolo_unified.data.config import check_heads, load_data_config, task_data, task_names
 
 
 def model_task_names(model: Any, task: str) -> dict[int, str]:
@@ -118,3 +121,54 @@ VALIDATORS = {
     "det": UnifiedDetectionValidator,
     "cls": UnifiedClassificationValidator,
 }
+
+
+def validate(
+    model: str | Path | torch.nn.Module,
+    data: str | Path,
+    save_dir: str | Path,
+    tasks: list[str] | None = None,
+    **overrides: Any,
+) -> dict[str, dict[str, float]]:
+    """Validate every task the data YAML and the model share (or just `tasks`); log and save a summary.
+
+    `model` is a checkpoint path, an exported model or a unified model in memory (a copy is validated, so a training
+    model is left as it is). Without ``imgsz`` each task of a checkpoint is scored at the size it was trained at
+    (`task_imgsz`), an exported model at its export size. Returns ``{task: {metric: value}}`` with Ultralytics'
+    metric names; each task's plots go to ``save_dir/<task>/``, ``metrics.json`` and ``metrics.csv`` to `save_dir`.
+    """
+    cfg = load_data_config(data)
+    module = model if isinstance(model, torch.nn.Module) else None
+    if module is None and str(model).endswith(".pt"):
+        module = load_checkpoint(model)[0]
+    model_tasks = set(getattr(module, "task_names", None) or TASKS)
+    tasks = [t for t in (tasks or TASKS) if t in cfg["tasks"] and t in model_tasks]
+    if not tasks:
+        raise ValueError(f"{data} and the model share no task")
+    if module is not None and getattr(module, "task_names", None):
+        data_names = {t: names for t, names in task_names(cfg).items() if t in tasks}
+        check_heads(module.task_names, data_names, model if module is not model else "the model", data)
+    save_dir, results = Path(save_dir), {}
+    for t in tasks:
+        args = {**overrides, "data": str(data), "task": ULTRALYTICS_TASK[t], "mode": "val"}
+        if "imgsz" not in overrides and module is not None and (imgsz := task_imgsz(module, t)):
+            args["imgsz"] = imgsz
+        if isinstance(model, torch.nn.Module):
+            stats = VALIDATORS[t](save_dir=save_dir / t, args=args)(model=deepcopy(model).float())
+        else:
+            stats = VALIDATORS[t](save_dir=save_dir / t, args={**args, "model": str(model)})()
+        results[t] = {k: float(v) for k, v in stats.items() if k.startswith("metrics/")}
+    write_summary(results, save_dir)
+    return results
+
+
+def write_summary(results: dict[str, dict[str, float]], save_dir: Path) -> None:
+    """Log a one-table summary of the tasks' headline metrics and save it as JSON and CSV."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    (save_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    lines = ["task,metric,value"] + [f"{t},{k},{v:.6f}" for t, m in results.items() for k, v in m.items()]
+    (save_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    table = "\n".join(
+        f"{t:>5}  " + "  ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in m.items()) for t, m in results.items()
+    )
+    LOGGER.info(f"\n{colorstr('bold', 'yolo-unified val')}\n{table}\nResults saved to {colorstr('bold', save_dir)}")

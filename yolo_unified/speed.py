@@ -35,12 +35,11 @@ from ultralytics.nn.tasks import ClassificationModel, DetectionModel, SemanticSe
 from ultralytics.utils import ASSETS, LOGGER, colorstr, torch_utils
 from ultralytics.utils.torch_utils import get_cpu_info, get_flops
 
-from yolo_unified.data.config import ULTRALYTICS_TASK
-from yolo_unified.engine import run_dir
+from yolo_unified.common import ULTRALYTICS_TASK, task_imgsz
 from yolo_unified.export import UnifiedExporter, check_onnx_packages
-from yolo_unified.models.unified.model import UnifiedYOLO
 from yolo_unified.nn.modules import upsample_logits
 from yolo_unified.nn.tasks import BACKBONE_LAYERS, CFG_DIR
+from yolo_unified.workflows.base import run_dir
 
 BUDGET_MS = 150.0  # per-image latency budget
 MAX_OVERHEAD = 1.3  # target: the full unified model at most 1.3x the backbone's latency
@@ -181,15 +180,23 @@ class Benchmark:
     """The rows of one benchmark run; see the module docstring."""
 
     def __init__(
-        self, model: str, imgsz: int | None, runs: int, warmup: int, threads: int, save_dir: Path, data: str | None
+        self,
+        model: str,
+        predict: Callable[..., Any],
+        imgsz: int | None,
+        runs: int,
+        warmup: int,
+        threads: int,
+        save_dir: Path,
+        data: str | None,
     ):
-        """Load the checkpoint (``imgsz`` defaults to its training size, INT8 calibration ``data`` to its training
-        data); nothing is measured yet."""
+        """Load the checkpoint (``imgsz`` defaults to its deployment size, INT8 calibration ``data`` to its training
+        data); `predict` is the end-to-end prediction to time (``UnifiedYOLO.predict``). Nothing is measured yet."""
         self.weights, self.runs, self.warmup, self.threads, self.save_dir = model, runs, warmup, threads, save_dir
-        self.data = data
+        self.data, self.predict = data, predict
         self.exported: dict[str, str] = {}  # runtime -> exported file of the unified model
         self.model = load_checkpoint(model)[0].float().eval()
-        self.imgsz = int(imgsz or self.model.args["imgsz"])
+        self.imgsz = int(imgsz or task_imgsz(self.model))
         self.x = torch.rand(1, 3, self.imgsz, self.imgsz, generator=torch.Generator().manual_seed(0))
         self.rows: list[Row] = []
         self.overhead = float("nan")  # full model / backbone eager latency, timed in alternation (run() sets it)
@@ -293,9 +300,9 @@ class Benchmark:
         name = "unified model with seg upsample + argmax in the graph"
         self.measure(name, "ONNX Runtime", lambda: ort_runner(argmax_file, self.x, self.threads))
 
-        image, model = cv2.imread(str(ASSETS / "bus.jpg")), UnifiedYOLO(self.weights)
+        image = cv2.imread(str(ASSETS / "bus.jpg"))
         name = f"predict end to end ({image.shape[1]}x{image.shape[0]} image: letterbox, NMS, seg map)"
-        self.measure(name, eager_rt, lambda: partial(model.predict, image, imgsz=self.imgsz, verbose=False))
+        self.measure(name, eager_rt, lambda: partial(self.predict, image, imgsz=self.imgsz, verbose=False))
         return self.rows
 
     def checks(self) -> dict[str, dict[str, Any]]:
@@ -370,6 +377,7 @@ def markdown(machine: dict[str, Any], rows: list[Row], checks: dict[str, dict[st
 
 def benchmark(
     model: str,
+    predict: Callable[..., Any],
     imgsz: int | None = None,
     data: str | None = None,
     runs: int = 50,
@@ -381,8 +389,9 @@ def benchmark(
 ) -> dict[str, Any]:
     """Benchmark a unified checkpoint (see the module docstring); return ``{"machine", "rows", "checks", "save_dir"}``.
 
-    ``imgsz`` defaults to the checkpoint's training size, ``data`` (INT8 calibration) to the checkpoint's training
-    data, ``threads`` to every logical core.
+    `predict` is the checkpoint's end-to-end prediction (``UnifiedYOLO.predict``, what ``UnifiedYOLO.benchmark``
+    gives). ``imgsz`` defaults to the checkpoint's deployment size (`task_imgsz`), ``data`` (INT8 calibration) to
+    the checkpoint's training data, ``threads`` to every logical core.
     """
     if not str(model).endswith(".pt"):
         raise ValueError(f"benchmark needs a unified *.pt checkpoint, got '{model}'")
@@ -393,7 +402,7 @@ def benchmark(
     save_dir.mkdir(parents=True, exist_ok=True)
     threads = threads or os.cpu_count() or 1
     with pinned_threads(threads):
-        bench = Benchmark(model, imgsz, runs, warmup, threads, save_dir, data)
+        bench = Benchmark(model, predict, imgsz, runs, warmup, threads, save_dir, data)
         rows = bench.run()
         checks, machine = bench.checks(), bench.machine()
     table = markdown(machine, rows, checks)

@@ -7,15 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ultralytics.utils import LOGGER, colorstr
+import matplotlib.pyplot as plt
+import numpy as np
+from ultralytics.utils import LOGGER, colorstr, plt_settings
+
+from yolo_unified.common import TASK_TABLE
 
 COLUMNS = {  # report column -> (task, Ultralytics metric name)
-    "mIoU": ("seg", "metrics/mIoU"),
-    "mAP50": ("det", "metrics/mAP50(B)"),
-    "mAP50-95": ("det", "metrics/mAP50-95(B)"),
-    "top-1": ("cls", "metrics/accuracy_top1"),
+    column: (task, metric) for task, info in TASK_TABLE.items() for column, metric in info.report_columns
 }
-PRIMARY = {"seg": "mIoU", "det": "mAP50", "cls": "top-1"}
+PRIMARY = {task: info.report_columns[0][0] for task, info in TASK_TABLE.items()}  # the column of each task's score
 
 
 def stage_tasks(stage: dict[str, Any]) -> list[str]:
@@ -106,14 +107,9 @@ def write_report(root: Path, state: dict[str, Any], forget_limit: float = 0.05, 
     return md
 
 
+@plt_settings()
 def plot_report(root: Path, state: dict[str, Any]) -> None:
     """Task scores across stages (lines), relative change per task and stage (heatmap), training curves per stage."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     stages = state["stages"]
     tasks = list(dict.fromkeys(t for s in stages for t in stage_tasks(s)))
     labels = [f"{i + 1}\n{s['task']}" for i, s in enumerate(stages)]

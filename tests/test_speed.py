@@ -7,10 +7,10 @@ import pytest
 import torch
 from ultralytics.utils import torch_utils
 
-from yolo_unified.benchmark import target
 from yolo_unified.cli import run
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.nn import UnifiedModel
+from yolo_unified.speed import target
 
 NAMES = {"seg": {0: "background", 1: "thing"}, "det": {0: "thing"}, "cls": {0: "a", 1: "b"}}
 

@@ -1,0 +1,286 @@
+"""What the benchmarks share: paths, quick mode, training-run facts, protocol runs, provenance and output files.
+
+With benchmarks.bootstrap the bottom of benchmarks/: it imports no other benchmark module. The drivers
+(benchmarks.hw2, benchmarks.sweep) and the section modules (benchmarks.joint, separate, deployed, runtimes) build on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from ultralytics import __version__ as ultralytics_version
+from ultralytics.utils import LOGGER, YAML, colorstr
+from ultralytics.utils.torch_utils import get_cpu_info
+
+from yolo_unified.cli import parse_args
+from yolo_unified.common import STATE_FILE, TASK_TABLE, save_atomically
+from yolo_unified.data.config import load_data_config, task_data
+from yolo_unified.data.prepare import prepare_hw2
+from yolo_unified.workflows import train
+from yolo_unified.workflows.protocol import recommended_protocol
+from yolo_unified.workflows.report import unlearned_stages, verdict
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+QUICK = {"imgsz": 64, "epochs": 1, "batch": 8, "nbs": 8, "fraction": 0.05, "workers": 0, "plots": False}
+METRIC_NAME = {  # task -> its primary metric as the tables name it (mIoU, mAP50, top-1): the report's column of it
+    task: next(column for column, metric in info.report_columns if metric == info.primary_metric)
+    for task, info in TASK_TABLE.items()
+}
+
+
+def benchmark_args(argv: list[str], keys: set[str], module: str) -> dict[str, Any]:
+    """The ``key=value`` tokens `argv` of the command `module` as a dict, refusing keys other than `keys`."""
+    args = parse_args(argv)
+    if unknown := set(args) - keys:
+        raise SyntaxError(f"unknown key(s) {sorted(unknown)} for {module}; valid: {sorted(keys)}")
+    return args
+
+
+def repo_relative(path: str | Path) -> str:
+    """`path` relative to the repository when it lies inside it, else unchanged: outputs hold no machine's paths."""
+    inside = Path(path).is_absolute() and Path(path).is_relative_to(REPO)
+    return str(Path(path).relative_to(REPO)) if inside else str(path)
+
+
+def repo_path(path: str | Path) -> Path:
+    """A recorded path as a usable one: a relative path is taken from the repository root, an absolute one kept."""
+    return REPO / path
+
+
+def with_stage_paths(stages: list[dict], convert: Callable[[str | Path], str | Path]) -> list[dict]:
+    """Protocol stage entries with their ``weights`` and ``save_dir`` passed through `convert`."""
+    return [{**s, "weights": str(convert(s["weights"])), "save_dir": str(convert(s["save_dir"]))} for s in stages]
+
+
+def run_settings(args: dict, seq: dict) -> dict[str, Any]:
+    """The keys every run of a benchmark gets: ``data`` (a raw HW2 folder is converted into datasets/hw2 first, as
+    ``yolo-unified data prepare`` does), ``imgsz`` (default: the protocol's) and ``pretrained`` when given."""
+    data = str(args.get("data", "../shared/data/hw2"))
+    if not data.endswith((".yaml", ".yml")):
+        prepare_hw2(data, REPO / "datasets/hw2")
+        data = str(REPO / "datasets/hw2.yaml")
+    settings = {"data": data, "imgsz": int(args.get("imgsz", seq.get("imgsz", 320)))}
+    if args.get("pretrained"):
+        settings["pretrained"] = str(args["pretrained"])
+    return settings
+
+
+def ultralytics_data(data: str, task: str, out: Path) -> str:
+    """The task's data as Ultralytics' own trainer reads it: a dataset YAML written into `out` (seg, det), or the
+    classification root folder that holds the ``train`` and ``val`` folders (cls)."""
+    section = task_data(load_data_config(data), task)
+    if task == "cls":
+        root = Path(section["train"]).parent
+        if Path(section["val"]).parent != root:
+            raise ValueError(f"{data}: Ultralytics' classifier needs cls train and val folders in one root folder")
+        return str(root)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = ("path", "train", "val", "names", "masks_dir")
+    file = out / f"data-{task}.yaml"
+    YAML.save(file, {k: section[k] for k in keys if k in section})
+    return str(file)
+
+
+def finished_run(last: Path) -> bool:
+    """Whether an Ultralytics run's last.pt is that of a finished training (Ultralytics strips it: epoch -1)."""
+    return last.is_file() and torch.load(last, map_location="cpu", weights_only=False).get("epoch") == -1
+
+
+def training_minutes(run: Path) -> float:
+    """Training wall time of an Ultralytics run folder in minutes, from its results.csv (elapsed seconds column).
+
+    Ultralytics restarts that clock when a run resumes: a drop marks a resume, and each stretch's last value counts
+    (a resume after the very first epoch can go unnoticed, missing that epoch's time).
+    """
+    rows = (run / "results.csv").read_text().strip().splitlines()[1:]
+    elapsed = [float(row.split(",")[1]) for row in rows]
+    ends = [t for t, following in zip(elapsed, elapsed[1:], strict=False) if following < t]
+    return (sum(ends) + elapsed[-1]) / 60 if elapsed else 0.0
+
+
+def stage_minutes(state: dict) -> list[float]:
+    """Training wall time of each stage of a protocol in minutes."""
+    return [training_minutes(Path(s["save_dir"])) for s in state["stages"]]
+
+
+def run_protocol(cfg: dict, root: Path, settings: dict, force: dict) -> tuple[dict, float]:
+    """Run the protocol `cfg` with the run `settings` in `root`; return its state and this call's wall time.
+
+    The protocol itself skips the stages ``protocol.json`` records as done and resumes an interrupted one. The stage
+    paths of the returned state are absolute (a rewritten, committed ``protocol.json`` holds repository-relative ones).
+    """
+    t0 = time.time()
+    state = train(**{**cfg, **settings}, project=str(root.parent), name=root.name, exist_ok=True, force=force)
+    return {**state, "stages": with_stage_paths(state["stages"], repo_path)}, time.time() - t0
+
+
+def share_first_stage(root: Path, source: dict) -> None:
+    """Start the run in `root` with the first stage of the finished run `source` (a protocol state) already done.
+
+    Every run of the benchmark trains the same first stage (the mitigation strategies act from stage 2 on; the Fisher
+    and replay images a stage 1 leaves are simply unused by runs without EWC or replay), so it is trained once and
+    shared; the run then starts from its weights and memory as a protocol resumed after stage 1 would.
+    """
+    state_file = root / STATE_FILE
+    if not state_file.is_file():  # written as the protocol writes it: a kill never leaves half a file
+        root.mkdir(parents=True, exist_ok=True)
+        save_atomically({"stages": source["stages"][:1]}, state_file)
+
+
+def run_verdict(state: dict, limit: float) -> str:
+    """The report's PASS/FAIL, naming the stages that kept no weights."""
+    if unlearned := unlearned_stages(state):
+        return f"{verdict(state, limit)} (stage {', '.join(unlearned)} kept no weights)"
+    return verdict(state, limit)
+
+
+def budget_text(seq: dict, imgsz: int, force: dict) -> str:
+    """Epochs and image size of each stage of a protocol, as trained (after any quick-mode override)."""
+    stages = [{"imgsz": imgsz, **stage, **force} for stage in seq["stages"]]
+    return ", ".join(f"{s['task']} {s['epochs']} epochs at {s['imgsz']} px" for s in stages)
+
+
+def git_commit() -> str:
+    """The checked-out commit, marked when tracked files other than benchmark outputs have uncommitted changes."""
+    try:
+        git = {"cwd": REPO, "capture_output": True, "text": True}
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout
+        code = [".", f":!{RESULTS.relative_to(REPO)}"]  # committed benchmark results are outputs, not code
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code], **git).stdout
+        return rev.strip() + (" (uncommitted changes)" if dirty.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def recorded_command(argv: list[str], module: str) -> str:
+    """The command line of `module`, its absolute paths inside the repository made relative to it."""
+    tokens = (f"{key}={repo_relative(value)}" for key, _, value in (token.partition("=") for token in argv))
+    return f"python -m {module} " + " ".join(tokens)
+
+
+def machine_info() -> dict[str, Any]:
+    """The CPU, its logical cores and the versions of torch, Ultralytics and Python."""
+    return {
+        "cpu": get_cpu_info(),
+        "logical_cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "ultralytics": ultralytics_version,
+        "python": platform.python_version(),
+    }
+
+
+def machine_text(m: dict[str, Any]) -> str:
+    """The summary line of `machine_info`."""
+    return (
+        f"machine: {m['cpu']}, {m['logical_cores']} logical cores, no GPU; torch {m['torch']}, "
+        f"ultralytics {m['ultralytics']}, Python {m['python']}"
+    )
+
+
+def invocation(t0: float, commit: str) -> dict[str, Any]:
+    """This invocation of a benchmark command: date, commit, wall time since `t0` and peak memory of the process."""
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    date, wall = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), (time.time() - t0) / 60
+    return {"date": date, "commit": commit, "wall_minutes": wall, "peak_rss_mb": peak_rss_mb}
+
+
+def invocation_text(i: dict[str, Any]) -> str:
+    """One `invocation` as the summaries list it."""
+    peak = f"{i['peak_rss_mb']:.0f} MB" if i["peak_rss_mb"] else "peak not recorded"
+    return f"{i['date']}, commit {i['commit']}: {i['wall_minutes']:.1f} min, {peak}"
+
+
+def previous_results(out: Path) -> dict[str, Any]:
+    """The ``results.json`` an earlier invocation of a benchmark wrote into `out` (empty when there is none)."""
+    file = out / "results.json"
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+@dataclass
+class BenchmarkSetup:
+    """One invocation of a protocol benchmark (benchmarks.hw2, benchmarks.sweep): what all its sections start from."""
+
+    module: str  # the command: benchmarks.hw2 or benchmarks.sweep
+    argv: list[str]  # its key=value tokens
+    args: dict[str, Any]  # the same, parsed
+    out: Path  # the output folder
+    protocol: Path  # the regime's protocol file, as `yolo-unified train` picks it
+    seq: dict[str, Any]  # its contents
+    settings: dict[str, Any]  # data, imgsz and pretrained of every run (`run_settings`)
+    force: dict[str, Any]  # keys that win over every stage's: QUICK in quick mode
+    limit: float  # the protocol's relative forgetting limit
+    previous: dict[str, Any]  # the results.json of an earlier invocation into `out`
+    commit: str  # the code that runs (`git_commit`)
+    started: float  # time.time() at the start
+
+    @property
+    def quick(self) -> bool:
+        """Whether this is a quick run (``quick=True``: every stage shrunk to `QUICK`)."""
+        return bool(self.args.get("quick", False))
+
+
+def start_benchmark(argv: list[str], keys: set[str], module: str, default_out: str) -> BenchmarkSetup:
+    """Check the command line of `module`, pick the regime's protocol and prepare the data."""
+    args = benchmark_args(argv, keys, module)
+    started, commit = time.time(), git_commit()  # the code that runs
+    out = Path(args.get("out", default_out)).resolve()
+    protocol = recommended_protocol(args.get("pretrained"))  # as `yolo-unified train` picks it
+    seq = YAML.load(protocol)
+    force = dict(QUICK) if args.get("quick", False) else {}
+    limit = float(seq.get("forget_limit", 0.05))
+    settings = run_settings(args, seq)
+    return BenchmarkSetup(
+        module, argv, args, out, protocol, seq, settings, force, limit, previous_results(out), commit, started
+    )
+
+
+def results_header(setup: BenchmarkSetup, budget: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The first keys of a benchmark's results.json: regime, command, date, commit, protocol, budget, machine, quick
+    mode and forgetting limit (`record`: this `invocation`)."""
+    settings = setup.settings
+    return {
+        "regime": f"pretrained={settings['pretrained']}" if "pretrained" in settings else "from scratch",
+        "command": recorded_command(setup.argv, setup.module),
+        "date": record["date"],
+        "commit": setup.commit,
+        "protocol": f"cfg/{setup.protocol.name}",
+        "budget": budget,
+        "machine": machine_info(),
+        "quick": setup.quick,
+        "forget_limit": setup.limit,
+    }
+
+
+def provenance_lines(results: dict[str, Any]) -> list[str]:
+    """The summary's list items of the command, date, commit and machine of `results_header`."""
+    return [
+        f"- command: `{results['command']}`",
+        f"- date: {results['date']}, commit {results['commit']}",
+        f"- {machine_text(results['machine'])}",
+    ]
+
+
+def markdown(blocks: Iterable[list[str]]) -> str:
+    """Markdown of blocks of lines (a heading with its table, a paragraph...), a blank line between two; empty blocks
+    are left out."""
+    return "\n\n".join("\n".join(block) for block in blocks if block) + "\n"
+
+
+def write_outputs(out: Path, results: dict, summary: str, command: str) -> None:
+    """Write a benchmark's ``results.json`` and ``summary.md`` into `out` and say where."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "summary.md").write_text(summary)
+    LOGGER.info(f"{colorstr('bold', command)}: {out / 'summary.md'}")

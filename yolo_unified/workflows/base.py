@@ -1,0 +1,60 @@
+"""What every workflow shares: run folders, the built-in data, and the ``cfg=`` / unknown-key handling of train keys."""
+
+from __future__ import annotations
+
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any
+
+from ultralytics.cfg import DEFAULT_CFG_DICT, _handle_deprecation
+from ultralytics.utils import YAML
+from ultralytics.utils.files import increment_path
+
+from yolo_unified.data.synthetic import make_synthetic
+from yolo_unified.ddp import from_rank_zero
+from yolo_unified.nn.tasks import CFG_DIR
+
+DEFAULT_DATA_NAME = "unified-synth"  # the built-in synthetic dataset, generated into ./datasets on first use
+
+
+def default_data(datasets_dir: str | Path = "datasets") -> str:
+    """Return the built-in default data YAML, generating the synthetic three-task dataset on first use."""
+    return str(make_synthetic(Path(datasets_dir) / DEFAULT_DATA_NAME))
+
+
+def with_default_data(keys: dict[str, Any], force: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`keys` and `force` (the keys that win over a protocol's per-stage ones) for a run: without ``data=`` the
+    built-in synthetic data, whose settings (cfg/synth.yaml) join `force` below the caller's own keys."""
+    if keys.get("data"):
+        return keys, force
+    force = {**YAML.load(CFG_DIR / "synth.yaml"), **force}
+    return {**keys, "data": default_data(), **force}, force
+
+
+def run_dir(project: str | Path | None, name: str | None, default_name: str, exist_ok: bool = False) -> Path:
+    """An incremented run directory ``project/name`` (``train``, ``train2``, ...) as Ultralytics names its runs (with
+    DDP on the CPU, rank 0's choice for every rank)."""
+    return from_rank_zero(increment_path(Path(project or "runs/unified").resolve() / (name or default_name), exist_ok))
+
+
+def split_cfg(keys: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The keys of the ``cfg=`` file named in `keys` (none without one), and the other keys: the explicit ones."""
+    explicit = {k: v for k, v in keys.items() if k != "cfg"}
+    if not (cfg := keys.get("cfg")):
+        return {}, explicit
+    if not Path(cfg).is_file():
+        raise FileNotFoundError(f"cfg file '{cfg}' not found")
+    return YAML.load(cfg) or {}, explicit
+
+
+def check_keys(args: dict[str, Any], extra: set[str] = frozenset()) -> None:
+    """Fail on keys that are neither Ultralytics' nor ours, suggesting close ones and listing the valid ones.
+
+    Ultralytics' deprecated spellings (``half=True``, ``int8=True``) are renamed in place first, as ``yolo`` does.
+    """
+    _handle_deprecation(args)  # renames in place
+    valid = {*DEFAULT_CFG_DICT, "save_dir", *extra}
+    if unknown := [k for k in args if k not in valid]:
+        hints = [f"'{k}' (did you mean {', '.join(close)}?)" if (close := get_close_matches(k, valid)) else f"'{k}'"
+                 for k in unknown]  # fmt: skip
+        raise SyntaxError(f"unknown key(s) {', '.join(hints)}. Valid keys: {', '.join(sorted(valid))}")

@@ -1,0 +1,302 @@
+"""The sequential protocol: one Ultralytics training run per stage, evaluation of every learned task in between.
+
+Entry points: `train_protocol` (a protocol's stages, by default the recommended one), `resume_protocol` (a killed
+run's folder) and `run_protocol` (stages and common keys as they are).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from ultralytics.utils import LOGGER, RANK, YAML, colorstr
+
+from yolo_unified.common import MEMORY_FILE, PRIMARY_METRIC, STATE_FILE, TASKS, save_atomically
+from yolo_unified.continual import StageContext
+from yolo_unified.data.config import load_data_config
+from yolo_unified.ddp import rank_zero_alone, same_on_every_rank, wait_for_rank_zero
+from yolo_unified.models.unified.joint import JointTrainer
+from yolo_unified.models.unified.train import TRAINERS
+from yolo_unified.models.unified.val import validate
+from yolo_unified.nn.tasks import CFG_DIR
+from yolo_unified.workflows.base import run_dir
+from yolo_unified.workflows.report import own_scores, stage_tasks, write_report
+
+PROTOCOL_KEYS = {
+    "data",
+    "project",
+    "name",
+    "exist_ok",
+    "resume",
+    "model",
+    "chain",
+    "baselines",
+    "stages",
+}  # not per stage
+
+
+def recommended_protocol(pretrained: Any) -> Path:
+    """The protocol `train` runs without ``task=`` or ``stages=``: cfg/seq-pretrained.yaml when ``pretrained=`` names
+    weights (its backbone learns slowly, so it keeps what it knows), else cfg/seq.yaml (a random backbone at a tenth
+    of the learning rate would learn too slowly)."""
+    weights = isinstance(pretrained, (str, Path)) and str(pretrained).lower() not in {"", "true", "false"}
+    return CFG_DIR / ("seq-pretrained.yaml" if weights else "seq.yaml")
+
+
+def train_protocol(keys: dict[str, Any], force: dict[str, Any], given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the protocol of ``stages=`` in `keys`, or the recommended one (`recommended_protocol`) without them.
+
+    `force` holds the keys that win over every stage's own (the command line's); for the recommended protocol every
+    key in `keys` does. `given` (the caller's keys) goes into the comparison command printed at the end. Returns the
+    protocol state plus ``weights`` (`finished`).
+    """
+    recommended = not keys.get("stages")
+    if recommended:
+        protocol = recommended_protocol(keys.get("pretrained"))
+        if missing := [t for t in TASKS if t not in load_data_config(keys["data"])["tasks"]]:
+            raise ValueError(
+                f"{keys['data']} has no {', '.join(missing)} data, which the default protocol "
+                f"(cfg/{protocol.name}) learns: train one task with task=, or give cfg= a protocol with your own stages"
+            )
+        LOGGER.info(f"yolo-unified: the recommended protocol, cfg/{protocol.name} (every key given wins over its own)")
+        force, keys = dict(keys), {**YAML.load(protocol), **keys}
+    stage_force = {k: v for k, v in force.items() if k not in PROTOCOL_KEYS}
+    keys = dict(keys)
+    stages = [{**stage, **stage_force} for stage in keys.pop("stages")]
+    state = run_protocol(stages, **keys)
+    if recommended:
+        hint = "".join(f" {k}={v}" for k, v in (given or {}).items() if k != "name")
+        LOGGER.info(f"Compare with plain fine-tuning (no mitigation): yolo-unified train cfg=cfg/chain.yaml{hint}")
+    return state
+
+
+def run_protocol(stages: list[dict], **keys: Any) -> dict[str, Any]:
+    """Run a sequential protocol's `stages` in order with the common `keys`; returns the state (`finished`).
+
+    ``chain=False`` trains every stage from the initial model (single-task baselines); ``baselines=<baselines run
+    dir>`` adds retention to the report. An interrupted run continues with ``resume=<run dir>`` (`resume_protocol`).
+    """
+    chain, baselines = keys.pop("chain", True), keys.pop("baselines", None)
+    if resume := keys.pop("resume", None):  # train() sends an existing run directory to resume_protocol
+        raise FileNotFoundError(f"resume={resume}: no protocol run directory there")
+    default = "seq" if chain else "baselines"
+    root = run_dir(keys.pop("project", None), keys.pop("name", None), default, keys.get("exist_ok"))
+    return finished(Protocol(stages, root, keys, chain=chain, baselines=baselines))
+
+
+def resumes_protocol(resume: Any) -> bool:
+    """Whether ``resume=`` names a folder (a protocol run's) rather than a checkpoint."""
+    return bool(resume) and Path(str(resume)).is_dir()
+
+
+def resume_protocol(root: str | Path, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Continue the protocol run in `root` with the settings it was started with (kept in its ``protocol.json``).
+
+    Finished stages are skipped and an interrupted stage resumes from its ``last.pt`` (optimizer, schedule, EWC state
+    and replay buffer included). Keys in `given` (the rest of the command line) that differ from the run's own are
+    ignored, with a warning, as Ultralytics' resume does.
+    """
+    state_file = Path(root) / STATE_FILE
+    config = json.loads(state_file.read_text()).get("config") if state_file.is_file() else None
+    if not config:
+        raise FileNotFoundError(f"resume={root}: no protocol run there (no {STATE_FILE} with the run's settings)")
+    saved = {**config["common"], "stages": config["stages"], "chain": config["chain"], "baselines": config["baselines"]}
+    if ignored := sorted(k for k, v in (given or {}).items() if k not in saved or saved[k] != v):
+        LOGGER.warning(f"resume={root}: continuing with the run's own settings; ignoring {', '.join(ignored)}")
+    return finished(Protocol(config["stages"], Path(root), config["common"], config["chain"], config["baselines"]))
+
+
+def finished(protocol: Protocol) -> dict[str, Any]:
+    """Run (or resume) `protocol`; return its state plus ``weights``: the final best.pt, beside its report."""
+    return {**protocol.run(), "weights": str(protocol.root / "weights" / "best.pt")}
+
+
+def memory_file(weights: str | Path) -> Path:
+    """Where the strategies' memory of a stage's checkpoint is kept: ``memory.pt`` beside it."""
+    return Path(weights).with_name(MEMORY_FILE)
+
+
+def stage_memory(weights: str | None) -> dict[str, Any]:
+    """The strategies' memory of a finished stage, found by its checkpoint (empty for a plain one or a model YAML).
+
+    It is read from ``memory.pt`` beside the checkpoint, else from the checkpoint's ``continual`` key, where runs made
+    before ``memory.pt`` existed keep it.
+    """
+    if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
+        return {}
+    if (file := memory_file(weights)).is_file():
+        return torch.load(file, map_location="cpu", weights_only=False)
+    return torch.load(weights, map_location="cpu", weights_only=False).get("continual") or {}
+
+
+def check_stage_tasks(stage: dict[str, Any], i: int) -> None:
+    """A stage names one task (``task: seg``) or, for a joint stage, several (``tasks: [seg, det]``); else an error."""
+    if ("task" in stage) == ("tasks" in stage):
+        raise ValueError(f"stage {i + 1}: give either task (one of {list(TASKS)}) or tasks (a list of them), not both")
+    tasks = stage["tasks"] if "tasks" in stage else [stage["task"]]
+    if not isinstance(tasks, list) or not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) < len(tasks):
+        key = "tasks" if "tasks" in stage else "task"
+        raise ValueError(f"stage {i + 1}: {key} must name distinct tasks of {list(TASKS)}, got {stage[key]!r}")
+
+
+class Protocol:
+    """Run ``stages`` (dicts with ``task`` or ``tasks`` and any train/strategy keys) in order, resumably, in ``root``.
+
+    Each stage is a unified trainer of its task, started from the previous stage's best weights (``chain=True``) or
+    from the initial model (``chain=False``: independent single-task baselines with the same budgets). A stage with
+    ``tasks: [seg, det]`` in place of ``task`` is a joint stage: the joint trainer learns those tasks together
+    (``joint: True`` with its ``tasks``; every joint key applies), and each of them counts as finished after it.
+    After each stage every task learned so far is validated on its val set at the size it was trained at; the scores
+    and weights are recorded in ``protocol.json``, which also keeps the protocol's settings (key ``config``), from
+    which ``resume`` continues. The strategies' memory (EWC Fisher and anchors, replay images) goes to ``memory.pt``
+    beside the stage's ``best.pt`` (`stage_memory` reads it), so every ``best.pt`` is a plain Ultralytics checkpoint.
+    A stage that keeps no weights keeps no memory either: the next one continues from the previous weights and their
+    memory.
+    The final model, ``<root>/weights/best.pt``, carries each task's image size (``task_imgsz``, set by the trainers;
+    the largest is what predict and export use by default) and has its memory beside it too: a protocol started from
+    it goes on with it.
+    """
+
+    def __init__(
+        self, stages: list[dict], root: Path, common: dict[str, Any], chain: bool = True, baselines: str | None = None
+    ):
+        """Check the stages and remember where and how to run them (`baselines`: a baselines run for retention)."""
+        if not stages:
+            raise ValueError("the protocol has no stages")
+        for i, stage in enumerate(stages):
+            check_stage_tasks(stage, i)
+        self.stages, self.root, self.common, self.chain, self.baselines = stages, Path(root), common, chain, baselines
+        self.state_file = self.root / STATE_FILE
+        self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {"stages": []}
+
+    def stage_args(self, i: int) -> dict[str, Any]:
+        """Ultralytics overrides of stage `i`: the common keys, then the stage's own (``task`` removed)."""
+        return {**self.common, **{k: v for k, v in self.stages[i].items() if k != "task"}}
+
+    def eval_args(self, task: str) -> dict[str, Any]:
+        """How a task is scored between stages: with the batch of the stage that learned it (in a joint stage, with
+        the task's own ``task_args``); the image size is the one the model holds for the task (`task_imgsz`)."""
+        i = next(i for i, stage in enumerate(self.stages) if task in stage_tasks(stage))
+        args = self.stage_args(i)
+        args.update((args.get("task_args") or {}).get(task) or {})
+        return {"batch": args.get("batch", 16)}
+
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) every stage, then write the final model and the forgetting report; return the state."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if "config" not in self.state:  # what resume= needs to carry on exactly as started
+            self.state["config"] = {
+                "stages": self.stages, "common": self.common, "chain": self.chain, "baselines": self.baselines
+            }  # fmt: skip
+            if RANK in {-1, 0}:  # DDP (yolo_unified.ddp): rank 0 writes, the other ranks keep their copy
+                save_atomically(self.state, self.state_file)
+        for i, stage in enumerate(self.stages):
+            if i < len(self.state["stages"]):
+                LOGGER.info(
+                    f"{colorstr('protocol:')} stage {i + 1} ({'+'.join(stage_tasks(stage))}) already done, skipping"
+                )
+                continue
+            self.run_stage(i)
+        if RANK > 0:
+            return self.state
+        self.write_final_model()
+        write_report(self.root, self.state, forget_limit=self.forget_limit, baselines=self.baselines)
+        return self.state
+
+    @property
+    def forget_limit(self) -> float:
+        """The largest relative drop of a finished task's score that passes (``forget_limit``, default 5%)."""
+        return float(self.common.get("forget_limit", 0.05))
+
+    def start_weights(self) -> str | None:
+        """The weights the next stage starts from: the last recorded stage's (chained), else the initial model."""
+        done = self.state["stages"]
+        return done[-1]["weights"] if done and self.chain else self.common.get("model")
+
+    def stage_context(self, i: int) -> StageContext:
+        """What stage `i`'s strategies know: the finished tasks, their scores and sizes, the memory, an evaluator."""
+        done, weights = self.state["stages"], self.start_weights()
+        learned = [t for s in done for t in stage_tasks(s)]
+        return StageContext(
+            index=i,
+            task="+".join(stage_tasks(self.stages[i])),
+            previous=learned if self.chain else [],
+            own_scores={t: score for s in done for t, score in own_scores(s).items()},
+            eval_args={t: self.eval_args(t) for t in learned},
+            prev_weights=weights if self.chain else None,
+            data=self.common["data"],
+            memory=same_on_every_rank(stage_memory(weights)) if self.chain else {},
+            forget_limit=self.forget_limit,
+            root=self.root,
+            evaluate=partial(validate, data=self.common["data"]),
+        )
+
+    def run_stage(self, i: int) -> None:
+        """Train stage `i`, then (rank 0) score every task learned so far and record the stage in protocol.json."""
+        tasks, context = stage_tasks(self.stages[i]), self.stage_context(i)
+        stage_dir = self.root / f"{i + 1}-{context.task}"
+        start = self.start_weights() if self.chain else self.common.get("model")
+        args = {**self.stage_args(i), "model": start, "save_dir": str(stage_dir)}
+        if len(tasks) > 1:
+            args.update(joint=True, tasks=tasks)
+        trainer_class = JointTrainer if len(tasks) > 1 else TRAINERS[tasks[0]]
+        best = self.train_stage(trainer_class, args, context, stage_dir)
+        if RANK > 0:  # DDP: rank 0 records the stage (scores, memory.pt, protocol.json); read what it wrote
+            wait_for_rank_zero()
+            self.state = json.loads(self.state_file.read_text())
+            return
+        with rank_zero_alone():  # DDP: the other ranks wait at the barrier below
+            self.record_stage(i, best, start, context)
+        wait_for_rank_zero()
+
+    def record_stage(self, i: int, best: str | None, start: str | None, context: StageContext) -> None:
+        """Keep the stage's memory beside its best.pt, score the tasks learned so far on it, save protocol.json."""
+        tasks, stage_dir = stage_tasks(self.stages[i]), self.root / f"{i + 1}-{context.task}"
+        kept = best is not None
+        if not kept:  # nothing acceptable was trained (e.g. every epoch forgot too much): keep the start
+            LOGGER.warning(f"stage {i + 1} ({context.task}) kept no weights; the protocol continues from {start}")
+            best = start
+        else:
+            save_atomically(context.memory, memory_file(best))
+        scores = {}
+        for t in [*context.previous, *tasks]:
+            scored = validate(best, self.common["data"], tasks=[t], save_dir=stage_dir / "eval", plots=False,
+                              **self.eval_args(t))  # fmt: skip
+            scores.update(scored)
+        record = {"task": context.task, "weights": str(best), "save_dir": str(stage_dir), "scores": scores}
+        if len(tasks) > 1:
+            record.update(tasks=tasks, own_scores={t: scores[t][PRIMARY_METRIC[t]] for t in tasks})
+        else:
+            record["own_score"] = scores[context.task][PRIMARY_METRIC[context.task]]
+        self.state["stages"].append({**record, "kept_weights": kept})
+        save_atomically(self.state, self.state_file)
+
+    def write_final_model(self) -> None:
+        """``<root>/weights/best.pt``: the last stage's model (each task's image size on it), its memory beside it."""
+        last = self.state["stages"][-1]["weights"]
+        final = self.root / "weights" / "best.pt"
+        final.parent.mkdir(exist_ok=True)
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        memory = ckpt.pop("continual", None) or stage_memory(last)  # inside: before memory.pt existed
+        save_atomically(ckpt, final)
+        save_atomically(memory, memory_file(final))
+
+    @staticmethod
+    def train_stage(trainer_class: type, args: dict, context: StageContext, stage_dir: Path) -> str | None:
+        """Train one stage, resuming an interrupted one; return its best (else last) checkpoint, or None."""
+        weights = stage_dir / "weights"
+        if (weights / ".trained").is_file():  # training ended but the stage was not recorded: finish it
+            trainer = trainer_class(overrides={**args, "save_dir": str(stage_dir / "finish")}, context=context)
+            trainer.best, trainer.last = weights / "best.pt", weights / "last.pt"
+            trainer.finish_stage()
+        elif (weights / "last.pt").is_file():
+            LOGGER.info(f"{colorstr('protocol:')} resuming {weights / 'last.pt'}")
+            trainer = trainer_class(overrides={"resume": str(weights / "last.pt")}, context=context)
+            trainer.train()
+        else:
+            trainer = trainer_class(overrides=args, context=context)
+            trainer.train()
+        return str(weights / "best.pt") if (weights / "best.pt").is_file() else None
