@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ultralytics.engine.model import Model
+from ultralytics.utils import RANK
 
 from yolo_unified import speed, workflows
 from yolo_unified.common import task_imgsz
@@ -69,8 +70,9 @@ class UnifiedYOLO(Model):
         if explicit.get("resume") or Path(model).resolve() == model_yaml_path(DEFAULT_MODEL_YAML).resolve():
             model = None  # a resumed run has its own; the default YAML is what trainers build without one
         result = workflows.train(force={"model": model, **explicit}, **from_file)
-        self._load(result["weights"])
-        self.predictor = None  # built for the model before training
+        if RANK in {-1, 0}:  # as Ultralytics' Model.train: with DDP, rank 0 alone has the final weights for sure
+            self._load(result["weights"])
+            self.predictor = None  # built for the model before training
         return result
 
     def val(self, data: str | None = None, **kwargs: Any) -> dict[str, dict[str, float]]:
