@@ -35,10 +35,10 @@ from ultralytics.nn.tasks import ClassificationModel, DetectionModel, SemanticSe
 from ultralytics.utils import ASSETS, LOGGER, colorstr, torch_utils
 from ultralytics.utils.torch_utils import get_cpu_info, get_flops
 
-from yolo_unified.common import ULTRALYTICS_TASK, task_imgsz
+from yolo_unified.common import BACKBONE_LAYERS, ULTRALYTICS_TASK, task_imgsz
 from yolo_unified.export import UnifiedExporter, check_onnx_packages
 from yolo_unified.nn.modules import upsample_logits
-from yolo_unified.nn.tasks import BACKBONE_LAYERS, CFG_DIR
+from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.base import run_dir
 
 BUDGET_MS = 150.0  # per-image latency budget

@@ -44,13 +44,11 @@ def build_strategies(args: Any, context: StageContext) -> list[Strategy]:
 
 
 __all__ = (
-    "MODULE_PREFIXES",
     "STRATEGIES",
     "StageContext",
     "Strategy",
     "build_strategies",
     "register_strategy",
     "diagonal_fisher",
-    "module_of",
     "stage_samples",
 )

@@ -18,12 +18,12 @@ from ultralytics.utils import LOGGER, YAML
 from ultralytics.utils.loss import v8DetectionLoss
 from ultralytics.utils.torch_utils import initialize_weights
 
+from yolo_unified.common import BACKBONE_LAYERS
 from yolo_unified.nn.loss import SemanticLoss
 from yolo_unified.nn.modules import UnifiedFPN, UnifiedHead
 
 CFG_DIR = Path(str(files("yolo_unified.cfg")))  # the repo's top-level cfg/, installed as a package
 DEFAULT_MODEL_YAML = "yolov8n-unified.yaml"
-BACKBONE_LAYERS = 10  # layers 0-9 are YOLOv8's backbone
 HEAD_MODULES = {"UnifiedFPN": UnifiedFPN, "UnifiedHead": UnifiedHead}
 
 

@@ -211,6 +211,10 @@ class Protocol:
         """The largest relative drop of a finished task's score that passes (``forget_limit``, default 5%)."""
         return float(self.common.get("forget_limit", 0.05))
 
+    def stage_dir(self, i: int) -> Path:
+        """Stage `i`'s run folder: ``<root>/<i + 1>-<its tasks>`` (``1-seg``, ``2-seg+det``)."""
+        return self.root / f"{i + 1}-{'+'.join(stage_tasks(self.stages[i]))}"
+
     def start_weights(self) -> str | None:
         """The weights the next stage starts from: the last recorded stage's (chained), else the initial model."""
         done = self.state["stages"]
@@ -237,9 +241,8 @@ class Protocol:
     def run_stage(self, i: int) -> None:
         """Train stage `i`, then (rank 0) score every task learned so far and record the stage in protocol.json."""
         tasks, context = stage_tasks(self.stages[i]), self.stage_context(i)
-        stage_dir = self.root / f"{i + 1}-{context.task}"
-        start = self.start_weights() if self.chain else self.common.get("model")
-        args = {**self.stage_args(i), "model": start, "save_dir": str(stage_dir)}
+        stage_dir = self.stage_dir(i)
+        args = {**self.stage_args(i), "model": self.start_weights(), "save_dir": str(stage_dir)}
         if len(tasks) > 1:
             args.update(joint=True, tasks=tasks)
         trainer_class = JointTrainer if len(tasks) > 1 else TRAINERS[tasks[0]]
@@ -249,12 +252,12 @@ class Protocol:
             self.state = json.loads(self.state_file.read_text())
             return
         with rank_zero_alone():  # DDP: the other ranks wait at the barrier below
-            self.record_stage(i, best, start, context)
+            self.record_stage(i, best, self.start_weights(), context)
         wait_for_rank_zero()
 
     def record_stage(self, i: int, best: str | None, start: str | None, context: StageContext) -> None:
         """Keep the stage's memory beside its best.pt, score the tasks learned so far on it, save protocol.json."""
-        tasks, stage_dir = stage_tasks(self.stages[i]), self.root / f"{i + 1}-{context.task}"
+        tasks, stage_dir = stage_tasks(self.stages[i]), self.stage_dir(i)
         kept = best is not None
         if not kept:  # nothing acceptable was trained (e.g. every epoch forgot too much): keep the start
             LOGGER.warning(f"stage {i + 1} ({context.task}) kept no weights; the protocol continues from {start}")
