@@ -13,6 +13,7 @@ from yolo_unified.cli import parse_tokens, run
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows import base as workflows_base
 from yolo_unified.workflows import protocol
+from yolo_unified.workflows.base import cfg_file
 
 TINY = ["epochs=1", "imgsz=64", "batch=4", "workers=0", "plots=False"]
 
@@ -76,7 +77,9 @@ def test_train_without_data_task_or_stages_runs_the_seq_protocol(synth_yaml, tmp
     forced = {**YAML.load(CFG_DIR / "synth.yaml"), **parse_tokens(TINY)}
     assert config["stages"] == [{**stage, **forced} for stage in YAML.load(CFG_DIR / "seq.yaml")["stages"]]
     assert config["common"]["data"] == synth_yaml
-    assert f"yolo-unified train cfg=cfg/chain.yaml {' '.join(TINY)}" in logged.text  # the plain chain, to compare
+    assert f"compare  yolo-unified train cfg=cfg/chain.yaml {' '.join(TINY)}" in logged.text  # the plain chain
+    assert "weights  runs/unified/seq/weights/best.pt" in logged.text  # the summary ends the run
+    assert "yolo-unified predict model=runs/unified/seq/weights/best.pt source=" in logged.text
 
 
 def test_task_on_the_command_line_trains_that_task_alone(synth_yaml, tmp_path):
@@ -93,3 +96,13 @@ def test_module_entry_point_matches_the_script():
 def test_modes_that_need_a_model_say_so(mode):
     with pytest.raises(SyntaxError, match="model="):
         run([mode])
+
+
+def test_a_packaged_cfg_is_found_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no cfg/ here: cfg=cfg/chain.yaml (the first run prints it) is the packaged one
+    assert cfg_file("cfg/chain.yaml") == CFG_DIR / "chain.yaml" and cfg_file("seq.yaml") == CFG_DIR / "seq.yaml"
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg/chain.yaml").write_text("epochs: 1\n")  # a file of the user's own wins
+    assert cfg_file("cfg/chain.yaml").resolve() == tmp_path / "cfg/chain.yaml"
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        cfg_file("cfg/missing.yaml")

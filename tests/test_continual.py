@@ -126,9 +126,10 @@ def test_pseudo_label_rehearsal_is_small_for_the_teacher_and_grows_after_a_chang
     assert 0 < own < moved  # the teacher's own arg-max labels cost least (cross-entropy of a soft prediction > 0)
 
 
-def trained(synth_yaml, tmp_path, task="det", **overrides):
+def trained(synth_yaml, tmp_path, task="det", context=None, **overrides):
     """A one-epoch stage on the tiny data; returns the trainer and the model it started from."""
-    trainer = TRAINERS[task](overrides={**TINY, "data": synth_yaml, "save_dir": str(tmp_path / task), **overrides})
+    args = {**TINY, "data": synth_yaml, "save_dir": str(tmp_path / task), **overrides}
+    trainer = TRAINERS[task](overrides=args, context=context)
     start = {}
 
     def snapshot(t):
@@ -159,11 +160,16 @@ def test_lr_multipliers_scale_each_module_group(synth_yaml, tmp_path):
 
 
 def test_frozen_batchnorm_statistics_do_not_change(synth_yaml, tmp_path):
-    trainer, start = trained(synth_yaml, tmp_path, task="seg", bn_freeze=True)
+    later = StageContext(index=1, task="seg", previous=["det"], data=synth_yaml)  # a stage after a finished task
+    trainer, start = trained(synth_yaml, tmp_path, task="seg", context=later, bn_freeze=True, bn_momentum=0.1)
     end = trainer.model.state_dict()
     stats = [k for k in end if k.endswith(("running_mean", "running_var"))]
     assert stats and all(torch.equal(end[k], start[k]) for k in stats)
     assert not torch.equal(end["model.11.seg.weight"], start["model.11.seg.weight"])  # while the weights train
+    norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.1 for m in norms)  # bn_momentum (Ultralytics builds 0.03)
+    first, start = trained(synth_yaml, tmp_path / "first", task="seg", bn_freeze=True)  # nothing to hold yet
+    assert not all(torch.equal(first.model.state_dict()[k], start[k]) for k in stats)
 
 
 def test_replay_buffer_keeps_the_configured_number_of_images(synth_yaml, tmp_path):

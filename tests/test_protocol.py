@@ -23,7 +23,7 @@ from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.workflows import protocol as workflows_protocol
 from yolo_unified.workflows.base import check_keys
 from yolo_unified.workflows.protocol import check_stage_tasks, stage_memory
-from yolo_unified.workflows.report import write_report
+from yolo_unified.workflows.report import run_summary, write_report
 
 TINY = {"imgsz": 64, "batch": 4, "workers": 0, "plots": False}
 
@@ -152,6 +152,27 @@ def test_report_fails_a_protocol_whose_stage_kept_no_weights(tmp_path):
     assert "Overall: **FAIL**" in md and "2 (det) kept no weights" in md
     state["stages"][1]["kept_weights"] = True
     assert "Overall: **PASS**" in write_report(tmp_path, state)
+
+
+def test_the_summary_gives_scores_forgetting_paths_and_next_commands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    stage = {"weights": "w.pt", "save_dir": str(tmp_path), "kept_weights": True}
+    state = {
+        "stages": [
+            {**stage, "task": "seg", "scores": {"seg": {"metrics/mIoU": 0.80}}, "own_score": 0.80},
+            {**stage, "task": "det", "own_score": 0.50,
+             "scores": {"seg": {"metrics/mIoU": 0.70}, "det": {"metrics/mAP50(B)": 0.50}}},
+        ]
+    }  # fmt: skip
+    text = run_summary(tmp_path / "runs/seq", state, 0.05, str(tmp_path / "images"), "yolo-unified train cfg=c.yaml")
+    lines = [line.split() for line in text.splitlines()]
+    assert "FAIL" in lines[0]
+    assert ["seg", "mIoU", "0.700", "forgetting", "+12.5%", "FAIL"] in lines  # 0.10 of 0.80 lost: over 5%
+    assert ["det", "mAP50", "0.500", "forgetting", "+0.0%", "PASS"] in lines
+    assert "runs/seq/forgetting.md" in text and "weights  runs/seq/weights/best.pt" in text  # relative to the cwd
+    assert "compare  yolo-unified train cfg=c.yaml" in text
+    assert "yolo-unified predict model=runs/seq/weights/best.pt source=images" in text
+    assert "yolo-unified export model=runs/seq/weights/best.pt format=onnx" in text
 
 
 def test_resume_drops_results_rows_the_checkpoint_does_not_hold(synth_yaml, tmp_path, monkeypatch):

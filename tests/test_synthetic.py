@@ -130,7 +130,7 @@ def test_other_parameters_or_a_missing_file_regenerate(tmp_path):
 def test_default_size_generates(tmp_path):
     yaml_path = make_synthetic(tmp_path / "default")
     d = YAML.load(yaml_path)
-    assert d["synthetic"] == {"generator": 1, "n_train": 96, "n_val": 32, "imgsz": 128, "seed": 0}
+    assert d["synthetic"] == {"generator": 2, "n_train": 96, "n_val": 32, "imgsz": 96, "seed": 0}
     assert len(list((tmp_path / "default/seg/masks/train").glob("*.png"))) == 96
     assert len(list((tmp_path / "default/cls/val").glob("*/*.jpg"))) == 32
 
@@ -138,3 +138,17 @@ def test_default_size_generates(tmp_path):
 def test_bad_parameters_raise(tmp_path):
     with pytest.raises(ValueError, match="imgsz"):
         make_synthetic(tmp_path / "x", imgsz=16)
+
+
+def test_shapes_stand_apart_and_cls_images_show_their_class(synth):
+    _, root = synth
+    for label in (root / "det/labels").rglob("*.txt"):
+        boxes = np.loadtxt(label, ndmin=2)
+        assert 1 <= len(boxes) <= 2 and set(boxes[:, 0]) <= set(range(len(DET_NAMES)))
+    for file in (root / "seg/masks").rglob("*.png"):  # the shapes do not touch: background or ignore between them
+        m = np.array(Image.open(file)).astype(int)
+        m[m == 255] = 0  # ignore borders count as background here
+        for a, b in ((m[:, :-1], m[:, 1:]), (m[:-1], m[1:])):  # horizontal and vertical neighbours
+            assert not ((a > 0) & (b > 0) & (a != b)).any(), file
+    for folder, name in zip(sorted((root / "cls/train").iterdir()), CLS_NAMES, strict=True):
+        assert folder.name == name and name in DET_NAMES  # classification: which of the shapes an image shows

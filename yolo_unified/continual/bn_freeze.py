@@ -11,14 +11,15 @@ class BNFreeze(Strategy):
     """cfg: ``bn_freeze: True``. Ultralytics calls ``model.train()`` at every epoch start, so this re-applies each time.
 
     The affine BatchNorm weights still train (unless their module's learning rate is 0); only the statistics that
-    earlier tasks were normalised with are held.
+    earlier tasks were normalised with are held. A stage with no finished task before it (a protocol's first) keeps
+    its statistics learning: there is nothing to hold, and a new model's statistics are only their initial values.
     """
 
     key = "bn_freeze"
 
     def after_model_train(self, trainer) -> None:
         """Put every BatchNorm layer back in eval mode."""
-        if self.value:
+        if self.value and self.context.previous:
             for m in trainer.model.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()

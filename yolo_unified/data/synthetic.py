@@ -2,7 +2,9 @@
 
 The layout and data YAML are the ones ``prepare_hw2`` writes for the real data, with three separate image sets:
 detection (circles, rectangles, triangles with tight boxes), semantic segmentation (the same shapes as masks, with
-VOC-like 255 ignore borders) and classification (horizontal stripes, vertical stripes or a checkerboard).
+VOC-like 255 ignore borders) and classification (which of the three shapes an image shows, large, with a smaller
+distractor of another class in some images). The three tasks see the same kind of objects, as COCO, VOC and ImageNet
+photographs do, so what one task learns helps the next.
 """
 
 from __future__ import annotations
@@ -19,16 +21,33 @@ from yolo_unified.data.prepare import IGNORE, LAYOUT, write_data_yaml
 
 DET_NAMES = ["circle", "rectangle", "triangle"]
 SEG_NAMES = ["background", *DET_NAMES]
-CLS_NAMES = ["checker", "stripes_h", "stripes_v"]  # sorted, as Ultralytics numbers class folders
+CLS_NAMES = DET_NAMES  # sorted, as Ultralytics numbers class folders
 MANIFEST = "synthetic.json"  # written last: its parameters and file list say the dataset is complete
-GENERATOR_VERSION = 1  # part of the manifest's parameters: bump it when the images change, to regenerate old copies
+GENERATOR_VERSION = 2  # part of the manifest's parameters: bump it when the images change, to regenerate old copies
 JPEG_QUALITY = 95
+SHAPE_SCALE = (0.25, 0.5)  # detection and segmentation shapes: width and height as a share of the image side
+SHAPES = 2  # per detection or segmentation image (fewer when the next finds no free place)
+CLS_SCALE = (0.35, 0.6)  # the shape a classification image shows
 
 
-def _colour(rng: np.random.Generator) -> np.ndarray:
-    """A random saturated, bright BGR colour."""
-    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(200, 255), rng.uniform(170, 255)]]], np.uint8)
+def _colour(rng: np.random.Generator, cls: int) -> np.ndarray:
+    """A random saturated, bright BGR colour from the hue range of class `cls`: reds to yellows for circles, greens
+    to cyans for rectangles, blues to magentas for triangles."""
+    hue = rng.uniform(0, 40) + 60 * cls  # OpenCV hue: 0-180
+    hsv = np.array([[[hue, rng.uniform(200, 255), rng.uniform(170, 255)]]], np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
+
+
+def _paint(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
+    """The paint of a shape of class `cls`, as a full image: diagonal stripes for a circle, horizontal or vertical
+    stripes for a rectangle, a checkerboard for a triangle, in two shades of a random colour with a random period and
+    phase. The texture tells the classes apart where a shape is partly hidden."""
+    colour = _colour(rng, cls)
+    half = rng.uniform(size / 32, size / 16)  # half a period: 3-6 px at 96 px
+    y, x = np.mgrid[:size, :size] + rng.uniform(0, 2 * half, (2, 1, 1))
+    bx, by, diagonal = x // half % 2, y // half % 2, (x + y) // (1.4 * half) % 2
+    on = {"circle": diagonal, "rectangle": bx if rng.random() < 0.5 else by, "triangle": (bx + by) % 2}[DET_NAMES[cls]]
+    return np.where(on[..., None].astype(bool), colour, 0.45 * colour)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -41,9 +60,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return c0 + (c1 - c0) * ramp[..., None] + blotches
 
 
-def _shape(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
-    """The boolean mask of one filled shape of class `cls` (index in DET_NAMES), 15-45% of the side, fully inside."""
-    w, h = (rng.uniform(0.15, 0.45, 2) * size).astype(int)
+def _shape(rng: np.random.Generator, cls: int, size: int, scale: tuple[float, float]) -> np.ndarray:
+    """The boolean mask of one filled shape of class `cls` (index in DET_NAMES), `scale` of the side, fully inside."""
+    w, h = (rng.uniform(*scale, 2) * size).astype(int)
     if DET_NAMES[cls] == "circle":
         h = w
     x0, y0 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
@@ -63,18 +82,27 @@ def _shape(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
     return m.astype(bool)
 
 
-def _paint_shapes(rng: np.random.Generator, img: np.ndarray, n: int) -> list[tuple[int, np.ndarray]]:
-    """Paint up to `n` shapes on `img`, each left at least half visible; return (class, visible mask) per shape."""
-    shapes: list[tuple[int, np.ndarray, int]] = []  # class, visible mask, full area
-    for _ in range(n):
+def _paint_shapes(
+    rng: np.random.Generator, img: np.ndarray, classes: list[int], scale: tuple[float, float] = SHAPE_SCALE
+) -> list[tuple[int, np.ndarray]]:
+    """Paint one shape per class of `classes` on `img`, apart from each other (a shape that finds no free place in 20
+    tries is skipped); return (class, mask) per painted shape."""
+    shapes: list[tuple[int, np.ndarray]] = []
+    taken = np.zeros(img.shape[:2], np.uint8)  # the painted shapes, grown by a 2-px margin
+    for cls in classes:
         for _attempt in range(20):
-            cls = int(rng.integers(len(DET_NAMES)))
-            m = _shape(rng, cls, img.shape[0])
-            if all(2 * (v & ~m).sum() >= area for _, v, area in shapes):
-                shapes = [(c, v & ~m, area) for c, v, area in shapes] + [(cls, m, int(m.sum()))]
-                img[m] = _colour(rng)
+            m = _shape(rng, cls, img.shape[0], scale)
+            if not (taken.astype(bool) & m).any():
+                shapes.append((cls, m))
+                taken = cv2.dilate(taken | m.astype(np.uint8), np.ones((5, 5), np.uint8))
+                img[m] = _paint(rng, cls, img.shape[0])[m]
                 break
-    return [(c, v) for c, v, _ in shapes]
+    return shapes
+
+
+def _random_classes(rng: np.random.Generator) -> list[int]:
+    """The classes of the shapes of a detection or segmentation image: SHAPES of them, each drawn at random."""
+    return [int(c) for c in rng.integers(len(DET_NAMES), size=SHAPES)]
 
 
 def _finish(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
@@ -83,11 +111,11 @@ def _finish(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
 
 
 def _det_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
-    """A detection image with 1-3 shapes and its YOLO label text (tight boxes of the visible pixels)."""
+    """A detection image with up to SHAPES shapes and its YOLO label text (tight boxes)."""
     img = _background(rng, size)
     lines = []
-    for cls, vis in _paint_shapes(rng, img, int(rng.integers(1, 4))):
-        ys, xs = np.nonzero(vis)
+    for cls, m in _paint_shapes(rng, img, _random_classes(rng)):
+        ys, xs = np.nonzero(m)
         x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
         box = ((x1 + x2) / 2 / size, (y1 + y2) / 2 / size, (x2 - x1) / size, (y2 - y1) / size)
         lines.append(f"{cls} " + " ".join(f"{v:.6f}" for v in box) + "\n")
@@ -95,28 +123,25 @@ def _det_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
 
 
 def _seg_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A segmentation image with 1-3 shapes and its mask: class of the top-most shape, 0 elsewhere, 255 borders."""
+    """A segmentation image with up to SHAPES shapes and its mask: each shape's class, 0 elsewhere, 255 borders."""
     img = _background(rng, size)
-    shapes = _paint_shapes(rng, img, int(rng.integers(1, 4)))
+    shapes = _paint_shapes(rng, img, _random_classes(rng))
     mask = np.zeros((size, size), np.uint8)
-    for cls, vis in shapes:
-        mask[vis] = SEG_NAMES.index(DET_NAMES[cls])
+    for cls, m in shapes:
+        mask[m] = SEG_NAMES.index(DET_NAMES[cls])
     kernel = np.ones((3, 3), np.uint8)
-    for _, vis in shapes:  # a 1-px ignore ring around each visible region, like VOC's void object borders
-        mask[cv2.dilate(vis.astype(np.uint8), kernel).astype(bool) & ~vis] = IGNORE
+    for _, m in shapes:  # a 1-px ignore ring around each shape, like VOC's void object borders
+        mask[cv2.dilate(m.astype(np.uint8), kernel).astype(bool) & ~m] = IGNORE
     return _finish(rng, img), mask
 
 
 def _cls_sample(rng: np.random.Generator, size: int, cls: int) -> np.ndarray:
-    """A classification image: class `cls`'s pattern in random colours, period and phase, with 0-2 distractors."""
-    period = rng.uniform(size / 12, size / 4)
-    y, x = np.mgrid[:size, :size]
-    px, py = rng.uniform(0, period, 2)
-    bx, by = ((x + px) // (period / 2)) % 2, ((y + py) // (period / 2)) % 2
-    on = {"checker": (bx + by) % 2, "stripes_h": by, "stripes_v": bx}[CLS_NAMES[cls]].astype(bool)
-    light, dark = _colour(rng), 0.35 * _colour(rng)
-    img = 0.8 * np.where(on[..., None], light, dark) + 0.2 * _background(rng, size)
-    _paint_shapes(rng, img, int(rng.integers(0, 3)))
+    """A classification image: a large shape of class `cls`, and in half the images a smaller one of another class."""
+    img = _background(rng, size)
+    _paint_shapes(rng, img, [cls], CLS_SCALE)
+    if rng.random() < 0.5:
+        other = (cls + int(rng.integers(1, len(DET_NAMES)))) % len(DET_NAMES)
+        _paint_shapes(rng, img, [other], (SHAPE_SCALE[0] / 2, CLS_SCALE[0] / 2))  # on the large one or beside it
     return _finish(rng, img)
 
 
@@ -152,7 +177,7 @@ def _generate(dst: Path, n: dict[str, int], imgsz: int, seed: int) -> list[str]:
     return written
 
 
-def make_synthetic(dst: str | Path, n_train: int = 96, n_val: int = 32, imgsz: int = 128, seed: int = 0) -> Path:
+def make_synthetic(dst: str | Path, n_train: int = 96, n_val: int = 32, imgsz: int = 96, seed: int = 0) -> Path:
     """Generate the synthetic three-task dataset at `dst` unless a complete copy with these parameters is there.
 
     Each task gets its own `n_train`/`n_val` JPEG images of `imgsz` x `imgsz` px, deterministic for a `seed`.

@@ -42,9 +42,16 @@ def split_cfg(keys: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     explicit = {k: v for k, v in keys.items() if k != "cfg"}
     if not (cfg := keys.get("cfg")):
         return {}, explicit
-    if not Path(cfg).is_file():
-        raise FileNotFoundError(f"cfg file '{cfg}' not found")
-    return YAML.load(cfg) or {}, explicit
+    return YAML.load(cfg_file(cfg)) or {}, explicit
+
+
+def cfg_file(cfg: str | Path) -> Path:
+    """A ``cfg=`` file: as given, else the packaged one of that name (``cfg=cfg/chain.yaml`` works from any folder)."""
+    path = Path(cfg)
+    packaged = CFG_DIR / (path.relative_to("cfg") if path.parts[:1] == ("cfg",) else path)
+    if path.is_file() or packaged.is_file():
+        return path if path.is_file() else packaged
+    raise FileNotFoundError(f"cfg file '{cfg}' not found (nor among the packaged ones in {CFG_DIR})")
 
 
 def check_keys(args: dict[str, Any], extra: set[str] = frozenset()) -> None:

@@ -23,7 +23,7 @@ from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.base import run_dir
-from yolo_unified.workflows.report import own_scores, stage_tasks, write_report
+from yolo_unified.workflows.report import own_scores, run_summary, stage_tasks, write_report
 
 PROTOCOL_KEYS = {
     "data",
@@ -66,15 +66,13 @@ def train_protocol(keys: dict[str, Any], force: dict[str, Any], given: dict[str,
     stage_force = {k: v for k, v in force.items() if k not in PROTOCOL_KEYS}
     keys = dict(keys)
     stages = [{**stage, **stage_force} for stage in keys.pop("stages")]
-    state = run_protocol(stages, **keys)
-    if recommended:
-        hint = "".join(f" {k}={v}" for k, v in (given or {}).items() if k != "name")
-        LOGGER.info(f"Compare with plain fine-tuning (no mitigation): yolo-unified train cfg=cfg/chain.yaml{hint}")
-    return state
+    hint = "".join(f" {k}={v}" for k, v in (given or {}).items() if k != "name")
+    return run_protocol(stages, compare=f"yolo-unified train cfg=cfg/chain.yaml{hint}" if recommended else None, **keys)
 
 
-def run_protocol(stages: list[dict], **keys: Any) -> dict[str, Any]:
-    """Run a sequential protocol's `stages` in order with the common `keys`; returns the state (`finished`).
+def run_protocol(stages: list[dict], compare: str | None = None, **keys: Any) -> dict[str, Any]:
+    """Run a sequential protocol's `stages` in order with the common `keys`; returns the state (`finished`, which
+    prints the summary, with the comparison command `compare`).
 
     ``chain=False`` trains every stage from the initial model (single-task baselines); ``baselines=<baselines run
     dir>`` adds retention to the report. An interrupted run continues with ``resume=<run dir>`` (`resume_protocol`).
@@ -84,7 +82,7 @@ def run_protocol(stages: list[dict], **keys: Any) -> dict[str, Any]:
         raise FileNotFoundError(f"resume={resume}: no protocol run directory there")
     default = "seq" if chain else "baselines"
     root = run_dir(keys.pop("project", None), keys.pop("name", None), default, keys.get("exist_ok"))
-    return finished(Protocol(stages, root, keys, chain=chain, baselines=baselines))
+    return finished(Protocol(stages, root, keys, chain=chain, baselines=baselines), compare)
 
 
 def resumes_protocol(resume: Any) -> bool:
@@ -109,9 +107,20 @@ def resume_protocol(root: str | Path, given: dict[str, Any] | None = None) -> di
     return finished(Protocol(config["stages"], Path(root), config["common"], config["chain"], config["baselines"]))
 
 
-def finished(protocol: Protocol) -> dict[str, Any]:
-    """Run (or resume) `protocol`; return its state plus ``weights``: the final best.pt, beside its report."""
-    return {**protocol.run(), "weights": str(protocol.root / "weights" / "best.pt")}
+def finished(protocol: Protocol, compare: str | None = None) -> dict[str, Any]:
+    """Run (or resume) `protocol` and print its summary (with the comparison command `compare`); return its state plus
+    ``weights``: the final best.pt, beside its report."""
+    state = protocol.run()
+    if RANK in {-1, 0}:
+        images = example_images(protocol.common["data"])
+        LOGGER.info(run_summary(protocol.root, state, protocol.forget_limit, images, compare))
+    return {**state, "weights": str(protocol.root / "weights" / "best.pt")}
+
+
+def example_images(data: str) -> str | None:
+    """A folder of images to try ``predict`` on: the val images of the data's detection or segmentation task."""
+    tasks = load_data_config(data)["tasks"]
+    return next((tasks[t]["val"] for t in ("det", "seg") if tasks.get(t, {}).get("val")), None)
 
 
 def memory_file(weights: str | Path) -> Path:

@@ -77,6 +77,32 @@ def table_rows(state: dict[str, Any], limit: float, baselines: dict | None = Non
     return rows
 
 
+def shown(path: str | Path) -> str:
+    """`path` as a command line would give it: relative to the working directory when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def run_summary(
+    root: Path, state: dict[str, Any], limit: float, images: str | None = None, compare: str | None = None
+) -> str:
+    """The lines a protocol run ends with: each task's final score and forgetting, the verdict, where the report and
+    the weights are, the comparison command (`compare`) and the commands to try next (predict on `images`)."""
+    weights = shown(root / "weights" / "best.pt")
+    head = f"{colorstr('bold', 'Summary')}: {verdict(state, limit)}"
+    lines = [f"{head} (a task may lose at most {limit:.0%} of its score)"]
+    for t, d in forgetting(state, limit).items():
+        result = "PASS" if d["pass"] else "FAIL"
+        lines.append(f"  {t}  {PRIMARY[t]:<6} {d['final']:.3f}  forgetting {d['relative']:+6.1%}  {result}")
+    lines += [f"  report   {shown(root / 'forgetting.md')} (plots beside it)", f"  weights  {weights}"]
+    if compare:
+        lines.append(f"  compare  {compare}  (the same stages without mitigation)")
+    source = shown(images) if images else "path/to/images"
+    lines += ["Next:", f"  yolo-unified predict model={weights} source={source}"]
+    lines.append(f"  yolo-unified export model={weights} format=onnx")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[list[str]]) -> str:
     """A Markdown table."""
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]

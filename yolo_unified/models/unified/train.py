@@ -262,12 +262,17 @@ class UnifiedTrainerMixin:
         """Return a unified model whose class counts come from the data YAML (all its tasks, not just this one).
 
         The model carries each task's image size (``task_imgsz``: the sizes `weights` held, and this run's own),
-        which val, predict and export read from its checkpoints (`yolo_unified.common.task_imgsz`).
+        which val, predict and export read from its checkpoints (`yolo_unified.common.task_imgsz`). ``bn_momentum``
+        sets its BatchNorm layers' momentum.
         """
         names = {**(getattr(weights, "task_names", None) or {}), **task_names(self.data_config)}
         model = UnifiedModel(cfg or DEFAULT_MODEL_YAML, ch=self.data["channels"], task_names=names, verbose=verbose)
         if weights:
             model.load(weights)
+        if self.args.bn_momentum:
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.momentum = float(self.args.bn_momentum)
         model.task_imgsz = {**(getattr(weights, "task_imgsz", None) or {}), **self.trained_imgsz()}
         return model
 
