@@ -34,6 +34,25 @@ from yolo_unified.workflows.report import unlearned_stages, verdict
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 QUICK = {"imgsz": 64, "epochs": 1, "batch": 8, "nbs": 8, "fraction": 0.05, "workers": 0, "plots": False}
+GITIGNORE = """\
+# Written by benchmarks.common.write_gitignore: a benchmark's folder commits its evidence, not its working files.
+# Kept: summary.md, results.json, the plots at the top (joint_scores.png, pareto_stage*.png), the speed tables
+# (speed/benchmark.md) and each protocol run's report and record (<run>/forgetting.md, <run>/protocol.json: the summary
+# quotes the default runs' reports, a re-run with recorded=True scores new runs against baselines/protocol.json and a
+# sweep reads its base's default_seed0/protocol.json), and a run's scores.json.
+# Not kept: weights, exported models (*_openvino_model/, *.onnx), each run's stage, bootstrap/, deployed/ and eval/
+# folders, args.yaml, per-epoch results.csv and Ultralytics' plots: results.json holds every number.
+*
+!*/
+!.gitignore
+!/summary.md
+!/results.json
+!/*.png
+!/*/benchmark.md
+!/*/forgetting.md
+!/*/protocol.json
+!/*/scores.json
+"""
 METRIC_NAME = {  # task -> its primary metric as the tables name it (mIoU, mAP50, top-1): the report's column of it
     task: next(column for column, metric in info.report_columns if metric == info.primary_metric)
     for task, info in TASK_TABLE.items()
@@ -278,9 +297,15 @@ def markdown(blocks: Iterable[list[str]]) -> str:
     return "\n\n".join("\n".join(block) for block in blocks if block) + "\n"
 
 
-def write_outputs(out: Path, results: dict, summary: str, command: str) -> None:
-    """Write a benchmark's ``results.json`` and ``summary.md`` into `out` and say where."""
+def write_gitignore(out: Path) -> None:
+    """Write `GITIGNORE` into `out` as ``.gitignore``: git then offers only a benchmark's evidence for a commit."""
     out.mkdir(parents=True, exist_ok=True)
+    (out / ".gitignore").write_text(GITIGNORE)
+
+
+def write_outputs(out: Path, results: dict, summary: str, command: str) -> None:
+    """Write a benchmark's ``results.json``, ``summary.md`` and ``.gitignore`` into `out` and say where."""
+    write_gitignore(out)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (out / "summary.md").write_text(summary)
     LOGGER.info(f"{colorstr('bold', command)}: {out / 'summary.md'}")

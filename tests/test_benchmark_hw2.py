@@ -2,13 +2,15 @@
 
 import json
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 from ultralytics.utils import YAML
 
 from benchmarks.bootstrap import background_miou, interval, per_image_records, score
-from benchmarks.common import REPO, repo_path, repo_relative, training_minutes
+from benchmarks.common import GITIGNORE, REPO, RESULTS, repo_path, repo_relative, training_minutes
 from benchmarks.hw2 import ABLATIONS, ablation_cfg, main, summary_markdown
 from benchmarks.joint import joint_runs
 from yolo_unified.data.config import load_data_config, task_names
@@ -45,11 +47,26 @@ def test_repo_relative_paths_are_read_back_from_any_directory(tmp_path, monkeypa
         assert repo_relative(outside) == outside
     monkeypatch.chdir(tmp_path)
     assert repo_path(repo_relative(inside)) == inside and repo_path(tmp_path / "x") == tmp_path / "x"
-    for name in ("hw2-320-imagenette", "hw2-320-scratch"):  # the committed results: their summary.md, rebuilt here
+    for name in ("hw2-pretrained-tower-g2", "hw2-pretrained-tower-g4"):  # committed results: summary.md rebuilt here
         out = REPO / "benchmarks/results" / name
         text = (out / "results.json").read_text()
         assert str(REPO) not in text and str(REPO) not in (out / "default_seed0/protocol.json").read_text()
         assert summary_markdown(json.loads(text)) == (out / "summary.md").read_text()
+
+
+def ignored_files(root: Path, files: list[str]) -> list[str]:
+    """Those of `files` (relative to the git work tree `root`) that its .gitignore files leave out, tracked or not."""
+    git = {"cwd": root, "input": "\n".join(files), "capture_output": True, "text": True}
+    return subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], **git).stdout.splitlines()
+
+
+def test_committed_results_are_what_their_gitignore_keeps():
+    """Every committed benchmark folder carries the .gitignore a benchmark writes, and it ignores none of its files."""
+    folders = [summary.parent for summary in RESULTS.rglob("summary.md")]
+    assert folders and all((folder / ".gitignore").read_text() == GITIGNORE for folder in folders)
+    listed = ["git", "ls-files", "--cached", "--others", "--exclude-standard", str(RESULTS)]
+    files = subprocess.run(listed, cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert ignored_files(REPO, [f for f in files if (REPO / f).is_file()]) == []
 
 
 def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path):

@@ -1,5 +1,6 @@
 """Prediction with .pt and .onnx models: results, annotated files, video, and the same letterbox as val and export."""
 
+import re
 from pathlib import Path
 
 import cv2
@@ -84,9 +85,30 @@ def test_cli_predict_saves_annotated_images(models, photos, tmp_path):
             original, annotated = cv2.imread(str(source)), cv2.imread(str(save_dir / source.name))
             assert annotated.shape == original.shape
             changed = np.abs(annotated.astype(int) - original.astype(int)).max(axis=2) > 30
-            assert changed.mean() > 0.2, f"{fmt}: {source.name} looks unannotated"
+            assert changed.mean() > 0.03, f"{fmt}: {source.name} looks unannotated"  # boxes, labels, non-background
             boxes = (save_dir / "labels" / source.name).with_suffix(".txt").read_text().splitlines()
             assert boxes and all(len(line.split()) == 5 for line in boxes)  # YOLO format: class x y w h
+
+
+def test_overlay_leaves_the_background_untinted(models, photos):
+    """Background pixels (seg class 0) of the annotated image are the input's; other classes are tinted."""
+    r = UnifiedYOLO(models["pt"])(str(photos / "images" / "bus.jpg"), imgsz=IMGSZ, conf=CONF)[0]
+    h, w = r.orig_shape
+    mask = torch.zeros((h, w), dtype=torch.uint8)
+    mask[:, w // 2 :] = 1  # right half: the first object class; left half: background
+    plotted = UnifiedResults(r.orig_img, r.path, r.task_names, semantic_mask=mask).plot()
+    top_left = np.s_[: h // 2, : w // 2]  # background, above the legend (bottom left)
+    assert np.array_equal(plotted[top_left], r.orig_img[top_left])
+    assert (plotted[:, w // 2 :] != r.orig_img[:, w // 2 :]).any(axis=2).mean() > 0.9
+
+
+def test_an_empty_image_file_fails_with_its_name(models, tmp_path):
+    """An empty .jpg given as a file, in a list or in a folder: one error naming it, not a missing HEIF plugin."""
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    for source in (str(empty), [str(empty)], tmp_path):
+        with pytest.raises(ValueError, match=re.escape(f"{empty} is an empty file, not an image")):
+            UnifiedYOLO(models["pt"]).predict(source, imgsz=IMGSZ)
 
 
 def test_video_source_writes_an_annotated_video(models, tmp_path):

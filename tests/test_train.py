@@ -1,6 +1,7 @@
 """Single-task training and validation on the built-in synthetic data: losses fall, checkpoints reload, val works."""
 
 import csv
+import re
 import shutil
 from itertools import pairwise
 from pathlib import Path
@@ -15,6 +16,7 @@ from ultralytics.utils import YAML
 from yolo_unified import UnifiedYOLO, workflows
 from yolo_unified.cli import run
 from yolo_unified.continual import STRATEGIES
+from yolo_unified.data.config import load_data_config, task_data
 from yolo_unified.data.synthetic import make_synthetic
 from yolo_unified.models.unified import val as unified_val
 from yolo_unified.models.unified.train import TRAINERS
@@ -147,3 +149,20 @@ def test_training_skips_bad_files_and_names_them(synth_yaml, tmp_path, logged):
     text = logged.text  # Ultralytics' dataset scan names the file and the problem, and counts what it skipped
     assert f"det/images/train/{broken.name}: ignoring corrupt image/label: Truncated" in text
     assert f"seg/images/train/{mask.stem}.jpg: ignoring corrupt image/mask: mask size (10, 20) does not match" in text
+
+
+def test_training_on_an_empty_image_file_names_it(synth_yaml, tmp_path):
+    """An empty .jpg (or text saved as .jpg) in a split: one error naming the file, not a missing HEIF plugin."""
+    root = tmp_path / "empty"
+    shutil.copytree(Path(synth_yaml).parent / "synth", root)
+    data = tmp_path / "empty.yaml"
+    data.write_text(Path(synth_yaml).read_text().replace("path: synth", f"path: {root}"))
+    empty = root / "det/images/train/empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(RuntimeError, match=re.escape(f"{empty} is an empty file, not an image")) as error:
+        workflows.train(task="det", data=str(data), project=str(tmp_path), name="det", epochs=1, imgsz=64, workers=0)
+    assert "pi_heif" not in str(error.value)
+    text = next(iter((root / "cls/train").iterdir())) / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match=re.escape(f"{text} is not an image")):
+        task_data(load_data_config(data), "cls")

@@ -89,6 +89,7 @@ OVERRIDES: tuple[Override, ...] = (
     Override(VALIDATOR, "get_dataloader", "UnifiedValidatorMixin", "the loader with the task's class names"),
     # the predictor (models/unified/predict.py)
     Override(PREDICTOR, "setup_model", "UnifiedPredictor", "class names per task from the model or its metadata"),
+    Override(PREDICTOR, "setup_source", "UnifiedPredictor", "an empty or non-image file fails with its name"),
     Override(PREDICTOR, "preprocess", "UnifiedPredictor", "the letterbox val and every export use"),
     Override(PREDICTOR, "pre_transform", "UnifiedPredictor", "the letterbox val and every export use"),
     Override(PREDICTOR, "postprocess", "UnifiedPredictor", "NMS on det, class map of seg, probabilities of cls"),

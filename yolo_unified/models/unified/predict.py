@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from ultralytics.data.augment import LetterBox
+from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.engine.results import Results
 from ultralytics.models.yolo.detect import DetectionPredictor
 from ultralytics.utils import DEFAULT_CFG, ops
 from ultralytics.utils.plotting import Annotator, colors
 
 from yolo_unified.common import TASKS
+from yolo_unified.data.config import check_images
 from yolo_unified.models.unified.val import model_task_names
 from yolo_unified.nn.modules import upsample_logits
 
 RatioPad = tuple[tuple[float, float], tuple[int, int]]  # ((gain_h, gain_w), (pad_left, pad_top)), as Ultralytics'
 IGNORE = 255  # Ultralytics' ignore id in semantic maps
+BACKGROUND = 0  # the seg class the overlay leaves untinted (class 0 of the seg names)
 
 
 def letterbox(im: np.ndarray, imgsz: list[int]) -> tuple[np.ndarray, RatioPad]:
@@ -38,6 +42,25 @@ def letterbox(im: np.ndarray, imgsz: list[int]) -> tuple[np.ndarray, RatioPad]:
     params = box.get_params({"img": im})
     w1, h1 = params["new_unpad"]
     return box.apply_image({"img": im}, params)["img"], ((h1 / h0, w1 / w0), (params["left"], params["top"]))
+
+
+def tinted(im: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
+    """`im` with each pixel of `mask` blended with its class's colour in Ultralytics' palette; background and ignored
+    pixels keep their own colour."""
+    ids = np.unique(mask)  # class ids present, ascending
+    palette = np.array([colors(int(i), True) for i in ids], im.dtype)
+    blend = cv2.addWeighted(im, 1 - alpha, palette[np.searchsorted(ids, mask)], alpha, 0)
+    plain = np.isin(mask, (BACKGROUND, IGNORE))
+    blend[plain] = im[plain]
+    return blend
+
+
+def source_images(source: Any) -> list[Path]:
+    """The image files a predict `source` names: a file, a list of files, or a folder's images (not its subfolders',
+    as Ultralytics reads a folder); none for other sources (URLs, globs, streams, arrays)."""
+    paths = [Path(s) for s in (source if isinstance(source, (list, tuple)) else [source]) if isinstance(s, (str, Path))]
+    files = [f for p in paths if p.is_dir() for f in sorted(p.glob("*.*"))] + [p for p in paths if p.is_file()]
+    return [f for f in files if f.suffix[1:].lower() in IMG_FORMATS]
 
 
 def semantic_map(
@@ -130,13 +153,15 @@ class UnifiedResults(Results):
         alpha: float = 0.45,
         **kwargs,
     ) -> np.ndarray:
-        """Annotate the image: translucent semantic overlay with a legend (bottom left), Ultralytics' boxes and labels,
-        then the top-1 image class with its probability (top left). Other keywords go to ``Results.plot``."""
+        """Annotate the image: translucent semantic overlay (background left as it is) with a legend (bottom left),
+        Ultralytics' boxes and labels, then the top-1 image class with its probability (top left). Other keywords go
+        to ``Results.plot``."""
         example = " ".join(n for names in self.task_names.values() for n in names.values())  # PIL for non-ASCII names
         im = np.ascontiguousarray(self.orig_img if img is None else img).copy()
         if masks and self.semantic_mask is not None:
-            annotator = Annotator(im, line_width, font_size, font, example=example)
-            self._plot_semantic(annotator, alpha)
+            mask = torch.as_tensor(self.semantic_mask.data).cpu().numpy()
+            annotator = Annotator(tinted(im, mask, alpha), line_width, font_size, font, example=example)
+            self._plot_legend(annotator, mask)
             im = np.ascontiguousarray(annotator.result())
         style = {"line_width": line_width, "font_size": font_size, "font": font}
         im = super().plot(img=im, masks=False, probs=False, **style, **kwargs)
@@ -151,14 +176,12 @@ class UnifiedResults(Results):
             annotator.save(filename or f"results_{Path(self.path).name}")
         return annotator.result(pil)
 
-    def _plot_semantic(self, annotator: Annotator, alpha: float) -> None:
-        """Blend the class map over the image in Ultralytics' palette; list the classes present, bottom left."""
-        mask = torch.as_tensor(self.semantic_mask.data).cpu().numpy()
-        annotator.semantic_mask(mask, alpha=alpha, ignore_index=IGNORE)
+    def _plot_legend(self, annotator: Annotator, mask: np.ndarray) -> None:
+        """List the classes of the class map `mask` present in the image (background left out), bottom left."""
         names = self.task_names["seg"]
         margin, step = 2 * annotator.lw, self._line_height(annotator) + annotator.lw
         y = annotator.im.shape[0] - 2 * margin  # baseline of the lowest entry
-        for i in reversed([int(i) for i in np.unique(mask) if int(i) in names]):
+        for i in reversed([int(i) for i in np.unique(mask) if int(i) in names and int(i) != BACKGROUND]):
             color = colors(i, True)
             annotator.text([margin, y], names[i], txt_color=annotator.get_txt_color(color), box_color=color)
             y -= step
@@ -190,6 +213,12 @@ class UnifiedPredictor(DetectionPredictor):
         """Load the model with Ultralytics' AutoBackend and read the class names of every task."""
         super().setup_model(model, verbose)
         self.task_names = {task: model_task_names(self.model, task) for task in TASKS}
+
+    def setup_source(self, source: Any, stride: int | None = None) -> None:
+        """Ultralytics' sources, after checking the image files `source` names: an empty file or one that is not an
+        image fails with its name (Ultralytics skips it, or asks for a HEIF plugin for it)."""
+        check_images(source_images(source))
+        super().setup_source(source, stride)
 
     def preprocess(self, im: torch.Tensor | list[np.ndarray]) -> torch.Tensor:
         """Ultralytics' preprocessing; tensor sources are taken as already letterboxed."""
