@@ -99,7 +99,7 @@ def run_summary(
         lines.append(f"  compare  {compare}  (the same stages without mitigation)")
     source = shown(images) if images else "path/to/images"
     lines += ["Next:", f"  yolo-unified predict model={weights} source={source}"]
-    lines.append(f"  yolo-unified export model={weights} format=onnx")
+    lines.append(f"  yolo-unified export model={weights} format=onnx  (needs the [export] extra)")
     return "\n".join(lines)
 
 
