@@ -15,7 +15,7 @@ from ultralytics.utils import LOGGER, YAML
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_unified import workflows
-from yolo_unified.cli import entrypoint, run
+from yolo_unified.cli import entrypoint, parse_tokens, run
 from yolo_unified.common import PRIMARY_METRIC, task_imgsz
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.data.sampling import JointLoader, TaskSampler
@@ -233,7 +233,8 @@ def test_the_joint_step_is_the_trainers_own(synth_yaml, tmp_path):
         ({"balance_args": {"weights": {"det": -1}}}, r"balance=fixed .*weights.det is -1"),
         ({"balance_args": {"temp": 2}}, r"balance=fixed balance_args=\{'temp': 2\}: .*unexpected keyword"),
         ({"task_share": {"det": 1.5}}, r"task_share \{'det': 1.5\}: .* a number in \(0, 1\]"),
-        ({"task_share": {"pose": 0.5}}, r"task_share=\{'pose': 0.5\}: give a dict .* per task, tasks are"),
+        ({"task_share": {"pose": 0.5}}, r"task_share=\{'pose': 0.5\}: give a dict keyed by task \(seg, det, cls\)"),
+        ({"task_args": "cls: 160"}, r"task_args='cls: 160': give a dict keyed by task"),
         ({"task_args": {"cls": {"imgsx": 96}}}, r"task_args: unknown key\(s\) \['imgsx'\] for cls"),
         ({"ewc": {"lam": 1.0}}, r"ewc: these strategies .* joint training does not support them"),
     ],
@@ -304,6 +305,18 @@ def test_tasks_key_restricts_a_joint_run(synth_yaml, tmp_path):
     assert new_trainer(synth_yaml, tmp_path, tasks="seg,det", task_share=shares).shares == {"seg": 1.0, "det": 0.5}
     with pytest.raises(ValueError, match=r"tasks=\['seg', 'depth'\]: .* has no depth data \(it has seg, det, cls\)"):
         new_trainer(synth_yaml, tmp_path, tasks=["seg", "depth"])
+
+
+def test_a_recipe_for_every_task_runs_on_a_subset(synth_yaml, tmp_path, logged):
+    """cfg/joint.yaml's per-task keys name cls; on seg and det data its entries are left out with one info line, and
+    the dict-valued keys come from the command line as they do from the file."""
+    keys = parse_tokens(["tasks=seg,det", "task_share={det: 0.5, cls: 0.5}", "task_args={cls: {imgsz: 96}}"])
+    trainer = new_trainer(synth_yaml, tmp_path, **keys)
+    assert set(trainer.parts) == {"seg", "det"} and trainer.shares == {"seg": 1.0, "det": 0.5}
+    assert "task_args: cls left out (this run trains seg, det)" in logged.text
+    assert "task_share: cls left out (this run trains seg, det)" in logged.text
+    with pytest.raises(SyntaxError, match=r"task_share=\{det: 0.5 is not a YAML mapping"):
+        parse_tokens(["task_share={det: 0.5"])
 
 
 def test_protocol_with_a_joint_stage_then_a_sequential_one(synth_yaml, tmp_path):

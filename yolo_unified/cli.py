@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ultralytics.cfg import smart_value
 from ultralytics.utils import LOGGER
 
@@ -61,8 +62,24 @@ def parse_tokens(tokens: list[str]) -> dict[str, Any]:
         if "=" not in token:
             raise SyntaxError(f"'{token}' is not a key=value argument. See 'yolo-unified help'.")
         key, value = token.split("=", 1)
-        pairs[key.strip()] = smart_value(value.strip())
+        pairs[key.strip()] = typed_value(key.strip(), value.strip())
     return pairs
+
+
+def typed_value(key: str, value: str) -> Any:
+    """A command-line value typed as Ultralytics types it; a ``{...}`` one (``task_share={det: 0.5}``,
+    ``balance_args="{weights: {seg: 2}}"``) read as the YAML mapping it is in a cfg file."""
+    if not value.startswith("{"):
+        return smart_value(value)
+    try:
+        mapping = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise SyntaxError(
+            f"{key}={value} is not a YAML mapping ({str(e).splitlines()[0]}); e.g. {key}={{det: 0.5}}"
+        ) from e
+    if not isinstance(mapping, dict):
+        raise SyntaxError(f"{key}={value} is not a YAML mapping; e.g. {key}={{det: 0.5}}")
+    return mapping
 
 
 def parse_args(tokens: list[str]) -> dict[str, Any]:

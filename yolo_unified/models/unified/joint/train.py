@@ -54,6 +54,18 @@ def joint_tasks(wanted: str | list[str] | None, data_config: dict[str, Any], dat
     return [t for t in TASKS if t in wanted]
 
 
+def trained_tasks_only(key: str, value: Any, tasks: list[str]) -> dict[str, Any]:
+    """A per-task setting (``task_args``, ``task_share``: a dict keyed by task) for the `tasks` a run trains: a
+    recipe's entries for tasks the data does not have are left out with one info line, a key that is no task is an
+    error naming it."""
+    value = value or {}
+    if not isinstance(value, dict) or not set(value) <= set(TASKS):
+        raise ValueError(f"{key}={value!r}: give a dict keyed by task ({', '.join(TASKS)}), e.g. {{cls: ...}}")
+    if skipped := [t for t in value if t not in tasks]:
+        LOGGER.info(f"{colorstr('joint:')} {key}: {', '.join(skipped)} left out (this run trains {', '.join(tasks)})")
+    return {t: v for t, v in value.items() if t in tasks}
+
+
 def task_losses(
     model: UnifiedModel, batches: dict[str, list[dict]], tasks: list[str], terms: Sequence[Any] = ()
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]]]:
@@ -218,9 +230,7 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         except (FileNotFoundError, ValueError) as e:
             raise RuntimeError(f"Dataset '{self.args.data}' error: {e}") from e
         self.tasks = joint_tasks(self.args.tasks, self.data_config, self.args.data)
-        task_args = self.args.task_args or {}
-        if not isinstance(task_args, dict) or not set(task_args) <= set(self.tasks):
-            raise ValueError(f"task_args={task_args!r}: give a dict of train keys per task of the data {self.tasks}")
+        task_args = trained_tasks_only("task_args", self.args.task_args, self.tasks)
         self.parts: dict[str, TaskPart] = {}
         for t in self.tasks:
             args = self.part_args(t, task_args.get(t) or {})
@@ -236,9 +246,7 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
     def task_shares(self) -> dict[str, float]:
         """Each trained task's share of the steps (``task_share``; a task left out: 1; check_sampling checks the
         values); the share of a task the run does not train (``tasks=seg,det`` with cfg/joint.yaml) is ignored."""
-        given = self.args.task_share or {}
-        if not isinstance(given, dict) or not set(given) <= set(TASKS):
-            raise ValueError(f"task_share={given!r}: give a dict of step fractions per task, tasks are {list(TASKS)}")
+        given = trained_tasks_only("task_share", self.args.task_share, self.tasks)
         return {t: given.get(t, 1.0) for t in self.tasks}
 
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True):
