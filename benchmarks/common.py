@@ -291,6 +291,14 @@ def provenance_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def score_text(entry: dict | None, digits: int = 4) -> str:
+    """``value [lo, hi]`` of a bootstrapped score."""
+    if not entry:
+        return ""
+    lo, hi = entry["ci95"]
+    return f"{entry['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
 def markdown(blocks: Iterable[list[str]]) -> str:
     """Markdown of blocks of lines (a heading with its table, a paragraph...), a blank line between two; empty blocks
     are left out."""

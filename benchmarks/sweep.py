@@ -495,7 +495,7 @@ def base_run(setup: BenchmarkSetup) -> tuple[Path, dict]:
         raise FileNotFoundError(f"base={args['base']}: no benchmarks.hw2 results.json there")
     if not (base / "results.json").is_file():  # the shared stage 1 and the single-task models (resumable itself)
         passed = [f"{k}={args[k]}" for k in ("data", "imgsz", "pretrained", "quick") if k in args]
-        hw2.main([*passed, f"out={base}", "ablations=False", "seeds=1"])
+        hw2.main([*passed, f"out={base}", "ablations=False", "seeds=1", "speed=False"])
     state = json.loads((base / "default_seed0" / STATE_FILE).read_text())
     state = {**state, "stages": with_stage_paths(state["stages"], repo_path)}
     if differ := base_mismatch(state["config"]["common"], {**setup.settings, **setup.force}):

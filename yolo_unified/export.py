@@ -19,7 +19,6 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from copy import deepcopy
-from functools import partial
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ ONNX_FORMATS = {"onnx", "engine", "tensorrt", "trt"}  # formats Ultralytics buil
 _torch2onnx = export_engine.torch2onnx  # Ultralytics' own, wrapped by UnifiedExporter.export_onnx
 _torch2openvino = export_openvino.torch2openvino  # Ultralytics' own, wrapped by UnifiedExporter.export_openvino
 FORMAT_ARGS = dict(zip(export_formats()["Argument"], export_formats()["Arguments"], strict=True))  # format: its keys
+FLOAT_STEM = tuple(f"__module.model.{i}{sep}" for i in (0, 1) for sep in "./")  # OpenVINO ops of layers 0-1
 ULTRALYTICS_HINT = re.compile(r"yolo (predict|val) task=unified\b")  # Ultralytics' closing hints name `yolo`
 
 
@@ -109,33 +109,46 @@ class CalibrationImages(torch.utils.data.Dataset):
 
 @contextmanager
 def nncf_options() -> Iterator[None]:
-    """Make ``nncf.quantize`` take activation ranges as the min and max over the whole calibration set, and correct
-    biases on real activations (NNCF's ``BiasCorrection``) instead of its default ``FastBiasCorrection``.
+    """Make ``nncf.quantize`` take activation ranges as the min and max over the whole calibration set, correct biases
+    on real activations (NNCF's ``BiasCorrection``) instead of its default ``FastBiasCorrection``, and keep the stem
+    (`FLOAT_STEM`) in float, besides the head's decoding that Ultralytics keeps there.
 
     Ranges: NNCF's default averages the per-image min and max, which clips the activations of the images whose range is
-    wider than average, and a set drawn from three tasks' images mixes very different ranges. On the tests' tiny model,
-    against fp32: seg pixels agreeing 94.0% with NNCF's ranges, 96.2% with global ones; image classes 7/8 and 8/8;
-    largest box error 1.3% and 0.7% of the largest coordinate. ONNX Runtime's static quantization takes global
-    min/max ranges as well.
+    wider than average, and a set drawn from three tasks' images mixes very different ranges. ONNX Runtime's static
+    quantization takes global min/max ranges as well.
 
     Bias correction: ``FastBiasCorrection`` feeds each quantized layer a constant map of its input's per-channel means
     and shifts the bias by the difference to the mean fp32 output. For a 3x3 convolution with zero padding that
     difference is mostly not quantization error: the input's mean is not uniform over the map (its edges, the
     letterbox border), so the mean of conv(x) differs from conv(mean x) in fp32 already, and most on the small stride-16
-    and stride-32 maps of the head's tower. A protocol-trained model (built-in data, 128 px export): the shifts of the
-    tower's biases correlate 0.999-1.000 with that fp32 gap and are 4-10% of the biases' magnitude; every image then
-    carries them, and the classifier, which pools the tower's maps into one vector, reads them as a feature: cls
-    classes agreeing with fp32 on 28/32 val images (probabilities off by 0.043 on average), seg pixels on 96.3%.
-    ``BiasCorrection`` runs the quantized layers on the calibration activations themselves: 32/32, 0.007 and 99.2%
-    (no bias correction at all: 32/32, 0.011, 99.0%). On the HW2 benchmark's model this is what took the OpenVINO
-    INT8 top-1 28 points below fp32 (see benchmarks/results). ``BiasCorrection`` uses a fifth of the calibration set.
+    and stride-32 maps of the head's tower, whose biases it shifted by 4-10%. Every image then carries the shift, and
+    the classifier, which pools the tower's maps into one vector, reads it as a feature: on the HW2 benchmark's model
+    this took OpenVINO INT8 top-1 28 points below fp32. ``BiasCorrection`` runs the quantized layers on the
+    calibration activations themselves (on a fifth of the calibration set).
+
+    The stem: its two convolutions read the raw pixels at half and quarter resolution; in INT8 they carried the
+    largest share of the remaining error (HW2 model, 60 val images: classes equal to fp32's on 58 with them in INT8,
+    59 and every image with a clear fp32 call in float; seg pixels 98.5% and 99.1%; top-1 0.700 and 0.717 as fp32's),
+    at about 7% more latency (34.8 against 37.3 ms median, 512 px, batch 1, two threads, the two models alternated).
     """
     import nncf
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     params = nncf.AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
-    options = {"advanced_parameters": params, "fast_bias_correction": False}
-    with patch.object(nncf, "quantize", partial(nncf.quantize, **options)):
+    quantize = nncf.quantize
+
+    def quantize_with_options(model: Any, *args: Any, ignored_scope: Any = None, **kwargs: Any) -> Any:
+        scope = ignored_scope or nncf.IgnoredScope()
+        stem = [
+            op.get_friendly_name() for op in model.get_ordered_ops() if op.get_friendly_name().startswith(FLOAT_STEM)
+        ]
+        scope = nncf.IgnoredScope(
+            names=[*scope.names, *stem], patterns=scope.patterns, types=scope.types, subgraphs=scope.subgraphs
+        )
+        kwargs = {"advanced_parameters": params, "fast_bias_correction": False, **kwargs}
+        return quantize(model, *args, ignored_scope=scope, **kwargs)
+
+    with patch.object(nncf, "quantize", quantize_with_options):
         yield
 
 
@@ -149,9 +162,9 @@ class UnifiedExporter(Exporter):
     Ultralytics' default exports). INT8 (``quantize=8``) is Ultralytics' own, calibrated on `CalibrationImages` of the
     multi-task data YAML (by default the checkpoint's own training data): for ONNX, ONNX Runtime's static QDQ
     quantization of the convolutions and the linear layer (the rest stays float); for OpenVINO, NNCF with the head's
-    decoding (DFL, sigmoid, box arithmetic, softmax) left float, taking global activation ranges and correcting
-    biases on real activations (`nncf_options`). Missing export packages fail before any work, naming the extra to
-    install.
+    decoding (DFL, sigmoid, box arithmetic, softmax) and the stem's two convolutions left float, taking global
+    activation ranges and correcting biases on real activations (`nncf_options`). Missing export packages fail before
+    any work, naming the extra to install.
     """
 
     def __init__(
@@ -249,7 +262,8 @@ class UnifiedExporter(Exporter):
 
     def export_openvino(self, prefix: str = colorstr("OpenVINO:")) -> str:
         """Ultralytics' OpenVINO export (FP16, or INT8 with NNCF as there) with the output tensors named; INT8 takes
-        activation ranges from the whole calibration set and corrects biases on real activations (`nncf_options`)."""
+        activation ranges from the whole calibration set, corrects biases on real activations and keeps the stem in
+        float (`nncf_options`)."""
         with (
             patch.object(export_openvino, "torch2openvino", self._torch2openvino),
             nncf_options() if self.args.quantize == 8 else nullcontext(),
