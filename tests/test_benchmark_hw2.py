@@ -115,7 +115,6 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path, monkeypatch):
     assert [r["model"] for r in separate.values()] == ["yolov8n-sem.yaml", "yolov8n.yaml", "yolov8n-cls.yaml"]
     assert all(r["params"] > 1e6 and repo_path(r["weights"]).is_file() for r in separate.values())
     assert "## Separate Ultralytics models" in short and "| det mAP50 | yolov8n.yaml |" in short
-    assert all(r["minutes_this_call"] < 0.2 for r in main([*argv, "separate=True"])["separate"].values())  # skipped
     runtimes = again["runtimes"]  # every runtime scores every task; fp32 exports agree with PyTorch
     assert set(runtimes) == {"openvino_precision", "PyTorch", "ONNX Runtime fp32", "ONNX Runtime INT8",
                              "OpenVINO fp32", "OpenVINO INT8"}  # fmt: skip
@@ -145,7 +144,7 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path, monkeypatch):
         main([f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}"])
     extended = main([*argv, "separate=True", "recorded=True"])  # what lost its weights is kept, the rest re-scored
     assert extended["recorded"] == ["baselines", "separate"] and extended["separate"] == saved["separate"]
-    assert extended["runs"]["baselines"] == saved["runs"]["baselines"] and len(extended["invocations"]) == 4
+    assert extended["runs"]["baselines"] == saved["runs"]["baselines"] and len(extended["invocations"]) == 3
     assert (
         "kept as recorded by earlier invocations (their weights were not here): baselines, separate"
         in (out / "summary.md").read_text()

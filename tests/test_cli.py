@@ -27,9 +27,10 @@ def message(res: subprocess.CompletedProcess) -> str:
     return res.stdout + res.stderr
 
 
-def test_version_and_help():
-    assert cli("--version").stdout.strip() == yolo_unified.__version__
-    out = cli("help").stdout
+def test_version_and_help(capsys):
+    assert cli("--version").stdout.strip() == yolo_unified.__version__  # the installed script
+    run(["help"])
+    out = capsys.readouterr().out
     for mode in ("train", "val", "predict", "export", "benchmark", "data prepare"):
         assert mode in out
 
