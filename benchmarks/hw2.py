@@ -251,8 +251,7 @@ def separate_models(bench: Hw2Setup) -> dict[str, dict]:
     if not bench.args.get("separate", False):
         return {}
     settings = {k: v for k, v in bench.settings.items() if k != "data"}
-    separate = train_separate(bench.settings["data"], bench.out / "separate", settings, bench.force, bench.n_boot)
-    return {t: {**r, "weights": repo_relative(r["weights"])} for t, r in separate.items()}
+    return train_separate(bench.settings["data"], bench.out / "separate", settings, bench.force, bench.n_boot)
 
 
 def final_model_speed(bench: Hw2Setup, states: dict[str, dict]) -> dict[str, Any]:
