@@ -1,4 +1,5 @@
-"""The multi-task data YAML: one file with a ``seg``, ``det`` and ``cls`` section, each an Ultralytics dataset."""
+"""The multi-task data YAML: one file with a ``seg``, ``det`` and ``cls`` section, each an Ultralytics dataset, or
+tasks sharing one image list (each image with any of their labels)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-from ultralytics.data.utils import IMG_FORMATS
+from ultralytics.data.utils import IMG_FORMATS, img2label_paths
 from ultralytics.nn.autobackend import check_class_names
 from ultralytics.utils import YAML
 from ultralytics.utils.patches import PIL_FALLBACK_SUFFIXES
 
 from yolo_unified.common import TASKS
 
+SPLITS = ("train", "val", "test")
+
 
 def load_data_config(data: str | Path) -> dict[str, Any]:
-    """Read a multi-task data YAML; return ``{"yaml_file", "path", "tasks": {task: section}}`` with resolved paths.
+    """Read a multi-task data YAML: ``{"yaml_file", "path", "shared", "tasks": {task: section}}``, paths resolved.
 
-    ``path`` (the dataset root) resolves against the YAML's folder; ``train``/``val``/``test`` against the root.
-    Raises a clear error for a missing file, a file without any task section, or a section without names.
+    ``path`` (the dataset root) resolves against the YAML's folder; ``train``/``val``/``test`` against the root. A
+    task section with splits of its own is a dataset of its own; a ``det`` or ``seg`` section without any reads the
+    top-level splits (``shared``: images shared by those tasks, each image with any of their labels) and is marked
+    ``shared: True``. Raises a clear error for a missing file, a file without any task section, a section without
+    names, or a classification section without splits of its own.
     """
     file = Path(data)
     if not file.is_file():
@@ -27,21 +33,31 @@ def load_data_config(data: str | Path) -> dict[str, Any]:
     d = YAML.load(file) or {}
     root = Path(d.get("path") or ".")
     root = root if root.is_absolute() else (file.parent / root).resolve()
+
+    def resolve(split_path: str) -> str:
+        """A split's path, relative to the dataset root unless absolute."""
+        p = Path(split_path)
+        return str(p if p.is_absolute() else root / p)
+
     sections = {t: d[t] for t in TASKS if isinstance(d.get(t), dict)}
     if not sections:
         raise ValueError(f"{file}: no task section found; a yolo-unified data YAML has 'seg:', 'det:' and/or 'cls:'")
+    shared = {split: resolve(d[split]) for split in SPLITS if d.get(split)}
     tasks = {}
     for task, section in sections.items():
         if not section.get("names"):
             raise ValueError(f"{file}: section '{task}:' has no 'names:'")
-        resolved = {k: v for k, v in section.items() if k not in {"train", "val", "test"}}
+        resolved = {k: v for k, v in section.items() if k not in SPLITS}
         resolved["names"] = check_class_names(section["names"])
-        for split in ("train", "val", "test"):
-            if section.get(split):
-                p = Path(section[split])
-                resolved[split] = str(p if p.is_absolute() else root / p)
+        own = {split: resolve(section[split]) for split in SPLITS if section.get(split)}
+        if not own and shared and task == "cls":
+            raise ValueError(
+                f"{file}: 'cls:' has no train:/val: of its own; classification reads one folder per class, so it "
+                "cannot use the shared images (give it its own splits)"
+            )
+        resolved.update(own or {**shared, "shared": True})
         tasks[task] = resolved
-    return {"yaml_file": str(file.resolve()), "path": root, "tasks": tasks}
+    return {"yaml_file": str(file.resolve()), "path": root, "shared": shared, "tasks": tasks}
 
 
 def image_files(source: str | Path) -> list[Path]:
@@ -80,7 +96,10 @@ def check_images(files: Iterable[Path]) -> None:
 
 def task_data(cfg: dict[str, Any], task: str, splits: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
     """Return the Ultralytics-style dataset dict of one task, checking that the requested splits exist and that
-    their image files are images (`check_images`)."""
+    their image files are images (`check_images`).
+
+    A task on shared images gets, for each split, the list of the images that have its label (`labelled_images`).
+    """
     if task not in cfg["tasks"]:
         raise KeyError(f"{cfg['yaml_file']} has no '{task}:' section (it has {sorted(cfg['tasks'])})")
     data = dict(cfg["tasks"][task])
@@ -89,9 +108,55 @@ def task_data(cfg: dict[str, Any], task: str, splits: tuple[str, ...] = ("train"
             raise FileNotFoundError(f"{cfg['yaml_file']}: '{task}:' has no '{split}:' split")
         if not Path(data[split]).exists():
             raise FileNotFoundError(f"{cfg['yaml_file']}: '{task}' {split} split not found at {data[split]}")
-        check_images(image_files(data[split]))
+        images = image_files(data[split])
+        check_images(images)
+        if data.get("shared"):
+            data[split] = str(write_image_list(cfg, split, [task], labelled_images(cfg, split, images)[task]))
     data.update(path=str(cfg["path"]), nc=len(data["names"]), channels=3, yaml_file=cfg["yaml_file"])
     return data
+
+
+def label_file(image: str | Path, task: str, section: dict[str, Any]) -> Path:
+    """Where the `task` label of a shared `image` is: ``labels/.../<stem>.txt`` for det, ``<masks_dir>/.../<stem>.png``
+    for seg (the last ``images`` folder of its path replaced, as Ultralytics finds labels)."""
+    label_dir, suffix = ("labels", ".txt") if task == "det" else (section.get("masks_dir", "masks"), ".png")
+    return Path(img2label_paths([image], label_dir=label_dir, suffix=suffix)[0])
+
+
+def labelled_images(cfg: dict[str, Any], split: str, images: list[Path] | None = None) -> dict[str, list[Path]]:
+    """For each task on the shared images, the images of `split` that have its label (a missing label file is a
+    partial label, not an error).
+
+    Raises a ValueError naming the file for a label or mask whose image is not in the split, and naming the task for
+    a task without any labelled image.
+    """
+    shared = {t: s for t, s in cfg["tasks"].items() if s.get("shared")}
+    images = image_files(cfg["shared"][split]) if images is None else images
+    labelled = {}
+    for task, section in shared.items():
+        labels = {label_file(f, task, section): f for f in images}
+        folders = {f.parent for f in labels}
+        if orphans := sorted(f for d in folders for f in d.glob(f"*{next(iter(labels)).suffix}") if f not in labels):
+            more = f" and {len(orphans) - 1} more" if len(orphans) > 1 else ""
+            raise ValueError(f"{orphans[0]}{more}: a '{task}' label without its image in {cfg['shared'][split]}")
+        labelled[task] = [image for label, image in labels.items() if label.is_file()]
+        if not labelled[task]:
+            where = f"{sorted(folders)[0]}" if folders else cfg["shared"][split]
+            raise ValueError(
+                f"{cfg['yaml_file']}: '{task}:' has no labelled image in the shared {split} images (no label file in "
+                f"{where}); remove the section or add its labels"
+            )
+    return labelled
+
+
+def write_image_list(cfg: dict[str, Any], split: str, tasks: list[str], images: list[Path]) -> Path:
+    """Write `images` as an image list (one path per line, as Ultralytics reads a split) beside the shared image
+    folders: ``<root>/<split>-<tasks>.txt``, rewritten only when it changes; returns its path."""
+    file = Path(cfg["path"]) / f"{split}-{'-'.join(tasks)}.txt"
+    text = "".join(f"{Path(f).resolve()}\n" for f in images)
+    if not file.is_file() or file.read_text() != text:
+        file.write_text(text)
+    return file
 
 
 def task_names(cfg: dict[str, Any]) -> dict[str, dict[int, str]]:

@@ -110,29 +110,40 @@ def _finish(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     return np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
 
 
-def _det_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
-    """A detection image with up to SHAPES shapes and its YOLO label text (tight boxes)."""
+def _scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """An image with up to SHAPES shapes on a background, and (class, mask) of each shape."""
     img = _background(rng, size)
+    shapes = _paint_shapes(rng, img, _random_classes(rng))
+    return _finish(rng, img), shapes
+
+
+def _boxes_text(shapes: list[tuple[int, np.ndarray]], size: int) -> str:
+    """The YOLO label text of `shapes`: one tight, normalised box per shape."""
     lines = []
-    for cls, m in _paint_shapes(rng, img, _random_classes(rng)):
+    for cls, m in shapes:
         ys, xs = np.nonzero(m)
         x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
         box = ((x1 + x2) / 2 / size, (y1 + y2) / 2 / size, (x2 - x1) / size, (y2 - y1) / size)
         lines.append(f"{cls} " + " ".join(f"{v:.6f}" for v in box) + "\n")
-    return _finish(rng, img), "".join(lines)
+    return "".join(lines)
 
 
-def _seg_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A segmentation image with up to SHAPES shapes and its mask: each shape's class, 0 elsewhere, 255 borders."""
-    img = _background(rng, size)
-    shapes = _paint_shapes(rng, img, _random_classes(rng))
+def _class_map(shapes: list[tuple[int, np.ndarray]], size: int) -> np.ndarray:
+    """The semantic mask of `shapes`: each shape's class, 0 elsewhere, a 1-px 255 ring around each shape (like VOC's
+    void object borders)."""
     mask = np.zeros((size, size), np.uint8)
     for cls, m in shapes:
         mask[m] = SEG_NAMES.index(DET_NAMES[cls])
     kernel = np.ones((3, 3), np.uint8)
-    for _, m in shapes:  # a 1-px ignore ring around each shape, like VOC's void object borders
+    for _, m in shapes:
         mask[cv2.dilate(m.astype(np.uint8), kernel).astype(bool) & ~m] = IGNORE
-    return _finish(rng, img), mask
+    return mask
+
+
+def shared_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str, np.ndarray]:
+    """An image with both labels of its shapes: (image, YOLO label text, semantic mask)."""
+    img, shapes = _scene(rng, size)
+    return img, _boxes_text(shapes, size), _class_map(shapes, size)
 
 
 def _cls_sample(rng: np.random.Generator, size: int, cls: int) -> np.ndarray:
@@ -162,10 +173,11 @@ def _generate(dst: Path, n: dict[str, int], imgsz: int, seed: int) -> list[str]:
             for i in TQDM(range(count), desc=f"synthetic {task} {split}"):
                 folder = dst / LAYOUT[task][split]
                 if task == "det":
-                    img, label = _det_sample(rng, imgsz)
-                    write(dst / "det/labels" / split / f"{i:05d}.txt", label.encode())
+                    img, shapes = _scene(rng, imgsz)
+                    write(dst / "det/labels" / split / f"{i:05d}.txt", _boxes_text(shapes, imgsz).encode())
                 elif task == "seg":
-                    img, mask = _seg_sample(rng, imgsz)
+                    img, shapes = _scene(rng, imgsz)
+                    mask = _class_map(shapes, imgsz)
                     write(
                         dst / "seg" / LAYOUT["seg"]["masks_dir"] / split / f"{i:05d}.png",
                         cv2.imencode(".png", mask)[1].tobytes(),

@@ -53,6 +53,11 @@ def batch_task(batch: dict) -> str:
     return "det" if "bboxes" in batch else "cls"
 
 
+def select_images(raw: dict, index: torch.Tensor) -> dict:
+    """The raw outputs (`UnifiedLoss.raw`) of the images `index` of their batch (every output is batch-first)."""
+    return {k: [x[index] for x in v] if isinstance(v, (list, tuple)) else v[index] for k, v in raw.items()}
+
+
 def loss_scale(batch: dict) -> int:
     """How many images Ultralytics sums the batch's loss over: the batch size for det and seg, 1 for cls (a mean)."""
     return batch["img"].shape[0] if batch_task(batch) != "cls" else 1

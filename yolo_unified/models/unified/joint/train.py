@@ -23,8 +23,9 @@ from ultralytics.utils.torch_utils import autocast, unwrap_model
 from yolo_unified.balancing import Balancer, build_balancer
 from yolo_unified.common import SHARED_MODULES, TASKS, ULTRALYTICS_TASK, module_of, save_atomically
 from yolo_unified.continual import StageContext, stage_samples
-from yolo_unified.data.config import check_heads, load_data_config, task_names
+from yolo_unified.data.config import check_heads, labelled_images, load_data_config, task_names, write_image_list
 from yolo_unified.data.sampling import JointLoader, TaskSampler, check_sampling
+from yolo_unified.data.shared import SharedDataset, task_views
 from yolo_unified.models.unified.joint.diagnostics import (
     DIAGNOSTICS,
     EpochMeans,
@@ -36,7 +37,7 @@ from yolo_unified.models.unified.joint.diagnostics import (
 )
 from yolo_unified.models.unified.joint.val import JointValidator, baseline_scores
 from yolo_unified.models.unified.train import TRAINERS, UnifiedTrainerMixin, drop_rows_after
-from yolo_unified.nn.tasks import UnifiedModel, loss_scale
+from yolo_unified.nn.tasks import UnifiedLoss, UnifiedModel, batch_task, loss_scale, select_images
 
 SEQUENTIAL_ONLY = ("ewc", "replay")  # strategies that store memory of one stage's task at its end
 
@@ -66,29 +67,44 @@ def trained_tasks_only(key: str, value: Any, tasks: list[str]) -> dict[str, Any]
     return {t: v for t, v in value.items() if t in tasks}
 
 
+def task_batches(model: UnifiedModel, batch: dict) -> list[tuple[str, dict, dict | None]]:
+    """``(task, task batch, its outputs)`` of each task a batch has labels of.
+
+    A batch of one task's own dataset is that task's batch, its outputs left to the loss to compute. A batch of
+    shared images (`SharedDataset`) runs through the model once; each task gets the images that have its label
+    (`task_views`) and their outputs, so an image without a task's label adds nothing to that task's loss.
+    """
+    if "tasks" not in batch:
+        return [(batch_task(batch), batch, None)]
+    raw = UnifiedLoss.raw(model(batch["img"]))
+    return [(task, view, select_images(raw, index)) for task, (index, view) in task_views(batch).items()]
+
+
 def task_losses(
     model: UnifiedModel, batches: dict[str, list[dict]], tasks: list[str], terms: Sequence[Any] = ()
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]]]:
-    """Each task's loss on its own batches only, and the task's loss items (mean over its batches).
+    """Each task's loss on its own labelled images only, and the task's loss items (mean over its batches).
 
     A task's loss is its Ultralytics loss plus the loss terms of `terms` (the strategies; none by default), on the
     scale of one image, summed over its batches of the step: Ultralytics sums detection and segmentation losses over
-    a batch's images and averages classification's, so every task enters the balancing on the same footing. Each
-    batch is its own forward pass (its own BatchNorm statistics), so an image adds nothing to another task's loss. A
-    task without a batch in the step gets a zero loss without a graph and no items.
+    a batch's images and averages classification's, so every task enters the balancing on the same footing. A batch
+    of a task's own dataset is its own forward pass (its own BatchNorm statistics); a batch of shared images is one
+    forward pass for all its tasks (`task_batches`). A task without a batch in the step gets a zero loss without a
+    graph and no items.
     """
     device = next(model.parameters()).device
-    losses, items = {}, {}
-    for task in tasks:
-        losses[task] = torch.zeros((), device=device)
-        sums: dict[str, float] = {}
-        for batch in batches.get(task, ()):
-            loss, parts = model.loss(batch, terms=terms)
-            losses[task] = losses[task] + loss.sum() / loss_scale(batch)
+    losses = {task: torch.zeros((), device=device) for task in tasks}
+    sums: dict[str, dict[str, float]] = {}
+    counts: dict[str, int] = {}
+    for batch in (b for stream in batches.values() for b in stream):
+        for task, view, preds in task_batches(model, batch):
+            loss, parts = model.loss(view, preds=preds, terms=terms)
+            losses[task] = losses[task] + loss.sum() / loss_scale(view)
+            counts[task] = counts.get(task, 0) + 1
+            task_sums = sums.setdefault(task, {})
             for name, value in parts.items():
-                sums[name] = sums.get(name, 0.0) + float(value)
-        if sums:
-            items[task] = {name: value / len(batches[task]) for name, value in sums.items()}
+                task_sums[name] = task_sums.get(name, 0.0) + float(value)
+    items = {task: {name: value / counts[task] for name, value in sums[task].items()} for task in sums}
     return losses, items
 
 
@@ -109,9 +125,17 @@ class TaskPart:
     """
 
     def __init__(
-        self, task: str, args: SimpleNamespace, save_dir: Path, device: torch.device, callbacks: dict, on_plot: Any
+        self,
+        task: str,
+        args: SimpleNamespace,
+        save_dir: Path,
+        device: torch.device,
+        callbacks: dict,
+        on_plot: Any,
+        data: dict[str, Any] | None = None,
     ) -> None:
-        """Read this task's section of the data YAML (a clear error for a missing section or split)."""
+        """Read this task's section of the data YAML (a clear error for a missing section or split), unless `data`
+        is given."""
         self.task_key, self.trainer_class = task, TRAINERS[task]
         self.validator_class = self.trainer_class.validator_class
         self.args, self.save_dir = args, save_dir
@@ -121,7 +145,7 @@ class TaskPart:
         self.train_loader: DataLoader | None = None
         self.test_loader: DataLoader | None = None
         self.loss_names: tuple[str, ...] = ()
-        self.data = self.trainer_class.get_dataset(self)
+        self.data = data or self.trainer_class.get_dataset(self)
 
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Dataset:
         """The task's dataset at `img_path` for `mode` (training augmentation or validation transforms)."""
@@ -158,6 +182,40 @@ class TaskPart:
     def close_mosaic(self) -> None:
         """Stop mosaic augmentation in the task's training loader."""
         self.trainer_class._close_dataloader_mosaic(self)
+
+
+class SharedPart(TaskPart):
+    """The tasks of a joint run labelled on shared images, as one training stream: a `SharedDataset` yields each
+    image once, with the labels it has.
+
+    It runs the detection trainer's functions (loader, preprocessing, training-sample plots, mosaic) on its ``data``:
+    the detection section with the images labelled for any of its tasks as ``train``, the masks' folder and
+    ``tasks``. Its folder is the run's ``<task>+<task>/``.
+    """
+
+    def __init__(self, parts: dict[str, TaskPart], data: dict[str, Any]) -> None:
+        """One stream for the tasks of `parts` (det among them), on `data`."""
+        det = parts["det"]
+        save_dir = det.save_dir.parent / "+".join(parts)
+        super().__init__("det", det.args, save_dir, det.device, det.callbacks, det.on_plot, data=data)
+        self.tasks = list(parts)
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Dataset:
+        """The shared images at `img_path` with the training augmentation (the stream only trains)."""
+        return SharedDataset(
+            img_path=img_path,
+            imgsz=self.args.imgsz,
+            batch_size=batch,
+            augment=mode == "train",
+            hyp=self.args,
+            cache=self.args.cache or None,
+            stride=max(int(unwrap_model(self.model).stride.max()), 32),
+            prefix=colorstr(f"{mode}: "),
+            task="detect",
+            classes=self.args.classes,
+            data=self.data,
+            fraction=self.args.fraction,
+        )
 
 
 class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
@@ -235,7 +293,30 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         for t in self.tasks:
             args = self.part_args(t, task_args.get(t) or {})
             self.parts[t] = TaskPart(t, args, self.save_dir / t, self.device, self.callbacks, self.on_plot)
+        self.streams = self.training_streams(task_args)
         return {"channels": 3, **dict.fromkeys(("train", self.args.split), self.args.data)}
+
+    def training_streams(self, task_args: dict[str, Any]) -> dict[str, TaskPart]:
+        """What each step draws training batches from: a task's own dataset (its part), or, for the tasks labelled on
+        shared images (two or more of them in the run), one `SharedPart` named ``seg+det``. Tasks on shared images
+        train with one set of train keys: different ``task_args`` for them are an error."""
+        shared = [t for t in self.tasks if self.data_config["tasks"][t].get("shared")]
+        if len(shared) < 2:
+            return dict(self.parts)
+        if len({str(task_args.get(t) or {}) for t in shared}) > 1:
+            raise ValueError(
+                f"task_args={task_args}: {', '.join(shared)} share their images and train in one batch; give them "
+                "the same keys (or none)"
+            )
+        union = sorted({f for files in labelled_images(self.data_config, "train").values() for f in files})
+        data = {
+            **self.parts["det"].data,
+            "train": str(write_image_list(self.data_config, "train", shared, union)),
+            "masks_dir": self.data_config["tasks"]["seg"].get("masks_dir", "masks"),
+            "tasks": shared,
+        }
+        streams: dict[str, TaskPart] = {"+".join(shared): SharedPart({t: self.parts[t] for t in shared}, data)}
+        return {**streams, **{t: part for t, part in self.parts.items() if t not in shared}}
 
     def part_args(self, task: str, own: dict[str, Any]) -> SimpleNamespace:
         """The joint run's arguments with the task's Ultralytics task and its ``task_args`` keys."""
@@ -244,10 +325,17 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         return get_cfg(dict(vars(self.args)), {**own, "task": ULTRALYTICS_TASK[task]})
 
     def task_shares(self) -> dict[str, float]:
-        """Each trained task's share of the steps (``task_share``; a task left out: 1; check_sampling checks the
-        values); the share of a task the run does not train (``tasks=seg,det`` with cfg/joint.yaml) is ignored."""
+        """Each training stream's share of the steps (``task_share`` of its task or tasks; a task left out: 1;
+        check_sampling checks the values); the share of a task the run does not train (``tasks=seg,det`` with
+        cfg/joint.yaml) is ignored. Tasks on shared images are one stream: different shares for them are an error."""
         given = trained_tasks_only("task_share", self.args.task_share, self.tasks)
-        return {t: given.get(t, 1.0) for t in self.tasks}
+        shares = {}
+        for name in self.streams:
+            values = {given.get(t, 1.0) for t in name.split("+")}
+            if len(values) > 1:
+                raise ValueError(f"task_share={given}: {name} share their images, so they share the steps alike")
+            shares[name] = values.pop()
+        return shares
 
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True):
         """The unified model; a unified checkpoint given as ``model=`` must have heads for the data's class counts."""
@@ -276,13 +364,16 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         """
         split = "train" if mode == "train" else self.args.split
         loaders = {}
-        for task, part in self.parts.items():
+        for name, part in (self.streams if mode == "train" else self.parts).items():
             part.model, part.stride = self.model, self.stride
             part.args.imgsz = check_imgsz(part.args.imgsz, stride=self.stride, floor=self.stride, max_dim=1)
             part_batch = max(batch_size * part.args.batch // self.args.batch, 1)
-            loaders[task] = part.get_dataloader(part.data[split], part_batch, rank, mode)
-            setattr(part, "train_loader" if mode == "train" else "test_loader", loaders[task])
-        sizes = {task: len(loader.dataset) for task, loader in loaders.items()}
+            loaders[name] = part.get_dataloader(part.data[split], part_batch, rank, mode)
+            setattr(part, "train_loader" if mode == "train" else "test_loader", loaders[name])
+            if mode == "train":  # the tasks of a shared stream read its loader (their label plots)
+                for task in name.split("+"):
+                    self.parts[task].train_loader = loaders[name]
+        sizes = {name: len(loader.dataset) for name, loader in loaders.items()}
         if mode != "train":
             return JointLoader(loaders, TaskSampler(sizes))
         sampler = TaskSampler(sizes, self.args.task_sampling, self.args.task_tau, self.args.seed, self.shares)
@@ -298,8 +389,8 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         return loader
 
     def preprocess_batch(self, batch: dict[str, list[dict]]) -> dict[str, list[dict]]:
-        """Each task's batches of a step through that task's own preprocessing."""
-        return {task: [self.parts[task].preprocess_batch(b) for b in batches] for task, batches in batch.items()}
+        """Each stream's batches of a step through its own preprocessing."""
+        return {name: [self.streams[name].preprocess_batch(b) for b in batches] for name, batches in batch.items()}
 
     def _setup_strategies(self) -> None:
         """Set the strategies up; their loss terms are the joint step's to add (nothing goes on the model)."""
@@ -535,8 +626,8 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
             LOGGER.warning(f"cls_pw={self.args.cls_pw}: class weights are not applied in joint training")
 
     def _close_dataloader_mosaic(self) -> None:
-        """Close mosaic in every task's loader."""
-        for part in self.parts.values():
+        """Close mosaic in every training stream's loader."""
+        for part in self.streams.values():
             part.close_mosaic()
 
     def progress_string(self) -> str:
@@ -545,9 +636,9 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         return ("\n" + "%11s" * (4 + len(names))) % ("Epoch", "GPU_mem", *names, "Batch", "Size")
 
     def plot_training_samples(self, batch: dict[str, list[dict]], ni: int) -> None:
-        """Each task's first batch of the step, plotted by its part into its folder."""
-        for task, batches in batch.items():
-            self.parts[task].plot_training_samples(copy(batches[0]), ni)
+        """Each stream's first batch of the step, plotted by its part into its folder."""
+        for name, batches in batch.items():
+            self.streams[name].plot_training_samples(copy(batches[0]), ni)
 
     def plot_training_labels(self) -> None:
         """Each task's label statistics, plotted by its part into its folder."""
