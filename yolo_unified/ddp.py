@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from typing import Any
@@ -70,10 +70,61 @@ def rank_zero_alone() -> Iterator[None]:
         yield
 
 
-def cpu_ddp(module: torch.nn.Module, device_ids: list | None = None, **kwargs: Any) -> torch.nn.Module:
+class CpuDDP(DDP):
     """DistributedDataParallel for a CPU module: Ultralytics passes ``device_ids=[device.index]``, which CPU modules
-    must not be given."""
-    return DDP(module, **kwargs)
+    must not be given. (A class, as what it stands in for: Ultralytics' ``is_parallel`` checks against it.)"""
+
+    def __init__(self, module: torch.nn.Module, device_ids: list | None = None, **kwargs: Any) -> None:
+        """Wrap `module` without device ids."""
+        super().__init__(module, **kwargs)
+
+
+def mean_over_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`tensors` averaged over the DDP ranks, in one all-reduce (every rank gets the means); unchanged without a
+    process group."""
+    if not dist.is_initialized() or not tensors:
+        return tensors
+    flat = torch.cat([t.detach().flatten().float() for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    return [m.view_as(t).to(t.dtype) for t, m in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True)]
+
+
+def max_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum of `tensor` over the DDP ranks; unchanged without a process group."""
+    if not dist.is_initialized():
+        return tensor
+    top = tensor.detach().clone()
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    return top
+
+
+def average_gradients(params: Iterable[torch.Tensor]) -> None:
+    """Replace the ``.grad`` of `params` by its mean over the DDP ranks, in one all-reduce (what DDP's backward does:
+    the gradient of the mean of the ranks' losses). A parameter without a gradient on some ranks counts as zero
+    there; one without a gradient on any rank keeps none (an optimizer skips it, as in one process). Every rank must
+    pass the same parameters."""
+    params = list(params)
+    if not dist.is_initialized() or not params:
+        return
+    anywhere = max_over_ranks(torch.tensor([p.grad is not None for p in params], dtype=torch.float32))
+    params = [p for p, has in zip(params, anywhere.tolist(), strict=True) if has]
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    for p, mean in zip(params, mean_over_ranks(grads), strict=True):
+        p.grad = mean
+
+
+class SameStart(DDP):
+    """In place of DistributedDataParallel for a trainer that averages its gradients itself (joint training):
+    ``SameStart(module)`` is `module` itself, its parameters and buffers broadcast from rank 0. (A class, as what it
+    stands in for: Ultralytics' ``is_parallel`` checks against it.)"""
+
+    def __new__(cls, module: torch.nn.Module, **_: Any) -> torch.nn.Module:  # type: ignore[misc]
+        """Broadcast `module`'s tensors from rank 0 and return it unwrapped."""
+        if dist.is_initialized():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+        return module
 
 
 def digest(obj: Any) -> str:

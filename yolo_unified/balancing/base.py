@@ -7,6 +7,8 @@ from typing import ClassVar
 
 import torch
 
+from yolo_unified.ddp import max_over_ranks
+
 
 class Balancer(torch.nn.Module):
     """A way to combine the task losses of joint multi-task training: one file, one cfg key, one uniform interface.
@@ -62,6 +64,13 @@ def present(losses: Sequence[torch.Tensor]) -> list[int]:
     """Indices of the losses with a graph: the tasks that have a batch in the step (a task without one gets a zero
     loss without a graph, under ``task_share`` or a non-round-robin sampling)."""
     return [i for i, loss in enumerate(losses) if loss.requires_grad]
+
+
+def present_on_any_rank(losses: Sequence[torch.Tensor]) -> list[int]:
+    """`present` over every DDP rank: the tasks with a batch in the step on any rank (a rank without one has a zero
+    row for it); `present` itself in one process."""
+    local = torch.tensor([float(loss.requires_grad) for loss in losses])
+    return [i for i, anywhere in enumerate(max_over_ranks(local).tolist()) if anywhere]
 
 
 def trainable(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:

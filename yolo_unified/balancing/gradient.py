@@ -14,7 +14,8 @@ import torch
 from torchjd.aggregation import IMTLG, MGDA, AlignedMTL, CAGrad, NashMTL, PCGrad, Random, UPGrad, WeightedAggregator
 from torchjd.autojac import jac_to_grad
 
-from yolo_unified.balancing.base import Balancer, present, task_jacobians, trainable
+from yolo_unified.balancing.base import Balancer, present_on_any_rank, task_jacobians, trainable
+from yolo_unified.ddp import mean_over_ranks
 
 # registry key -> (TorchJD aggregator, our default settings, what it is)
 METHODS: dict[str, tuple[type[WeightedAggregator], dict[str, Any], str]] = {
@@ -108,11 +109,11 @@ class JacobianBalancer(Balancer):
         params = trainable(shared)
         if not params:
             raise ValueError(f"{self.key}: no shared parameter requires a gradient")
-        rows = tuple(present(ordered))
+        rows = tuple(present_on_any_rank(ordered))
         weights = dict.fromkeys(self.tasks, 0.0)
         if not rows:  # no task in this batch: nothing to do
             return None, weights
-        jacobians = task_jacobians([ordered[i] for i in rows], params, into_others=True)
+        jacobians = mean_over_ranks(task_jacobians([ordered[i] for i in rows], params, into_others=True))
         if len(rows) == 1:
             for p, jacobian in zip(params, jacobians, strict=True):
                 p.grad = jacobian[0] if p.grad is None else p.grad + jacobian[0]

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
-from yolo_unified.balancing.base import Balancer, present, task_jacobians, trainable
+from yolo_unified.balancing.base import Balancer, present_on_any_rank, task_jacobians, trainable
+from yolo_unified.ddp import mean_over_ranks
 
 
 class GradNorm(Balancer):
@@ -55,12 +56,13 @@ class GradNorm(Balancer):
         if not layers:
             raise ValueError(f"{self.key}: no shared weight tensor (of more than one dimension) requires a gradient")
         ordered = self.ordered(losses)
-        values = torch.stack([loss.detach() for loss in ordered])
-        rows = present(ordered)
+        (values,) = mean_over_ranks([torch.stack([loss.detach() for loss in ordered])])  # DDP: the global losses
+        rows = present_on_any_rank(ordered)
         first = [i for i in rows if self.initial_losses[i].isnan()]
         self.initial_losses[first] = values[first]  # a task's L_t(0) is its loss in its first step
         if len(rows) > 1:  # the weights move only in steps with tasks to compare
-            norms = task_jacobians([ordered[i] for i in rows], layers[-1:])[0].flatten(1).norm(dim=1)
+            (jacobian,) = mean_over_ranks(task_jacobians([ordered[i] for i in rows], layers[-1:]))
+            norms = jacobian.flatten(1).norm(dim=1)
             weighted_norms = self.weights[rows] * norms  # = ||grad_W w_t L_t||, as w_t > 0; no graph in the norms
             progress = values[rows] / self.initial_losses[rows].clamp(min=1e-12)
             target = weighted_norms.mean() * (progress / progress.mean()) ** self.alpha

@@ -129,6 +129,12 @@ class JointLoader:
         """Whether the largest loader drops its last incomplete batch."""
         return self.largest.drop_last
 
+    def set_epoch(self, epoch: int) -> None:
+        """Give every loader's distributed sampler the epoch (DDP: each epoch's shuffle, the same on every rank)."""
+        for loader in self.loaders.values():
+            if hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+
     def reset(self) -> None:
         """Restart every loader (after its dataset changed, e.g. mosaic closed)."""
         for loader in self.loaders.values():

@@ -20,7 +20,7 @@ from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
 from yolo_unified.common import module_of
 from yolo_unified.continual import StageContext, build_strategies
 from yolo_unified.data.config import load_data_config, task_data, task_names
-from yolo_unified.ddp import cpu_ddp, cpu_workers, from_rank_zero, init_cpu_group, rank_zero_alone
+from yolo_unified.ddp import CpuDDP, cpu_workers, from_rank_zero, init_cpu_group, rank_zero_alone
 from yolo_unified.models.unified import val
 from yolo_unified.nn.tasks import DEFAULT_MODEL_YAML, UnifiedModel
 
@@ -87,10 +87,10 @@ class UnifiedTrainerMixin:
             super()._setup_ddp()
 
     def _setup_train(self) -> None:
-        """Ultralytics' setup; CPU DDP wraps the model without ``device_ids`` (`yolo_unified.ddp.cpu_ddp`)."""
+        """Ultralytics' setup; CPU DDP wraps the model without ``device_ids`` (`yolo_unified.ddp.CpuDDP`)."""
         if not cpu_workers(self.args.device):
             return super()._setup_train()
-        with patch.object(torch.nn.parallel, "DistributedDataParallel", cpu_ddp):
+        with patch.object(torch.nn.parallel, "DistributedDataParallel", CpuDDP):
             return super()._setup_train()
 
     def _setup_strategies(self) -> None:

@@ -10,13 +10,14 @@ from copy import copy
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from ultralytics.cfg import DEFAULT_CFG_DICT, get_cfg
 from ultralytics.engine.trainer import BaseTrainer
-from ultralytics.utils import DEFAULT_CFG, LOGGER, TQDM, colorstr
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, TQDM, colorstr
 from ultralytics.utils.checks import check_imgsz
 from ultralytics.utils.torch_utils import autocast, unwrap_model
 
@@ -26,6 +27,7 @@ from yolo_unified.continual import StageContext, stage_samples
 from yolo_unified.data.config import check_heads, labelled_images, load_data_config, task_names, write_image_list
 from yolo_unified.data.sampling import JointLoader, TaskSampler, check_sampling
 from yolo_unified.data.shared import SharedDataset, task_views
+from yolo_unified.ddp import SameStart, average_gradients, from_rank_zero, mean_over_ranks
 from yolo_unified.models.unified.joint.diagnostics import (
     DIAGNOSTICS,
     EpochMeans,
@@ -250,8 +252,6 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
     ):
         """Read every task's data, check the sampling, build the balancer; the rest is the unified trainers'."""
         super().__init__(cfg, overrides, _callbacks, context)
-        if self.world_size > 1:
-            raise ValueError(f"device={self.args.device}: joint training runs on one device (its step is not DDP's)")
         if unsupported := [s.key for s in self.strategies if s.key in SEQUENTIAL_ONLY]:
             raise ValueError(
                 f"{', '.join(unsupported)}: these strategies keep memory of a sequential stage's single task; "
@@ -270,6 +270,12 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
             f"{colorstr('joint:')} {', '.join(self.tasks)}; task_sampling={self.args.task_sampling}, "
             f"balance={self.balancer.key} ({self.balancer.kind}-level)"
         )
+
+    def _setup_train(self) -> None:
+        """Ultralytics' setup; with several processes the model is not wrapped in DistributedDataParallel: every rank
+        starts from rank 0's weights, and the joint step averages the gradients itself (`_sync_gradients`)."""
+        with patch.object(torch.nn.parallel, "DistributedDataParallel", SameStart):
+            BaseTrainer._setup_train(self)
 
     def build_balancer(self) -> Balancer:
         """The ``balance`` method for the tasks, with ``balance_args``; errors name the keys."""
@@ -406,7 +412,8 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
             for part in self.parts.values():
                 part.loss_names = tuple(model.loss(stage_samples(part, 1)[0], terms=self.strategies)[1])
         self.loss_names = tuple(f"{t}/{n}" for t, part in self.parts.items() for n in part.loss_names)
-        self.metrics.update(dict.fromkeys(self.label_loss_items(prefix="val"), 0.0))
+        if RANK in {-1, 0}:  # DDP: rank 0 holds the metrics
+            self.metrics.update(dict.fromkeys(self.label_loss_items(prefix="val"), 0.0))
         if self.balancer.kind == "gradient" and self.scaler.is_enabled():
             LOGGER.warning(f"balance={self.balancer.key}: the AMP gradient scaler is off (it would change the method)")
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
@@ -460,6 +467,7 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         scheduler step, train mode, and mosaic closed once the last ``close_mosaic`` epochs begin."""
         self.epoch_means = EpochMeans()
         self.train_loader.task_sampler.step = epoch * len(self.train_loader)
+        self.train_loader.set_epoch(epoch)
         self.run_callbacks("on_train_epoch_start")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # 'Detected lr_scheduler.step() before optimizer.step()'
@@ -475,7 +483,7 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         """One epoch of joint steps; the optimizer steps every ``accumulate`` steps (or the run's time runs out)."""
         self._start_epoch(epoch)
         nb = len(self.train_loader)
-        pbar = TQDM(enumerate(self.train_loader), total=nb)
+        pbar = TQDM(enumerate(self.train_loader), total=nb, disable=RANK > 0)
         self.tloss = None
         for i, batches in pbar:  # a step's batches, {task: [batch, ...]}, drawn by the JointLoader
             self.run_callbacks("on_train_batch_start")
@@ -486,7 +494,7 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
                 self.optimizer_step()
                 self.last_opt_step = ni
                 if self.args.time:
-                    self.stop = self._time_is_up()
+                    self.stop = from_rank_zero(self._time_is_up())
                     if self.stop:
                         break
             self._log_step(pbar, batches, epoch, ni)
@@ -521,10 +529,20 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         total, weights = self.balancer.combine(losses, self.shared)
         if total is not None:
             self.scaler.scale(total).backward()
+        self._sync_gradients()
         self.loss = (sum(losses.values()) if total is None else total).detach()
         self.epoch_means.add(step_values(losses, items, weights, stats))
         self.tloss = item_means(self.epoch_means, self.loss_names)
         return batches
+
+    def _sync_gradients(self) -> None:
+        """With several processes: every gradient averaged over the ranks (the model's and the balancer's learnable
+        weights'), as DistributedDataParallel's backward would. A gradient-level method has already combined the
+        task gradients averaged over the ranks (`yolo_unified.balancing.gradient`), so its shared gradients are the
+        same on every rank: the result equals one process whose task losses are the means of the ranks' losses."""
+        if self.world_size > 1:
+            params = [*unwrap_model(self.model).parameters(), *self.balancer.parameters()]
+            average_gradients(p for p in params if p.requires_grad)
 
     def _log_step(self, pbar: TQDM, batches: dict[str, list[dict]], epoch: int, ni: int) -> None:
         """The progress bar: the epoch's running loss items, the size and image size of the step's first batch; the
@@ -549,23 +567,29 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         self._record_epoch()
         self.run_callbacks("on_train_epoch_end")
         self.ema.update_attr(self.model, include=["yaml", "nc", "args", "names", "stride", "class_weights"])
-        if self.args.val or final_epoch or self.stopper.possible_stop or self.stop:
+        if from_rank_zero(self.args.val or final_epoch or self.stopper.possible_stop or self.stop):  # DDP: all ranks
             self._clear_memory(None if self.device.type == "mps" else 0.5)
             self.metrics, self.fitness = self.validate()
 
     def _record_epoch(self) -> None:
         """Give the balancer the epoch's task losses; write and plot the epoch's diagnostics."""
-        self.balancer.epoch_end(task_loss_means(self.epoch_means, self.tasks))
-        write_diagnostics(self.save_dir / DIAGNOSTICS, self.epoch + 1, self.epoch_means, self.tasks)
+        means = task_loss_means(self.epoch_means, self.tasks)
+        (averaged,) = mean_over_ranks([torch.tensor(list(means.values()))])  # DDP: the ranks' means, averaged
+        self.balancer.epoch_end(dict(zip(means, averaged.tolist(), strict=True)))
+        if RANK in {-1, 0}:
+            write_diagnostics(self.save_dir / DIAGNOSTICS, self.epoch + 1, self.epoch_means, self.tasks)
 
     def _save_epoch(self, epoch: int, final_epoch: bool) -> None:
-        """The epoch's results.csv row, the early-stopping check, checkpoints, the time budget, on_fit_epoch_end."""
-        self.save_metrics(metrics={**self.label_loss_items(self.tloss), **self.metrics, **self.lr})
-        self.stop |= self.stopper(epoch + 1, self.fitness) or final_epoch
-        if self.args.time:
-            self.stop |= self._time_is_up()
-        if (self.args.save or final_epoch) and self.save_model():
-            self.run_callbacks("on_model_save")
+        """The epoch's results.csv row, the early-stopping check, checkpoints, the time budget, on_fit_epoch_end (DDP:
+        rank 0 writes and decides whether to stop, for every rank)."""
+        if RANK in {-1, 0}:
+            self.save_metrics(metrics={**self.label_loss_items(self.tloss), **self.metrics, **self.lr})
+            self.stop |= self.stopper(epoch + 1, self.fitness) or final_epoch
+            if self.args.time:
+                self.stop |= self._time_is_up()
+            if (self.args.save or final_epoch) and self.save_model():
+                self.run_callbacks("on_model_save")
+        self.stop = from_rank_zero(self.stop)
         now = time.time()
         self.epoch_time, self.epoch_time_start = now - self.epoch_time_start, now
         if self.args.time:
@@ -592,7 +616,7 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         hours = (time.time() - self.train_time_start) / 3600
         LOGGER.info(f"\n{epoch - self.start_epoch + 1} epochs completed in {hours:.3f} hours.")
         self.final_eval()
-        if self.args.plots:
+        if self.args.plots and RANK in {-1, 0}:
             self.plot_metrics()
         self.run_callbacks("on_train_end")
         self._clear_memory()

@@ -79,16 +79,20 @@ class JointValidator:
         keys = [task_metric(k, t) for t, v in self.validators.items() for k in v.metrics.keys]
         self.metrics = SimpleNamespace(keys=keys)
 
-    def __call__(self, trainer: JointTrainer | None = None, model: str | Path | None = None) -> dict[str, float]:
-        """Validate the training EMA (`trainer`) or a checkpoint (`model`) on every task; fitness under ``fitness``."""
-        results, scores = {}, {}
+    def __call__(self, trainer: JointTrainer | None = None, model: str | Path | None = None) -> dict[str, float] | None:
+        """Validate the training EMA (`trainer`) or a checkpoint (`model`) on every task; fitness under ``fitness``
+        (None on DDP ranks other than 0, which validate their share of each task's images)."""
+        results, scores, has_metrics = {}, {}, True
         for task, validator in self.validators.items():
             if trainer is None:
                 validator.args.plots = self.args.plots
                 stats = validator(model=model)
             else:
                 stats = validator(trainer=training_view(trainer, self.parts[task]))
+            if stats is None:  # DDP: a rank other than 0 validated its share, rank 0 has the metrics
+                has_metrics = False
+                continue
             stats.pop("fitness", None)
             scores[task] = stats[PRIMARY_METRIC[task]]
             results.update({task_metric(k, task): v for k, v in stats.items()})
-        return {**results, "fitness": multitask_fitness(scores, self.baselines)}
+        return {**results, "fitness": multitask_fitness(scores, self.baselines)} if has_metrics else None
