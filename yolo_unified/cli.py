@@ -11,11 +11,13 @@ from ultralytics.cfg import smart_value
 from ultralytics.utils import LOGGER
 
 import yolo_unified
-from yolo_unified.data.prepare import prepare_hw2
+from yolo_unified.data.coco import convert_coco
+from yolo_unified.data.prepare import DET_NAMES, prepare_hw2
 from yolo_unified.models.unified.model import UnifiedYOLO
 from yolo_unified.workflows.base import check_keys, run_dir, split_cfg
 
 BENCHMARK_KEYS = {"model", "imgsz", "data", "runs", "warmup", "threads", "project", "name", "exist_ok"}
+DATA_KEYS = {"prepare": {"src", "dst", "yaml"}, "coco": {"src", "dst", "yaml", "names", "others"}}  # data ACTION keys
 MODES = ("train", "val", "predict", "export", "benchmark", "data")
 HELP = f"""yolo-unified {yolo_unified.__version__}: one YOLOv8n model, one head, three tasks (det, seg, cls).
 
@@ -37,6 +39,7 @@ Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml load
   yolo-unified val model=runs/unified/seq/weights/best.onnx data=datasets/hw2.yaml   # and *_openvino_model/, INT8
   yolo-unified benchmark model=runs/unified/seq/weights/best.pt imgsz=512 threads=2
   yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2
+  yolo-unified data coco src=../shared/data/mini_coco dst=datasets/mini_coco names=hw2   # or names=person,car
 
 MODE     one of {", ".join(MODES)}, or help, --version
 task     seg | det | cls (train only: one task; omitted: the protocol of cfg=, else cfg/seq.yaml, or
@@ -88,14 +91,36 @@ def parse_args(tokens: list[str]) -> dict[str, Any]:
     return {**from_file, **explicit}
 
 
-def prepare_data(tokens: list[str]) -> Path:
-    """``yolo-unified data prepare src=... dst=... [yaml=...]``: lay out the HW2 data (`prepare_hw2`)."""
-    if not tokens or tokens[0] != "prepare":
-        raise SyntaxError("usage: yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2 [yaml=...]")
-    args = parse_args(tokens[1:])
-    if unknown := set(args) - {"src", "dst", "yaml"}:
-        raise SyntaxError(f"unknown key(s) {sorted(unknown)} for 'data prepare'; valid keys: src, dst, yaml")
-    return prepare_hw2(args.get("src", "../shared/data/hw2"), args.get("dst", "datasets/hw2"), args.get("yaml"))
+def coco_names(value: Any) -> list[str] | None:
+    """The classes of ``data coco names=``: None (all categories), ``hw2`` (the ten HW2 detection classes), a list,
+    or comma-separated names (``names="person,dining table"``)."""
+    if value is None or isinstance(value, list):
+        return value
+    if value == "hw2":
+        return list(DET_NAMES)
+    return [name.strip() for name in str(value).strip("[]").split(",") if name.strip()]
+
+
+def prepare_data(tokens: list[str]) -> dict:
+    """``yolo-unified data prepare|coco key=value ...``: lay out the HW2 data (`prepare_hw2`) or convert COCO
+    instance annotations into images shared by det and seg (`convert_coco`); returns the summary."""
+    if not tokens or tokens[0] not in DATA_KEYS:
+        raise SyntaxError(
+            "usage: yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2 [yaml=...]\n"
+            "       yolo-unified data coco src=... dst=... [names=person,car,...|hw2] [yaml=...] "
+            "[others=background|ignore]"
+        )
+    action, args = tokens[0], parse_args(tokens[1:])
+    if unknown := set(args) - DATA_KEYS[action]:
+        raise SyntaxError(
+            f"unknown key(s) {sorted(unknown)} for 'data {action}'; valid keys: {sorted(DATA_KEYS[action])}"
+        )
+    if action == "prepare":
+        return prepare_hw2(args.get("src", "../shared/data/hw2"), args.get("dst", "datasets/hw2"), args.get("yaml"))
+    if missing := [key for key in ("src", "dst") if not args.get(key)]:
+        raise SyntaxError(f"'data coco' needs {' and '.join(f'{key}=' for key in missing)}")
+    names = coco_names(args.get("names"))
+    return convert_coco(args["src"], args["dst"], names, args.get("yaml"), args.get("others", "background"))
 
 
 def mode_args(mode: str, tokens: list[str]) -> dict[str, Any]:

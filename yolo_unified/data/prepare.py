@@ -11,6 +11,7 @@ import io
 import json
 import shutil
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,27 +48,46 @@ YAML_HEADER = """\
 # names      class id -> readable name
 # any other top-level key records where the dataset came from; training does not read it
 """
+SHARED_LAYOUT = {"det": {}, "seg": {"masks_dir": "masks"}}  # task -> its section without names, on shared images
+SHARED_YAML_HEADER = """\
+# yolo-unified multi-task dataset whose tasks share their images (one image folder per split, labels per task).
+# path       dataset root; a relative path resolves against this YAML file's folder
+# train, val image folder of each split (images/<split>), relative to path; read by every task section below
+# det        object detection section (Ultralytics 'detect' task); YOLO txt labels 'cls cx cy w h' (0-1) are in
+#            labels/<split>/<stem>.txt, mirroring images/<split>/; an empty file is an image without objects
+# seg        semantic segmentation section (Ultralytics 'semantic' task)
+# masks_dir  masks mirror images/: masks/<split>/<stem>.png, 8-bit class ids, 0 = background, 255 = ignore
+# names      class id -> readable name
+# any other top-level key records where the dataset came from; training does not read it
+"""
 
 
 def write_data_yaml(
-    yaml_path: str | Path, root: str | Path, names: dict[str, list[str]], extra: dict | None = None
+    yaml_path: str | Path,
+    root: str | Path,
+    names: dict[str, list[str]],
+    extra: dict | None = None,
+    shared_splits: Iterable[str] = (),
 ) -> Path:
     """Write the multi-task data YAML for the dataset at `root`, with one section per task in `names`.
 
     `path` is written relative to the YAML's folder when `root` is inside it, else absolute. `extra` adds top-level
-    keys after the task sections (provenance). Returns the YAML path.
+    keys after the task sections (provenance). With `shared_splits`, the tasks share one image folder per split
+    (top-level ``<split>: images/<split>``) and their sections hold no splits (`SHARED_LAYOUT`). Returns the YAML path.
     """
-    yaml_path, root = Path(yaml_path), Path(root).resolve()
-    unknown = set(names) - set(LAYOUT)
+    yaml_path, root, shared_splits = Path(yaml_path), Path(root).resolve(), list(shared_splits)
+    layout, header = (SHARED_LAYOUT, SHARED_YAML_HEADER) if shared_splits else (LAYOUT, YAML_HEADER)
+    unknown = set(names) - set(layout)
     if unknown:
-        raise ValueError(f"unknown task(s) {sorted(unknown)} in names; valid tasks are {list(LAYOUT)}")
+        raise ValueError(f"unknown task(s) {sorted(unknown)} in names; valid tasks are {list(layout)}")
     folder = yaml_path.parent.resolve()
     data: dict[str, Any] = {"path": root.relative_to(folder).as_posix() if root.is_relative_to(folder) else str(root)}
-    for task, section in LAYOUT.items():
+    data.update({split: f"images/{split}" for split in shared_splits})
+    for task, section in layout.items():
         if task in names:
             data[task] = {**section, "names": dict(enumerate(names[task]))}
     data.update(extra or {})
-    YAML.save(yaml_path, data, header=YAML_HEADER)
+    YAML.save(yaml_path, data, header=header)
     return yaml_path
 
 
