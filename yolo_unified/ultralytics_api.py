@@ -63,10 +63,11 @@ OVERRIDES: tuple[Override, ...] = (
     Override(TRAINER, "get_validator", MIXIN, "the task's unified validator"),
     # the joint trainer (models/unified/joint/train.py): its own loop, each task's pipeline through its TaskPart
     Override(TRAINER, "_do_train", JOINT, "the joint loop: every task's batches, losses, balancing, step", "self"),
+    Override(TRAINER, "_setup_train", JOINT, "DDP: no wrapper, rank 0's weights; the step averages gradients", "self"),
     Override(TRAINER, "get_dataset", JOINT, "one TaskPart per task of the data YAML"),
     Override(TRAINER, "get_model", JOINT, "a unified checkpoint's heads must fit the data's class counts"),
     Override(TRAINER, "build_optimizer", JOINT, "a group for the balancer's learnable weights"),
-    Override(TRAINER, "get_dataloader", JOINT, "every task's own loader, as one JointLoader"),
+    Override(TRAINER, "get_dataloader", JOINT, "every task's own loader (shared images: one), as one JointLoader"),
     Override(TRAINER, "preprocess_batch", JOINT, "each task's batches through its own preprocessing"),
     Override(TRAINER, "save_model", JOINT, "last.pt also holds the balancer's state"),
     Override(TRAINER, "resume_training", JOINT, "the balancer's state and diagnostics.csv rows"),
@@ -75,7 +76,7 @@ OVERRIDES: tuple[Override, ...] = (
     Override(TRAINER, "progress_string", JOINT, "each task's loss items in the progress bar"),
     Override(TRAINER, "plot_training_samples", JOINT, "each task's batch plotted by its own trainer"),
     Override(TRAINER, "plot_training_labels", JOINT, "each task's labels plotted by its own trainer"),
-    Override(TRAINER, "_close_dataloader_mosaic", JOINT, "close mosaic in every task's loader", "self"),
+    Override(TRAINER, "_close_dataloader_mosaic", JOINT, "close mosaic in every training stream's loader", "self"),
     # private Ultralytics methods the joint loop calls as Ultralytics' own loop does
     Override(TRAINER, "_setup_train", f"{JOINT}._do_train", "model, loaders, optimizer, EMA as for any run", "self"),
     Override(TRAINER, "_get_warmup_iterations", f"{JOINT}._do_train", "the warmup length", "self, num_batches"),

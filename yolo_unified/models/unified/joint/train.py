@@ -224,7 +224,8 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
     """Train every task of the multi-task data YAML in one run (``joint=True``; cfg/joint.yaml).
 
     Each task keeps its own Ultralytics dataset, loader, augmentation, preprocessing, loss and validator, held by
-    one `TaskPart` per task. Each optimizer step holds batches of the tasks (``task_sampling``; an epoch is as many
+    one `TaskPart` per task; tasks labelled on shared images train as one stream (`SharedPart`: each image once,
+    each task's loss on the images that have its label). Each optimizer step holds batches of the tasks (``task_sampling``; an epoch is as many
     steps as the largest training set has batches); every task's loss comes from its own images only; the
     ``balance`` method (yolo_unified.balancing, settings in ``balance_args``) combines the losses (loss-level
     methods) or the task gradients on the shared backbone, neck and tower (gradient-level methods). Progress bar,
@@ -239,6 +240,7 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
     strategies' loss terms (`task_losses`) and has the balancer combine them: a loss-level method returns the total,
     backpropagated there, a gradient-level method fills the gradients itself; the optimizer steps every
     ``accumulate`` steps (the strategies' gradient hooks first, then the EMA update). Nothing is attached to the model.
+    On several processes (torchrun) the gradients are averaged over the ranks after each step (`_sync_gradients`).
     """
 
     task_key = "joint"
