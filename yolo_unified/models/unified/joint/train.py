@@ -225,8 +225,9 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
 
     Each task keeps its own Ultralytics dataset, loader, augmentation, preprocessing, loss and validator, held by
     one `TaskPart` per task; tasks labelled on shared images train as one stream (`SharedPart`: each image once,
-    each task's loss on the images that have its label). Each optimizer step holds batches of the tasks (``task_sampling``; an epoch is as many
-    steps as the largest training set has batches); every task's loss comes from its own images only; the
+    each task's loss on the images that have its label). Each optimizer step holds batches of the tasks
+    (``task_sampling``; an epoch is as many steps as the largest training set has batches); every task's loss comes
+    from its own images only; the
     ``balance`` method (yolo_unified.balancing, settings in ``balance_args``) combines the losses (loss-level
     methods) or the task gradients on the shared backbone, neck and tower (gradient-level methods). Progress bar,
     EMA, checkpoints (the same unified model), results.csv, resume and the strategies are the unified trainers';
