@@ -15,6 +15,7 @@ from benchmarks.common import GITIGNORE, REPO, RESULTS, repo_path, repo_relative
 from benchmarks.hw2 import ABLATIONS, ablation_cfg, main, summary_markdown
 from benchmarks.joint import joint_runs
 from yolo_unified.data.config import load_data_config, task_names
+from yolo_unified.models.unified.model import UnifiedYOLO
 from yolo_unified.nn import UnifiedModel
 from yolo_unified.nn.tasks import CFG_DIR
 
@@ -78,9 +79,27 @@ def test_committed_results_are_what_their_gitignore_keeps():
     assert ignored_files(REPO, [f for f in files if (REPO / f).is_file()]) == []
 
 
+def timed_once(monkeypatch) -> list[dict]:
+    """`yolo-unified benchmark` replaced by a stand-in that records its calls (tests/test_speed.py runs the real one):
+    the speed section's reuse and table, without the timing."""
+    calls = []
+
+    def stand_in(model: UnifiedYOLO, **settings) -> dict:
+        calls.append(settings)
+        save_dir = Path(settings["project"]) / settings["name"]
+        save_dir.mkdir(parents=True, exist_ok=True)
+        (save_dir / "benchmark.md").write_text("| model | runtime |\n|---|---|\n| unified model | PyTorch eager |\n")
+        rows = [{"name": "unified model", "runtime": "PyTorch eager", "params": 1_350_000}]
+        return {"rows": rows, "checks": {}, "machine": {"model": str(model.ckpt_path)}, "save_dir": str(save_dir)}
+
+    monkeypatch.setattr(UnifiedYOLO, "benchmark", stand_in)
+    return calls
+
+
 def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path, monkeypatch):
     kept = {"finetune", "replay"}  # two of the ablations: each is the same protocol run with other keys
     monkeypatch.setattr(hw2, "ABLATIONS", [a for a in ABLATIONS if a[0] in kept])
+    speed_calls = timed_once(monkeypatch)
     out = tmp_path / "quick"
     results = main([f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}"])
     expected = {"baselines", "default_seed0", *kept}
@@ -108,8 +127,9 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path, monkeypatch):
     sections = ["separate=True", "runtimes=True", "deployed=True", "joint=True", "joint_methods=fixed,pcgrad"]
     again = main([*argv, *sections, "joint_seeds=1"])
     assert set(again["runs"]) == {"default_seed0", "baselines"}  # the second regime's shorter run
-    assert again["speed"] == results["speed"]  # the same final model: timed once
+    assert again["speed"] == results["speed"] and len(speed_calls) == 1  # the same final model: timed once
     short = (out / "summary.md").read_text()
+    assert speed_calls[0]["imgsz"] == 64 and "| unified model | PyTorch eager |" in short  # the speed table
     assert "## Final scores" in short and "## Ablations" not in short
     separate = again["separate"]  # the three Ultralytics models, each scored by its own validator
     assert [r["model"] for r in separate.values()] == ["yolov8n-sem.yaml", "yolov8n.yaml", "yolov8n-cls.yaml"]
