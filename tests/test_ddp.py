@@ -1,4 +1,5 @@
-"""Two-process DDP on the CPU (gloo), started by torchrun: a tiny protocol with EWC, replay and forget_stop."""
+"""Two-process DDP on the CPU (gloo), started by torchrun: a tiny protocol with a joint stage (UPGrad), then EWC,
+replay and forget_stop."""
 
 import os
 import re
@@ -15,6 +16,7 @@ from yolo_unified.common import MEMORY_FILE
 from yolo_unified.ddp import digest
 
 STAGES = [
+    {"tasks": ["det", "cls"], "epochs": 1, "balance": "upgrad"},  # joint: gradients averaged over the ranks
     {"task": "seg", "epochs": 2, "replay": {"size": 2}, "ewc": {"samples": 4}},
     {"task": "det", "epochs": 2, "ewc": {"lam": 1.0, "samples": 4}, "replay": {"size": 2, "ratio": 0.5},
      "forget_stop": {"every": 1}},
@@ -44,8 +46,9 @@ def test_two_process_cpu_protocol(synth_yaml, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "ddp.yaml"]  # one run folder: rank 0's
     root = tmp_path / "ddp"
     state = yaml.safe_load((root / "protocol.json").read_text())
-    assert [s["task"] for s in state["stages"]] == ["seg", "det"] and (root / "forgetting.md").is_file()
-    memory = torch.load(root / "1-seg" / "weights" / MEMORY_FILE, weights_only=False)
+    assert [s["task"] for s in state["stages"]] == ["det+cls", "seg", "det"] and (root / "forgetting.md").is_file()
+    assert (root / "1-det+cls/diagnostics.csv").read_text().count("\n") == 2  # header and the one epoch, written once
+    memory = torch.load(root / "2-seg" / "weights" / MEMORY_FILE, weights_only=False)
     assert set(memory) >= {"ewc", "replay"} and len(memory["replay"]["seg"]) == 2
     final = torch.load(root / "weights" / MEMORY_FILE, weights_only=False)
     assert len(final["replay"]["det"]) == 2 and digest(final["replay"]["seg"]) == digest(memory["replay"]["seg"])
