@@ -214,11 +214,12 @@ def test_joint_run_on_shared_images_plus_a_classification_set(shared_yaml, tmp_p
     """det and seg train as one stream (each image once), cls as its own; each task validates on its own labelled
     images."""
     args = {"epochs": 1, "imgsz": SIZE, "batch": 4, "nbs": 4, "workers": 0, "plots": False, "warmup_epochs": 0}
+    args["task_share"] = {"det": 0.5}  # as cfg/joint.yaml has it: the shared stream takes the larger share
     trainer = JointTrainer(overrides={"data": shared_yaml, "joint": True, "save_dir": str(tmp_path / "j"), **args})
     seen = []
     trainer.add_callback("on_train_batch_start", lambda t: seen.append(t))
     trainer.train()
-    assert list(trainer.streams) == ["seg+det", "cls"]
+    assert list(trainer.streams) == ["seg+det", "cls"] and trainer.shares == {"seg+det": 1.0, "cls": 1.0}
     assert len(trainer.train_loader.loaders["seg+det"].dataset) == 12  # every labelled image once
     assert len(trainer.parts["det"].test_loader.dataset) == len(trainer.parts["seg"].test_loader.dataset) == 4
     with open(tmp_path / "j/results.csv") as f:

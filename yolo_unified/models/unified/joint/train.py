@@ -334,16 +334,20 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         return get_cfg(dict(vars(self.args)), {**own, "task": ULTRALYTICS_TASK[task]})
 
     def task_shares(self) -> dict[str, float]:
-        """Each training stream's share of the steps (``task_share`` of its task or tasks; a task left out: 1;
-        check_sampling checks the values); the share of a task the run does not train (``tasks=seg,det`` with
-        cfg/joint.yaml) is ignored. Tasks on shared images are one stream: different shares for them are an error."""
+        """Each training stream's share of the steps (``task_share`` of its task; a task left out: 1; check_sampling
+        checks the values); the share of a task the run does not train (``tasks=seg,det`` with cfg/joint.yaml) is
+        ignored. Tasks on shared images are one stream: it takes the largest of their shares (one info line when
+        they differ, e.g. cfg/joint.yaml's ``det: 0.5`` on detection and segmentation sharing their images)."""
         given = trained_tasks_only("task_share", self.args.task_share, self.tasks)
         shares = {}
         for name in self.streams:
-            values = {given.get(t, 1.0) for t in name.split("+")}
-            if len(values) > 1:
-                raise ValueError(f"task_share={given}: {name} share their images, so they share the steps alike")
-            shares[name] = values.pop()
+            values = {t: given.get(t, 1.0) for t in name.split("+")}
+            shares[name] = max(values.values())
+            if len(set(values.values())) > 1:
+                LOGGER.info(
+                    f"{colorstr('joint:')} task_share {values}: {name} share their images, so one share for them: "
+                    f"{shares[name]:g}"
+                )
         return shares
 
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True):
