@@ -1,0 +1,138 @@
+"""Peak memory and time of a joint training step, per balancing method.
+
+    python -m benchmarks.joint_memory                                   # every method, imgsz 320, batch 16, all cores
+    python -m benchmarks.joint_memory methods=fixed,upgrad imgsz=64 batch=4 steps=2 out=/tmp/mem
+
+Each method runs in a fresh process (its peak is its own): the unified model with HW2's class counts, one random
+batch per task of ``batch`` images at ``imgsz`` (four boxes per detection image, random masks and classes), and
+``steps`` joint steps: the task losses (`task_losses`), the balancer's combination and the backward pass, as the
+joint trainer runs them. Reported: the process's peak resident memory (VmHWM), the memory the steps added over the
+model and batches, and the median step time. Writes ``results.json`` and ``summary.md`` into ``out``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ultralytics.utils import LOGGER, TQDM
+
+from benchmarks.common import (
+    benchmark_args,
+    git_commit,
+    machine_info,
+    machine_text,
+    markdown,
+    recorded_command,
+    write_outputs,
+)
+from yolo_unified.balancing import BALANCERS, build_balancer
+from yolo_unified.common import SHARED_MODULES, module_of
+from yolo_unified.data.prepare import DET_NAMES, SEG_NAMES
+from yolo_unified.models.unified.joint import task_losses
+from yolo_unified.nn import UnifiedModel
+from yolo_unified.speed import reset_peak_rss, rss_mb
+
+KEYS = {"methods", "imgsz", "batch", "steps", "threads", "out"}
+CLS_CLASSES = 10  # Imagenette
+TASKS = ["seg", "det", "cls"]
+
+
+def random_batches(imgsz: int, batch: int, seed: int = 0) -> dict[str, list[dict]]:
+    """One random batch per task, in Ultralytics' batch formats (four boxes per detection image)."""
+    g = torch.Generator().manual_seed(seed)
+    boxes = torch.rand(batch * 4, 4, generator=g) * 0.4 + torch.tensor([0.3, 0.3, 0.1, 0.1])
+    return {
+        "seg": [{"img": torch.rand(batch, 3, imgsz, imgsz, generator=g),
+                 "semantic_mask": torch.randint(0, len(SEG_NAMES), (batch, imgsz, imgsz), generator=g)}],
+        "det": [{"img": torch.rand(batch, 3, imgsz, imgsz, generator=g), "bboxes": boxes,
+                 "cls": torch.randint(0, len(DET_NAMES), (batch * 4, 1), generator=g).float(),
+                 "batch_idx": torch.arange(batch).repeat_interleave(4).float()}],
+        "cls": [{"img": torch.rand(batch, 3, imgsz, imgsz, generator=g),
+                 "cls": torch.randint(0, CLS_CLASSES, (batch,), generator=g)}],
+    }  # fmt: skip
+
+
+def measure(method: str, imgsz: int, batch: int, steps: int, threads: int = 1) -> dict[str, Any]:
+    """Peak memory (MB) and median step time (s) of `steps` joint steps of `method` on `threads` CPU threads, in this
+    process."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    names = {"seg": dict(enumerate(SEG_NAMES)), "det": dict(enumerate(DET_NAMES)), "cls": dict(enumerate(range(10)))}
+    model = UnifiedModel(task_names=names, verbose=False).train()
+    shared = [p for n, p in model.named_parameters() if module_of(n) in SHARED_MODULES]
+    balancer = build_balancer(method, TASKS)
+    batches = random_batches(imgsz, batch)
+    base = reset_peak_rss()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        losses, _ = task_losses(model, batches, TASKS)
+        total, _ = balancer.combine(losses, shared)
+        if total is not None:
+            total.backward()
+        model.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    peak = rss_mb("VmHWM")
+    return {"peak_mb": peak, "added_mb": None if base is None else peak - base, "step_s": float(np.median(times))}
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """The table of every method, with the command and machine."""
+    s = results["settings"]
+    rows = [
+        f"| {m} | {r['kind']} | {r['peak_mb']:.0f} | {r['added_mb']:.0f} | {r['step_s']:.2f} |"
+        for m, r in results["methods"].items()
+    ]
+    return markdown(
+        [
+            ["# Peak memory of a joint step, per balancing method"],
+            [
+                f"- command: `{results['command']}`",
+                f"- commit {results['commit']}; {machine_text(results['machine'])}",
+                f"- one random batch per task of {s['batch']} images at {s['imgsz']} px, {s['steps']} steps on "
+                f"{s['threads']} threads, each method in a fresh process; peak: the process's peak resident "
+                "memory; added: over the model and batches; step: median time of a step (losses, combination, "
+                "backward)",
+            ],
+            ["| method | kind | peak (MB) | added by the steps (MB) | step (s) |", "|---|---|---:|---:|---:|", *rows],
+        ]
+    )
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """Measure every method of ``methods`` (default: all) and write the results."""
+    args = benchmark_args(argv, KEYS, "benchmarks.joint_memory")
+    methods = args.get("methods") or list(BALANCERS)
+    methods = methods.split(",") if isinstance(methods, str) else list(methods)
+    if unknown := [m for m in methods if m not in BALANCERS]:
+        raise ValueError(f"methods: unknown {unknown}; the balancing methods are {', '.join(BALANCERS)}")
+    imgsz, batch, steps = int(args.get("imgsz", 320)), int(args.get("batch", 16)), int(args.get("steps", 2))
+    threads = int(args.get("threads", os.cpu_count() or 1))
+    out = Path(args.get("out", "benchmarks/results/joint-memory")).resolve()
+    measured = {}
+    for method in TQDM(methods, desc="joint step memory"):
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:  # a fresh process: its own peak
+            step = pool.submit(measure, method, imgsz, batch, steps, threads).result()
+        measured[method] = {"kind": BALANCERS[method].kind, **step}
+        LOGGER.info(f"{method}: {measured[method]}")
+    results = {
+        "command": recorded_command(argv, "benchmarks.joint_memory"),
+        "commit": git_commit(),
+        "machine": machine_info(),
+        "settings": {"imgsz": imgsz, "batch": batch, "steps": steps, "threads": threads},
+        "methods": measured,
+    }
+    write_outputs(out, results, summary_markdown(results), "benchmarks.joint_memory")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
