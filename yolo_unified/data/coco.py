@@ -30,7 +30,7 @@ from pycocotools import mask as mask_utils
 from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.utils import LOGGER, TQDM
 
-from yolo_unified.data.prepare import IGNORE, write_data_yaml
+from yolo_unified.data.prepare import IGNORE, write_data_yaml, yolo_box
 
 JSON_NAME = "labels.json"
 SPLIT_NAMES = ("train", "val", "test")
@@ -270,15 +270,6 @@ def _new_stats(names: list[str]) -> dict[str, Any]:
     }
 
 
-def _yolo_box(bbox: list[float], width: int, height: int) -> tuple[float, float, float, float] | None:
-    """A COCO ``[x, y, w, h]`` pixel box clipped to the image, as normalised ``(cx, cy, w, h)``; None if no area."""
-    x, y, w, h = bbox
-    x1, y1, x2, y2 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
-    if x2 <= x1 or y2 <= y1:
-        return None
-    return (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height
-
-
 def _rle(instance: _Instance, width: int, height: int, file: Path) -> tuple[dict, int]:
     """The instance's mask as one pycocotools RLE, and how many of its polygons have points outside the image (the
     rasteriser keeps their part inside it); `file` is its JSON, named in errors."""
@@ -323,7 +314,7 @@ def _convert_image(
             value = IGNORE
         else:
             value = cls + 1
-            if box := _yolo_box(instance.bbox, width, height):
+            if box := yolo_box(instance.bbox, width, height):
                 lines.append(f"{cls} " + " ".join(f"{v:.6f}" for v in box) + "\n")
                 stats["boxes"][names[cls]] += 1
             else:

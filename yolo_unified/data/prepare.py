@@ -129,11 +129,14 @@ def _require(path: Path) -> Path:
     return path
 
 
-def _yolo_box(bbox: list[float], width: int, height: int) -> tuple[float, float, float, float] | None:
-    """A COCO ``[x, y, w, h]`` pixel box clipped to the image as normalised ``(cx, cy, w, h)``; None if <= 1 px."""
+def yolo_box(
+    bbox: list[float], width: int, height: int, min_side: float = 0.0
+) -> tuple[float, float, float, float] | None:
+    """A COCO ``[x, y, w, h]`` pixel box clipped to the image as normalised ``(cx, cy, w, h)``; None when a clipped
+    side is ``min_side`` px or less (0: no area left)."""
     x, y, w, h = bbox
     x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
-    if x2 - x1 <= 1 or y2 - y1 <= 1:
+    if x2 - x1 <= min_side or y2 - y1 <= min_side:
         return None
     return (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height
 
@@ -175,7 +178,7 @@ def _scan_det(raw: Path, out: Path, scan: _Scan) -> tuple[dict, dict]:
             lines = []
             for a in anns[im["id"]]:
                 c = cls_of.get(a["category_id"])
-                box = None if c is None or a.get("iscrowd") else _yolo_box(a["bbox"], w, h)
+                box = None if c is None or a.get("iscrowd") else yolo_box(a["bbox"], w, h, min_side=1)
                 if box is None:
                     drop["other class" if c is None else "iscrowd" if a.get("iscrowd") else "degenerate"] += 1
                     continue

@@ -9,7 +9,6 @@ images that have its label.
 
 from __future__ import annotations
 
-import os
 import random
 from typing import Any
 
@@ -18,9 +17,9 @@ import numpy as np
 import torch
 from ultralytics.data.augment import BaseMixTransform, Compose, Format, Mosaic
 from ultralytics.data.dataset import YOLODataset
-from ultralytics.data.utils import img2label_paths
 from ultralytics.utils.patches import imread
 
+from yolo_unified.data.config import label_file
 from yolo_unified.nn.loss import IGNORE
 
 SHARED_TASKS = ("seg", "det")  # tasks whose labels can sit on shared images (classification reads class folders)
@@ -100,9 +99,9 @@ class SharedDataset(YOLODataset):
         """Read the images and boxes as Ultralytics does, then which label files each image has."""
         super().__init__(*args, data=data, **kwargs)
         tasks = data["tasks"]
-        masks = img2label_paths(self.im_files, label_dir=data.get("masks_dir", "masks"), suffix=".png")
-        self.mask_files = [m if "seg" in tasks and os.path.isfile(m) else None for m in masks]
-        has = {"det": [os.path.isfile(f) for f in img2label_paths(self.im_files)], "seg": self.mask_files}
+        masks = [label_file(f, "seg", data) for f in self.im_files]
+        self.mask_files = [str(m) if "seg" in tasks and m.is_file() else None for m in masks]
+        has = {"det": [label_file(f, "det", data).is_file() for f in self.im_files], "seg": self.mask_files}
         self.sample_tasks = [tuple(t for t in SHARED_TASKS if t in tasks and has[t][i]) for i in range(len(self))]
         self.by_tasks: dict[tuple[str, ...], list[int]] = {}
         for i, label_set in enumerate(self.sample_tasks):
