@@ -35,8 +35,8 @@ def joint_recipe(pretrained: bool) -> Path:
     return CFG_DIR / ("joint-pretrained.yaml" if pretrained else "joint.yaml")
 
 
-def run_joint(root: Path, cfg: dict[str, Any]) -> tuple[Path, float | None]:
-    """Train (or resume, or skip when finished) the joint run `cfg` in `root`.
+def train_or_resume(root: Path, cfg: dict[str, Any]) -> tuple[Path, float | None]:
+    """Train (or resume, or skip when finished) the run `cfg` in `root`: a joint run, or one task with ``task=``.
 
     Returns its best (else last) weights and the peak resident memory (MB) of the training call that finished it,
     kept in ``<root>/peak_memory.json`` so that a later invocation which skips the run still reports it.
@@ -47,7 +47,7 @@ def run_joint(root: Path, cfg: dict[str, Any]) -> tuple[Path, float | None]:
     else:
         start = reset_peak_rss()
         if last.is_file():
-            train(resume=str(last))
+            train(task=cfg.get("task"), resume=str(last), data=cfg["data"])
         else:
             train(**cfg, project=str(root.parent), name=root.name, exist_ok=True)
         memory.write_text(json.dumps({"peak_rss_mb": rss_mb("VmHWM") if start is not None else None}))
@@ -98,7 +98,7 @@ def joint_runs(
             cfg["balance_args"] = None
         if all(baselines.values()):  # best.pt by the mean retention (a zero baseline leaves the plain mean)
             cfg["baselines"] = str(out / "baselines")
-        weights, peak = run_joint(out / name, cfg)
+        weights, peak = train_or_resume(out / name, cfg)
         sizes = {t: ((cfg.get("task_args") or {}).get(t) or {}).get("imgsz", cfg["imgsz"]) for t in TASKS}
         final = {
             t: bootstrapped(str(weights), settings["data"], t, sizes[t], names, n_boot, out / name / "bootstrap" / t)
@@ -120,20 +120,27 @@ def joint_runs(
 
 @plt_settings()
 def plot_joint(file: Path, runs: dict[str, dict], references: dict[str, dict[str, float]]) -> None:
-    """Each joint run's three scores (bars with their 95% intervals) against reference rows (dashed lines)."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 0.4 * len(runs) + 2.5), tight_layout=True)
+    """Each run's scores (bars with their 95% intervals; a run without a task's score has no bar on its axis) against
+    reference rows (dashed lines)."""
+    tasks = [t for t in TASKS if any(t in r["final"] for r in runs.values())]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 0.4 * len(runs) + 2.5), tight_layout=True)
     labels = list(runs)
-    for ax, task in zip(axes, TASKS, strict=True):
-        values = [runs[n]["final"][task]["value"] for n in labels]
-        lo = [v - runs[n]["final"][task]["ci95"][0] for v, n in zip(values, labels, strict=True)]
-        hi = [runs[n]["final"][task]["ci95"][1] - v for v, n in zip(values, labels, strict=True)]
+    none = {"value": float("nan"), "ci95": [float("nan")] * 2}
+    for ax, task in zip(np.atleast_1d(axes), tasks, strict=True):
+        scores = [runs[n]["final"].get(task, none) for n in labels]
+        values = [s["value"] for s in scores]
+        lo = [v - s["ci95"][0] for v, s in zip(values, scores, strict=True)]
+        hi = [s["ci95"][1] - v for v, s in zip(values, scores, strict=True)]
         ax.barh(range(len(labels)), values, xerr=[lo, hi], color="tab:blue", alpha=0.7)
         for (ref, scores), style in zip(references.items(), ("--", ":", "-."), strict=False):
             if task in scores:
                 ax.axvline(scores[task], linestyle=style, color="k", label=ref)
         ax.set(
-            yticks=range(len(labels)), yticklabels=labels if task == "seg" else [], title=f"{task} {METRIC_NAME[task]}"
+            yticks=range(len(labels)),
+            yticklabels=labels if task == tasks[0] else [],
+            title=f"{task} {METRIC_NAME[task]}",
         )
-        ax.legend(fontsize=7)
+        if references:
+            ax.legend(fontsize=7)
     fig.savefig(file, dpi=150)
     plt.close(fig)

@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
+from ultralytics.cfg import ROOT as ULTRALYTICS_ROOT
+from ultralytics.utils import YAML
 
 from yolo_unified.cli import coco_names, run
 from yolo_unified.data.coco import convert_coco
 from yolo_unified.data.config import labelled_images, load_data_config
-from yolo_unified.data.prepare import DET_NAMES
+from yolo_unified.data.prepare import DET_NAMES, SEG_NAMES
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools, numpy 2
 MINI_COCO = (Path(__file__).resolve().parents[1] / "../shared/data/mini_coco").resolve()
+ULTRALYTICS_CFG = ULTRALYTICS_ROOT / "cfg"
 W, H = 12, 10  # the hand-made images' size
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"}]
 SQUARE = [2, 2, 6, 2, 6, 6, 2, 6]  # pycocotools fills rows 2-5, columns 2-5: 16 pixels
@@ -143,6 +146,24 @@ def test_chosen_classes_by_name_and_the_others(tmp_path, others, value):
     assert data["tasks"]["seg"]["shared"] and data["tasks"]["det"]["shared"]
 
 
+def test_a_category_under_another_name(tmp_path):
+    anns = [annotation(1, 1, [WHOLE], bbox=(0, 0, W, H)), annotation(2, 18, [SQUARE], bbox=(2, 2, 4, 4))]
+    dst = tmp_path / "out"
+    summary = convert_coco(make_source(tmp_path / "src", anns), dst, names=["hound:dog", "person"])
+    expected = np.full((H, W), 2, np.uint8)
+    expected[2:6, 2:6] = 1
+    assert np.array_equal(read_mask(dst), expected)
+    assert [line.split()[0] for line in read_labels(dst)] == ["1", "0"]
+    assert summary["names"] == ["hound", "person"] and summary["categories"] == {"hound": "dog"}
+    assert summary["splits"]["train"]["boxes"] == {"hound": 1, "person": 1}
+    data = load_data_config(summary["yaml"])
+    assert data["tasks"]["seg"]["names"] == {0: "background", 1: "hound", 2: "person"}
+    with pytest.raises(ValueError, match=r"repeats category \['dog'\]"):
+        convert_coco(tmp_path / "src", tmp_path / "again", names=["hound:dog", "dog"])
+    with pytest.raises(ValueError, match="no category named 'hund'"):
+        convert_coco(tmp_path / "src", tmp_path / "again", names=["dog:hund"])
+
+
 def test_points_and_boxes_outside_the_image_are_clipped(tmp_path):
     anns = [
         annotation(1, 1, [[-3, 1, 4, 1, 4, 5, -3, 5]], bbox=(-3, 1, 7, 4)),
@@ -248,6 +269,10 @@ def test_missing_images_and_a_failure_while_writing_leave_nothing(tmp_path):
 def test_command_line(tmp_path):
     assert coco_names("hw2") == list(DET_NAMES) and coco_names(None) is None
     assert coco_names("person, dining table") == ["person", "dining table"]
+    voc = coco_names("voc")  # every VOC class is a COCO category, six of them under another name
+    coco = set(YAML.load(ULTRALYTICS_CFG / "datasets/coco.yaml")["names"].values())
+    assert [n.partition(":")[0] for n in voc] == list(SEG_NAMES[1:]) and "aeroplane:airplane" in voc
+    assert {n.partition(":")[2] or n for n in voc} <= coco
     src = make_source(tmp_path / "src", [annotation(1, 3, [SQUARE])])
     summary = run(["data", "coco", f"src={src}", f"dst={tmp_path / 'out'}", "names=car,dog", "others=ignore"])
     assert summary["names"] == ["car", "dog"] and summary["others"] == "ignore"

@@ -12,7 +12,7 @@ from ultralytics.utils import LOGGER
 
 import yolo_unified
 from yolo_unified.data.coco import convert_coco
-from yolo_unified.data.prepare import DET_NAMES, prepare_hw2
+from yolo_unified.data.prepare import DET_NAMES, SEG_NAMES, VOC_IN_COCO, prepare_hw2
 from yolo_unified.models.unified.model import UnifiedYOLO
 from yolo_unified.workflows.base import check_keys, run_dir, split_cfg
 
@@ -39,7 +39,7 @@ Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml load
   yolo-unified val model=runs/unified/seq/weights/best.onnx data=datasets/hw2.yaml   # and *_openvino_model/, INT8
   yolo-unified benchmark model=runs/unified/seq/weights/best.pt imgsz=512 threads=2
   yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2
-  yolo-unified data coco src=../shared/data/mini_coco dst=datasets/mini_coco names=hw2   # or names=person,car
+  yolo-unified data coco src=../shared/data/mini_coco dst=datasets/mini_coco names=hw2   # or voc, or person,car
 
 MODE     one of {", ".join(MODES)}, or help, --version
 task     seg | det | cls (train only: one task; omitted: the protocol of cfg=, else cfg/seq.yaml, or
@@ -92,12 +92,15 @@ def parse_args(tokens: list[str]) -> dict[str, Any]:
 
 
 def coco_names(value: Any) -> list[str] | None:
-    """The classes of ``data coco names=``: None (all categories), ``hw2`` (the ten HW2 detection classes), a list,
-    or comma-separated names (``names="person,dining table"``)."""
+    """The classes of ``data coco names=``: None (all categories), ``hw2`` (the ten HW2 detection classes), ``voc``
+    (the twenty VOC classes of HW2 segmentation, by their VOC names), a list, or comma-separated names
+    (``names="person,dining table"``; ``"aeroplane:airplane"`` names the category airplane aeroplane)."""
     if value is None or isinstance(value, list):
         return value
     if value == "hw2":
         return list(DET_NAMES)
+    if value == "voc":
+        return [f"{name}:{VOC_IN_COCO[name]}" if name in VOC_IN_COCO else name for name in SEG_NAMES[1:]]
     return [name.strip() for name in str(value).strip("[]").split(",") if name.strip()]
 
 
@@ -107,7 +110,7 @@ def prepare_data(tokens: list[str]) -> dict:
     if not tokens or tokens[0] not in DATA_KEYS:
         raise SyntaxError(
             "usage: yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2 [yaml=...]\n"
-            "       yolo-unified data coco src=... dst=... [names=person,car,...|hw2] [yaml=...] "
+            "       yolo-unified data coco src=... dst=... [names=person,car,...|hw2|voc] [yaml=...] "
             "[others=background|ignore]"
         )
     action, args = tokens[0], parse_args(tokens[1:])

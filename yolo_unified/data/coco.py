@@ -234,25 +234,28 @@ def _read_coco(file: Path, folders: dict[str, Path]) -> _CocoFile:
     return _CocoFile(file, folders, categories, images, dict(instances), unlisted)
 
 
-def _class_names(names: list[str] | None, files: list[_CocoFile]) -> list[str]:
-    """The chosen class names: `names` checked against the JSONs' categories, or all categories by COCO id."""
+def _class_names(names: list[str] | None, files: list[_CocoFile]) -> dict[str, str]:
+    """The chosen classes, class name -> COCO category name: `names` checked against the JSONs' categories (an entry
+    ``"name:category"`` renames a category, e.g. ``"aeroplane:airplane"``), or all categories by COCO id."""
     where = ", ".join(str(f.path) for f in files)
     if names is None:
         if any(f.categories != files[0].categories for f in files[1:]):
             raise ValueError(f"{where}: the files' categories differ; choose the classes by name with names=")
-        return [files[0].categories[cid] for cid in sorted(files[0].categories)]
+        return {name: name for name in (files[0].categories[cid] for cid in sorted(files[0].categories))}
     if isinstance(names, str):
         raise TypeError(f"names= is a list of category names, not the string '{names}'")
-    names = list(names)
-    if repeated := [n for n, count in Counter(names).items() if count > 1]:
-        raise ValueError(f"names= repeats {repeated}")
-    if "background" in names:
+    pairs = [(name.partition(":")[0].strip(), name.partition(":")[2].strip() or name.strip()) for name in names]
+    for position in (0, 1):
+        chosen = [pair[position] for pair in pairs]
+        if repeated := [n for n, count in Counter(chosen).items() if count > 1]:
+            raise ValueError(f"names= repeats {'class' if position == 0 else 'category'} {repeated}")
+    if "background" in (classes := dict(pairs)):
         raise ValueError("names= has 'background', the name of the masks' class 0; leave it out")
     known = sorted({name for f in files for name in f.categories.values()})
-    if unknown := [n for n in names if n not in known]:
+    if unknown := [n for n in classes.values() if n not in known]:
         hints = [f"'{n}' (close: {', '.join(difflib.get_close_matches(n, known, n=3)) or 'none'})" for n in unknown]
         raise ValueError(f"{where}: no category named {'; '.join(hints)}")
-    return names
+    return classes
 
 
 def _new_stats(names: list[str]) -> dict[str, Any]:
@@ -344,9 +347,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _convert_file(coco: _CocoFile, names: list[str], others: int, out: Path, stats: dict[str, dict]) -> None:
-    """Write the images, labels and masks of one COCO JSON into `out`, counting into `stats` (split -> counts)."""
-    index = {name: i for i, name in enumerate(names)}
+def _convert_file(coco: _CocoFile, classes: dict[str, str], others: int, out: Path, stats: dict[str, dict]) -> None:
+    """Write the images, labels and masks of one COCO JSON into `out`, counting into `stats` (split -> counts);
+    `classes` maps each class name, in id order, to its category's name."""
+    index = {category: i for i, category in enumerate(classes.values())}
     det_class = {cid: index.get(name) for cid, name in coco.categories.items()}
     for split, count in coco.unlisted.items():
         stats[split]["unlisted_images"] += count
@@ -437,14 +441,16 @@ def convert_coco(
     Writes ``images/<split>/`` (hard links, or copies), ``labels/<split>/<stem>.txt`` (YOLO boxes of the classes
     `names`, det ids in their order; empty for an image without any) and ``masks/<split>/<stem>.png`` (0 background,
     1..N the classes, 255 ignore), then the data YAML (default ``dst.parent / f"{dst.name}.yaml"``). `names` are
-    category names; None takes all categories by COCO id. Crowd boxes are dropped and their regions set to 255;
+    category names, ``"name:category"`` to give a category another name (VOC's ``"aeroplane:airplane"``); None takes
+    all categories by COCO id. Crowd boxes are dropped and their regions set to 255;
     annotations of other categories paint 0 (`others="background"`) or 255 (``"ignore"``); larger instances are
     painted first. Bad input raises one error naming the file before `dst` changes; the output is built in a
     temporary sibling folder and moved into place, and an unchanged `dst` is left untouched.
 
     Returns a summary: ``splits`` (per split: images, images without annotation, images on disk not in the JSON,
     boxes and dropped crowd boxes per class, empty boxes dropped, other-class annotations, clipped polygons, mask
-    pixels per class), ``names``, ``others``, ``annotations`` (the JSONs), ``dst`` and ``yaml``.
+    pixels per class), ``names``, ``categories`` (the renamed ones: name -> category), ``others``, ``annotations``
+    (the JSONs), ``dst`` and ``yaml``.
     """
     src, dst = Path(src), Path(dst)
     yaml_path = Path(yaml_path) if yaml_path else dst.parent / f"{dst.name}.yaml"
@@ -455,7 +461,8 @@ def convert_coco(
     if dst.resolve().is_relative_to(src.resolve()) or src.resolve().is_relative_to(dst.resolve()):
         raise ValueError(f"dst {dst} and src {src} overlap; the source must stay untouched")
     files = [_read_coco(file, folders) for file, folders in _annotation_files(src).items()]
-    names = _class_names(names, files)
+    classes = _class_names(names, files)
+    names = list(classes)
     splits = sorted({split for f in files for split in f.folders}, key=SPLIT_NAMES.index)
     stats = {split: _new_stats(names) for split in splits}
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -465,20 +472,23 @@ def convert_coco(
             for split in splits:
                 (build / name / split).mkdir(parents=True)
         for coco in files:
-            _convert_file(coco, names, OTHERS[others], build, stats)
+            _convert_file(coco, classes, OTHERS[others], build, stats)
         changed = _publish(build, dst)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
     LOGGER.info(f"{dst}: {'written' if changed else 'up to date, nothing rewritten'}")
     annotations = [str(f.path.relative_to(src)) for f in files]
+    renamed = {name: category for name, category in classes.items() if name != category}
     provenance = {"source": str(src), "annotations": annotations, "converted_by": "yolo-unified data coco"}
+    provenance |= {"renamed_categories": renamed} if renamed else {}
     _write_yaml(yaml_path, dst, names, splits, {**provenance, "other_classes": others})
     summary = {
         "dst": str(dst),
         "yaml": str(yaml_path),
         "annotations": annotations,
         "names": names,
+        "categories": renamed,
         "others": others,
         "splits": stats,
     }

@@ -28,6 +28,10 @@ SEG_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
+VOC_IN_COCO = {  # the VOC classes COCO names otherwise (every VOC class is a COCO category)
+    "aeroplane": "airplane", "diningtable": "dining table", "motorbike": "motorcycle", "pottedplant": "potted plant",
+    "sofa": "couch", "tvmonitor": "tv",
+}  # fmt: skip
 IGNORE = 255  # VOC "void" mask value, ignored in loss and metrics
 MASK_VALUES = np.array([*range(len(SEG_NAMES)), IGNORE])
 LAYOUT = {  # task -> its section of the data YAML, without names; the folders every writer of this layout uses

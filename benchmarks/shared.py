@@ -1,0 +1,321 @@
+"""Detection and segmentation labelled on the same images (mini_coco): one pass per image against two datasets.
+
+    python -m benchmarks.shared pretrained=../shared/weights/yolov8n-cls-imagenette.pt   # about 4 h on 2 cores
+    python -m benchmarks.shared quick=True seeds=1 out=/tmp/shared                         # a few minutes
+
+The data: mini_coco (../shared/data/mini_coco, 240 train / 60 val COCO images with boxes and instance polygons)
+converted by ``yolo-unified data coco`` twice, into ``datasets/mini_coco`` (the ten HW2 detection classes; masks of
+the same ten) and ``datasets/mini_coco_voc`` (masks of the twenty VOC classes, by their VOC names), and the HW2 data
+laid out into ``datasets/hw2`` as ``yolo-unified data prepare`` does. Sections, each run an Ultralytics training run
+in ``<out>/<run>`` (a re-run skips finished runs and resumes an interrupted one from its last.pt):
+
+- **timing**: training seconds per epoch (no validation) of joint det+seg training on the shared images (one batch
+  of 16 images per step, both losses on it) against the same labels given as two datasets on the same image folder
+  (a detection batch and a segmentation batch per step), in alternation in this process, ``timing_rounds`` times
+  ``timing_epochs`` epochs each, per ``timing_balance`` method.
+- **mini_coco** (``seeds`` seeds): the same two joint runs for ``epochs`` epochs, and each task alone; scored on
+  mini_coco val with 95% bootstrap intervals, with seconds per epoch (validation included) and peak memory.
+- **mixed**: det+seg on the shared mini_coco images plus Imagenette classification (HW2's cls data) in one joint run,
+  and classification alone.
+- **merged**: the way to more data, datasets merged by class name: HW2's training images plus mini_coco's 240 (no
+  image in common with any HW2 split), detection on the ten HW2 classes and segmentation on the twenty VOC classes,
+  each task alone, against HW2 alone; scored on the HW2 val sets.
+
+Every run is the regime's joint recipe (cfg/joint-pretrained.yaml with ``pretrained=``, else cfg/joint.yaml) with
+``balance`` (default fixed: a plain sum, so the two forms differ only in their passes over the images), ``epochs``
+(default 20) and every task in every step (``task_share`` off: both forms then see each labelled image once per
+epoch); a task alone is the same recipe with ``task=``. Writes results.json, summary.md and shared_scores.png.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ultralytics.utils import LOGGER, YAML, colorstr
+
+from benchmarks.bootstrap import bootstrapped
+from benchmarks.common import (
+    QUICK,
+    REPO,
+    benchmark_args,
+    git_commit,
+    invocation,
+    invocation_text,
+    machine_info,
+    machine_text,
+    markdown,
+    previous_results,
+    recorded_command,
+    repo_relative,
+    score_text,
+    training_minutes,
+    write_outputs,
+)
+from benchmarks.joint import joint_recipe, plot_joint, train_or_resume
+from yolo_unified.cli import coco_names
+from yolo_unified.data.coco import convert_coco
+from yolo_unified.data.config import SPLITS, image_files, load_data_config, task_data
+from yolo_unified.data.prepare import prepare_hw2
+from yolo_unified.models.unified.joint.train import JointTrainer
+
+MODULE = "benchmarks.shared"
+KEYS = {"coco", "hw2", "pretrained", "epochs", "imgsz", "seeds", "balance", "timing_rounds", "timing_epochs",
+        "timing_balance", "sections", "n_boot", "quick", "out"}  # fmt: skip
+SECTIONS = ("timing", "mini_coco", "mixed", "merged")
+DATASETS = REPO / "datasets"
+
+
+def prepare_data(args: dict[str, Any], folder: Path) -> dict[str, str]:
+    """Convert mini_coco (twice: HW2 detection names, VOC names), lay out HW2, and write the benchmark's data YAMLs
+    into `folder`; returns their paths by name (shared, two, mixed, hw2, merged)."""
+    coco = str(args.get("coco", "../shared/data/mini_coco"))
+    hw2 = prepare_hw2(str(args.get("hw2", "../shared/data/hw2")), DATASETS / "hw2")["yaml"]
+    folder.mkdir(parents=True, exist_ok=True)
+    det = convert_coco(coco, DATASETS / "mini_coco", coco_names("hw2"), folder / "shared.yaml")["yaml"]
+    voc = convert_coco(coco, DATASETS / "mini_coco_voc", coco_names("voc"), folder / "mini_coco_voc.yaml")["yaml"]
+    shared, hw2_cfg = load_data_config(det), load_data_config(hw2)
+    sections = {t: {k: v for k, v in s.items() if k not in {"shared", *SPLITS}} for t, s in shared["tasks"].items()}
+    splits = shared["shared"]
+    cls = {k: hw2_cfg["tasks"]["cls"][k] for k in ("train", "val", "names")}
+    files = {"shared": det, "hw2": hw2}
+    for name, content in {
+        "two": {t: {**section, **splits} for t, section in sections.items()},
+        "mixed": {**splits, **sections, "cls": cls},
+        "merged": merged_yaml(hw2_cfg, {"det": shared, "seg": load_data_config(voc)}, folder),
+    }.items():
+        YAML.save(folder / f"{name}.yaml", content)
+        files[name] = str(folder / f"{name}.yaml")
+    return files
+
+
+def merged_yaml(hw2: dict[str, Any], coco: dict[str, dict[str, Any]], folder: Path) -> dict[str, Any]:
+    """HW2's det and seg sections with the converted mini_coco training images added by class name: each task's
+    training split becomes an image list (``<folder>/merged-<task>-train.txt``; labels and masks are found beside
+    each image, as for any split); val stays HW2's. Raises when a task's class names differ."""
+    out = {}
+    for task, cfg in coco.items():
+        section = hw2["tasks"][task]
+        if cfg["tasks"][task]["names"] != section["names"]:
+            raise ValueError(f"{cfg['yaml_file']}: {task} names differ from HW2's; convert with names= in HW2's order")
+        extra = task_data(cfg, task, ("train",))["train"]  # the images with this task's label
+        images = image_files(section["train"]) + image_files(extra)
+        listing = folder / f"merged-{task}-train.txt"
+        listing.write_text("".join(f"{f.resolve()}\n" for f in images))
+        out[task] = {**{k: v for k, v in section.items() if k != "train"}, "train": str(listing)}
+    return out
+
+
+def recipe(args: dict[str, Any], force: dict[str, Any]) -> dict[str, Any]:
+    """The keys of every run: the regime's joint recipe with this benchmark's balance, epochs, image size and
+    every task in every step; `force` (quick mode) wins."""
+    cfg = YAML.load(joint_recipe(bool(args.get("pretrained"))))
+    cfg.update(balance=args.get("balance", "fixed"), balance_args=None, task_share=None)
+    cfg.update(epochs=int(args.get("epochs", 20)), imgsz=int(args.get("imgsz", cfg["imgsz"])))
+    if args.get("pretrained"):
+        cfg["pretrained"] = str(args["pretrained"])
+    return {**cfg, **force}
+
+
+def epoch_seconds(cfg: dict[str, Any], data: str, save_dir: Path) -> list[float]:
+    """Training seconds of each epoch of a joint run of `cfg` on `data` without validation (the run is overwritten)."""
+    marks: dict[str, float] = {}
+    seconds: list[float] = []
+    keys = {**cfg, "data": data, "val": False, "plots": False, "save_dir": str(save_dir), "exist_ok": True}
+    trainer = JointTrainer(overrides=keys)
+    trainer.add_callback("on_train_epoch_start", lambda _: marks.__setitem__("start", time.perf_counter()))
+    trainer.add_callback("on_train_epoch_end", lambda _: seconds.append(time.perf_counter() - marks["start"]))
+    trainer.train()
+    return seconds
+
+
+def timing(args: dict[str, Any], cfg: dict[str, Any], data: dict[str, str], out: Path, done: dict) -> dict[str, Any]:
+    """The timing section: per method, each form's epoch seconds per round and the ratio two / shared. A method in
+    `done` (timed by an earlier invocation into `out`) is kept as recorded."""
+    rounds, epochs = int(args.get("timing_rounds", 2)), int(args.get("timing_epochs", 2))
+    methods = args.get("timing_balance", "fixed,alignedmtl")
+    results = {}
+    for method in methods if isinstance(methods, list) else str(methods).split(","):
+        if method in done:
+            results[method] = done[method]
+            continue
+        run = {**cfg, "balance": method, "epochs": epochs}
+        seconds: dict[str, list[list[float]]] = {"shared": [], "two": []}
+        for k in range(rounds):
+            for form in seconds:
+                LOGGER.info(f"{colorstr('bold', MODULE)}: timing {method} {form}, round {k + 1}/{rounds}")
+                seconds[form].append(epoch_seconds(run, data[form], out / "timing" / f"{method}-{form}"))
+        pairs = zip(seconds["shared"], seconds["two"], strict=True)
+        ratios = [statistics.mean(two) / statistics.mean(shared) for shared, two in pairs]
+        results[method] = {"epoch_seconds": seconds, "ratios": ratios, "ratio": statistics.median(ratios)}
+    return results
+
+
+def scored_run(
+    name: str, cfg: dict[str, Any], scoring: dict[str, str], out: Path, n_boot: int, previous: dict[str, Any]
+) -> dict[str, Any]:
+    """Train (or resume, or skip) one run and score it: each task of `scoring` (task -> data YAML) on that data's
+    val split with its 95% interval. A run recorded in `previous` whose folder is gone is kept as recorded."""
+    root = out / name
+    if name in previous and not root.is_dir():
+        return previous[name]
+    LOGGER.info(f"\n{colorstr('bold', MODULE)}: {name}")
+    weights, peak = train_or_resume(root, cfg)
+    sizes = {t: ((cfg.get("task_args") or {}).get(t) or {}).get("imgsz", cfg["imgsz"]) for t in scoring}
+    final = {}
+    for task, data in scoring.items():
+        names = load_data_config(data)["tasks"][task]["names"]
+        final[task] = bootstrapped(str(weights), data, task, sizes[task], names, n_boot, root / "bootstrap" / task)
+    minutes = training_minutes(root)
+    return {
+        "data": repo_relative(cfg["data"]),
+        "task": cfg.get("task") or "joint",
+        "seed": cfg["seed"],
+        "final": final,
+        "minutes": minutes,
+        "seconds_per_epoch": 60 * minutes / cfg["epochs"],
+        "peak_rss_mb": peak,
+    }
+
+
+def run_plan(data: dict[str, str], seeds: int, sections: list[str]) -> list[tuple[str, str, dict, dict[str, str]]]:
+    """Every scored run: (section, name, keys over the recipe, task -> data YAML it is scored on), seed 0 of every
+    section first, so that a cut-short invocation has one of each."""
+    plan = []
+    for seed in range(seeds):
+        runs = {
+            "mini_coco": [
+                ("shared", {"data": data["shared"]}, {"det": data["shared"], "seg": data["shared"]}),
+                ("two", {"data": data["two"]}, {"det": data["shared"], "seg": data["shared"]}),
+                ("det_alone", {"data": data["shared"], "task": "det"}, {"det": data["shared"]}),
+                ("seg_alone", {"data": data["shared"], "task": "seg"}, {"seg": data["shared"]}),
+            ],
+            "mixed": [
+                ("mixed", {"data": data["mixed"]}, {t: data["mixed"] for t in ("det", "seg", "cls")}),
+                ("cls_alone", {"data": data["mixed"], "task": "cls"}, {"cls": data["mixed"]}),
+            ],
+            "merged": [
+                (f"{source}_{task}", {"data": data[source], "task": task}, {task: data["hw2"]})
+                for task in ("det", "seg")
+                for source in ("hw2", "merged")
+            ],
+        }
+        for section in (s for s in SECTIONS if s in runs and s in sections):
+            for name, keys, scoring in runs[section]:
+                plan.append((section, f"{name}_seed{seed}", {**keys, "seed": seed}, scoring))
+    return plan
+
+
+def run_keys(cfg: dict[str, Any], keys: dict[str, Any]) -> dict[str, Any]:
+    """The recipe `cfg` with a run's `keys`: a run of one task (``task=``) is a single-task run of the same recipe."""
+    return {**cfg, **keys, "joint": "task" not in keys}
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    args = benchmark_args(argv, KEYS, MODULE)
+    started, commit = time.time(), git_commit()
+    out = Path(args.get("out", REPO / "benchmarks/results/mini-coco")).resolve()
+    force = dict(QUICK) if args.get("quick") else {}
+    sections = args.get("sections", ",".join(SECTIONS))
+    sections = sections if isinstance(sections, list) else str(sections).split(",")
+    if unknown := set(sections) - set(SECTIONS):
+        raise ValueError(f"sections: unknown {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
+    previous = previous_results(out)
+    data = prepare_data(args, out / "data")
+    cfg = recipe(args, force)
+    results: dict[str, Any] = {
+        "command": recorded_command(argv, MODULE),
+        "regime": f"pretrained={cfg['pretrained']}" if cfg.get("pretrained") else "from scratch",
+        "recipe": {k: v for k, v in cfg.items() if k not in {"pretrained"}},
+        "machine": machine_info(),
+        "quick": bool(args.get("quick")),
+        "timing": previous.get("timing", {}),
+        "runs": {},
+        "invocations": previous.get("invocations", []),
+    }
+    if "timing" in sections:
+        results["timing"] = timing(args, cfg, data, out, previous.get("timing", {}))
+        save(out, results)
+    n_boot = int(args.get("n_boot", 1000))
+    for section, name, keys, scoring in run_plan(data, int(args.get("seeds", 2)), sections):
+        run = scored_run(name, run_keys(cfg, keys), scoring, out, n_boot, previous.get("runs", {}))
+        results["runs"][name] = {"section": section, **run}
+        save(out, results)
+    results["invocations"].append(invocation(started, commit))
+    save(out, results)
+    return results
+
+
+def save(out: Path, results: dict[str, Any]) -> None:
+    """Write results.json, summary.md and the score plot of what is done so far: a killed invocation leaves them,
+    and a re-run keeps its timing and the runs whose folders are gone."""
+    if results["runs"]:
+        plot_joint(out / "shared_scores.png", results["runs"], {})
+    write_outputs(out, results, summary_markdown(results), MODULE)
+
+
+def timing_table(timing: dict[str, Any]) -> list[str]:
+    """The timing section: each method's epoch seconds per form and round, and the ratio."""
+    if not timing:
+        return []
+    lines = [
+        "## Seconds per epoch: shared images against two datasets",
+        "",
+        "| balance | shared: s/epoch per round | two datasets: s/epoch per round | two / shared per round | median |",
+        "|---|---|---|---|---|",
+    ]
+    for method, t in timing.items():
+        cells = [
+            "; ".join(", ".join(f"{s:.1f}" for s in r) for r in t["epoch_seconds"][form]) for form in ("shared", "two")
+        ]
+        ratios = ", ".join(f"{r:.2f}x" for r in t["ratios"])
+        lines.append(f"| {method} | {cells[0]} | {cells[1]} | {ratios} | **{t['ratio']:.2f}x** |")
+    return lines
+
+
+def runs_table(results: dict[str, Any], section: str, title: str, tasks: tuple[str, ...]) -> list[str]:
+    """One section's runs: each task's score with its 95% interval, seconds per epoch and peak memory."""
+    runs = {n: r for n, r in results["runs"].items() if r["section"] == section}
+    if not runs:
+        return []
+    columns = {"det": "det mAP50", "seg": "seg mIoU", "cls": "cls top-1"}
+    lines = [f"## {title}", "", "| run | " + " | ".join(columns[t] for t in tasks) + " | s/epoch | peak MB |"]
+    lines.append("|---" * (len(tasks) + 3) + "|")
+    for name, r in runs.items():
+        scores = " | ".join(score_text(r["final"].get(t)) for t in tasks)
+        peak = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "n/a"
+        lines.append(f"| {name} | {scores} | {r['seconds_per_epoch']:.1f} | {peak} |")
+    if background := {f"{r['final']['seg']['all_background']:.4f}" for r in runs.values() if "seg" in r["final"]}:
+        lines += ["", f"All-background prediction (the trivial one): seg mIoU {', '.join(sorted(background))}."]
+    return lines
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """summary.md: provenance, the timing table and one score table per section."""
+    head = [
+        "# mini_coco: tasks labelled on the same images",
+        "",
+        f"- command: `{results['command']}`",
+        f"- {machine_text(results['machine'])}",
+        f"- regime: {results['regime']}; recipe: balance {results['recipe']['balance']}, "
+        f"{results['recipe']['epochs']} epochs, imgsz {results['recipe']['imgsz']}, batch {results['recipe']['batch']}",
+        *(f"- invocation: {invocation_text(i)}" for i in results["invocations"]),
+    ]
+    return markdown(
+        [
+            head,
+            timing_table(results["timing"]),
+            runs_table(results, "mini_coco", "mini_coco val (60 images): joint on shared images, two datasets, alone",
+                       ("det", "seg")),
+            runs_table(results, "mixed", "Mixed: mini_coco det+seg shared, Imagenette cls", ("det", "seg", "cls")),
+            runs_table(results, "merged", "HW2 val: HW2 alone against HW2 + mini_coco's training images",
+                       ("det", "seg")),
+        ]
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
