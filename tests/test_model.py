@@ -12,7 +12,7 @@ from ultralytics.nn.tasks import ClassificationModel, DetectionModel, load_check
 from ultralytics.utils.loss import SemanticSegmentationLoss
 
 from yolo_unified.nn import UnifiedHead, UnifiedModel
-from yolo_unified.nn.loss import SemanticLoss
+from yolo_unified.nn.loss import IMAGES_PER_PASS, SemanticLoss
 from yolo_unified.nn.modules import BinExpectation
 
 NAMES = {
@@ -127,18 +127,19 @@ def test_bin_expectation_decodes_as_ultralytics_dfl():
 @pytest.mark.parametrize("class_weights", [False, True])
 def test_semantic_loss_equals_ultralytics(class_weights):
     """SemanticLoss gives Ultralytics' CE + Dice values and gradients, ignored pixels and class weights included."""
+    assert IMAGES_PER_PASS < 6
     nc = 5
     weights = torch.rand(nc) + 0.5 if class_weights else None
     view = SimpleNamespace(model=[SimpleNamespace(nc=nc)], args=SimpleNamespace(data="x"), class_weights=weights)
     view.parameters = lambda: iter([torch.zeros(1)])
     torch.manual_seed(0)
-    masks = torch.randint(0, nc, (3, 64, 48))
+    masks = torch.randint(0, nc, (6, 64, 48))  # more images than one pass takes (IMAGES_PER_PASS)
     masks[0, :10] = 255
     masks[1] = 2  # one image with a single class
     batch = {"semantic_mask": masks}
     results = []
     for loss in (SemanticSegmentationLoss(view), SemanticLoss(view)):
-        logits = torch.randn(3, nc, 8, 6, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        logits = torch.randn(6, nc, 8, 6, generator=torch.Generator().manual_seed(1), requires_grad=True)
         total, items = loss(logits, batch)
         total.backward()
         results.append((total.detach(), items["ce_loss"], items["dice_loss"], logits.grad))

@@ -9,14 +9,19 @@ from ultralytics.utils.loss import SemanticSegmentationLoss
 IGNORE = 255  # Ultralytics' ignore id in semantic masks
 
 
+IMAGES_PER_PASS = 4  # images whose full-size logits are computed at once: a few MB, kept in the CPU cache
+
+
 class SemanticLoss(SemanticSegmentationLoss):
-    """``SemanticSegmentationLoss`` with the same values and gradients, about twice as fast on HW2 batches.
+    """``SemanticSegmentationLoss`` with the same values and gradients, about five times as fast on HW2 batches.
 
     Ultralytics upsamples the logits to the mask size, then permutes and copies them to ``(pixels, classes)`` for the
     cross-entropy, takes a second softmax for the Dice term and copies the valid pixels out of it again: at batch 16,
     21 classes and 320 px every copy is 137 MB, and they made a segmentation step's loss cost more than the network.
-    Here one log-softmax in the logits' own layout serves both terms, and only the target class of each pixel is
-    gathered. Multi-class logits without an auxiliary output take this path; anything else goes to Ultralytics'.
+    Here one log-softmax in the logits' own layout serves both terms, only the target class of each pixel is
+    gathered, and the images go through in groups of `IMAGES_PER_PASS` whose sums make the batch's terms (at batch
+    16, 11 classes, 320 px: forward and backward 0.33 s instead of 0.85 s in one pass, on 2 CPU cores). Multi-class
+    logits without an auxiliary output take this path; anything else goes to Ultralytics'.
     """
 
     def forward(self, preds: torch.Tensor | tuple, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -24,24 +29,30 @@ class SemanticLoss(SemanticSegmentationLoss):
         if isinstance(preds, tuple) or self.nc == 1:
             return super().forward(preds, batch)
         masks = batch["semantic_mask"].to(preds.device)
+        sums = [self.partial_sums(preds[i : i + IMAGES_PER_PASS], masks[i : i + IMAGES_PER_PASS])
+                for i in range(0, len(preds), IMAGES_PER_PASS)]  # fmt: skip
+        ce_sum, weight_sum, intersection, pred_sum, target_sum = (sum(terms) for terms in zip(*sums, strict=True))
+        ce_loss = -ce_sum / weight_sum.clamp_min(1)
+        dice_loss = (1.0 - (2.0 * intersection + 1.0) / (pred_sum + target_sum + 1.0)).mean()
+        zero = torch.zeros((), device=preds.device)
+        items = {"ce_loss": ce_loss.detach(), "dice_loss": dice_loss.detach(), "aux_loss": zero}
+        return (ce_loss + dice_loss) * preds.shape[0], items
+
+    def partial_sums(self, preds: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The sums over the images `preds` that the batch's terms are made of: the weighted target log-probability
+        and the weights (cross-entropy), and per class the target probability, the probability and the target pixels
+        (Dice), every ignored pixel left out."""
         if preds.shape[2:] != masks.shape[1:]:
             preds = F.interpolate(preds, size=masks.shape[1:], mode="bilinear", align_corners=False)
         valid = masks != IGNORE
         target = torch.where(valid, masks, 0).long()
         log_probs = F.log_softmax(preds.float(), dim=1)
         target_log_prob = log_probs.gather(1, target[:, None]).squeeze(1)  # (B, H, W)
-
         pixel_weight = valid.float() if self.ce.weight is None else self.ce.weight[target] * valid
-        ce_loss = -(target_log_prob * pixel_weight).sum() / pixel_weight.sum().clamp_min(1)
-
         valid_target = target[valid]
         intersection = torch.zeros(self.nc, device=preds.device).scatter_add_(
             0, valid_target, target_log_prob[valid].exp()
         )
         pred_sum = (log_probs.exp() * valid[:, None]).sum(dim=(0, 2, 3))
         target_sum = torch.bincount(valid_target, minlength=self.nc).float()
-        dice_loss = (1.0 - (2.0 * intersection + 1.0) / (pred_sum + target_sum + 1.0)).mean()
-
-        zero = torch.zeros((), device=preds.device)
-        items = {"ce_loss": ce_loss.detach(), "dice_loss": dice_loss.detach(), "aux_loss": zero}
-        return (ce_loss + dice_loss) * preds.shape[0], items
+        return (target_log_prob * pixel_weight).sum(), pixel_weight.sum(), intersection, pred_sum, target_sum

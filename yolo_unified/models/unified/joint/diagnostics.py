@@ -17,7 +17,7 @@ from ultralytics.utils import plt_settings
 from yolo_unified.balancing import gradient_stats
 
 DIAGNOSTICS = "diagnostics.csv"  # per-epoch balancing diagnostics in the run folder (plotted to diagnostics.png)
-GRADIENT_STATS_STEPS = 2  # steps per epoch (the first ones) on which the task gradients are measured
+GRADIENT_STATS_STEPS = 1  # steps per epoch (the first ones) on which the task gradients are measured
 PANELS = {  # diagnostics.png: one panel per group of columns
     "loss": "task loss (per image)",
     "weight": "balancer weight",
