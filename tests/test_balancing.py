@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from yolo_unified.balancing import BALANCERS, build_balancer, gradient_stats
+from yolo_unified.balancing import BALANCERS, build_balancer, gradient_stats, gramian_stats
+from yolo_unified.balancing.base import kept_graphs, task_jacobians
 
 TASKS = ["a", "b"]
 
@@ -239,3 +240,33 @@ def test_gradnorm_compares_the_tasks_in_the_step():
     balancer.combine(model.losses(scale_b=10.0), [layer])
     assert balancer.initial_losses[1] == losses["b"].detach()
     assert balancer.weights.grad is not None and balancer.weights.grad.abs().sum() > 0
+
+
+def test_each_task_graph_is_freed_after_its_last_backward_pass():
+    """Tasks with their own forward pass free their graph at once (memory as a loss-level step); tasks of one forward
+    pass keep it for the later ones; the Jacobians are the same either way."""
+    model = TwoHeads()
+    shared = list(model.trunk.parameters())
+    together = model.losses()  # one forward pass for both tasks
+    apart = {t: model.losses()[t] for t in TASKS}  # a forward pass per task
+    assert kept_graphs(list(together.values()), [0, 1]) == {0}
+    assert kept_graphs(list(apart.values()), [0, 1]) == set()
+    expected = task_jacobians(list(model.losses().values()), shared)  # autograd.grad, graph kept
+    for losses in (together, apart):
+        got = task_jacobians(list(losses.values()), shared, into_others=True)
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e)
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            losses["a"].backward()  # freed: a second pass through it fails
+
+
+@pytest.mark.parametrize("name", ["upgrad", "pcgrad"])
+def test_gradient_methods_keep_the_gradients_gramian_for_the_diagnostics(name):
+    theta = torch.zeros(2, requires_grad=True)
+    balancer = build(name)
+    expected = gradient_stats(linear_losses(theta, [1.0, 0.0], [-1.0, 1.0]), [theta])
+    balancer.combine(linear_losses(theta, [1.0, 0.0], [-1.0, 1.0]), [theta])
+    assert gramian_stats(balancer.tasks, balancer.gramian, balancer.live) == pytest.approx(expected)
+    balancer.combine({"a": torch.tensor([1.0, 0.0]) @ theta, "b": torch.zeros(())}, [theta])  # b without a batch
+    absent = gramian_stats(balancer.tasks, balancer.gramian, balancer.live)
+    assert absent["grad_norm/a"] == 1.0 and math.isnan(absent["grad_norm/b"]) and math.isnan(absent["cos/a-b"])

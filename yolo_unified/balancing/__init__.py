@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from yolo_unified.balancing.base import Balancer, task_jacobians
-from yolo_unified.balancing.diagnostics import gradient_stats
+from yolo_unified.balancing.diagnostics import gradient_stats, gramian_stats
 from yolo_unified.balancing.dwa import DWA
 from yolo_unified.balancing.fixed import Fixed
 from yolo_unified.balancing.gradient import GRADIENT_BALANCERS, JacobianBalancer
@@ -47,5 +47,6 @@ __all__ = (
     "build_balancer",
     "register_balancer",
     "gradient_stats",
+    "gramian_stats",
     "task_jacobians",
 )

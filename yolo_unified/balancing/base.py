@@ -78,6 +78,27 @@ def trainable(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     return [p for p in params if p.requires_grad]
 
 
+def graph_nodes(loss: torch.Tensor) -> set[torch.autograd.graph.Node]:
+    """The nodes of `loss`'s autograd graph that hold what a backward pass frees (every node but the parameters'
+    gradient accumulators)."""
+    nodes, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in nodes or type(node).__name__ == "AccumulateGrad":
+            continue
+        nodes.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return nodes
+
+
+def kept_graphs(losses: Sequence[torch.Tensor], live: Sequence[int]) -> set[int]:
+    """The live losses whose backward pass must keep its graph: those sharing a node with a later live loss (tasks
+    on the same images, one forward pass). A task with its own forward pass frees its graph after its backward pass,
+    so the task gradients cost no more memory than a loss-level step."""
+    graphs = {i: graph_nodes(losses[i]) for i in live}
+    return {i for k, i in enumerate(live) if any(graphs[i] & graphs[j] for j in live[k + 1 :])}
+
+
 def task_jacobians(
     losses: Sequence[torch.Tensor], shared: Sequence[torch.Tensor], *, into_others: bool = False
 ) -> list[torch.Tensor]:
@@ -87,21 +108,22 @@ def task_jacobians(
 
     - ``into_others=False``: ``torch.autograd.grad`` with the graph kept, every ``.grad`` left as it was.
     - ``into_others=True``: each loss is backpropagated into the ``.grad`` of every parameter outside `shared` (the
-      task heads, each of which gets only its own task's gradient), the graph is freed after the last loss, and the
-      ``.grad`` of the `shared` tensors is left as it was.
+      task heads, each of which gets only its own task's gradient), each graph is freed after the last loss that
+      uses it (`kept_graphs`), and the ``.grad`` of the `shared` tensors is left as it was.
     """
     live = present(losses)
+    kept = kept_graphs(losses, live) if into_others else set()
     rows = []
     for i, loss in enumerate(losses):
         if i not in live:
             grads = [None] * len(shared)
         elif into_others:
-            kept = [p.grad for p in shared]
+            before = [p.grad for p in shared]
             for p in shared:
                 p.grad = None
-            loss.backward(retain_graph=i != live[-1])
+            loss.backward(retain_graph=i in kept)
             grads = [p.grad for p in shared]
-            for p, g in zip(shared, kept, strict=True):
+            for p, g in zip(shared, before, strict=True):
                 p.grad = g
         else:
             grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)

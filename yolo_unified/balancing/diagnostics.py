@@ -11,17 +11,22 @@ from yolo_unified.balancing.base import present, task_jacobians, trainable
 
 
 def gradient_stats(losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Parameter]) -> dict[str, float]:
-    """Each task's gradient norm on the `shared` parameters and the cosine similarity of every pair of tasks.
-
-    Keys: ``grad_norm/<task>`` and ``cos/<task a>-<task b>`` (pairs in the order of `losses`; NaN where a gradient
-    is zero), ready for a CSV row; a task without a batch in the step (a loss without a graph) has no norm: NaN, not
-    0. A negative cosine means the two tasks pull the shared parameters apart. Leaves every ``.grad`` and the graph
-    as they were: call it before ``backward()`` or ``combine()``.
-    """
-    tasks, values = list(losses), list(losses.values())
-    live = present(values)
+    """Each task's gradient norm on the `shared` parameters and the cosine similarity of every pair of tasks
+    (`gramian_stats`), from one backward pass per task. Leaves every ``.grad`` and the graph as they were: call it
+    before ``backward()`` or ``combine()``."""
+    values = list(losses.values())
     jacobians = task_jacobians(values, trainable(shared))
     gramian = sum(j.flatten(1) @ j.flatten(1).T for j in jacobians)
+    return gramian_stats(list(losses), gramian, present(values))
+
+
+def gramian_stats(tasks: Sequence[str], gramian: torch.Tensor, live: Sequence[int]) -> dict[str, float]:
+    """Each task's gradient norm and the cosine of every pair of tasks, from the Gramian of their gradients.
+
+    Keys: ``grad_norm/<task>`` and ``cos/<task a>-<task b>`` (pairs in the order of `tasks`; NaN where a gradient
+    is zero), ready for a CSV row; a task not in `live` (no batch in the step) has no norm: NaN, not 0. A negative
+    cosine means the two tasks pull the shared parameters apart.
+    """
     norms = gramian.diagonal().clamp(min=0).sqrt()
     stats = {
         f"grad_norm/{t}": norm if i in live else float("nan")

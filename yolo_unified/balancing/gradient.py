@@ -67,8 +67,10 @@ class JacobianBalancer(Balancer):
     :meth:`combine` backpropagates each task's loss once: parameters outside `shared` (the task heads) get their own
     task's gradient (a parameter outside `shared` used by several tasks gets the plain sum), and the ``.grad`` of the
     shared parameters gets the aggregated gradient, added to what is there (gradient accumulation works as with
-    ``backward()``). The weights returned are the aggregator's weights of the Jacobian's rows. Settings go to the
-    aggregator's constructor. Pass unscaled losses: an AMP loss scale changes some methods' weights (Nash-MTL).
+    ``backward()``). The weights returned are the aggregator's weights of the Jacobian's rows; ``gramian`` keeps the
+    Gramian of the task gradients on the shared parameters (zero rows for tasks without a batch) and ``live`` the
+    tasks in the step, for the diagnostics. Settings go to the aggregator's constructor. Pass unscaled losses: an AMP
+    loss scale changes some methods' weights (Nash-MTL).
     """
 
     kind = "gradient"
@@ -79,6 +81,7 @@ class JacobianBalancer(Balancer):
         """Check the settings by building the aggregator of every task (a step with fewer tasks gets its own)."""
         super().__init__(tasks)
         self.settings = {**self.defaults, **settings}
+        self.gramian, self.live = torch.zeros(len(self.tasks), len(self.tasks)), []
         self.aggregators: dict[tuple[int, ...], WeightedAggregator] = {}
         self.aggregator(tuple(range(len(self.tasks))))
 
@@ -111,9 +114,12 @@ class JacobianBalancer(Balancer):
             raise ValueError(f"{self.key}: no shared parameter requires a gradient")
         rows = tuple(present_on_any_rank(ordered))
         weights = dict.fromkeys(self.tasks, 0.0)
+        self.gramian, self.live = torch.zeros(len(self.tasks), len(self.tasks)), list(rows)
         if not rows:  # no task in this batch: nothing to do
             return None, weights
         jacobians = mean_over_ranks(task_jacobians([ordered[i] for i in rows], params, into_others=True))
+        index = torch.tensor(rows)
+        self.gramian[index[:, None], index] = sum(j.flatten(1) @ j.flatten(1).T for j in jacobians).cpu()
         if len(rows) == 1:
             for p, jacobian in zip(params, jacobians, strict=True):
                 p.grad = jacobian[0] if p.grad is None else p.grad + jacobian[0]

@@ -14,7 +14,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 from ultralytics.utils import plt_settings
 
-from yolo_unified.balancing import gradient_stats
+from yolo_unified.balancing import Balancer, gradient_stats, gramian_stats
 
 DIAGNOSTICS = "diagnostics.csv"  # per-epoch balancing diagnostics in the run folder (plotted to diagnostics.png)
 GRADIENT_STATS_STEPS = 1  # steps per epoch (the first ones) on which the task gradients are measured
@@ -49,12 +49,23 @@ class EpochMeans:
 
 
 def step_gradient_stats(
-    means: EpochMeans, losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Parameter]
+    means: EpochMeans, losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Parameter], balancer: Balancer
 ) -> dict[str, float]:
-    """The task gradients' norms and cosines on the `shared` parameters (`gradient_stats`) on the epoch's first
-    ``GRADIENT_STATS_STEPS`` steps (`means` counts them), nothing on the others: each measure is a backward pass per
-    task."""
-    return gradient_stats(losses, shared) if means.steps < GRADIENT_STATS_STEPS else {}
+    """The task gradients' norms and cosines on the `shared` parameters, before the balancer combines `losses`: for
+    a loss-level method on the epoch's first ``GRADIENT_STATS_STEPS`` steps (`means` counts them; `gradient_stats`,
+    a backward pass per task), nothing otherwise (a gradient-level method's come from `combined_gradient_stats`)."""
+    if balancer.kind == "gradient" or means.steps >= GRADIENT_STATS_STEPS:
+        return {}
+    return gradient_stats(losses, shared)
+
+
+def combined_gradient_stats(balancer: Balancer, stats: dict[str, float]) -> dict[str, float]:
+    """After the balancer combined a step: a gradient-level method's task-gradient norms and cosines, on every step,
+    from the Gramian of the task gradients it computed anyway (`gramian_stats`, no extra backward pass); `stats`
+    (measured before) otherwise."""
+    if balancer.kind != "gradient":
+        return stats
+    return gramian_stats(balancer.tasks, balancer.gramian, balancer.live)
 
 
 def step_values(

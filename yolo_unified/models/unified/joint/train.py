@@ -31,6 +31,7 @@ from yolo_unified.ddp import SameStart, average_gradients, from_rank_zero, mean_
 from yolo_unified.models.unified.joint.diagnostics import (
     DIAGNOSTICS,
     EpochMeans,
+    combined_gradient_stats,
     item_means,
     step_gradient_stats,
     step_values,
@@ -528,12 +529,13 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         """One step's gradients: each task's batches through its own preprocessing and loss (with the strategies'
         loss terms), combined by the balancer (a loss-level total is backpropagated here, a gradient-level method
         fills the gradients itself). Returns the preprocessed batches; the step's loss is ``loss``, the epoch's
-        running loss items ``tloss``. Gradient statistics are measured on the epoch's first steps."""
+        running loss items ``tloss``. Gradient statistics: `step_gradient_stats`, `combined_gradient_stats`."""
         with autocast(torch.bfloat16 if self.args.amp == "bf16" else self.amp, device=self.device.type):
             batches = self.preprocess_batch(batches)
             losses, items = task_losses(unwrap_model(self.model), batches, self.tasks, self.strategies)
-        stats = step_gradient_stats(self.epoch_means, losses, self.shared)
+        stats = step_gradient_stats(self.epoch_means, losses, self.shared, self.balancer)
         total, weights = self.balancer.combine(losses, self.shared)
+        stats = combined_gradient_stats(self.balancer, stats)
         if total is not None:
             self.scaler.scale(total).backward()
         self._sync_gradients()
