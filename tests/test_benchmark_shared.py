@@ -12,6 +12,7 @@ from benchmarks.common import REPO
 from yolo_unified.data.config import image_files, load_data_config, task_data
 from yolo_unified.data.prepare import SEG_NAMES
 
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools, numpy 2
 DATA = (REPO / "../shared/data").resolve()
 needs_data = pytest.mark.skipif(
     not (DATA / "mini_coco").is_dir() or not (DATA / "hw2").is_dir(),
