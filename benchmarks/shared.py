@@ -60,7 +60,7 @@ from yolo_unified.cli import coco_names
 from yolo_unified.data.coco import convert_coco
 from yolo_unified.data.config import SPLITS, image_files, load_data_config, task_data
 from yolo_unified.data.prepare import prepare_hw2
-from yolo_unified.models.unified.joint.train import JointTrainer
+from yolo_unified.models.unified.joint import JointTrainer
 
 MODULE = "benchmarks.shared"
 KEYS = {"coco", "hw2", "pretrained", "epochs", "imgsz", "seeds", "balance", "timing_rounds", "timing_epochs",
