@@ -210,8 +210,10 @@ def run_plan(data: dict[str, str], seeds: int, sections: list[str]) -> list[tupl
 
 
 def run_keys(cfg: dict[str, Any], keys: dict[str, Any]) -> dict[str, Any]:
-    """The recipe `cfg` with a run's `keys`: a run of one task (``task=``) is a single-task run of the same recipe."""
-    return {**cfg, **keys, "joint": "task" not in keys}
+    """The recipe `cfg` with a run's `keys`: a run of one task (``task=``) is a single-task run of the same recipe,
+    with the task's own keys of ``task_args`` (classification at its own image size)."""
+    own = (cfg.get("task_args") or {}).get(keys["task"]) or {} if "task" in keys else {}
+    return {**cfg, **own, **keys, "joint": "task" not in keys}
 
 
 def main(argv: list[str]) -> dict[str, Any]:

@@ -49,6 +49,9 @@ def test_run_plan_starts_with_seed_zero_of_every_section():
     alone = {name: keys for _, name, keys, _ in plan if "task" in keys}
     assert alone["merged_seg_seed1"] == {"data": "x.yaml", "task": "seg", "seed": 1}
     assert shared.run_keys({"joint": True, "epochs": 3}, alone["merged_seg_seed1"])["joint"] is False
+    recipe = {"joint": True, "imgsz": 320, "task_args": {"cls": {"imgsz": 160}}}
+    assert shared.run_keys(recipe, alone["cls_alone_seed1"])["imgsz"] == 160  # trained at the size it is scored at
+    assert shared.run_keys(recipe, alone["hw2_seg_seed1"])["imgsz"] == 320
     assert [s for s, *_ in shared.run_plan(data, 1, ["merged"])] == ["merged"] * 4
 
 
