@@ -67,7 +67,7 @@ from benchmarks.joint import joint_runs, plot_joint
 from benchmarks.runtimes import runtime_scores, runtimes_table
 from benchmarks.separate import train_separate
 from yolo_unified.balancing import BALANCERS
-from yolo_unified.common import TASKS
+from yolo_unified.common import TASKS, listed
 from yolo_unified.continual import STRATEGIES
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.models.unified.model import UnifiedYOLO
@@ -283,8 +283,7 @@ def joint_training(bench: Hw2Setup, runs: dict[str, dict], separate: dict[str, d
     """With ``joint=True``, every task trained at once per balancing method (benchmarks.joint) and their plot."""
     if not bench.args.get("joint", False):
         return {}
-    methods = bench.args.get("joint_methods") or ",".join(BALANCERS)
-    methods = [m.strip() for m in str(methods).strip("[]").split(",") if m.strip()]
+    methods = listed(bench.args.get("joint_methods") or list(BALANCERS))
     force = {**bench.force, "task_args": {"cls": {"imgsz": bench.force["imgsz"]}}} if bench.quick else bench.force
     single = {t: s["value"] for t, s in runs["baselines"]["final"].items()}
     recorded = bench.previous.get("joint", {})

@@ -35,6 +35,12 @@ def joint_recipe(pretrained: bool) -> Path:
     return CFG_DIR / ("joint-pretrained.yaml" if pretrained else "joint.yaml")
 
 
+def task_keys(cfg: dict[str, Any], task: str) -> dict[str, Any]:
+    """The keys a joint recipe `cfg` trains `task` with: the recipe's, with the task's own ``task_args`` over them
+    (classification at its own image size)."""
+    return {**cfg, **((cfg.get("task_args") or {}).get(task) or {})}
+
+
 def train_or_resume(root: Path, cfg: dict[str, Any]) -> tuple[Path, float | None]:
     """Train (or resume, or skip when finished) the run `cfg` in `root`: a joint run, or one task with ``task=``.
 
@@ -99,7 +105,7 @@ def joint_runs(
         if all(baselines.values()):  # best.pt by the mean retention (a zero baseline leaves the plain mean)
             cfg["baselines"] = str(out / "baselines")
         weights, peak = train_or_resume(out / name, cfg)
-        sizes = {t: ((cfg.get("task_args") or {}).get(t) or {}).get("imgsz", cfg["imgsz"]) for t in TASKS}
+        sizes = {t: task_keys(cfg, t)["imgsz"] for t in TASKS}
         final = {
             t: bootstrapped(str(weights), settings["data"], t, sizes[t], names, n_boot, out / name / "bootstrap" / t)
             for t, names in task_names(load_data_config(settings["data"])).items()

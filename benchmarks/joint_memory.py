@@ -34,7 +34,7 @@ from benchmarks.common import (
     write_outputs,
 )
 from yolo_unified.balancing import BALANCERS, build_balancer
-from yolo_unified.common import SHARED_MODULES, module_of
+from yolo_unified.common import SHARED_MODULES, listed, module_of
 from yolo_unified.data.prepare import DET_NAMES, SEG_NAMES
 from yolo_unified.models.unified.joint import task_losses
 from yolo_unified.nn import UnifiedModel
@@ -65,7 +65,8 @@ def measure(method: str, imgsz: int, batch: int, steps: int, threads: int = 1) -
     process."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    names = {"seg": dict(enumerate(SEG_NAMES)), "det": dict(enumerate(DET_NAMES)), "cls": dict(enumerate(range(10)))}
+    names = {"seg": dict(enumerate(SEG_NAMES)), "det": dict(enumerate(DET_NAMES))}
+    names["cls"] = dict(enumerate(range(CLS_CLASSES)))
     model = UnifiedModel(task_names=names, verbose=False).train()
     shared = [p for n, p in model.named_parameters() if module_of(n) in SHARED_MODULES]
     balancer = build_balancer(method, TASKS)
@@ -110,8 +111,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str]) -> dict[str, Any]:
     """Measure every method of ``methods`` (default: all) and write the results."""
     args = benchmark_args(argv, KEYS, "benchmarks.joint_memory")
-    methods = args.get("methods") or list(BALANCERS)
-    methods = methods.split(",") if isinstance(methods, str) else list(methods)
+    methods = listed(args.get("methods") or list(BALANCERS))
     if unknown := [m for m in methods if m not in BALANCERS]:
         raise ValueError(f"methods: unknown {unknown}; the balancing methods are {', '.join(BALANCERS)}")
     imgsz, batch, steps = int(args.get("imgsz", 320)), int(args.get("batch", 16)), int(args.get("steps", 2))

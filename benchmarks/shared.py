@@ -55,8 +55,9 @@ from benchmarks.common import (
     training_minutes,
     write_outputs,
 )
-from benchmarks.joint import joint_recipe, plot_joint, train_or_resume
+from benchmarks.joint import joint_recipe, plot_joint, task_keys, train_or_resume
 from yolo_unified.cli import coco_names
+from yolo_unified.common import listed
 from yolo_unified.data.coco import convert_coco
 from yolo_unified.data.config import SPLITS, image_files, load_data_config, task_data
 from yolo_unified.data.prepare import prepare_hw2
@@ -136,9 +137,8 @@ def timing(args: dict[str, Any], cfg: dict[str, Any], data: dict[str, str], out:
     """The timing section: per method, each form's epoch seconds per round and the ratio two / shared. A method in
     `done` (timed by an earlier invocation into `out`) is kept as recorded."""
     rounds, epochs = int(args.get("timing_rounds", 2)), int(args.get("timing_epochs", 2))
-    methods = args.get("timing_balance", "fixed,alignedmtl")
     results = {}
-    for method in methods if isinstance(methods, list) else str(methods).split(","):
+    for method in listed(args.get("timing_balance", "fixed,alignedmtl")):
         if method in done:
             results[method] = done[method]
             continue
@@ -164,7 +164,7 @@ def scored_run(
         return previous[name]
     LOGGER.info(f"\n{colorstr('bold', MODULE)}: {name}")
     weights, peak = train_or_resume(root, cfg)
-    sizes = {t: ((cfg.get("task_args") or {}).get(t) or {}).get("imgsz", cfg["imgsz"]) for t in scoring}
+    sizes = {t: task_keys(cfg, t)["imgsz"] for t in scoring}
     final = {}
     for task, data in scoring.items():
         names = load_data_config(data)["tasks"][task]["names"]
@@ -212,8 +212,8 @@ def run_plan(data: dict[str, str], seeds: int, sections: list[str]) -> list[tupl
 def run_keys(cfg: dict[str, Any], keys: dict[str, Any]) -> dict[str, Any]:
     """The recipe `cfg` with a run's `keys`: a run of one task (``task=``) is a single-task run of the same recipe,
     with the task's own keys of ``task_args`` (classification at its own image size)."""
-    own = (cfg.get("task_args") or {}).get(keys["task"]) or {} if "task" in keys else {}
-    return {**cfg, **own, **keys, "joint": "task" not in keys}
+    own = task_keys(cfg, keys["task"]) if "task" in keys else cfg
+    return {**own, **keys, "joint": "task" not in keys}
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -221,8 +221,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     started, commit = time.time(), git_commit()
     out = Path(args.get("out", REPO / "benchmarks/results/mini-coco")).resolve()
     force = dict(QUICK) if args.get("quick") else {}
-    sections = args.get("sections", ",".join(SECTIONS))
-    sections = sections if isinstance(sections, list) else str(sections).split(",")
+    sections = listed(args.get("sections", list(SECTIONS)))
     if unknown := set(sections) - set(SECTIONS):
         raise ValueError(f"sections: unknown {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
     previous = previous_results(out)

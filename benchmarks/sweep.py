@@ -58,7 +58,7 @@ from benchmarks.common import (
     with_stage_paths,
     write_outputs,
 )
-from yolo_unified.common import PRIMARY_METRIC, SHARED_MODULES, STATE_FILE
+from yolo_unified.common import PRIMARY_METRIC, SHARED_MODULES, STATE_FILE, listed
 from yolo_unified.continual import STRATEGIES
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.report import forgetting, verdict
@@ -202,7 +202,7 @@ def select(configs: list[GridConfig], only: Any) -> list[GridConfig]:
     """The configurations named in `only` (comma-separated; empty: all), in the order named (run order)."""
     if not only:
         return configs
-    wanted = [n.strip() for n in str(only).split(",") if n.strip()]
+    wanted = listed(only)
     names = [c.name for c in configs]
     if missing := [n for n in wanted if n not in names]:
         raise ValueError(f"only=: no configuration {missing} in the grid; its configurations: {names}")

@@ -11,6 +11,7 @@ from ultralytics.cfg import smart_value
 from ultralytics.utils import LOGGER
 
 import yolo_unified
+from yolo_unified.common import listed
 from yolo_unified.data.coco import convert_coco
 from yolo_unified.data.prepare import DET_NAMES, SEG_NAMES, VOC_IN_COCO, prepare_hw2
 from yolo_unified.models.unified.model import UnifiedYOLO
@@ -101,7 +102,7 @@ def coco_names(value: Any) -> list[str] | None:
         return list(DET_NAMES)
     if value == "voc":
         return [f"{name}:{VOC_IN_COCO[name]}" if name in VOC_IN_COCO else name for name in SEG_NAMES[1:]]
-    return [name.strip() for name in str(value).strip("[]").split(",") if name.strip()]
+    return listed(value)
 
 
 def prepare_data(tokens: list[str]) -> dict:

@@ -1,4 +1,5 @@
-"""Names every layer shares: the task table, the model's module groups, run files and atomic saving.
+"""Names every layer shares: the task table, the model's module groups, list-valued keys, run files and atomic
+saving.
 
 This module is the bottom of the import order (docs/architecture.md): it imports nothing of yolo_unified.
 """
@@ -58,6 +59,14 @@ def module_of(name: str) -> str:
 # Files of a sequential protocol's run folder.
 STATE_FILE = "protocol.json"  # the protocol's settings and each finished stage's record
 MEMORY_FILE = "memory.pt"  # the strategies' memory, beside each stage's best.pt (deployable weights stay plain)
+
+
+def listed(value: Any) -> list:
+    """A list-valued key as a list: a list (or tuple) as it is, ``a,b`` or ``[a, b]`` from the command line split on
+    its commas, each item stripped."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [item.strip() for item in str(value).strip("[]").split(",") if item.strip()]
 
 
 def task_imgsz(model: Any, task: str | None = None) -> int | None:

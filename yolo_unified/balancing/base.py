@@ -78,6 +78,12 @@ def trainable(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     return [p for p in params if p.requires_grad]
 
 
+def jacobians_gramian(jacobians: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The Gramian ``J J^T`` of the task Jacobian whose columns are split into `jacobians` (one ``[tasks, *p.shape]``
+    tensor per parameter, as `task_jacobians` returns them): the dot products of every pair of task gradients."""
+    return sum(j.flatten(1) @ j.flatten(1).T for j in jacobians)
+
+
 def graph_nodes(loss: torch.Tensor) -> set[torch.autograd.graph.Node]:
     """The nodes of `loss`'s autograd graph that hold what a backward pass frees (every node but the parameters'
     gradient accumulators)."""

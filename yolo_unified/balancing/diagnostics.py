@@ -7,7 +7,7 @@ from itertools import combinations
 
 import torch
 
-from yolo_unified.balancing.base import present, task_jacobians, trainable
+from yolo_unified.balancing.base import jacobians_gramian, present, task_jacobians, trainable
 
 
 def gradient_stats(losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Parameter]) -> dict[str, float]:
@@ -15,8 +15,7 @@ def gradient_stats(losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Pa
     (`gramian_stats`), from one backward pass per task. Leaves every ``.grad`` and the graph as they were: call it
     before ``backward()`` or ``combine()``."""
     values = list(losses.values())
-    jacobians = task_jacobians(values, trainable(shared))
-    gramian = sum(j.flatten(1) @ j.flatten(1).T for j in jacobians)
+    gramian = jacobians_gramian(task_jacobians(values, trainable(shared)))
     return gramian_stats(list(losses), gramian, present(values))
 
 

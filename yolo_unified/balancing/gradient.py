@@ -14,7 +14,7 @@ import torch
 from torchjd.aggregation import IMTLG, MGDA, AlignedMTL, CAGrad, NashMTL, PCGrad, Random, UPGrad, WeightedAggregator
 from torchjd.autojac import jac_to_grad
 
-from yolo_unified.balancing.base import Balancer, present_on_any_rank, task_jacobians, trainable
+from yolo_unified.balancing.base import Balancer, jacobians_gramian, present_on_any_rank, task_jacobians, trainable
 from yolo_unified.ddp import mean_over_ranks
 
 # registry key -> (TorchJD aggregator, our default settings, what it is)
@@ -119,7 +119,7 @@ class JacobianBalancer(Balancer):
             return None, weights
         jacobians = mean_over_ranks(task_jacobians([ordered[i] for i in rows], params, into_others=True))
         index = torch.tensor(rows)
-        self.gramian[index[:, None], index] = sum(j.flatten(1) @ j.flatten(1).T for j in jacobians).cpu()
+        self.gramian[index[:, None], index] = jacobians_gramian(jacobians).cpu()
         if len(rows) == 1:
             for p, jacobian in zip(params, jacobians, strict=True):
                 p.grad = jacobian[0] if p.grad is None else p.grad + jacobian[0]

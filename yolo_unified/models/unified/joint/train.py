@@ -22,7 +22,7 @@ from ultralytics.utils.checks import check_imgsz
 from ultralytics.utils.torch_utils import autocast, unwrap_model
 
 from yolo_unified.balancing import Balancer, build_balancer
-from yolo_unified.common import SHARED_MODULES, TASKS, ULTRALYTICS_TASK, module_of, save_atomically
+from yolo_unified.common import SHARED_MODULES, TASKS, ULTRALYTICS_TASK, listed, module_of, save_atomically
 from yolo_unified.continual import StageContext, stage_samples
 from yolo_unified.data.config import check_heads, labelled_images, load_data_config, task_names, write_image_list
 from yolo_unified.data.sampling import JointLoader, TaskSampler, check_sampling
@@ -51,8 +51,7 @@ def joint_tasks(wanted: str | list[str] | None, data_config: dict[str, Any], dat
     have = [t for t in TASKS if t in data_config["tasks"]]
     if not wanted:
         return have
-    if isinstance(wanted, str):
-        wanted = [t.strip() for t in wanted.strip("[]").split(",") if t.strip()]
+    wanted = listed(wanted)
     if bad := [t for t in wanted if t not in have]:
         raise ValueError(f"tasks={wanted}: {data} has no {', '.join(map(str, bad))} data (it has {', '.join(have)})")
     return [t for t in TASKS if t in wanted]
