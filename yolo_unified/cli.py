@@ -12,13 +12,18 @@ from ultralytics.utils import LOGGER
 
 import yolo_unified
 from yolo_unified.common import listed
+from yolo_unified.data.class_split import split_classes
 from yolo_unified.data.coco import convert_coco
 from yolo_unified.data.prepare import DET_NAMES, SEG_NAMES, VOC_IN_COCO, prepare_hw2
 from yolo_unified.models.unified.model import UnifiedYOLO
 from yolo_unified.workflows.base import check_keys, run_dir, split_cfg
 
 BENCHMARK_KEYS = {"model", "imgsz", "data", "runs", "warmup", "threads", "project", "name", "exist_ok"}
-DATA_KEYS = {"prepare": {"src", "dst", "yaml"}, "coco": {"src", "dst", "yaml", "names", "others"}}  # data ACTION keys
+DATA_KEYS = {  # data ACTION -> its keys
+    "prepare": {"src", "dst", "yaml"},
+    "coco": {"src", "dst", "yaml", "names", "others"},
+    "split": {"data", "task", "classes", "dst", "yaml"},
+}
 MODES = ("train", "val", "predict", "export", "benchmark", "data")
 HELP = f"""yolo-unified {yolo_unified.__version__}: one YOLOv8n model, one head, three tasks (det, seg, cls).
 
@@ -41,6 +46,7 @@ Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml load
   yolo-unified benchmark model=runs/unified/seq/weights/best.pt imgsz=512 threads=2
   yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2
   yolo-unified data coco src=../shared/data/mini_coco dst=datasets/mini_coco names=hw2   # or voc, or person,car
+  yolo-unified data split data=datasets/hw2.yaml task=det classes=person,car,dog,cat,chair dst=datasets/hw2-det-first5
 
 MODE     one of {", ".join(MODES)}, or help, --version
 task     seg | det | cls (train only: one task; omitted: the protocol of cfg=, else cfg/seq.yaml, or
@@ -105,14 +111,16 @@ def coco_names(value: Any) -> list[str] | None:
     return listed(value)
 
 
-def prepare_data(tokens: list[str]) -> dict:
-    """``yolo-unified data prepare|coco key=value ...``: lay out the HW2 data (`prepare_hw2`) or convert COCO
-    instance annotations into images shared by det and seg (`convert_coco`); returns the summary."""
+def prepare_data(tokens: list[str]) -> dict | Path:
+    """``yolo-unified data prepare|coco|split key=value ...``: lay out the HW2 data (`prepare_hw2`), convert COCO
+    instance annotations into images shared by det and seg (`convert_coco`), both returning the summary, or write a
+    class subset of one task (`split_classes`), returning its data YAML."""
     if not tokens or tokens[0] not in DATA_KEYS:
         raise SyntaxError(
             "usage: yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2 [yaml=...]\n"
             "       yolo-unified data coco src=... dst=... [names=person,car,...|hw2|voc] [yaml=...] "
-            "[others=background|ignore]"
+            "[others=background|ignore]\n"
+            "       yolo-unified data split data=... task=det|seg|cls classes=person,car,... dst=... [yaml=...]"
         )
     action, args = tokens[0], parse_args(tokens[1:])
     if unknown := set(args) - DATA_KEYS[action]:
@@ -121,8 +129,11 @@ def prepare_data(tokens: list[str]) -> dict:
         )
     if action == "prepare":
         return prepare_hw2(args.get("src", "../shared/data/hw2"), args.get("dst", "datasets/hw2"), args.get("yaml"))
-    if missing := [key for key in ("src", "dst") if not args.get(key)]:
-        raise SyntaxError(f"'data coco' needs {' and '.join(f'{key}=' for key in missing)}")
+    needed = ("data", "task", "classes", "dst") if action == "split" else ("src", "dst")
+    if missing := [key for key in needed if not args.get(key)]:
+        raise SyntaxError(f"'data {action}' needs {' and '.join(f'{key}=' for key in missing)}")
+    if action == "split":
+        return split_classes(args["data"], args["task"], listed(args["classes"]), args["dst"], args.get("yaml"))
     names = coco_names(args.get("names"))
     return convert_coco(args["src"], args["dst"], names, args.get("yaml"), args.get("others", "background"))
 

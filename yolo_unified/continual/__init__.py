@@ -18,13 +18,19 @@ from yolo_unified.continual.forget_stop import ForgetStop
 from yolo_unified.continual.grad_clip import GradClip
 from yolo_unified.continual.lr_mult import LRMult
 from yolo_unified.continual.lwf import LwF
+from yolo_unified.continual.old_distill import OldDistill
+from yolo_unified.continual.old_labels import OldLabels
 from yolo_unified.continual.output_reg import OutputReg
 from yolo_unified.continual.pseudo_label import PseudoLabel
 from yolo_unified.continual.replay import Replay
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    s.key: s for s in (LRMult, GradClip, BNFreeze, EWC, LwF, OutputReg, PseudoLabel, FeatDistill, Replay, ForgetStop)
-}
+    s.key: s
+    for s in (
+        LRMult, GradClip, BNFreeze, EWC, LwF, OutputReg, PseudoLabel, FeatDistill, Replay, ForgetStop, OldLabels,
+        OldDistill,
+    )
+}  # fmt: skip
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:

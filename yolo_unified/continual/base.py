@@ -29,6 +29,7 @@ class StageContext:
     data: str = ""  # multi-task data YAML
     memory: dict[str, Any] = field(default_factory=dict)
     forget_limit: float = 0.05
+    old_classes: dict[str, int] = field(default_factory=dict)  # task -> classes it had before this stage added some
     root: Path = Path(".")
     # scores a model on finished tasks: evaluate(model, tasks=[...], save_dir=..., **eval_args) -> {task: {metric: v}}
     evaluate: Callable[..., dict[str, dict[str, float]]] | None = None
@@ -36,12 +37,13 @@ class StageContext:
     _taught: tuple[torch.Tensor, Any] | None = field(default=None, init=False, repr=False)
 
     def teacher(self, device: torch.device) -> torch.nn.Module | None:
-        """The frozen model the stage starts from (``prev_weights``, in eval mode), loaded once; None in a first stage.
+        """The frozen model the stage starts from (``prev_weights``, in eval mode), loaded once; None in a first stage
+        (one that neither follows finished tasks nor adds classes to a task the model has).
 
         Every strategy that compares the model with its former self (LwF, pseudo-labels, feature distillation) uses
         this one copy: a resumed stage distils from the same teacher, as ``prev_weights`` is the previous stage's best.
         """
-        if self._teacher is None and self.previous and self.prev_weights:
+        if self._teacher is None and (self.previous or self.old_classes) and self.prev_weights:
             self._teacher = load_checkpoint(self.prev_weights)[0].float().to(device).eval().requires_grad_(False)
         return self._teacher
 
@@ -61,6 +63,7 @@ class Strategy:
     """
 
     key: ClassVar[str] = ""
+    keeps_old_classes: ClassVar[bool] = False  # it acts on the old classes of the tasks a stage adds classes to only
 
     def __init__(self, cfg: Any, context: StageContext):
         """Keep the cfg value (a dict, number or bool) and the stage context."""
@@ -81,6 +84,10 @@ class Strategy:
         The term is per image: the trainer scales it by the batch size where Ultralytics' task loss is summed.
         """
         return None
+
+    def labels(self, batch: dict) -> dict:
+        """The training batch the task loss sees, after preprocessing: a strategy may add labels (old classes)."""
+        return batch
 
     def before_optimizer_step(self, trainer) -> None:
         """After backward and gradient unscaling, before the optimizer step."""

@@ -26,22 +26,28 @@ class LwF(Strategy):
         if self.context.teacher(batch["img"].device) is None:
             return None
         target = self.context.teacher_outputs(batch["img"])[-1]
-        term = sum(self.distance(name, preds[name], target[name]) for t in self.context.previous for name in OUTPUTS[t])
+        t = float(self.cfg.get("temperature", 2.0))
+        term = sum(
+            output_distance(name, preds[name][:, : target[name].shape[1]], target[name], t)  # a grown head's old rows
+            for task in self.context.previous
+            for name in OUTPUTS[task]
+        )
         term = float(self.cfg.get("weight", 1.0)) * term
         return term, {self.key: term.detach()}
 
-    def distance(self, name: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        """Distillation loss of one raw output (channels in dim 1)."""
-        t = float(self.cfg.get("temperature", 2.0))
-        if name == "scores":  # independent sigmoid classes: binary KL, zero when the logits agree
-            p = teacher.sigmoid()
-            log_s, log_s_not, log_t, log_t_not = (F.logsigmoid(x) for x in (student, -student, teacher, -teacher))
-            return (p * (log_t - log_s) + (1 - p) * (log_t_not - log_s_not)).mean()
-        if name == "boxes":  # (B, 4 * reg_max, A): one distribution over reg_max bins per box side and anchor
-            b, c, a = student.shape
-            student, teacher = (x.view(b, 4, c // 4, a).transpose(1, 2) for x in (student, teacher))
-        positions = student[0, 0].numel()  # pixels, box sides x anchors, or 1 for image-level logits
-        kl = F.kl_div(
-            F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True, reduction="batchmean"
-        )
-        return kl * t * t / positions
+
+def output_distance(name: str, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Distillation loss of one raw head output (channels in dim 1; zero when the outputs agree): binary KL for the
+    detection class scores, softened-softmax KL at `temperature` for the others (box-side distributions, seg and cls
+    logits), averaged over positions (pixels, anchors) and images."""
+    if name == "scores":  # independent sigmoid classes: binary KL, zero when the logits agree
+        p = teacher.sigmoid()
+        log_s, log_s_not, log_t, log_t_not = (F.logsigmoid(x) for x in (student, -student, teacher, -teacher))
+        return (p * (log_t - log_s) + (1 - p) * (log_t_not - log_s_not)).mean()
+    if name == "boxes":  # (B, 4 * reg_max, A): one distribution over reg_max bins per box side and anchor
+        b, c, a = student.shape
+        student, teacher = (x.view(b, 4, c // 4, a).transpose(1, 2) for x in (student, teacher))
+    positions = student[0, 0].numel()  # pixels, box sides x anchors, or 1 for image-level logits
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True, reduction="batchmean")
+    return kl * t * t / positions

@@ -190,6 +190,20 @@ class UnifiedHead(Detect):
         nn.init.zeros_(self.seg.bias)
         nn.init.zeros_(self.cls.bias)
 
+    @torch.no_grad()
+    def copy_class_rows(self, old: UnifiedHead) -> None:
+        """Copy the projections of `old` (a head with as many or fewer classes per task) into their first rows here.
+
+        Box rows and the old classes' rows get the old weights, so before any training every old output is what the
+        old head gives; the rows of the classes `old` lacks keep their initialisation.
+        """
+        box = 4 * self.reg_max
+        self.det.weight[: box + old.nc] = old.det.weight[: box + old.nc]
+        self.det.bias[: box + old.nc] = old.det.bias[: box + old.nc]
+        for mine, theirs, n in ((self.seg, old.seg, old.nc_seg), (self.cls, old.cls, old.nc_cls)):
+            mine.weight[:n] = theirs.weight[:n]
+            mine.bias[:n] = theirs.bias[:n]
+
     def fuse(self) -> None:
         """Fold the tower's per-level BatchNorms (Ultralytics' ``fuse`` folds the other convs' BatchNorms itself)."""
         for conv in self.tower:

@@ -63,6 +63,17 @@ def loss_scale(batch: dict) -> int:
     return batch["img"].shape[0] if batch_task(batch) != "cls" else 1
 
 
+def check_class_lists(model: nn.Module, source: Any) -> None:
+    """Raise a ValueError naming `source` when a unified model's class list of a task and its head's outputs for that
+    task differ in length (a checkpoint edited or saved by other code)."""
+    head, names = model.model[-1], getattr(model, "task_names", None)
+    if not isinstance(head, UnifiedHead) or not names:
+        return
+    outputs = {"det": head.nc, "seg": head.nc_seg, "cls": head.nc_cls}
+    if bad := [f"{t} {len(names[t])} names vs {n} outputs" for t, n in outputs.items() if len(names.get(t, ())) != n]:
+        raise ValueError(f"{source}: its class lists do not match its head ({'; '.join(bad)}); it cannot be used")
+
+
 class UnifiedModel(DetectionModel):
     """One network, three tasks: ``(det, seg, cls)`` from a single forward pass.
 

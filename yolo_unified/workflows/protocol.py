@@ -16,7 +16,7 @@ from ultralytics.utils import LOGGER, RANK, YAML, colorstr
 
 from yolo_unified.common import MEMORY_FILE, PRIMARY_METRIC, STATE_FILE, TASKS, save_atomically
 from yolo_unified.continual import StageContext
-from yolo_unified.data.config import load_data_config
+from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.ddp import rank_zero_alone, same_on_every_rank, wait_for_rank_zero
 from yolo_unified.models.unified.joint import JointTrainer
 from yolo_unified.models.unified.train import TRAINERS
@@ -164,6 +164,8 @@ class Protocol:
     beside the stage's ``best.pt`` (`stage_memory` reads it), so every ``best.pt`` is a plain Ultralytics checkpoint.
     A stage that keeps no weights keeps no memory either: the next one continues from the previous weights and their
     memory.
+    A stage may train on data of its own (its ``data`` key): a later stage of a task on data with classes the model
+    lacks adds them (the trainers' ``add classes``); every stage is scored on the protocol's ``data``, per class too.
     The final model, ``<root>/weights/best.pt``, carries each task's image size (``task_imgsz``, set by the trainers;
     the largest is what predict and export use by default) and has its memory beside it too: a protocol started from
     it goes on with it.
@@ -232,7 +234,7 @@ class Protocol:
     def stage_context(self, i: int) -> StageContext:
         """What stage `i`'s strategies know: the finished tasks, their scores and sizes, the memory, an evaluator."""
         done, weights = self.state["stages"], self.start_weights()
-        learned = [t for s in done for t in stage_tasks(s)]
+        learned = list(dict.fromkeys(t for s in done for t in stage_tasks(s)))
         return StageContext(
             index=i,
             task="+".join(stage_tasks(self.stages[i])),
@@ -274,11 +276,13 @@ class Protocol:
         else:
             save_atomically(context.memory, memory_file(best))
         scores = {}
-        for t in [*context.previous, *tasks]:
+        for t in dict.fromkeys([*context.previous, *tasks]):
             scored = validate(best, self.common["data"], tasks=[t], save_dir=stage_dir / "eval", plots=False,
-                              **self.eval_args(t))  # fmt: skip
+                              per_class=True, **self.eval_args(t))  # fmt: skip
             scores.update(scored)
-        record = {"task": context.task, "weights": str(best), "save_dir": str(stage_dir), "scores": scores}
+        names = task_names(load_data_config(self.stage_args(i)["data"]))
+        record = {"task": context.task, "weights": str(best), "save_dir": str(stage_dir), "scores": scores,
+                  "classes": {t: list(names[t].values()) for t in tasks}}  # fmt: skip
         if len(tasks) > 1:
             record.update(tasks=tasks, own_scores={t: scores[t][PRIMARY_METRIC[t]] for t in tasks})
         else:

@@ -19,10 +19,11 @@ from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
 
 from yolo_unified.common import module_of
 from yolo_unified.continual import StageContext, build_strategies
+from yolo_unified.data.classes import class_map, grown_names, remap_labels
 from yolo_unified.data.config import load_data_config, task_data, task_names
 from yolo_unified.ddp import CpuDDP, cpu_workers, from_rank_zero, init_cpu_group, rank_zero_alone
 from yolo_unified.models.unified import val
-from yolo_unified.nn.tasks import DEFAULT_MODEL_YAML, UnifiedModel
+from yolo_unified.nn.tasks import DEFAULT_MODEL_YAML, UnifiedModel, check_class_lists
 
 
 def strip_atomically(f: Path, **kwargs: Any) -> dict:
@@ -31,6 +32,11 @@ def strip_atomically(f: Path, **kwargs: Any) -> dict:
     ckpt = strip_optimizer(f, s=str(tmp), **kwargs)
     os.replace(tmp, f)
     return ckpt
+
+
+def learned_tasks(weights: torch.nn.Module | None) -> set[str]:
+    """The tasks a unified model was trained on (those with a trained image size, ``task_imgsz``); none for others."""
+    return set(getattr(weights, "task_imgsz", None) or ()) & set(getattr(weights, "task_names", None) or {})
 
 
 def drop_rows_after(csv: Path, epoch: int) -> None:
@@ -52,6 +58,7 @@ class UnifiedTrainerMixin:
 
     task_key: str = ""  # "seg", "det" or "cls"
     validator_class: type = object
+    class_lut: torch.Tensor | None = None  # data class id -> model class id, where the data numbers them otherwise
 
     def __init__(
         self,
@@ -249,6 +256,7 @@ class UnifiedTrainerMixin:
         cfg, weights, ckpt = self.model, None, None
         if str(self.model).endswith(".pt"):
             weights, ckpt = load_checkpoint(self.model)
+            check_class_lists(weights, self.model)
             cfg = weights.yaml if isinstance(weights, UnifiedModel) else DEFAULT_MODEL_YAML
         if weights is None and isinstance(self.args.pretrained, (str, Path)) and not self.resume:
             try:
@@ -259,22 +267,93 @@ class UnifiedTrainerMixin:
         return ckpt
 
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True):
-        """Return a unified model whose class counts come from the data YAML (all its tasks, not just this one).
+        """Return a unified model with the class lists of `weights` and of the data YAML (`model_names`).
 
-        The model carries each task's image size (``task_imgsz``: the sizes `weights` held, and this run's own),
-        which val, predict and export read from its checkpoints (`yolo_unified.common.task_imgsz`). ``bn_momentum``
-        sets its BatchNorm layers' momentum.
+        A task the weights learned and this run trains, on data with classes the weights lack, gets those classes
+        appended, its old outputs kept (``added_classes``). The model carries each task's image size
+        (``task_imgsz``: the sizes `weights` held, and this run's own), which val, predict and export read from its
+        checkpoints (`yolo_unified.common.task_imgsz`). ``bn_momentum`` sets its BatchNorm layers' momentum.
         """
-        names = {**(getattr(weights, "task_names", None) or {}), **task_names(self.data_config)}
+        names, added = self.model_names(weights)
         model = UnifiedModel(cfg or DEFAULT_MODEL_YAML, ch=self.data["channels"], task_names=names, verbose=verbose)
         if weights:
             model.load(weights)
+            if added and not self.resume:
+                model.model[-1].copy_class_rows(weights.model[-1])
+        model.added_classes = added
+        self.use_class_list(model, learned_tasks(weights) if not self.resume else set(model.task_names))
         if self.args.bn_momentum:
             for m in model.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.momentum = float(self.args.bn_momentum)
         model.task_imgsz = {**(getattr(weights, "task_imgsz", None) or {}), **self.trained_imgsz()}
         return model
+
+    def model_names(self, weights: torch.nn.Module | None) -> tuple[dict[str, dict[int, str]], dict[str, dict]]:
+        """Each task's class names for the model of this run, and what the run adds to tasks `weights` learned.
+
+        A task `weights` learned (``task_imgsz``) keeps its classes; one this run trains gets the data's classes it
+        lacks appended (matched by name: `grown_names`). A task it did not learn takes the data's classes. Returns
+        the names and ``{task: {"old": classes before, "from": weights file}}`` for the tasks that grow (on resume,
+        what the run's first start added).
+        """
+        known = getattr(weights, "task_names", None) or {}
+        if self.resume:  # the run's own last.pt: its classes are the run's
+            return dict(known), dict(getattr(weights, "added_classes", None) or {})
+        learned = learned_tasks(weights)
+        names, added = dict(known), {}
+        for task, data_names in task_names(self.data_config).items():
+            if task not in learned:
+                names[task] = data_names
+            elif task in self.trained_imgsz():
+                names[task] = grown_names(known[task], data_names, self.args.data, task)
+                if len(names[task]) > len(known[task]):
+                    added[task] = {"old": len(known[task]), "from": str(Path(self.args.model).resolve())}
+        return names, added
+
+    def use_class_list(self, model: UnifiedModel, learned: set[str]) -> None:
+        """Renumber this run's labels to the model's class ids where the data numbers them otherwise, and tell the
+        strategies which old classes the run keeps; log what the run does to the class list.
+
+        Strategies that keep old classes (``old_labels``, ``old_distill``) on a task the start model never `learned`
+        are an error: that is a new task, with no old classes to keep.
+        """
+        task, data_names = self.task_key, self.data["names"]
+        keepers = [s.key for s in self.strategies if s.keeps_old_classes]
+        if keepers and task not in learned:
+            raise ValueError(
+                f"{', '.join(keepers)} keep the old classes of a task the model has, but model={self.args.model} has "
+                f"not learned {task}: training it is a new task, not new classes (drop {', '.join(keepers)})"
+            )
+        if keepers and task not in model.added_classes:
+            LOGGER.warning(
+                f"{', '.join(keepers)}: {self.args.data} has no {task} class the model lacks; they do nothing"
+            )
+        ids = class_map(model.task_names[task], data_names, self.args.data, task)
+        self.class_lut = None if ids == list(range(len(ids))) else torch.tensor(ids)
+        for t, grown in model.added_classes.items():
+            old, new = grown["old"], list(model.task_names[t].values())[grown["old"] :]
+            self.context.old_classes[t] = old
+            self.context.prev_weights = self.context.prev_weights or grown["from"]
+            LOGGER.info(
+                f"{colorstr('add classes:')} {t} had {old} classes; {self.args.data} adds {len(new)}: "
+                f"{', '.join(new)} (ids {old}-{old + len(new) - 1}). The {t} outputs grow to {old + len(new)} classes, "
+                f"the old ones unchanged; old classes kept by "
+                f"{', '.join(keepers) if keepers else 'nothing (cfg=cfg/add-classes.yaml keeps them)'}"
+            )
+        if self.class_lut is not None:
+            moved = {data_names[i]: m for i, m in enumerate(ids) if m != i}
+            LOGGER.info(f"{colorstr('add classes:')} {task} labels renumbered to the model's ids: {moved}")
+
+    def preprocess_batch(self, batch: dict) -> dict:
+        """Ultralytics' preprocessing, the labels in the model's class ids, then the strategies' labels (old classes
+        labelled by the model before the stage)."""
+        batch = super().preprocess_batch(batch)
+        if self.class_lut is not None:
+            batch = remap_labels(batch, self.task_key, self.class_lut)
+        for s in self.strategies:
+            batch = s.labels(batch)
+        return batch
 
     def trained_imgsz(self) -> dict[str, int]:
         """The image size of each task this run trains: ``{task: imgsz}``."""

@@ -17,7 +17,9 @@ from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, YAML, colorstr
 
 from yolo_unified.common import TASKS, ULTRALYTICS_TASK, task_imgsz
-from yolo_unified.data.config import check_heads, load_data_config, task_data, task_names
+from yolo_unified.data.classes import class_map, remap_labels
+from yolo_unified.data.config import load_data_config, task_data
+from yolo_unified.nn.tasks import check_class_lists
 
 
 def model_task_names(model: Any, task: str) -> dict[int, str]:
@@ -50,6 +52,7 @@ class UnifiedValidatorMixin:
 
     task_key: str = ""
     output_index: int = 0  # position of this task's output in the model's (det, seg, cls) tuple
+    class_lut: torch.Tensor | None = None  # data class id -> model class id, where the data numbers them otherwise
 
     def __call__(self, trainer=None, model=None, **kwargs):
         """Validate; a standalone run first resolves the multi-task data YAML to this task's dataset."""
@@ -66,13 +69,33 @@ class UnifiedValidatorMixin:
         return str(file)
 
     def init_metrics(self, model: torch.nn.Module) -> None:
-        """Initialise Ultralytics' metrics with this task's class names."""
+        """Initialise Ultralytics' metrics with the model's class names of this task; labels of the data are read in
+        the model's class ids (`class_map`: by name), those of classes the model lacks are left out."""
         names, kept = model_task_names(model, self.task_key), model.names
+        ids = class_map(names, self.data["names"], self.args.data, self.task_key)
+        if all(i < 0 for i in ids):
+            raise ValueError(
+                f"{self.args.data}: the model has none of its '{self.task_key}' classes "
+                f"{list(self.data['names'].values())} (the model's: {list(names.values())}); validate on the data the "
+                "model was trained on"
+            )
+        self.class_lut = None if ids == list(range(len(ids))) else torch.tensor(ids)
+        if lacking := [self.data["names"][i] for i, m in enumerate(ids) if m < 0]:
+            LOGGER.info(f"{self.task_key} val: the model lacks the data's classes {lacking}: their labels are left out")
         model.names = names
         try:
             super().init_metrics(model)
         finally:
             model.names = kept
+
+    def preprocess(self, batch: dict) -> dict:
+        """Ultralytics' preprocessing, the labels in the model's class ids."""
+        batch = super().preprocess(batch)
+        return batch if self.class_lut is None else remap_labels(batch, self.task_key, self.class_lut)
+
+    def per_class(self) -> dict[str, float]:
+        """The task's score of each class the validation labels hold, by class name (after a validation)."""
+        raise NotImplementedError
 
     def postprocess(self, preds: Any) -> Any:
         """Select this task's output, then post-process it exactly as Ultralytics does."""
@@ -93,17 +116,32 @@ class UnifiedDetectionValidator(UnifiedValidatorMixin, DetectionValidator):
 
     task_key, output_index = "det", 0
 
+    def per_class(self) -> dict[str, float]:
+        """mAP50 of each class with validation boxes."""
+        ap50 = self.metrics.box.ap50
+        return {self.names[int(c)]: float(ap50[i]) for i, c in enumerate(self.metrics.ap_class_index)}
+
 
 class UnifiedSegmentationValidator(UnifiedValidatorMixin, SemanticSegmentationValidator):
     """mIoU / pixel accuracy of the segmentation output, by Ultralytics' ``SemanticSegmentationValidator``."""
 
     task_key, output_index = "seg", 1
 
+    def per_class(self) -> dict[str, float]:
+        """IoU of each class with validation pixels (background too, as Ultralytics' mIoU counts it)."""
+        iou, pixels = self.metrics.per_class_iou, self.metrics.nt_per_class
+        return {self.names[c]: float(iou[c]) for c in range(len(pixels)) if pixels[c] > 0}
+
 
 class UnifiedClassificationValidator(UnifiedValidatorMixin, ClassificationValidator):
     """Top-1 / top-5 accuracy of the classification output, by Ultralytics' ``ClassificationValidator``."""
 
     task_key, output_index = "cls", 2
+
+    def per_class(self) -> dict[str, float]:
+        """Top-1 accuracy on each class's validation images (its recall)."""
+        top1, targets = torch.cat(self.pred)[:, 0], torch.cat(self.targets)
+        return {self.names[int(c)]: float((top1[targets == c] == c).float().mean()) for c in targets.unique()}
 
     def task_dataset(self, data: str) -> str:
         """Return the folder holding this task's ``train/`` and ``val/`` class folders (Ultralytics' layout)."""
@@ -128,38 +166,43 @@ def validate(
     data: str | Path,
     save_dir: str | Path,
     tasks: list[str] | None = None,
+    per_class: bool = False,
     **overrides: Any,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Validate every task the data YAML and the model share (or just `tasks`); log and save a summary.
 
     `model` is a checkpoint path, an exported model or a unified model in memory (a copy is validated, so a training
     model is left as it is). Without ``imgsz`` each task of a checkpoint is scored at the size it was trained at
     (`task_imgsz`), an exported model at its export size. Returns ``{task: {metric: value}}`` with Ultralytics'
-    metric names; each task's plots go to ``save_dir/<task>/``, ``metrics.json`` and ``metrics.csv`` to `save_dir`.
+    metric names (with `per_class`, plus ``per_class``: the score of each class by name, see the validators'
+    ``per_class``); each task's plots go to ``save_dir/<task>/``, ``metrics.json`` and ``metrics.csv`` to `save_dir`.
+    The data's classes are matched to the model's by name: those the model lacks are left out.
     """
     cfg = load_data_config(data)
     module = model if isinstance(model, torch.nn.Module) else None
     if module is None and str(model).endswith(".pt"):
         module = load_checkpoint(model)[0]
+        check_class_lists(module, model)
     model_tasks = set(getattr(module, "task_names", None) or TASKS)
     tasks = [t for t in (tasks or TASKS) if t in cfg["tasks"] and t in model_tasks]
     if not tasks:
         raise ValueError(f"{data} and the model share no task")
-    if module is not None and getattr(module, "task_names", None):
-        data_names = {t: names for t, names in task_names(cfg).items() if t in tasks}
-        check_heads(module.task_names, data_names, model if module is not model else "the model", data)
-    save_dir, results = Path(save_dir), {}
+    save_dir, results, classes = Path(save_dir), {}, {}
     for t in tasks:
         args = {**overrides, "data": str(data), "task": ULTRALYTICS_TASK[t], "mode": "val"}
         if "imgsz" not in overrides and module is not None and (imgsz := task_imgsz(module, t)):
             args["imgsz"] = imgsz
         if isinstance(model, torch.nn.Module):
-            stats = VALIDATORS[t](save_dir=save_dir / t, args=args)(model=deepcopy(model).float())
+            validator = VALIDATORS[t](save_dir=save_dir / t, args=args)
+            stats = validator(model=deepcopy(model).float())
         else:
-            stats = VALIDATORS[t](save_dir=save_dir / t, args={**args, "model": str(model)})()
+            validator = VALIDATORS[t](save_dir=save_dir / t, args={**args, "model": str(model)})
+            stats = validator()
         results[t] = {k: float(v) for k, v in stats.items() if k.startswith("metrics/")}
+        if per_class:
+            classes[t] = validator.per_class()
     write_summary(results, save_dir)
-    return results
+    return {t: {**m, "per_class": classes[t]} for t, m in results.items()} if per_class else results
 
 
 def write_summary(results: dict[str, dict[str, float]], save_dir: Path) -> None:

@@ -158,8 +158,12 @@ class TaskPart:
         return self.trainer_class.get_dataloader(self, dataset_path, batch_size, rank, mode)
 
     def preprocess_batch(self, batch: dict) -> dict:
-        """The task's preprocessing of a batch: on the device, images as floats in [0, 1] (multi-scale for det/seg)."""
-        return self.trainer_class.preprocess_batch(self, batch)
+        """The task's preprocessing of a batch: on the device, images as floats in [0, 1] (multi-scale for det/seg).
+
+        Ultralytics' own, skipping the single-task trainers' relabelling: a joint run's data has the model's classes
+        (its model is checked to have heads for them).
+        """
+        return super(UnifiedTrainerMixin, self.trainer_class).preprocess_batch(self, batch)
 
     def plot_training_samples(self, batch: dict, ni: int) -> None:
         """Plot a training batch into the task's folder."""
@@ -356,6 +360,14 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
             data = {t: names for t, names in task_names(self.data_config).items() if t in self.tasks}
             check_heads(weights.task_names, data, self.args.model, self.args.data)
         return super().get_model(cfg, weights, verbose)
+
+    def model_names(self, weights: torch.nn.Module | None) -> tuple[dict[str, dict[int, str]], dict[str, dict]]:
+        """The data's class names over those of `weights` (whose heads match them: `get_model`); a joint run adds no
+        classes."""
+        return {**(getattr(weights, "task_names", None) or {}), **task_names(self.data_config)}, {}
+
+    def use_class_list(self, model: UnifiedModel, learned: set[str]) -> None:
+        """Nothing to renumber: the model's classes are the data's."""
 
     def trained_imgsz(self) -> dict[str, int]:
         """Each task's image size (its own ``imgsz`` in ``task_args``, else the run's), as its trainer gives it."""
