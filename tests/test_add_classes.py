@@ -153,7 +153,7 @@ def test_old_class_distillation_is_zero_for_the_grown_model_before_training(task
     strategy = OldDistill({"weight": 1.0}, context)
     with torch.no_grad():
         term, parts = strategy.loss(grown, grown(img)[-1], batch)
-        assert abs(float(term)) < 1e-5 and set(parts) == {"old_distill"}
+        assert abs(float(term)) < 1e-5 and set(parts) == {"old_dist"}
         for p in grown.model[-1].parameters():
             p.add_(0.1 * torch.randn_like(p))
         assert float(strategy.loss(grown, grown(img)[-1], batch)[0]) > 1e-4
@@ -204,7 +204,7 @@ def test_a_stage_adds_a_class_and_scores_old_and_new_ones(task, synth_12, tmp_pa
     assert model.added_classes[task]["old"] == n_old
     assert {"det": model.model[-1].nc, "seg": model.model[-1].nc_seg, "cls": model.model[-1].nc_cls}[task] == n_old + 1
     header = (tmp_path / "new" / "results.csv").read_text().splitlines()[0]
-    assert "train/old_distill" in header and ("train/old_labels" in header) == (task != "cls")  # beside the loss
+    assert "train/old_dist" in header and ("train/old_labels" in header) == (task != "cls")  # beside the loss
     untrained = {"tasks": [task], "per_class": True, "plots": False, "conf": 0.01}  # NMS of few boxes: quick
     stage1 = validate(str(tmp_path / "old.pt"), synth_12, tmp_path / "val1", **untrained)
     assert "the model lacks the data's classes ['triangle']: their labels are left out" in logged.text

@@ -91,6 +91,7 @@ def varied_checkpoint(synth_yaml: str, project: Path) -> str:
     for bn in norms:  # scaling near-constant channels up to unit variance would make a net that amplifies any
         bn.running_var.clamp_(min=bn.running_var.mean().item())  # rounding (INT8, bf16) layer after layer
     fit_class_probe(model.eval(), synth_yaml)
+    model.task_imgsz = dict.fromkeys(("seg", "det", "cls"), IMGSZ)  # it stands for a model of all three tasks
     ckpt["model"] = model.half()
     torch.save(ckpt, out["weights"])
     return out["weights"]
@@ -333,7 +334,8 @@ def test_missing_export_packages_name_the_extra(weights, monkeypatch, fmt, quant
 
 
 def test_export_and_val_refuse_data_whose_classes_differ_from_the_heads(weights, synth_yaml, tmp_path):
-    """INT8 calibration and val on a data YAML with other class counts than the checkpoint's heads: one message."""
+    """INT8 calibration on a data YAML with other class counts than the checkpoint's heads, val on one with none of
+    its classes: one message each."""
     data = yaml.safe_load(Path(synth_yaml).read_text())
     data["det"]["names"] = {0: "a", 1: "b"}  # 2 detection classes; the model has 3
     other = tmp_path / "other.yaml"
@@ -341,5 +343,6 @@ def test_export_and_val_refuse_data_whose_classes_differ_from_the_heads(weights,
     mismatch = r"best.pt: its heads do not match the class counts of .*other.yaml \(det 3 vs 2; model vs data\)"
     with pytest.raises(ValueError, match=mismatch):
         UnifiedYOLO(weights).export(format="onnx", quantize=8, data=str(other), imgsz=IMGSZ)
-    with pytest.raises(ValueError, match=mismatch):
+    unknown = r"other.yaml: the model has none of its 'det' classes \['a', 'b'\] \(the model's: \['circle', "
+    with pytest.raises(ValueError, match=unknown):  # val matches classes by name: it has none of these
         UnifiedYOLO(weights).val(data=str(other), project=str(tmp_path))

@@ -22,6 +22,7 @@ from yolo_unified.models.unified import val as unified_val
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.nn import UnifiedModel
 from yolo_unified.nn.tasks import CFG_DIR
+from yolo_unified.workflows.single import resumed_task
 
 OVERFIT = dict(  # 4 images, one optimizer step per epoch, no augmentation, constant learning rate: the loss must fall
     epochs=15, imgsz=128, batch=4, nbs=4, optimizer="AdamW", lr0=0.003, lrf=1.0, warmup_epochs=0,
@@ -166,3 +167,15 @@ def test_training_on_an_empty_image_file_names_it(synth_yaml, tmp_path):
     text.write_text("not an image")
     with pytest.raises(ValueError, match=re.escape(f"{text} is not an image")):
         task_data(load_data_config(data), "cls")
+
+
+def test_resume_of_a_single_task_checkpoint_finds_its_task(tmp_path, monkeypatch):
+    """``train resume=last.pt`` of a one-task run resumes that task in its own folder (not a protocol)."""
+    for name, args in (("det.pt", {"task": "detect"}), ("joint.pt", {"task": "detect", "joint": True})):
+        torch.save({"train_args": args}, tmp_path / name)
+    assert resumed_task(tmp_path / "det.pt") == "det"
+    assert resumed_task(tmp_path / "joint.pt") is None and resumed_task(tmp_path) is None
+    ran = {}
+    monkeypatch.setattr(workflows, "train_task", lambda task, keys: ran.update(task=task, keys=keys) or {})
+    workflows.train(resume=str(tmp_path / "det.pt"))
+    assert ran == {"task": "det", "keys": {"resume": str(tmp_path / "det.pt")}}  # no data=, no new run folder

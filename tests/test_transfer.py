@@ -3,6 +3,7 @@ hand-made protocol states)."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from yolo_unified.workflows.report import (
     run_summary,
     transfer,
     units,
+    verdict,
     write_report,
 )
 
@@ -116,6 +118,9 @@ def test_class_group_table_gives_old_new_all_and_the_old_classes_forgetting():
     assert values == pytest.approx([0.4, 0.7, 0.5, 0.5, 0.2, 10.0])
     assert group["pass"] is False
     assert class_groups(add_classes_state(), 0.25)[0]["pass"] is True
+    assert verdict(add_classes_state(), 0.05) == "FAIL"  # the old classes' drop fails the protocol
+    summary = run_summary(Path("."), add_classes_state(), 0.05)
+    assert "  det  stage 2's old classes 0.400  forgetting +20.0%  FAIL  (new 0.700)" in summary
 
 
 def test_transfer_of_a_protocol_against_its_baselines_run():

@@ -41,7 +41,7 @@ class OldDistill(Strategy):
     - seg: MiB's unbiased distillation (`unbiased_seg_distance`): new classes count as background for the old model;
     - cls: the softened distribution over the old classes (the new model's old logits, renormalised), as LwF does
       for class-incremental learning.
-    Weighted by ``weight`` and shown as ``old_distill``.
+    Weighted by ``weight`` and shown as ``old_dist``.
     """
 
     key = "old_distill"
@@ -61,4 +61,4 @@ class OldDistill(Strategy):
                 for name in OUTPUTS[task]
             )
         term = float(self.cfg.get("weight", 1.0)) * term
-        return term, {self.key: term.detach()}
+        return term, {"old_dist": term.detach()}

@@ -15,12 +15,12 @@ from yolo_unified.ddp import cpu_workers, init_cpu_group
 from yolo_unified.workflows.base import with_default_data
 from yolo_unified.workflows.joint import resume_joint, resumes_joint_run, train_joint
 from yolo_unified.workflows.protocol import resume_protocol, resumes_protocol, train_protocol
-from yolo_unified.workflows.single import train_task
+from yolo_unified.workflows.single import resumed_task, train_task
 
 
 def train(task: str | None = None, force: dict[str, Any] | None = None, **keys: Any) -> dict[str, Any]:
-    """Train as `keys` say: resume a protocol folder or a joint checkpoint, else a joint run (``joint=True``), one
-    task (``task=``) or a protocol (``stages=``; without them the recommended one).
+    """Train as `keys` say: resume a protocol folder or a joint or single-task checkpoint, else a joint run
+    (``joint=True``), one task (``task=``) or a protocol (``stages=``; without them the recommended one).
 
     `force` holds keys that win over a protocol stage's own (the command line's explicit keys); without ``data=`` the
     built-in synthetic data is generated and its settings (cfg/synth.yaml) join `force` below the caller's keys.
@@ -37,6 +37,8 @@ def train(task: str | None = None, force: dict[str, Any] | None = None, **keys: 
         return resume_protocol(resume, {k: v for k, v in given.items() if k != "resume"})
     if resume and (given.get("joint") or resumes_joint_run(resume)):
         return resume_joint(given)
+    if resume and (resumed := task or resumed_task(resume)):
+        return train_task(resumed, given)
     keys, force = with_default_data(given, force)
     if keys.get("joint"):
         return train_joint(task, keys)

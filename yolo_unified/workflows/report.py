@@ -219,8 +219,10 @@ def class_group_rows(state: dict[str, Any], limit: float) -> list[list[str]]:
 
 
 def verdict(state: dict[str, Any], limit: float) -> str:
-    """PASS when every task stays within `limit` and every stage kept weights, else FAIL."""
-    passed = all(d["pass"] for d in forgetting(state, limit).values()) and not unlearned_stages(state)
+    """PASS when every task, and the old classes of every stage adding classes, stay within `limit` and every stage
+    kept weights, else FAIL."""
+    groups = [g["pass"] is not False for g in class_groups(state, limit)]
+    passed = all(d["pass"] for d in forgetting(state, limit).values()) and all(groups) and not unlearned_stages(state)
     return "PASS" if passed else "FAIL"
 
 
@@ -266,6 +268,13 @@ def run_summary(
     for t, d in forgetting(state, limit).items():
         result = "PASS" if d["pass"] else "FAIL"
         lines.append(f"  {t}  {PRIMARY[t]:<6} {d['final']:.3f}  forgetting {d['relative']:+6.1%}  {result}")
+    for g in class_groups(state, limit):
+        if g["pass"] is not None:
+            result = "PASS" if g["pass"] else "FAIL"
+            lines.append(
+                f"  {g['task']}  stage {g['stage'] + 1}'s old classes {g['old']:.3f}  "
+                f"forgetting {g['relative']:+6.1%}  {result}  (new {g['new']:.3f})"
+            )
     baselines = load_baselines((state.get("config") or {}).get("baselines"))
     if found := [f"{k} {v:+.3f}" for k, v in protocol_transfer(state, baselines).items() if v is not None]:
         lines.append(f"  transfer  {'  '.join(found)}  (accuracy matrix in the report)")
@@ -328,7 +337,8 @@ def write_report(root: Path, state: dict[str, Any], forget_limit: float = 0.05, 
     overall = verdict(state, forget_limit)
     md = (
         f"# Forgetting report\n\nLimit: relative drop <= {forget_limit:.0%} of each task's score right after its own "
-        f"stage (mIoU for seg, mAP50 for det, top-1 for cls). Overall: **{overall}**.{warning}\n\n{markdown(rows)}"
+        f"stage (mIoU for seg, mAP50 for det, top-1 for cls), and of the old classes' score of a stage that adds "
+        f"classes (Class groups). Overall: **{overall}**.{warning}\n\n{markdown(rows)}"
     )
     transfers = transfer_section(state, forget_limit, base)
     (root / "forgetting.md").write_text(md + transfers)

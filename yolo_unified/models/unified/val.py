@@ -53,11 +53,12 @@ class UnifiedValidatorMixin:
     task_key: str = ""
     output_index: int = 0  # position of this task's output in the model's (det, seg, cls) tuple
     class_lut: torch.Tensor | None = None  # data class id -> model class id, where the data numbers them otherwise
+    data_yaml: str | None = None  # a standalone run's multi-task data YAML (``args.data`` is then the task's own)
 
     def __call__(self, trainer=None, model=None, **kwargs):
         """Validate; a standalone run first resolves the multi-task data YAML to this task's dataset."""
         if trainer is None and is_multitask_yaml(self.args.data):
-            self.args.data = self.task_dataset(self.args.data)
+            self.data_yaml, self.args.data = self.args.data, self.task_dataset(self.args.data)
         return super().__call__(trainer=trainer, model=model, **kwargs)
 
     def task_dataset(self, data: str) -> str:
@@ -72,10 +73,11 @@ class UnifiedValidatorMixin:
         """Initialise Ultralytics' metrics with the model's class names of this task; labels of the data are read in
         the model's class ids (`class_map`: by name), those of classes the model lacks are left out."""
         names, kept = model_task_names(model, self.task_key), model.names
-        ids = class_map(names, self.data["names"], self.args.data, self.task_key)
+        data = self.data_yaml or self.args.data
+        ids = class_map(names, self.data["names"], data, self.task_key)
         if all(i < 0 for i in ids):
             raise ValueError(
-                f"{self.args.data}: the model has none of its '{self.task_key}' classes "
+                f"{data}: the model has none of its '{self.task_key}' classes "
                 f"{list(self.data['names'].values())} (the model's: {list(names.values())}); validate on the data the "
                 "model was trained on"
             )
@@ -169,7 +171,8 @@ def validate(
     per_class: bool = False,
     **overrides: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Validate every task the data YAML and the model share (or just `tasks`); log and save a summary.
+    """Validate every task the data YAML and the model share (or just `tasks`); log and save a summary. A checkpoint
+    shares the tasks it was trained on (``task_imgsz``).
 
     `model` is a checkpoint path, an exported model or a unified model in memory (a copy is validated, so a training
     model is left as it is). Without ``imgsz`` each task of a checkpoint is scored at the size it was trained at
@@ -183,7 +186,7 @@ def validate(
     if module is None and str(model).endswith(".pt"):
         module = load_checkpoint(model)[0]
         check_class_lists(module, model)
-    model_tasks = set(getattr(module, "task_names", None) or TASKS)
+    model_tasks = set(getattr(module, "task_imgsz", None) or getattr(module, "task_names", None) or TASKS)
     tasks = [t for t in (tasks or TASKS) if t in cfg["tasks"] and t in model_tasks]
     if not tasks:
         raise ValueError(f"{data} and the model share no task")
