@@ -12,7 +12,7 @@ from ultralytics.cfg import DEFAULT_CFG_DICT
 from ultralytics.data.utils import load_dataset_cache_file
 from ultralytics.nn.tasks import load_checkpoint
 
-from yolo_unified import workflows
+from yolo_unified import UnifiedYOLO, workflows
 from yolo_unified.continual import StageContext, build_strategies
 from yolo_unified.continual.old_distill import OldDistill, unbiased_seg_distance
 from yolo_unified.continual.old_labels import OldLabels, merge_boxes, shift_background
@@ -210,6 +210,9 @@ def test_a_stage_adds_a_class_and_scores_old_and_new_ones(task, synth_12, tmp_pa
     assert "the model lacks the data's classes ['triangle']: their labels are left out" in logged.text
     stage2 = validate(new["weights"], synth_12, tmp_path / "val2", **untrained)
     assert "triangle" not in stage1[task]["per_class"] and "triangle" in stage2[task]["per_class"]
+    image = next((tmp_path / "second" / ("cls/val/triangle" if task == "cls" else f"{task}/images/val")).iterdir())
+    result = UnifiedYOLO(new["weights"]).predict(str(image), save=False, verbose=False)[0]
+    assert result.task_names[task] == model.task_names[task]  # what predict shows: the grown list
     if task == "det":  # training read the subset's own labels (triangle: class 0 of the subset's data)
         cache = load_dataset_cache_file(tmp_path / "second/det/labels/train.cache")
         assert {int(c) for label in cache["labels"] for c in label["cls"].ravel()} == {0}
