@@ -13,13 +13,14 @@ from ultralytics.data.utils import load_dataset_cache_file
 from ultralytics.nn.tasks import load_checkpoint
 
 from yolo_unified import UnifiedYOLO, workflows
-from yolo_unified.continual import StageContext, build_strategies
+from yolo_unified.continual import StageContext, build_strategies, stage_samples
 from yolo_unified.continual.old_distill import OldDistill, unbiased_seg_distance
 from yolo_unified.continual.old_labels import OldLabels, merge_boxes, shift_background
 from yolo_unified.data.class_split import split_classes
 from yolo_unified.data.classes import class_map, grown_names, remap_labels
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.data.synthetic import make_synthetic
+from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import UnifiedModel, check_class_lists
 from yolo_unified.workflows.base import check_keys
@@ -232,3 +233,16 @@ def test_keeping_old_classes_of_a_task_the_model_never_learned_fails(synth_12, t
     with pytest.raises(ValueError, match=rf"old_labels keep .* model={tmp_path / 'seg.pt'} has not learned det: "):
         workflows.train(task="det", data=str(synth_12), model=str(tmp_path / "seg.pt"), old_labels={"conf": 0.3},
                         project=str(tmp_path), **TINY)  # fmt: skip
+
+
+def test_stored_samples_of_a_stage_adding_classes_use_the_models_ids(synth_12, tmp_path):
+    """EWC's and replay's samples (`stage_samples`) carry the labels the stage trains on: triangle is class 2."""
+    old = UnifiedModel(task_names={"det": {0: "circle", 1: "rectangle"}}, verbose=False)
+    old.task_imgsz = {"det": 64}
+    torch.save({"model": old}, tmp_path / "old.pt")
+    second = split_classes(synth_12, "det", ["triangle"], tmp_path / "second")
+    keys = {"data": str(second), "model": str(tmp_path / "old.pt"), "save_dir": str(tmp_path / "run"), **TINY}
+    trainer = TRAINERS["det"](overrides=keys)
+    trainer.setup_model()
+    labels = torch.cat([b["cls"] for b in stage_samples(trainer, 3)])
+    assert len(labels) and set(labels.view(-1).tolist()) == {2.0}

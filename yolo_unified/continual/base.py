@@ -11,6 +11,8 @@ import torch
 from torch.utils.data import default_collate
 from ultralytics.nn.tasks import load_checkpoint
 
+from yolo_unified.data.classes import remap_labels
+
 
 @dataclass
 class StageContext:
@@ -106,7 +108,8 @@ class Strategy:
 def stage_samples(trainer, n: int, seed: int = 0) -> list[dict[str, Any]]:
     """Up to `n` single-image batches from the stage's train split with validation transforms (no augmentation).
 
-    Images come out as float tensors in [0, 1] on the trainer's device, labels in Ultralytics' batch format.
+    Images come out as float tensors in [0, 1] on the trainer's device, labels in Ultralytics' batch format and in
+    the model's class ids (the trainer's ``class_lut``, where the data numbers them otherwise).
     """
     dataset = trainer.build_dataset(trainer.data["train"], mode="val", batch=1)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
@@ -117,5 +120,7 @@ def stage_samples(trainer, n: int, seed: int = 0) -> list[dict[str, Any]]:
         batch = {k: v.to(trainer.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         if batch["img"].dtype == torch.uint8:
             batch["img"] = batch["img"].float() / 255
+        if (lut := getattr(trainer, "class_lut", None)) is not None:
+            batch = remap_labels(batch, trainer.task_key, lut)
         batches.append(batch)
     return batches
