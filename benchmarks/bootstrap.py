@@ -8,6 +8,7 @@ the same metric code on the resampled records, so the point value and every resa
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +51,39 @@ def per_image_records(
     return float(stats[PRIMARY_METRIC[task]]), records, validator
 
 
-def score(task: str, records: list, names: dict[int, str]) -> float:
-    """The task's primary score (mIoU, mAP50, top-1) of a set of per-image records."""
+def metrics_of(task: str, records: list, names: dict[int, str]) -> SemanticMetrics | DetMetrics:
+    """Ultralytics' metrics of segmentation or detection, processed on a set of per-image records."""
     if task == "seg":
         metrics = SemanticMetrics(names)
         metrics.matrix = torch.stack(records).sum(0)
-        metrics.process()
-        return metrics._miou
-    if task == "det":
+    else:
         metrics = DetMetrics(names)
         metrics.stats = {k: [r[k] for r in records] for k in records[0]}
-        metrics.process()
-        return float(metrics.box.map50)
+    metrics.process()
+    return metrics
+
+
+def score(task: str, records: list, names: dict[int, str]) -> float:
+    """The task's primary score (mIoU, mAP50, top-1) of a set of per-image records."""
+    if task == "seg":
+        return metrics_of(task, records, names)._miou
+    if task == "det":
+        return float(metrics_of(task, records, names).box.map50)
     return float(np.mean([int(pred[0] == target) for pred, target in records]))
+
+
+def class_scores(task: str, records: list, names: dict[int, str]) -> dict[str, float]:
+    """Each class's score of a set of per-image records by name, for the classes they label, as the unified
+    validators' ``per_class`` gives it: IoU (background too), mAP50, top-1 recall."""
+    if task == "seg":
+        metrics = metrics_of(task, records, names)
+        iou, pixels = metrics.per_class_iou, metrics.nt_per_class
+        return {names[c]: float(iou[c]) for c in range(len(pixels)) if pixels[c] > 0}
+    if task == "det":
+        metrics = metrics_of(task, records, names)
+        return {names[int(c)]: float(metrics.box.ap50[i]) for i, c in enumerate(metrics.ap_class_index)}
+    top1, targets = np.array([int(pred[0]) for pred, _ in records]), np.array([int(t) for _, t in records])
+    return {names[int(c)]: float(np.mean(top1[targets == c] == c)) for c in np.unique(targets)}
 
 
 def background_miou(records: list[torch.Tensor], names: dict[int, str]) -> float:
@@ -91,9 +112,20 @@ def interval(
     order in every process (Ultralytics' classification val loader shuffles), and the same seed must give the same
     resamples.
     """
+    return percentiles([score(task, sample, names) for sample in resamples(records, n, seed)], level)
+
+
+def resamples(records: list, n: int, seed: int = 0) -> Iterator[list]:
+    """`n` resamples (with replacement, of the same size) of the per-image records, the same for the same seed and
+    records in any order (they are sorted by content first, see `interval`)."""
     records = sorted(records, key=record_key)
     rng = np.random.default_rng(seed)
-    values = [score(task, [records[i] for i in rng.integers(0, len(records), len(records))], names) for _ in range(n)]
+    for _ in range(n):
+        yield [records[i] for i in rng.integers(0, len(records), len(records))]
+
+
+def percentiles(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """The central `level` percentile interval of bootstrap values."""
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 

@@ -46,8 +46,9 @@ def grown_names(model_names: dict[int, str], data_names: dict[int, str], data: A
 def remap_labels(batch: dict, task: str, lut: torch.Tensor) -> dict:
     """`batch` with its `task` labels renumbered by `lut` (data id -> model id, -1: a class the model lacks).
 
-    Detection boxes and classification images of classes the model lacks are left out; segmentation pixels of such
-    classes become ``IGNORE``. Other keys are kept as they are.
+    Detection boxes of classes the model lacks are left out; segmentation pixels of such classes become ``IGNORE``;
+    classification images keep the class -1 (a batch keeps its images: the validator leaves them out of its
+    metrics). Other keys are kept as they are.
     """
     lut = lut.to(batch["img"].device)
     if task == "seg":
@@ -57,10 +58,9 @@ def remap_labels(batch: dict, task: str, lut: torch.Tensor) -> dict:
         return {**batch, "semantic_mask": mapped.masked_fill(mapped < 0, IGNORE).to(mask.dtype)}
     cls = batch["cls"]
     mapped = lut[cls.long().view(-1)].view(cls.shape)
-    keep = (mapped >= 0).view(-1)
     if task == "cls":
-        out = {k: v[keep] if isinstance(v, torch.Tensor) and len(v) == len(keep) else v for k, v in batch.items()}
-        return {**out, "cls": mapped[keep].to(cls.dtype)}
+        return {**batch, "cls": mapped.to(cls.dtype)}
+    keep = (mapped >= 0).view(-1)
     per_box = ("bboxes", "batch_idx")
     out = {k: v[keep] if k in per_box else v for k, v in batch.items()}
     return {**out, "cls": mapped[keep].to(cls.dtype)}

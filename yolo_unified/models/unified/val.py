@@ -140,6 +140,11 @@ class UnifiedClassificationValidator(UnifiedValidatorMixin, ClassificationValida
 
     task_key, output_index = "cls", 2
 
+    def update_metrics(self, preds: torch.Tensor, batch: dict) -> None:
+        """Ultralytics' update, without the images of classes the model lacks (class -1 after `remap_labels`)."""
+        known = batch["cls"] >= 0
+        super().update_metrics(preds[known], {**batch, "cls": batch["cls"][known]})
+
     def per_class(self) -> dict[str, float]:
         """Top-1 accuracy on each class's validation images (its recall)."""
         top1, targets = torch.cat(self.pred)[:, 0], torch.cat(self.targets)

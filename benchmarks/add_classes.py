@@ -1,0 +1,426 @@
+"""Adding classes to a task: a model trained on some classes learns more from data that labels only the new ones.
+
+    python -m benchmarks.add_classes sections=synth       # 1.5-3 h on 2 cores (3 tasks x 2 seeds x 4 runs)
+    python -m benchmarks.add_classes sections=hw2 pretrained=../shared/weights/yolov8n-cls-imagenette.pt  # ~6 h
+    python -m benchmarks.add_classes quick=True seeds=1 out=/tmp/add-classes   # every run shrunk: a few minutes
+
+Sections (``sections=``, default both; ``tasks=`` narrows a section to some of its tasks):
+
+- **synth**: the built-in synthetic data (``datasets/unified-synth``, or ``synth=<data YAML>``), each task (det,
+  seg, cls): stage 1 circle and rectangle (seg: with the background, which every class subset keeps), stage 2
+  triangle. Settings: cfg/synth.yaml's (96 px, batch 16, nbs 16, no mosaic, BatchNorm momentum 0.1) with AdamW,
+  lr0 0.002, cosine schedule, one warm-up epoch, no loader workers.
+- **hw2**: the HW2 data (``hw2=<raw folder>``, default ../shared/data/hw2, laid out into ``datasets/hw2`` as
+  ``yolo-unified data prepare`` does; skipped with a message when absent): segmentation VOC 15+5 (aeroplane ...
+  person, then pottedplant ... tvmonitor), detection 5+5 (person, car, dog, cat, chair, then the other five).
+  Settings: 320 px, batch 16, nbs 16, AdamW, lr0 0.002, cosine schedule, one warm-up epoch; ``pretrained=`` weights
+  start the runs that start from scratch (old, joint).
+
+Four runs per task and seed (``seeds=``, default 2), each an Ultralytics training run in ``<out>/<run>`` (a re-run
+skips finished runs and resumes an interrupted one from its last.pt; a run that results.json records and whose
+folder is gone is kept as recorded):
+
+- ``old``: the task on the stage-1 subset (``yolo-unified data split``), 30 epochs;
+- ``finetune``: from old's best.pt on the stage-2 subset, 20 epochs, nothing keeping the old classes (lower bound);
+- ``recipe``: the same with cfg/add-classes.yaml (old-class pseudo-labels and distillation);
+- ``joint``: every class at once on the full data, 30 epochs (upper bound).
+
+Every run's best.pt is scored on the full data's val split of its task, each class on its own (mAP50, IoU with the
+background, top-1 recall), in groups: ``old`` (the stage-1 classes; seg: the background too, as VOC 15+5's 0-15
+mIoU), ``new`` (stage 2) and ``all`` (every class), with 95% bootstrap intervals over the val images (``n_boot``,
+default 1000). A model is scored on the classes it has (the old model has no new group); the old classification
+model on the stage-1 subset's val split, the very images the full split leaves it (see `scoring_data`).
+
+Output in ``out`` (default benchmarks/results/add-classes), rewritten after every run: results.json, summary.md (a
+table per section and task; the two verdicts: what the recipe keeps of the old classes, how close it comes to
+training every class at once) and add_classes.png. ``quick=True`` shrinks every run (64 px, one epoch, batch 8) to
+check the pipeline. Every run has ``plots=False`` (no Ultralytics plots: results.json holds every number).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+from ultralytics.utils import LOGGER, YAML, colorstr, plt_settings
+
+from benchmarks.bootstrap import class_scores, per_image_records, percentiles, resamples
+from benchmarks.common import (
+    METRIC_NAME,
+    QUICK,
+    REPO,
+    RESULTS,
+    benchmark_args,
+    finished_run,
+    git_commit,
+    invocation,
+    invocation_text,
+    machine_info,
+    machine_text,
+    markdown,
+    previous_results,
+    recorded_command,
+    repo_relative,
+    score_text,
+    training_minutes,
+    write_outputs,
+)
+from benchmarks.joint import train_or_resume
+from yolo_unified.common import listed
+from yolo_unified.data.class_split import split_classes
+from yolo_unified.data.config import load_data_config
+from yolo_unified.data.prepare import prepare_hw2
+from yolo_unified.nn.tasks import CFG_DIR
+from yolo_unified.workflows.base import default_data
+
+MODULE = "benchmarks.add_classes"
+KEYS = {"sections", "tasks", "seeds", "quick", "out", "n_boot", "pretrained", "synth", "hw2"}
+SECTIONS = {"synth": ("det", "seg", "cls"), "hw2": ("seg", "det")}  # section -> its tasks
+METHODS = ("old", "finetune", "recipe", "joint")
+GROUPS = ("old", "new", "all")
+EPOCHS = {"old": 30, "finetune": 20, "recipe": 20, "joint": 30}
+SYNTH_FIRST = ["circle", "rectangle"]  # stage 1 of every synth task; stage 2: triangle
+HW2_DET_FIRST = ["person", "car", "dog", "cat", "chair"]  # det 5+5
+VOC_FIRST = 15  # seg 15+5: VOC classes 1-15 first
+OPTIMIZER = {"optimizer": "AdamW", "lr0": 0.002, "cos_lr": True, "warmup_epochs": 1, "plots": False}
+SETTINGS = {  # section -> the keys of its every run (epochs, seed, task and data are the run's)
+    "synth": {
+        **{k: v for k, v in YAML.load(CFG_DIR / "synth.yaml").items() if k != "epochs"},
+        **OPTIMIZER,
+        "workers": 0,
+    },
+    "hw2": {"imgsz": 320, "batch": 16, "nbs": 16, **OPTIMIZER},
+}
+RECIPE = YAML.load(CFG_DIR / "add-classes.yaml")  # the recipe run's keys: old_labels, old_distill
+TARGETS = {"loss": 5.0, "reach": 90.0}  # synth verdicts: old classes lose <= 5%; all classes reach >= 90% of joint
+
+
+def stage_classes(section: str, task: str, names: dict[int, str]) -> tuple[list[str], list[str]]:
+    """The class names of stage 1 and stage 2 of a task (seg: without the background, which every subset keeps)."""
+    classes = [name for i, name in sorted(names.items()) if not (task == "seg" and i == 0)]
+    if section == "synth":
+        first = SYNTH_FIRST
+    else:
+        first = classes[:VOC_FIRST] if task == "seg" else HW2_DET_FIRST
+    return list(first), [c for c in classes if c not in first]
+
+
+def class_groups(task: str, names: dict[int, str], first: list[str], second: list[str]) -> dict[str, list[str]]:
+    """The classes each score group averages: old (stage 1; seg: the background first), new (stage 2), all."""
+    old = [names[0], *first] if task == "seg" else list(first)
+    return {"old": old, "new": list(second), "all": [*old, *second]}
+
+
+def section_data(section: str, args: dict[str, Any], folder: Path, tasks: list[str]) -> dict[str, dict] | None:
+    """Each task's data of a section: the full data YAML, the stage subsets written into `folder` and the class
+    groups; None (with a warning) when the HW2 data is not there."""
+    if section == "synth":
+        full = str(args["synth"]) if args.get("synth") else default_data(REPO / "datasets")
+    else:
+        raw = Path(str(args["hw2"])) if args.get("hw2") else REPO.parent / "shared" / "data" / "hw2"
+        if not raw.is_dir():
+            LOGGER.warning(f"{MODULE}: no HW2 data at {raw.resolve()}: the hw2 section is skipped (give hw2=<folder>)")
+            return None
+        full = str(prepare_hw2(raw, REPO / "datasets" / "hw2")["yaml"])
+    cfg, out = load_data_config(full), {}
+    for task in tasks:
+        names = cfg["tasks"][task]["names"]
+        first, second = stage_classes(section, task, names)
+        out[task] = {
+            "full": full,
+            "old": str(split_classes(full, task, first, folder / f"{section}-{task}-old")),
+            "new": str(split_classes(full, task, second, folder / f"{section}-{task}-new")),
+            "groups": class_groups(task, names, first, second),
+        }
+    return out
+
+
+def run_name(section: str, task: str, method: str, seed: int) -> str:
+    """The folder and results.json key of a run."""
+    return f"{section}_{task}_{method}_seed{seed}"
+
+
+def run_plan(tasks: dict[str, list[str]], seeds: int) -> list[tuple[str, str, str, int]]:
+    """Every run as (section, task, method, seed): seed 0 of every section first, so that a cut-short invocation has
+    one of each; a task's old run before the two that start from it."""
+    return [
+        (section, task, method, seed)
+        for seed in range(seeds)
+        for section, section_tasks in tasks.items()
+        for task in section_tasks
+        for method in METHODS
+    ]
+
+
+def run_cfg(plan: tuple[str, str, str, int], data: dict[str, Any], out: Path, pretrained: str | None) -> dict:
+    """The training keys of a planned run: its section's settings, its epochs, seed and data; the stage-2 runs start
+    from the old run's best.pt, the recipe adds cfg/add-classes.yaml; `pretrained` weights start old and joint."""
+    section, task, method, seed = plan
+    cfg = {**SETTINGS[section], "task": task, "seed": seed, "epochs": EPOCHS[method]}
+    if method in ("old", "joint"):
+        cfg["data"] = data["old" if method == "old" else "full"]
+        if pretrained:
+            cfg["pretrained"] = pretrained
+    else:
+        cfg.update(data=data["new"], model=str(out / run_name(section, task, "old", seed) / "weights" / "best.pt"))
+    return {**cfg, **(RECIPE if method == "recipe" else {})}
+
+
+def group_scores(per_class: dict[str, float], groups: dict[str, list[str]]) -> dict[str, float | None]:
+    """The mean score of each group's classes that `per_class` holds (those with val labels that the model has);
+    None for a group without any, and for ``all`` unless both old and new have a score."""
+    scores = {g: [per_class[c] for c in groups[g] if c in per_class] for g in ("old", "new")}
+    out = {g: statistics.mean(v) if v else None for g, v in scores.items()}
+    out["all"] = statistics.mean(scores["old"] + scores["new"]) if all(scores.values()) else None
+    return out
+
+
+def grouped_scores(
+    weights: str, data: str, task: str, imgsz: int, groups: dict[str, list[str]], n_boot: int, save_dir: Path
+) -> dict[str, Any]:
+    """Score `weights` on the val split of `task` of `data`: each class, and each group with its 95% bootstrap
+    interval (the groups of one resample of the val images are computed together, from its per-class scores)."""
+    _, records, validator = per_image_records(weights, data, task, imgsz, save_dir)
+    per_class = class_scores(task, records, validator.names)
+    values: dict[str, list[float]] = {g: [] for g in GROUPS}
+    for sample in resamples(records, n_boot):
+        for g, v in group_scores(class_scores(task, sample, validator.names), groups).items():
+            if v is not None:  # a resample without any image of a group's classes says nothing of it
+                values[g].append(v)
+    final = {
+        g: {"value": v, "ci95": list(percentiles(values[g]))} if v is not None else None
+        for g, v in group_scores(per_class, groups).items()
+    }
+    return {"final": final, "per_class": per_class, "n_images": len(records)}
+
+
+def scoring_data(task: str, method: str, data: dict[str, Any]) -> str:
+    """The data a run is scored on: the full data; the old classification model on the stage-1 subset, which holds
+    the same val images the full split leaves it (validation leaves out the images of classes a model lacks, and at
+    batch 1 such an image is an empty batch, which Ultralytics' AutoBackend fails on)."""
+    return data["old"] if (task, method) == ("cls", "old") else data["full"]
+
+
+def scored_run(
+    name: str, cfg: dict, scoring: str, groups: dict[str, list[str]], out: Path, n_boot: int, previous: dict
+) -> dict[str, Any]:
+    """Train (or resume, or skip) one run and score it on the val split of `scoring` (`scoring_data`). A run
+    recorded in `previous` is kept as recorded when its folder is gone, or when it is finished and was scored with
+    the same `n_boot`."""
+    root = out / name
+    if (kept := previous.get(name)) and (
+        not root.is_dir() or (kept.get("n_boot") == n_boot and finished_run(root / "weights" / "last.pt"))
+    ):
+        return kept
+    if "model" in cfg and not Path(cfg["model"]).is_file():
+        raise FileNotFoundError(f"{name} starts from {cfg['model']}, which is not there: train its old run first")
+    LOGGER.info(f"\n{colorstr('bold', MODULE)}: {name}")
+    weights, peak = train_or_resume(root, cfg)
+    scores = grouped_scores(str(weights), scoring, cfg["task"], cfg["imgsz"], groups, n_boot, root / "bootstrap")
+    minutes = training_minutes(root)
+    return {
+        "data": repo_relative(cfg["data"]),
+        "scored_on": repo_relative(scoring),
+        "weights": repo_relative(weights),
+        **scores,
+        "n_boot": n_boot,
+        "minutes": minutes,
+        "seconds_per_epoch": 60 * minutes / cfg["epochs"],
+        "peak_rss_mb": peak,
+    }
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """Run the sections the command line names; return what results.json holds."""
+    args = benchmark_args(argv, KEYS, MODULE)
+    started, commit = time.time(), git_commit()
+    out = Path(args.get("out", RESULTS / "add-classes")).resolve()
+    sections = listed(args.get("sections", list(SECTIONS)))
+    if unknown := set(sections) - set(SECTIONS):
+        raise ValueError(f"sections: unknown {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
+    chosen = listed(args.get("tasks", "det,seg,cls"))
+    if unknown := set(chosen) - {"det", "seg", "cls"}:
+        raise ValueError(f"tasks: unknown {sorted(unknown)}; valid: det, seg, cls")
+    force = {k: v for k, v in QUICK.items() if k != "fraction"} if args.get("quick") else {}  # tiny data: every image
+    pretrained = str(args["pretrained"]) if args.get("pretrained") else None
+    previous = previous_results(out)
+    data = {}
+    for section in (s for s in SECTIONS if s in sections):
+        tasks = [t for t in SECTIONS[section] if t in chosen]
+        if tasks and (found := section_data(section, args, out / "data", tasks)) is not None:
+            data[section] = found
+    plan = run_plan({s: list(tasks) for s, tasks in data.items()}, int(args.get("seeds", 2)))
+    names = {run_name(*p) for p in plan}
+    results: dict[str, Any] = {
+        "command": recorded_command(argv, MODULE),
+        "date": invocation(started, commit)["date"],
+        "commit": commit,
+        "machine": machine_info(),
+        "quick": bool(args.get("quick")),
+        "settings": {
+            **{s: {**SETTINGS[s], **force} for s in SECTIONS},
+            "epochs": {m: force.get("epochs", e) for m, e in EPOCHS.items()},
+            "recipe": RECIPE,
+        },
+        "pretrained": repo_relative(pretrained) if pretrained else None,
+        "skipped": [s for s in sections if s not in data],
+        "classes": {
+            **previous.get("classes", {}),
+            **{s: {t: d["groups"] for t, d in ts.items()} for s, ts in data.items()},
+        },
+        "runs": {n: r for n, r in previous.get("runs", {}).items() if n not in names},  # other sections' runs
+        "invocations": previous.get("invocations", []),
+    }
+    n_boot = int(args.get("n_boot", 1000))
+    for section, task, method, seed in plan:
+        name, task_data = run_name(section, task, method, seed), data[section][task]
+        cfg = run_cfg((section, task, method, seed), task_data, out, pretrained if section == "hw2" else None)
+        scoring, groups = scoring_data(task, method, task_data), task_data["groups"]
+        run = scored_run(name, {**cfg, **force}, scoring, groups, out, n_boot, previous.get("runs", {}))
+        results["runs"][name] = {"section": section, "task": task, "method": method, "seed": seed, **run}
+        save(out, results)
+    results["invocations"].append(invocation(started, commit))
+    save(out, results)
+    return results
+
+
+def seed_runs(results: dict[str, Any], section: str, task: str, method: str) -> list[dict[str, Any]]:
+    """The runs of one method of a task, by seed."""
+    runs = [r for r in results["runs"].values() if (r["section"], r["task"], r["method"]) == (section, task, method)]
+    return sorted(runs, key=lambda r: r["seed"])
+
+
+def seed_mean(runs: list[dict[str, Any]], group: str) -> float | None:
+    """The mean over seeds of a group's score (None when no run has it)."""
+    values = [r["final"][group]["value"] for r in runs if r["final"].get(group)]
+    return statistics.mean(values) if values else None
+
+
+def cell(runs: list[dict[str, Any]], group: str) -> str:
+    """A table cell: each seed's ``value [lo, hi]``, and with more than one seed their mean ± half their range
+    (min-max) first."""
+    scores = [r["final"][group] for r in runs if r["final"].get(group)]
+    if not scores:
+        return "-"
+    each = "; ".join(score_text(s, 3) for s in scores)
+    if len(scores) == 1:
+        return each
+    values = [s["value"] for s in scores]
+    return f"**{statistics.mean(values):.3f} ± {(max(values) - min(values)) / 2:.3f}** ({each})"
+
+
+def verdicts(old: float | None, kept: float | None, recipe_all: float | None, joint_all: float | None) -> dict:
+    """The two verdict numbers, in percent: the relative drop of the old classes' score from the old model's
+    (`old`) to the recipe's (`kept`), and the recipe's all-class score as a share of the joint run's."""
+    loss = 100 * (old - kept) / old if old and kept is not None else None
+    reach = 100 * recipe_all / joint_all if joint_all and recipe_all is not None else None
+    return {"loss": loss, "reach": reach}
+
+
+def verdict_lines(results: dict[str, Any], section: str, task: str) -> list[str]:
+    """The two verdicts of a task (seed means), against their targets for the synth section."""
+    mean = {m: {g: seed_mean(seed_runs(results, section, task, m), g) for g in GROUPS} for m in METHODS}
+    v = verdicts(mean["old"]["old"], mean["recipe"]["old"], mean["recipe"]["all"], mean["joint"]["all"])
+    texts = {
+        "loss": ("old classes lose {:.1f}%", "target <= {:.0f}%", lambda x, t: x <= t),
+        "reach": ("all classes reach {:.1f}% of training all at once", "target >= {:.0f}%", lambda x, t: x >= t),
+    }
+    lines = []
+    for key, (text, target, met) in texts.items():
+        if v[key] is None:
+            continue
+        line = f"- {text.format(v[key])}"
+        if section == "synth":
+            line += f" ({target.format(TARGETS[key])}): {'met' if met(v[key], TARGETS[key]) else 'missed'}"
+        lines.append(line)
+    return lines
+
+
+def group_label(classes: list[str]) -> str:
+    """A column heading's list of classes: their names, or their number when there are many."""
+    return ", ".join(classes) if len(classes) <= 5 else f"{len(classes)} classes"
+
+
+def task_table(results: dict[str, Any], section: str, task: str) -> list[str]:
+    """One task of a section: each method's group scores, and the verdicts."""
+    rows = {m: seed_runs(results, section, task, m) for m in METHODS}
+    if not any(rows.values()):
+        return []
+    groups = results["classes"].get(section, {}).get(task) or {}
+    heads = [f"{g} ({group_label(groups[g])})" if g in groups and g != "all" else g for g in GROUPS]
+    n_images = max(r["n_images"] for runs in rows.values() for r in runs)
+    lines = [
+        f"## {section} {task}: {METRIC_NAME[task]} of each class, averaged per group ({n_images} val images)",
+        "",
+        "| run | " + " | ".join(heads) + " |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {m} | " + " | ".join(cell(runs, g) for g in GROUPS) + " |" for m, runs in rows.items() if runs]
+    return [*lines, "", *verdict_lines(results, section, task)]
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """summary.md: provenance, settings and a table per section and task."""
+    synth, hw2 = results["settings"]["synth"], results["settings"]["hw2"]
+    head = [
+        "# Adding classes to a task: old classes kept, new ones learned",
+        "",
+        f"- command: `{results['command']}`",
+        f"- date: {results['date']}, commit {results['commit']}",
+        f"- {machine_text(results['machine'])}",
+        f"- epochs: {', '.join(f'{m} {e}' for m, e in results['settings']['epochs'].items())}; recipe: "
+        + ", ".join(f"{k} {v}" for k, v in results["settings"]["recipe"].items()),
+        f"- synth: {synth['imgsz']} px, batch {synth['batch']}; hw2: {hw2['imgsz']} px, batch {hw2['batch']}, "
+        f"pretrained {results['pretrained'] or 'none'}; both {synth['optimizer']} lr0 {synth['lr0']}, cosine"
+        + ("; **quick mode**" if results["quick"] else ""),
+        *(f"- section {s} skipped: its data is not there" for s in results["skipped"]),
+        *(f"- invocation: {invocation_text(i)}" for i in results["invocations"]),
+        "",
+        "Runs: old = stage 1 alone; finetune = from old on the stage-2 data, nothing keeping the old classes (lower "
+        "bound); recipe = the same with cfg/add-classes.yaml; joint = every class at once (upper bound). Groups: old "
+        "= stage-1 classes (seg: background too), new = stage-2 classes, all = every class; the mean of the group's "
+        "per-class scores with its 95% bootstrap interval over the val images. A cell gives each seed's "
+        "`value [lo, hi]`, and first, in bold, the seeds' mean ± half their range (min-max). Verdicts: seed means.",
+    ]
+    tables = [task_table(results, s, t) for s, tasks in SECTIONS.items() for t in tasks]
+    return markdown([head, *tables])
+
+
+@plt_settings()
+def plot_groups(file: Path, results: dict[str, Any]) -> None:
+    """Bars of each group's score (mean over seeds) per method, one panel per section and task; error bars span
+    the seeds' 95% intervals (lowest lo to highest hi)."""
+    panels = [
+        (s, t) for s, tasks in SECTIONS.items() for t in tasks if any(seed_runs(results, s, t, m) for m in METHODS)
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), tight_layout=True, squeeze=False)
+    x, width = np.arange(len(METHODS)), 0.27
+    for ax, (section, task) in zip(axes[0], panels, strict=True):
+        for k, group in enumerate(GROUPS):
+            runs = [seed_runs(results, section, task, m) for m in METHODS]
+            scores = [[r["final"][group] for r in rs if r["final"].get(group)] for rs in runs]
+            means = np.array([statistics.mean(s["value"] for s in ss) if ss else np.nan for ss in scores])
+            lows = np.array([min(s["ci95"][0] for s in ss) if ss else np.nan for ss in scores])
+            highs = np.array([max(s["ci95"][1] for s in ss) if ss else np.nan for ss in scores])
+            yerr = np.nan_to_num(np.clip([means - lows, highs - means], 0, None))  # an interval may miss the value
+            ax.bar(x + (k - 1) * width, means, width, yerr=yerr, capsize=2, label=group)
+        ax.set(xticks=x, xticklabels=METHODS, ylim=(0, 1.2), title=f"{section} {task} {METRIC_NAME[task]}")
+        ax.legend(fontsize=7, loc="upper center", ncol=3, title="classes", title_fontsize=7)  # above the bars
+    fig.savefig(file, dpi=150)
+    plt.close(fig)
+
+
+def save(out: Path, results: dict[str, Any]) -> None:
+    """Write results.json, summary.md and add_classes.png of what is done so far."""
+    if results["runs"]:
+        plot_groups(out / "add_classes.png", results)
+    write_outputs(out, results, summary_markdown(results), MODULE)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
