@@ -61,6 +61,7 @@ OVERRIDES: tuple[Override, ...] = (
     Override(TRAINER, "get_model", MIXIN, "the unified model with every task's classes and image size"),
     Override(TRAINER, "set_model_attributes", MIXIN, "class names stay per task on the model"),
     Override(TRAINER, "get_validator", MIXIN, "the task's unified validator"),
+    Override(TRAINER, "preprocess_batch", MIXIN, "labels in the model's class ids, then the strategies' own labels"),
     # the joint trainer (models/unified/joint/train.py): its own loop, each task's pipeline through its TaskPart
     Override(TRAINER, "_do_train", JOINT, "the joint loop: every task's batches, losses, balancing, step", "self"),
     Override(TRAINER, "_setup_train", JOINT, "DDP: no wrapper, rank 0's weights; the step averages gradients", "self"),
@@ -88,6 +89,13 @@ OVERRIDES: tuple[Override, ...] = (
     Override(VALIDATOR, "init_metrics", "UnifiedValidatorMixin", "the metrics with the task's class names"),
     Override(VALIDATOR, "postprocess", "UnifiedValidatorMixin", "the task's output of the model's (det, seg, cls)"),
     Override(VALIDATOR, "get_dataloader", "UnifiedValidatorMixin", "the loader with the task's class names"),
+    Override(VALIDATOR, "preprocess", "UnifiedValidatorMixin", "labels in the model's class ids (matched by name)"),
+    Override(
+        "ultralytics.models.yolo.classify.val.ClassificationValidator",
+        "update_metrics",
+        "UnifiedClassificationValidator",
+        "images of classes the model lacks stay out of the metrics",
+    ),
     # the predictor (models/unified/predict.py)
     Override(PREDICTOR, "setup_model", "UnifiedPredictor", "class names per task from the model or its metadata"),
     Override(PREDICTOR, "setup_source", "UnifiedPredictor", "an empty or non-image file fails with its name"),
