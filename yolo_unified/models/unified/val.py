@@ -44,6 +44,7 @@ def is_multitask_yaml(data: Any) -> bool:
 
 class UnifiedValidatorMixin:
     """What the three task validators share: pick the task's output, use the task's class names, read the data YAML.
+    Each validator's ``per_class()`` gives, after a validation, its score of each class the labels hold, by name.
 
     During training the trainer hands over the dataset; a standalone run (``yolo-unified val``, the final validation
     of ``best.pt``) turns the multi-task data YAML into the file or folder Ultralytics expects for this task, written
@@ -94,10 +95,6 @@ class UnifiedValidatorMixin:
         """Ultralytics' preprocessing, the labels in the model's class ids."""
         batch = super().preprocess(batch)
         return batch if self.class_lut is None else remap_labels(batch, self.task_key, self.class_lut)
-
-    def per_class(self) -> dict[str, float]:
-        """The task's score of each class the validation labels hold, by class name (after a validation)."""
-        raise NotImplementedError
 
     def postprocess(self, preds: Any) -> Any:
         """Select this task's output, then post-process it exactly as Ultralytics does."""
