@@ -49,7 +49,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from ultralytics.utils import LOGGER, YAML, colorstr, plt_settings
 
-from benchmarks.bootstrap import class_scores, per_image_records, percentiles, resamples
+from benchmarks.bootstrap import per_image_records, percentiles, record_class_scores, resamples
 from benchmarks.common import (
     METRIC_NAME,
     QUICK,
@@ -186,10 +186,10 @@ def grouped_scores(
     """Score `weights` on the val split of `task` of `data`: each class, and each group with its 95% bootstrap
     interval (the groups of one resample of the val images are computed together, from its per-class scores)."""
     _, records, validator = per_image_records(weights, data, task, imgsz, save_dir)
-    per_class = class_scores(task, records, validator.names)
+    per_class = record_class_scores(task, records, validator.names)
     values: dict[str, list[float]] = {g: [] for g in GROUPS}
     for sample in resamples(records, n_boot):
-        for g, v in group_scores(class_scores(task, sample, validator.names), groups).items():
+        for g, v in group_scores(record_class_scores(task, sample, validator.names), groups).items():
             if v is not None:  # a resample without any image of a group's classes says nothing of it
                 values[g].append(v)
     final = {

@@ -19,7 +19,7 @@ from ultralytics.utils.metrics import DetMetrics, SemanticMetrics
 from yolo_unified.cli import parse_args
 from yolo_unified.common import PRIMARY_METRIC, ULTRALYTICS_TASK
 from yolo_unified.data.config import load_data_config, task_names
-from yolo_unified.models.unified.val import VALIDATORS
+from yolo_unified.models.unified.val import VALIDATORS, class_scores
 
 
 def per_image_records(
@@ -72,18 +72,13 @@ def score(task: str, records: list, names: dict[int, str]) -> float:
     return float(np.mean([int(pred[0] == target) for pred, target in records]))
 
 
-def class_scores(task: str, records: list, names: dict[int, str]) -> dict[str, float]:
-    """Each class's score of a set of per-image records by name, for the classes they label, as the unified
-    validators' ``per_class`` gives it: IoU (background too), mAP50, top-1 recall."""
-    if task == "seg":
-        metrics = metrics_of(task, records, names)
-        iou, pixels = metrics.per_class_iou, metrics.nt_per_class
-        return {names[c]: float(iou[c]) for c in range(len(pixels)) if pixels[c] > 0}
-    if task == "det":
-        metrics = metrics_of(task, records, names)
-        return {names[int(c)]: float(metrics.box.ap50[i]) for i, c in enumerate(metrics.ap_class_index)}
-    top1, targets = np.array([int(pred[0]) for pred, _ in records]), np.array([int(t) for _, t in records])
-    return {names[int(c)]: float(np.mean(top1[targets == c] == c)) for c in np.unique(targets)}
+def record_class_scores(task: str, records: list, names: dict[int, str]) -> dict[str, float]:
+    """Each class's score of a set of per-image records by name, for the classes they label, computed as the unified
+    validators' ``per_class`` computes it (`class_scores`): IoU (background too), mAP50, top-1 recall."""
+    if task in ("seg", "det"):
+        return class_scores(task, metrics_of(task, records, names), names)
+    top1, targets = torch.tensor([int(pred[0]) for pred, _ in records]), torch.tensor([int(t) for _, t in records])
+    return class_scores(task, (top1, targets), names)
 
 
 def background_miou(records: list[torch.Tensor], names: dict[int, str]) -> float:

@@ -83,6 +83,12 @@ def task_imgsz(model: Any, task: str | None = None) -> int | None:
     return int(imgsz) if isinstance(imgsz, (int, float)) else None
 
 
+def learned_tasks(model: Any) -> set[str]:
+    """The tasks a unified model was trained on (those with a trained image size, ``task_imgsz``, and class names);
+    none for other models and for unified models saved before ``task_imgsz`` existed."""
+    return set(getattr(model, "task_imgsz", None) or ()) & set(getattr(model, "task_names", None) or {})
+
+
 def save_atomically(obj: Any, path: Path) -> None:
     """torch.save (or JSON for a path ending in .json) to a temporary file, then move it over `path`."""
     path = Path(path)

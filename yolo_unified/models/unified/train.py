@@ -17,7 +17,7 @@ from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, WORLD_SIZE, colorstr
 from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
 
-from yolo_unified.common import module_of
+from yolo_unified.common import learned_tasks, module_of
 from yolo_unified.continual import StageContext, build_strategies
 from yolo_unified.data.classes import class_map, grown_names, remap_labels
 from yolo_unified.data.config import load_data_config, task_data, task_names
@@ -32,11 +32,6 @@ def strip_atomically(f: Path, **kwargs: Any) -> dict:
     ckpt = strip_optimizer(f, s=str(tmp), **kwargs)
     os.replace(tmp, f)
     return ckpt
-
-
-def learned_tasks(weights: torch.nn.Module | None) -> set[str]:
-    """The tasks a unified model was trained on (those with a trained image size, ``task_imgsz``); none for others."""
-    return set(getattr(weights, "task_imgsz", None) or ()) & set(getattr(weights, "task_names", None) or {})
 
 
 def drop_rows_after(csv: Path, epoch: int) -> None:

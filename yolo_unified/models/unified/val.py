@@ -16,7 +16,7 @@ from ultralytics.nn.autobackend import check_class_names
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, YAML, colorstr
 
-from yolo_unified.common import TASKS, ULTRALYTICS_TASK, task_imgsz
+from yolo_unified.common import TASKS, ULTRALYTICS_TASK, learned_tasks, task_imgsz
 from yolo_unified.data.classes import class_map, remap_labels
 from yolo_unified.data.config import load_data_config, task_data
 from yolo_unified.nn.tasks import check_class_lists
@@ -40,6 +40,19 @@ def is_multitask_yaml(data: Any) -> bool:
         return False
     d = YAML.load(data) or {}
     return any(isinstance(d.get(t), dict) for t in TASKS)
+
+
+def class_scores(task: str, stats: Any, names: dict[int, str]) -> dict[str, float]:
+    """Each class's score by name, for the classes the validation labels hold: from processed Ultralytics metrics
+    (seg: ``SemanticMetrics``, IoU, background too; det: ``DetMetrics``, mAP50) or, for cls, the top-1 predictions and
+    targets ``(top1, targets)`` (top-1 recall)."""
+    if task == "seg":
+        iou, pixels = stats.per_class_iou, stats.nt_per_class
+        return {names[c]: float(iou[c]) for c in range(len(pixels)) if pixels[c] > 0}
+    if task == "det":
+        return {names[int(c)]: float(stats.box.ap50[i]) for i, c in enumerate(stats.ap_class_index)}
+    top1, targets = stats
+    return {names[int(c)]: float((top1[targets == c] == c).float().mean()) for c in targets.unique()}
 
 
 class UnifiedValidatorMixin:
@@ -117,8 +130,7 @@ class UnifiedDetectionValidator(UnifiedValidatorMixin, DetectionValidator):
 
     def per_class(self) -> dict[str, float]:
         """mAP50 of each class with validation boxes."""
-        ap50 = self.metrics.box.ap50
-        return {self.names[int(c)]: float(ap50[i]) for i, c in enumerate(self.metrics.ap_class_index)}
+        return class_scores("det", self.metrics, self.names)
 
 
 class UnifiedSegmentationValidator(UnifiedValidatorMixin, SemanticSegmentationValidator):
@@ -128,8 +140,7 @@ class UnifiedSegmentationValidator(UnifiedValidatorMixin, SemanticSegmentationVa
 
     def per_class(self) -> dict[str, float]:
         """IoU of each class with validation pixels (background too, as Ultralytics' mIoU counts it)."""
-        iou, pixels = self.metrics.per_class_iou, self.metrics.nt_per_class
-        return {self.names[c]: float(iou[c]) for c in range(len(pixels)) if pixels[c] > 0}
+        return class_scores("seg", self.metrics, self.names)
 
 
 class UnifiedClassificationValidator(UnifiedValidatorMixin, ClassificationValidator):
@@ -144,8 +155,7 @@ class UnifiedClassificationValidator(UnifiedValidatorMixin, ClassificationValida
 
     def per_class(self) -> dict[str, float]:
         """Top-1 accuracy on each class's validation images (its recall)."""
-        top1, targets = torch.cat(self.pred)[:, 0], torch.cat(self.targets)
-        return {self.names[int(c)]: float((top1[targets == c] == c).float().mean()) for c in targets.unique()}
+        return class_scores("cls", (torch.cat(self.pred)[:, 0], torch.cat(self.targets)), self.names)
 
     def task_dataset(self, data: str) -> str:
         """Return the folder holding this task's ``train/`` and ``val/`` class folders (Ultralytics' layout)."""
@@ -188,7 +198,7 @@ def validate(
     if module is None and str(model).endswith(".pt"):
         module = load_checkpoint(model)[0]
         check_class_lists(module, model)
-    model_tasks = set(getattr(module, "task_imgsz", None) or getattr(module, "task_names", None) or TASKS)
+    model_tasks = learned_tasks(module) or set(getattr(module, "task_names", None) or TASKS)
     tasks = [t for t in (tasks or TASKS) if t in cfg["tasks"] and t in model_tasks]
     if not tasks:
         raise ValueError(f"{data} and the model share no task")
