@@ -27,13 +27,18 @@ class LwF(Strategy):
             return None
         target = self.context.teacher_outputs(batch["img"])[-1]
         t = float(self.cfg.get("temperature", 2.0))
-        term = sum(
-            output_distance(name, preds[name][:, : target[name].shape[1]], target[name], t)  # a grown head's old rows
-            for task in self.context.previous
-            for name in OUTPUTS[task]
-        )
+        term = sum(task_distance(task, preds, target, t) for task in self.context.previous)
         term = float(self.cfg.get("weight", 1.0)) * term
         return term, {self.key: term.detach()}
+
+
+def task_distance(task: str, student: dict, teacher: dict, temperature: float) -> torch.Tensor:
+    """`output_distance` summed over the raw outputs of `task` (`OUTPUTS`), the student's restricted to the teacher's
+    classes (a grown head's old rows)."""
+    return sum(
+        output_distance(name, student[name][:, : teacher[name].shape[1]], teacher[name], temperature)
+        for name in OUTPUTS[task]
+    )
 
 
 def output_distance(name: str, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

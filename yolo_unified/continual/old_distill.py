@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from yolo_unified.continual.base import Strategy
-from yolo_unified.continual.lwf import OUTPUTS, output_distance
+from yolo_unified.continual.lwf import task_distance
 from yolo_unified.continual.old_labels import BACKGROUND
 from yolo_unified.nn.tasks import batch_task
 
@@ -56,9 +56,6 @@ class OldDistill(Strategy):
         if task == "seg":
             term = unbiased_seg_distance(preds["seg"], target["seg"], t)
         else:
-            term = sum(
-                output_distance(name, preds[name][:, : target[name].shape[1]], target[name], t)
-                for name in OUTPUTS[task]
-            )
+            term = task_distance(task, preds, target, t)
         term = float(self.cfg.get("weight", 1.0)) * term
         return term, {"old_dist": term.detach()}
