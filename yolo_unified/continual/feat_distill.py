@@ -23,8 +23,8 @@ def feature_distance(student: torch.Tensor, teacher: torch.Tensor, kind: str) ->
     """
     if kind == "l2":
         return F.mse_loss(student, teacher)
-    if kind == "cosine":
-        return (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
+    if kind == "cosine":  # 1 - cos as half the squared distance of the unit vectors: 0 for equal maps at any scale
+        return 0.5 * (F.normalize(student, dim=1) - F.normalize(teacher, dim=1)).pow(2).sum(1).mean()
     if kind == "pod":
         return (pod_spatial(student) - pod_spatial(teacher)).norm(dim=1).mean()
     raise ValueError(f"feat_distill: distance must be one of l2, cosine, pod; got {kind!r}")
