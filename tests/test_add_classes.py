@@ -1,6 +1,7 @@
 """Adding classes to a task the model has: class lists matched by name, the grown head, relabelled batches, and the
 old-class strategies (pseudo-labels with the background shift, distillation)."""
 
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -256,3 +257,20 @@ def test_stored_samples_of_a_stage_adding_classes_use_the_models_ids(synth_12, t
     trainer.setup_model()
     labels = torch.cat([b["cls"] for b in stage_samples(trainer, 3)])
     assert len(labels) and set(labels.view(-1).tolist()) == {2.0}
+
+
+def test_val_names_classification_classes_by_the_data_yaml_not_by_folder(synth_12, tmp_path):
+    """Imagenette's layout: class folders named by WordNet id, the data YAML gives the readable names."""
+    cfg = yaml.safe_load(Path(synth_12).read_text())
+    root, names = Path(synth_12).parent / cfg["path"], cfg["cls"]["names"]
+    for split in ("train", "val"):
+        for i, name in names.items():  # n0, n1, ... sort as the names do
+            shutil.copytree(root / "cls" / split / name, tmp_path / "cls" / split / f"n{i}")
+    cfg.update(path=str(root))
+    cfg["cls"].update(train=str(tmp_path / "cls/train"), val=str(tmp_path / "cls/val"))
+    (tmp_path / "wnid.yaml").write_text(yaml.safe_dump(cfg))
+    model = UnifiedModel(task_names=task_names(load_data_config(synth_12)), verbose=False)
+    model.task_imgsz = {"cls": 64}
+    torch.save({"model": model}, tmp_path / "m.pt")
+    scores = validate(str(tmp_path / "m.pt"), tmp_path / "wnid.yaml", tmp_path / "val", tasks=["cls"], per_class=True)
+    assert sorted(scores["cls"]["per_class"]) == sorted(names.values())

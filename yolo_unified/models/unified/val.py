@@ -147,6 +147,18 @@ class UnifiedClassificationValidator(UnifiedValidatorMixin, ClassificationValida
     """Top-1 / top-5 accuracy of the classification output, by Ultralytics' ``ClassificationValidator``."""
 
     task_key, output_index = "cls", 2
+    yaml_names: dict[int, str] | None = None  # a standalone run: the data YAML's names of the sorted class folders
+
+    def init_metrics(self, model: torch.nn.Module) -> None:
+        """As the mixin, the classes named by the data YAML (Ultralytics names a standalone run's by folder)."""
+        if self.yaml_names is not None:
+            if len(self.yaml_names) != len(self.data["names"]):
+                raise ValueError(
+                    f"{self.data_yaml}: cls names {len(self.yaml_names)} classes, its '{self.args.split}' folder has "
+                    f"{len(self.data['names'])} class folders"
+                )
+            self.data["names"] = self.yaml_names
+        super().init_metrics(model)
 
     def update_metrics(self, preds: torch.Tensor, batch: dict) -> None:
         """Ultralytics' update, without the images of classes the model lacks (class -1 after `remap_labels`)."""
@@ -160,6 +172,7 @@ class UnifiedClassificationValidator(UnifiedValidatorMixin, ClassificationValida
     def task_dataset(self, data: str) -> str:
         """Return the folder holding this task's ``train/`` and ``val/`` class folders (Ultralytics' layout)."""
         section = task_data(load_data_config(data), "cls", splits=(self.args.split,))
+        self.yaml_names = section["names"]
         folder = Path(section[self.args.split])
         if folder.name != self.args.split:
             raise ValueError(
