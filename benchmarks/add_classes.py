@@ -20,9 +20,10 @@ Four runs per task and seed (``seeds=``, default 2), each an Ultralytics trainin
 skips finished runs and resumes an interrupted one from its last.pt; a run that results.json records and whose
 folder is gone is kept as recorded):
 
-- ``old``: the task on the stage-1 subset (``yolo-unified data split``), 30 epochs;
+- ``old``: the task on the stage-1 subset (``yolo-unified data split``), 30 epochs, keeping the recipe's number of
+  its images (``replay`` size: the exemplars the recipe replays);
 - ``finetune``: from old's best.pt on the stage-2 subset, 20 epochs, nothing keeping the old classes (lower bound);
-- ``recipe``: the same with cfg/add-classes.yaml (old-class pseudo-labels and distillation);
+- ``recipe``: the same with cfg/add-classes.yaml (old-class pseudo-labels, distillation, replay of the exemplars);
 - ``joint``: every class at once on the full data, 30 epochs (upper bound).
 
 Every run's best.pt is scored on the full data's val split of its task, each class on its own (mAP50, IoU with the
@@ -96,7 +97,7 @@ SETTINGS = {  # section -> the keys of its every run (epochs, seed, task and dat
     },
     "hw2": {"imgsz": 320, "batch": 16, "nbs": 16, **OPTIMIZER},
 }
-RECIPE = YAML.load(CFG_DIR / "add-classes.yaml")  # the recipe run's keys: old_labels, old_distill
+RECIPE = YAML.load(CFG_DIR / "add-classes.yaml")  # the recipe run's keys: old_labels, old_distill, replay
 TARGETS = {"loss": 5.0, "reach": 90.0}  # synth verdicts: old classes lose <= 5%; all classes reach >= 90% of joint
 
 
@@ -162,6 +163,8 @@ def run_cfg(plan: tuple[str, str, str, int], data: dict[str, Any], out: Path, pr
     from the old run's best.pt, the recipe adds cfg/add-classes.yaml; `pretrained` weights start old and joint."""
     section, task, method, seed = plan
     cfg = {**SETTINGS[section], "task": task, "seed": seed, "epochs": EPOCHS[method]}
+    if method == "old":  # stage 1 keeps as many images (exemplars) as the recipe stores, for its replay
+        cfg["replay"] = {"size": RECIPE["replay"]["size"]}
     if method in ("old", "joint"):
         cfg["data"] = data["old" if method == "old" else "full"]
         if pretrained:

@@ -14,6 +14,7 @@ from ultralytics.data.utils import load_dataset_cache_file
 from ultralytics.nn.tasks import load_checkpoint
 
 from yolo_unified import UnifiedYOLO, workflows
+from yolo_unified.common import MEMORY_FILE
 from yolo_unified.continual import StageContext, build_strategies, stage_samples
 from yolo_unified.continual.old_distill import OldDistill, unbiased_seg_distance
 from yolo_unified.continual.old_labels import OldLabels, merge_boxes, shift_background
@@ -160,6 +161,8 @@ def test_old_class_distillation_is_zero_for_the_grown_model_before_training(task
         head.seg.bias[1] += 1.0
         head.cls.bias[1] += 1.0
         assert float(strategy.loss(grown, grown(img)[-1], batch)[0]) > 1e-3
+        others = [t for t in ("det", "seg", "cls") if t != task]  # tasks: the tasks it distils, not this one
+        assert OldDistill({"tasks": others}, context).loss(grown, grown(img)[-1], batch) is None
 
 
 def test_old_labels_add_the_old_models_boxes_to_a_detection_batch(tmp_path):
@@ -234,7 +237,8 @@ def test_the_recipe_builds_its_strategies():
     cfg = yaml.safe_load((REPO / "cfg/add-classes.yaml").read_text())
     check_keys(cfg)
     args = SimpleNamespace(**{**DEFAULT_CFG_DICT, **cfg})
-    assert [s.key for s in build_strategies(args, StageContext(index=0, task="det"))] == ["clip_grad", *cfg]
+    built = build_strategies(args, StageContext(index=0, task="det"))
+    assert sorted(s.key for s in built) == sorted(["clip_grad", *cfg])
 
 
 def test_keeping_old_classes_of_a_task_the_model_never_learned_fails(synth_12, tmp_path):
@@ -274,3 +278,18 @@ def test_val_names_classification_classes_by_the_data_yaml_not_by_folder(synth_1
     torch.save({"model": model}, tmp_path / "m.pt")
     scores = validate(str(tmp_path / "m.pt"), tmp_path / "wnid.yaml", tmp_path / "val", tasks=["cls"], per_class=True)
     assert sorted(scores["cls"]["per_class"]) == sorted(names.values())
+
+
+def test_exemplars_the_first_run_keeps_are_replayed_when_classes_are_added(synth_12, tmp_path):
+    """Stage 1 with replay= keeps images beside its best.pt; a stage adding classes replays them and adds its own."""
+    first = split_classes(synth_12, "cls", ["circle", "rectangle"], tmp_path / "first")
+    second = split_classes(synth_12, "cls", ["triangle"], tmp_path / "second")
+    run = {"task": "cls", "project": str(tmp_path), **TINY}
+    old = workflows.train(data=str(first), replay={"size": 4}, name="old", **run)
+    kept = torch.load(Path(old["weights"]).with_name(MEMORY_FILE), weights_only=False)["replay"]["cls"]
+    assert len(kept) == 4 and {int(s["cls"]) for s in kept} <= {0, 1}
+    new = workflows.train(data=str(second), model=old["weights"], replay={"size": 4, "batch": 2}, name="new", **run)
+    assert "train/replay" in (tmp_path / "new" / "results.csv").read_text().splitlines()[0]
+    memory = torch.load(Path(new["weights"]).with_name(MEMORY_FILE), weights_only=False)["replay"]["cls"]
+    assert all(torch.equal(a["img"], b["img"]) for a, b in zip(memory[:4], kept, strict=True))  # old exemplars, then
+    assert len(memory) == 8 and {int(s["cls"]) for s in memory[4:]} == {2}  # triangles in the model's id

@@ -21,8 +21,8 @@ from yolo_unified import workflows
 from yolo_unified.continual import StageContext, Strategy, build_strategies
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.workflows import protocol as workflows_protocol
-from yolo_unified.workflows.base import check_keys
-from yolo_unified.workflows.protocol import check_stage_tasks, stage_memory
+from yolo_unified.workflows.base import check_keys, stage_memory
+from yolo_unified.workflows.protocol import check_stage_tasks
 from yolo_unified.workflows.report import run_summary, write_report
 
 TINY = {"imgsz": 64, "batch": 4, "workers": 0, "plots": False}

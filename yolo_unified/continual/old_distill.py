@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from yolo_unified.common import TASKS
 from yolo_unified.continual.base import Strategy
 from yolo_unified.continual.lwf import task_distance
 from yolo_unified.continual.old_labels import BACKGROUND
@@ -32,7 +33,7 @@ def unbiased_seg_distance(student: torch.Tensor, teacher: torch.Tensor, temperat
 
 
 class OldDistill(Strategy):
-    """cfg: ``{weight: 1.0, temperature: 2.0}``.
+    """cfg: ``{weight: 1.0, temperature: 2.0, tasks: the tasks it distils (all)}``.
 
     When a stage adds classes to a task the model has (``StageContext.old_classes``), the outputs of the old classes
     on each training batch are pulled toward the model's before the stage:
@@ -41,7 +42,8 @@ class OldDistill(Strategy):
     - seg: MiB's unbiased distillation (`unbiased_seg_distance`): new classes count as background for the old model;
     - cls: the softened distribution over the old classes (the new model's old logits, renormalised), as LwF does
       for class-incremental learning.
-    Weighted by ``weight`` and shown as ``old_dist``.
+    Weighted by ``weight`` and shown as ``old_dist``. ``tasks`` limits it to some tasks (the recipe leaves
+    classification to replay: there distillation lowered the old classes' top-1, docs/results.md).
     """
 
     key = "old_distill"
@@ -50,7 +52,9 @@ class OldDistill(Strategy):
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
         """Weighted distance of the old classes' outputs from the model's before the stage."""
         task, img = batch_task(batch), batch["img"]
-        if task not in self.context.old_classes or self.context.teacher(img.device) is None:
+        if task not in self.context.old_classes or task not in self.cfg.get("tasks", TASKS):
+            return None
+        if self.context.teacher(img.device) is None:
             return None
         target, t = self.context.teacher_outputs(img)[-1], float(self.cfg.get("temperature", 2.0))
         if task == "seg":

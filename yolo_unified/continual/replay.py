@@ -6,6 +6,7 @@ import random
 
 import torch
 import torch.nn.functional as F
+from ultralytics.utils import LOGGER
 
 from yolo_unified.continual.base import Strategy, stage_samples
 from yolo_unified.nn.tasks import loss_scale
@@ -54,6 +55,9 @@ class Replay(Strategy):
     imgsz, on the CPU) join ``memory["replay"][task]``. In later stages every training step adds the loss of a
     random draw of each finished task's stored images, computed by that task's own Ultralytics loss: ``ratio`` times
     the current batch size per task when ``ratio`` is set (at least one image), else ``batch`` images per task.
+
+    A stage that adds classes to a task replays that task's stored images (exemplars of its old classes, in their
+    unchanged ids) and adds its own to them, so that the memory holds every class group learned so far.
     """
 
     key = "replay"
@@ -61,11 +65,15 @@ class Replay(Strategy):
     def setup(self, trainer) -> None:
         """Move the stored images of the finished tasks to the device."""
         stored = self.context.memory.get("replay", {})
+        tasks = dict.fromkeys([*self.context.previous, *self.context.old_classes])
         self.buffers = {
-            t: [{k: v.to(trainer.device) for k, v in s.items()} for s in stored[t]]
-            for t in self.context.previous
-            if stored.get(t)
+            t: [{k: v.to(trainer.device) for k, v in s.items()} for s in stored[t]] for t in tasks if stored.get(t)
         }
+        if lacking := [t for t in self.context.old_classes if not stored.get(t)]:
+            LOGGER.warning(
+                f"replay: no stored {', '.join(lacking)} images of the old classes beside model={trainer.args.model} "
+                "(a run with replay= keeps some in memory.pt beside its best.pt); nothing of theirs is replayed"
+            )
         self.rng = random.Random(int(trainer.args.seed))
 
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
@@ -86,4 +94,6 @@ class Replay(Strategy):
         size = int(trainer.args.imgsz)
         samples = stage_samples(trainer, int(self.cfg.get("size", 10)), seed=int(trainer.args.seed))
         kept = [{k: v.cpu() for k, v in resize_sample(s, size).items()} for s in samples]
-        self.context.memory.setdefault("replay", {})[self.context.task] = kept
+        memory = self.context.memory.setdefault("replay", {})
+        old = memory.get(self.context.task, []) if self.context.task in self.context.old_classes else []
+        memory[self.context.task] = old + kept

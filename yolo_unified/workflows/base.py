@@ -1,4 +1,5 @@
-"""What every workflow shares: run folders, the built-in data, and the ``cfg=`` / unknown-key handling of train keys."""
+"""What every workflow shares: run folders, the built-in data, the strategies' memory beside a checkpoint, and the
+``cfg=`` / unknown-key handling of train keys."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
+import torch
 from ultralytics.cfg import DEFAULT_CFG_DICT, _handle_deprecation
 from ultralytics.utils import YAML
 from ultralytics.utils.files import increment_path
 
+from yolo_unified.common import MEMORY_FILE
 from yolo_unified.data.synthetic import make_synthetic
 from yolo_unified.ddp import from_rank_zero
 from yolo_unified.nn.tasks import CFG_DIR
@@ -35,6 +38,24 @@ def run_dir(project: str | Path | None, name: str | None, default_name: str, exi
     """An incremented run directory ``project/name`` (``train``, ``train2``, ...) as Ultralytics names its runs (with
     DDP on the CPU, rank 0's choice for every rank)."""
     return from_rank_zero(increment_path(Path(project or "runs/unified").resolve() / (name or default_name), exist_ok))
+
+
+def memory_file(weights: str | Path) -> Path:
+    """Where the strategies' memory of a stage's checkpoint is kept: ``memory.pt`` beside it."""
+    return Path(weights).with_name(MEMORY_FILE)
+
+
+def stage_memory(weights: str | None) -> dict[str, Any]:
+    """The strategies' memory of a finished stage, found by its checkpoint (empty for a plain one or a model YAML).
+
+    It is read from ``memory.pt`` beside the checkpoint, else from the checkpoint's ``continual`` key, where runs made
+    before ``memory.pt`` existed keep it.
+    """
+    if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
+        return {}
+    if (file := memory_file(weights)).is_file():
+        return torch.load(file, map_location="cpu", weights_only=False)
+    return torch.load(weights, map_location="cpu", weights_only=False).get("continual") or {}
 
 
 def split_cfg(keys: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

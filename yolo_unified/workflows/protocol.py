@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from ultralytics.utils import LOGGER, RANK, YAML, colorstr
 
-from yolo_unified.common import MEMORY_FILE, PRIMARY_METRIC, STATE_FILE, TASKS, save_atomically
+from yolo_unified.common import PRIMARY_METRIC, STATE_FILE, TASKS, save_atomically
 from yolo_unified.continual import StageContext
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.ddp import rank_zero_alone, same_on_every_rank, wait_for_rank_zero
@@ -22,7 +22,7 @@ from yolo_unified.models.unified.joint import JointTrainer
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import CFG_DIR
-from yolo_unified.workflows.base import run_dir
+from yolo_unified.workflows.base import memory_file, run_dir, stage_memory
 from yolo_unified.workflows.report import own_scores, run_summary, stage_tasks, write_report
 
 PROTOCOL_KEYS = {
@@ -121,24 +121,6 @@ def example_images(data: str) -> str | None:
     """A folder of images to try ``predict`` on: the val images of the data's detection or segmentation task."""
     tasks = load_data_config(data)["tasks"]
     return next((tasks[t]["val"] for t in ("det", "seg") if tasks.get(t, {}).get("val")), None)
-
-
-def memory_file(weights: str | Path) -> Path:
-    """Where the strategies' memory of a stage's checkpoint is kept: ``memory.pt`` beside it."""
-    return Path(weights).with_name(MEMORY_FILE)
-
-
-def stage_memory(weights: str | None) -> dict[str, Any]:
-    """The strategies' memory of a finished stage, found by its checkpoint (empty for a plain one or a model YAML).
-
-    It is read from ``memory.pt`` beside the checkpoint, else from the checkpoint's ``continual`` key, where runs made
-    before ``memory.pt`` existed keep it.
-    """
-    if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
-        return {}
-    if (file := memory_file(weights)).is_file():
-        return torch.load(file, map_location="cpu", weights_only=False)
-    return torch.load(weights, map_location="cpu", weights_only=False).get("continual") or {}
 
 
 def check_stage_tasks(stage: dict[str, Any], i: int) -> None:

@@ -6,23 +6,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ultralytics.utils import RANK
 
-from yolo_unified.common import TASKS, ULTRALYTICS_TASK
+from yolo_unified.common import TASKS, ULTRALYTICS_TASK, save_atomically
+from yolo_unified.continual import StageContext
 from yolo_unified.models.unified.train import TRAINERS
-from yolo_unified.workflows.base import run_dir
+from yolo_unified.workflows.base import memory_file, run_dir, stage_memory
 
 
 def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     """Train one task with its unified trainer (``resume=`` a last.pt: in that run's folder); return
-    ``{"weights": best.pt, "save_dirs": {task: run dir}}``."""
+    ``{"weights": best.pt, "save_dirs": {task: run dir}}``.
+
+    The strategies' memory beside the start checkpoint (``memory.pt``: replay images, EWC anchors) is theirs to read;
+    what they store at the end of the run (``replay=`` keeps some of its images) goes beside its best.pt.
+    """
     if task not in TASKS:
         raise ValueError(f"task='{task}' is not a yolo-unified task; use one of {list(TASKS)} (or omit it)")
     keys = dict(keys)
     save_dir = run_dir(keys.pop("project", None), keys.pop("name", None), "train", keys.get("exist_ok", False))
-    trainer = TRAINERS[task](overrides=keys if keys.get("resume") else {**keys, "save_dir": str(save_dir)})
+    start = run_args(keys["resume"]).get("model") if keys.get("resume") else keys.get("model")
+    context = StageContext(index=0, task=task, memory=stage_memory(start))
+    overrides = keys if keys.get("resume") else {**keys, "save_dir": str(save_dir)}
+    trainer = TRAINERS[task](overrides=overrides, context=context)
     trainer.train()
     weights = trainer.best if trainer.best.exists() else trainer.last
+    if context.memory and RANK in {-1, 0}:
+        save_atomically(context.memory, memory_file(weights))
     return {"weights": str(weights), "save_dirs": {task: str(trainer.save_dir)}}
+
+
+def run_args(weights: str | Path) -> dict[str, Any]:
+    """The training arguments a checkpoint records (empty for weights without them)."""
+    return torch.load(weights, map_location="cpu", weights_only=False).get("train_args") or {}
 
 
 def resumed_task(resume: Any) -> str | None:
@@ -30,6 +46,6 @@ def resumed_task(resume: Any) -> str | None:
     None for anything else (a protocol folder, a joint run's checkpoint)."""
     if not (isinstance(resume, (str, Path)) and str(resume).endswith(".pt") and Path(resume).is_file()):
         return None
-    args = torch.load(resume, map_location="cpu", weights_only=False).get("train_args") or {}
+    args = run_args(resume)
     ours = {ultralytics: task for task, ultralytics in ULTRALYTICS_TASK.items()}
     return None if args.get("joint") else ours.get(args.get("task"))
