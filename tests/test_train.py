@@ -15,6 +15,7 @@ from ultralytics.utils import YAML
 
 from yolo_unified import UnifiedYOLO, workflows
 from yolo_unified.cli import run
+from yolo_unified.common import MEMORY_FILE
 from yolo_unified.continual import STRATEGIES
 from yolo_unified.data.config import load_data_config, task_data
 from yolo_unified.data.synthetic import make_synthetic
@@ -22,7 +23,8 @@ from yolo_unified.models.unified import val as unified_val
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.nn import UnifiedModel
 from yolo_unified.nn.tasks import CFG_DIR
-from yolo_unified.workflows.single import resumed_task
+from yolo_unified.workflows.base import stage_memory
+from yolo_unified.workflows.single import resumed_task, start_model
 
 OVERFIT = dict(  # 4 images, one optimizer step per epoch, no augmentation, constant learning rate: the loss must fall
     epochs=15, imgsz=128, batch=4, nbs=4, optimizer="AdamW", lr0=0.003, lrf=1.0, warmup_epochs=0,
@@ -179,3 +181,14 @@ def test_resume_of_a_single_task_checkpoint_finds_its_task(tmp_path, monkeypatch
     monkeypatch.setattr(workflows, "train_task", lambda task, keys: ran.update(task=task, keys=keys) or {})
     workflows.train(resume=str(tmp_path / "det.pt"))
     assert ran == {"task": "det", "keys": {"resume": str(tmp_path / "det.pt")}}  # no data=, no new run folder
+
+
+def test_a_resumed_run_reads_the_memory_beside_the_model_it_started_from(tmp_path):
+    """The strategies' memory (replay images) comes from beside ``model=``; a resumed run's from its recorded model."""
+    torch.save({"model": None}, tmp_path / "best.pt")
+    torch.save({"replay": {"cls": [{"img": torch.zeros(1)}]}}, tmp_path / MEMORY_FILE)
+    torch.save({"train_args": {"task": "classify", "model": str(tmp_path / "best.pt")}}, tmp_path / "last.pt")
+    assert start_model({"model": str(tmp_path / "best.pt")}) == str(tmp_path / "best.pt")
+    for keys in ({"resume": str(tmp_path / "last.pt")}, {"resume": True, "model": str(tmp_path / "last.pt")}):
+        assert set(stage_memory(start_model(keys))["replay"]) == {"cls"}
+    assert stage_memory(start_model({"model": "yolov8n-unified.yaml"})) == {}

@@ -25,8 +25,7 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"task='{task}' is not a yolo-unified task; use one of {list(TASKS)} (or omit it)")
     keys = dict(keys)
     save_dir = run_dir(keys.pop("project", None), keys.pop("name", None), "train", keys.get("exist_ok", False))
-    start = run_args(keys["resume"]).get("model") if keys.get("resume") else keys.get("model")
-    context = StageContext(index=0, task=task, memory=stage_memory(start))
+    context = StageContext(index=0, task=task, memory=stage_memory(start_model(keys)))
     overrides = keys if keys.get("resume") else {**keys, "save_dir": str(save_dir)}
     trainer = TRAINERS[task](overrides=overrides, context=context)
     trainer.train()
@@ -34,6 +33,15 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     if context.memory and RANK in {-1, 0}:
         save_atomically(context.memory, memory_file(weights))
     return {"weights": str(weights), "save_dirs": {task: str(trainer.save_dir)}}
+
+
+def start_model(keys: dict[str, Any]) -> str | None:
+    """The checkpoint a run starts from: ``model=``, or the ``model=`` that a resumed run's checkpoint records."""
+    resume = keys.get("resume")
+    if not resume:
+        return keys.get("model")
+    last = resume if isinstance(resume, (str, Path)) else keys.get("model")
+    return run_args(last).get("model") if last and Path(last).is_file() else None
 
 
 def run_args(weights: str | Path) -> dict[str, Any]:
