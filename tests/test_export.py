@@ -174,6 +174,18 @@ def test_onnx_model_validates_like_the_checkpoint(model_file, synth_yaml, tmp_pa
             assert abs(ox[task][key] - value) <= 0.01, (task, key, value, ox[task][key])
 
 
+def test_an_exported_model_validates_the_tasks_it_was_trained_on(model_file, synth_yaml, tmp_path):
+    """A detection-only model (``task_imgsz`` of det alone) exported and validated on three-task data: det only."""
+    ckpt = torch.load(model_file, weights_only=False)
+    ckpt["model"].task_imgsz = {"det": IMGSZ}
+    torch.save(ckpt, model_file)
+    onnx_file = UnifiedYOLO(model_file).export(format="onnx", imgsz=IMGSZ)
+    meta = {p.key: p.value for p in onnx.load(onnx_file).metadata_props}
+    assert ast.literal_eval(meta["task_imgsz"]) == {"det": IMGSZ}
+    scores = UnifiedYOLO(onnx_file).val(data=synth_yaml, imgsz=IMGSZ, plots=False, project=str(tmp_path))
+    assert set(scores) == {"det"}
+
+
 def test_cli_export_half_and_torchscript(model_file):
     fp16 = run(["export", f"model={model_file}", "format=onnx", f"imgsz={IMGSZ}", "half=True", "simplify=False"])
     meta = {p.key: p.value for p in onnx.load(fp16).metadata_props}

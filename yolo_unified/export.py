@@ -234,6 +234,7 @@ class UnifiedExporter(Exporter):
     def add_metadata(self) -> None:
         """``on_export_start`` hook: add what the unified predictor and validators read to Ultralytics' metadata."""
         self.metadata["task_names"] = self.model.task_names
+        self.metadata["task_imgsz"] = dict(getattr(self.model, "task_imgsz", None) or {})  # the tasks it learned
         self.metadata["strides"] = [int(s) for s in self.model.stride.tolist()]
         self.metadata["seg_argmax"] = self.seg_argmax
         self.metadata["outputs"] = list(OUTPUT_NAMES)

@@ -12,7 +12,7 @@ import torch
 from ultralytics.models.yolo.classify import ClassificationValidator
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.models.yolo.semantic import SemanticSegmentationValidator
-from ultralytics.nn.autobackend import check_class_names
+from ultralytics.nn.autobackend import AutoBackend, check_class_names
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, YAML, colorstr
 
@@ -32,6 +32,13 @@ def model_task_names(model: Any, task: str) -> dict[int, str]:
         if isinstance(names, dict) and task in names:  # TorchScript's JSON metadata has string keys: normalise
             return check_class_names(names[task])
     raise ValueError(f"the model has no class names for task '{task}': is it a yolo-unified model?")
+
+
+def exported_tasks(model: str | Path) -> set[str]:
+    """The tasks an exported unified model was trained on, from its metadata (``task_imgsz``); none for exports made
+    before it was recorded."""
+    sizes = (AutoBackend(str(model), device=torch.device("cpu"), verbose=False).metadata or {}).get("task_imgsz")
+    return set(ast.literal_eval(sizes) if isinstance(sizes, str) else sizes or ())
 
 
 def is_multitask_yaml(data: Any) -> bool:
@@ -197,7 +204,7 @@ def validate(
     **overrides: Any,
 ) -> dict[str, dict[str, Any]]:
     """Validate every task the data YAML and the model share (or just `tasks`); log and save a summary. A checkpoint
-    shares the tasks it was trained on (``task_imgsz``).
+    or an exported model shares the tasks it was trained on (``task_imgsz``).
 
     `model` is a checkpoint path, an exported model or a unified model in memory (a copy is validated, so a training
     model is left as it is). Without ``imgsz`` each task of a checkpoint is scored at the size it was trained at
@@ -211,7 +218,8 @@ def validate(
     if module is None and str(model).endswith(".pt"):
         module = load_checkpoint(model)[0]
         check_class_lists(module, model)
-    model_tasks = learned_tasks(module) or set(getattr(module, "task_names", None) or TASKS)
+    trained = learned_tasks(module) if module is not None else exported_tasks(model)
+    model_tasks = trained or set(getattr(module, "task_names", None) or TASKS)
     tasks = [t for t in (tasks or TASKS) if t in cfg["tasks"] and t in model_tasks]
     if not tasks:
         raise ValueError(f"{data} and the model share no task")
