@@ -96,6 +96,12 @@ OVERRIDES: tuple[Override, ...] = (
         "UnifiedClassificationValidator",
         "images of classes the model lacks stay out of the metrics",
     ),
+    Override(
+        "ultralytics.models.yolo.classify.val.ClassificationValidator",
+        "init_metrics",
+        "UnifiedClassificationValidator",
+        "a standalone run's classes named by the data YAML, not by folder",
+    ),
     # the predictor (models/unified/predict.py)
     Override(PREDICTOR, "setup_model", "UnifiedPredictor", "class names per task from the model or its metadata"),
     Override(PREDICTOR, "setup_source", "UnifiedPredictor", "an empty or non-image file fails with its name"),
