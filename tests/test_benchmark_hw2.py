@@ -97,7 +97,7 @@ def timed_once(monkeypatch) -> list[dict]:
 
 
 def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path, monkeypatch):
-    kept = {"finetune", "replay"}  # two of the ablations: each is the same protocol run with other keys
+    kept = {"finetune"}  # one of the ablations: each is the same protocol run with other keys
     monkeypatch.setattr(hw2, "ABLATIONS", [a for a in ABLATIONS if a[0] in kept])
     speed_calls = timed_once(monkeypatch)
     out = tmp_path / "quick"
@@ -116,7 +116,7 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path, monkeypatch):
     summary = (out / "summary.md").read_text()
     for heading in ("Single-task baselines", "Sequential protocol", "Ablations", "Efficiency", "report B"):
         assert heading in summary
-    assert summary.count("| no mitigation") == 1 and "| replay alone |" in summary
+    assert summary.count("| no mitigation") == 1 and "| replay alone |" not in summary  # only the kept ones
     assert (out / "speed" / "benchmark.md").is_file()
     assert all(not (out / n / "1-seg").exists() for n in expected - {"default_seed0"})  # stage 1 shared
     assert "retention vs single-task" in (out / "default_seed0/forgetting.md").read_text()
