@@ -280,7 +280,7 @@ def test_val_names_classification_classes_by_the_data_yaml_not_by_folder(synth_1
     assert sorted(scores["cls"]["per_class"]) == sorted(names.values())
 
 
-def test_exemplars_the_first_run_keeps_are_replayed_when_classes_are_added(synth_12, tmp_path):
+def test_exemplars_the_first_run_keeps_are_replayed_when_classes_are_added(synth_12, tmp_path, logged):
     """Stage 1 with replay= keeps images beside its best.pt; a stage adding classes replays them and adds its own."""
     first = split_classes(synth_12, "cls", ["circle", "rectangle"], tmp_path / "first")
     second = split_classes(synth_12, "cls", ["triangle"], tmp_path / "second")
@@ -288,7 +288,9 @@ def test_exemplars_the_first_run_keeps_are_replayed_when_classes_are_added(synth
     old = workflows.train(data=str(first), replay={"size": 4}, name="old", **run)
     kept = torch.load(Path(old["weights"]).with_name(MEMORY_FILE), weights_only=False)["replay"]["cls"]
     assert len(kept) == 4 and {int(s["cls"]) for s in kept} <= {0, 1}
-    new = workflows.train(data=str(second), model=old["weights"], replay={"size": 4, "batch": 2}, name="new", **run)
+    keys = {"replay": {"size": 4, "batch": 2}, "old_labels": {"conf": 0.3}}
+    new = workflows.train(data=str(second), model=old["weights"], name="new", **keys, **run)
+    assert "old classes kept by replay" in logged.text  # the run says what keeps them (old_labels: not for cls)
     assert "train/replay" in (tmp_path / "new" / "results.csv").read_text().splitlines()[0]
     memory = torch.load(Path(new["weights"]).with_name(MEMORY_FILE), weights_only=False)["replay"]["cls"]
     assert all(torch.equal(a["img"], b["img"]) for a, b in zip(memory[:4], kept, strict=True))  # old exemplars, then

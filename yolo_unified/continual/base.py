@@ -73,6 +73,10 @@ class Strategy:
         self.value = cfg
         self.context = context
 
+    def keeps_old_classes_of(self, task: str) -> bool:
+        """Whether it keeps the old classes of `task` when a stage adds classes to it (what the run says it does)."""
+        return self.keeps_old_classes
+
     def setup(self, trainer) -> None:
         """Once the model, optimizer and EMA exist (Ultralytics' ``on_pretrain_routine_end``)."""
 

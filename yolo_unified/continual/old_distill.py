@@ -49,10 +49,14 @@ class OldDistill(Strategy):
     key = "old_distill"
     keeps_old_classes = True
 
+    def keeps_old_classes_of(self, task: str) -> bool:
+        """The tasks of ``tasks`` (every task without it)."""
+        return task in self.cfg.get("tasks", TASKS)
+
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
         """Weighted distance of the old classes' outputs from the model's before the stage."""
         task, img = batch_task(batch), batch["img"]
-        if task not in self.context.old_classes or task not in self.cfg.get("tasks", TASKS):
+        if task not in self.context.old_classes or not self.keeps_old_classes_of(task):
             return None
         if self.context.teacher(img.device) is None:
             return None

@@ -49,7 +49,7 @@ class OldLabels(Strategy):
       box of the data by IoU >= ``iou`` (ERD, Feng et al., CVPR 2022, and pseudo-label methods after it);
     - seg: pixels the new mask calls background and the old model gives to an old class with probability >= ``conf``
       take that class (the background shift of PLOP, Douillard et al., CVPR 2021);
-    - cls: nothing to add (an image has one class); ``old_distill`` keeps its old classes.
+    - cls: nothing to add (an image has one class); replay of stored images keeps its old classes.
     The task's own loss then trains on both. Shown as ``old_labels``: old-class boxes added per image (det), or the
     share of pixels relabelled (seg).
     """
@@ -57,11 +57,19 @@ class OldLabels(Strategy):
     key = "old_labels"
     keeps_old_classes = True
 
+    def keeps_old_classes_of(self, task: str) -> bool:
+        """Detection and segmentation: classification images have one class, and nothing to add."""
+        return task != "cls"
+
     def labels(self, batch: dict) -> dict:
         """The batch with the old model's labels of the old classes added where the data has none."""
         task, img = batch_task(batch), batch["img"]
         self.added = None
-        if task not in self.context.old_classes or task == "cls" or self.context.teacher(img.device) is None:
+        if (
+            task not in self.context.old_classes
+            or not self.keeps_old_classes_of(task)
+            or self.context.teacher(img.device) is None
+        ):
             return batch
         outputs = self.context.teacher_outputs(img)
         conf = float(self.cfg.get("conf", 0.5))

@@ -62,6 +62,10 @@ class Replay(Strategy):
 
     key = "replay"
 
+    def keeps_old_classes_of(self, task: str) -> bool:
+        """When the memory holds images of the task (its old classes')."""
+        return bool(self.context.memory.get("replay", {}).get(task))
+
     def setup(self, trainer) -> None:
         """Move the stored images of the finished tasks to the device."""
         stored = self.context.memory.get("replay", {})

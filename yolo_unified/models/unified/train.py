@@ -328,13 +328,14 @@ class UnifiedTrainerMixin:
         self.class_lut = None if ids == list(range(len(ids))) else torch.tensor(ids)
         for t, grown in model.added_classes.items():
             old, new = grown["old"], list(model.task_names[t].values())[grown["old"] :]
+            keeping = [s.key for s in self.strategies if s.keeps_old_classes_of(t)]
             self.context.old_classes[t] = old
             self.context.prev_weights = self.context.prev_weights or grown["from"]
             LOGGER.info(
                 f"{colorstr('add classes:')} {t} had {old} classes; {self.args.data} adds {len(new)}: "
                 f"{', '.join(new)} (ids {old}-{old + len(new) - 1}). The {t} outputs grow to {old + len(new)} classes, "
                 f"the old ones unchanged; old classes kept by "
-                f"{', '.join(keepers) if keepers else 'nothing (cfg=cfg/add-classes.yaml keeps them)'}"
+                f"{', '.join(keeping) if keeping else 'nothing (cfg=cfg/add-classes.yaml keeps them)'}"
             )
         if self.class_lut is not None:
             moved = {data_names[i]: m for i, m in enumerate(ids) if m != i}
