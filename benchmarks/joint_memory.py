@@ -81,7 +81,7 @@ def measure(method: str, imgsz: int, batch: int, steps: int, threads: int = 1) -
             total.backward()
         model.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
-    peak = rss_mb("VmHWM")
+    peak = max(rss_mb("VmHWM"), base or 0.0)  # the kernel updates the peak mark lazily: it may lag RSS by a page
     return {"peak_mb": peak, "added_mb": None if base is None else peak - base, "step_s": float(np.median(times))}
 
 
