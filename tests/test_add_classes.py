@@ -278,6 +278,9 @@ def test_val_names_classification_classes_by_the_data_yaml_not_by_folder(synth_1
     torch.save({"model": model}, tmp_path / "m.pt")
     scores = validate(str(tmp_path / "m.pt"), tmp_path / "wnid.yaml", tmp_path / "val", tasks=["cls"], per_class=True)
     assert sorted(scores["cls"]["per_class"]) == sorted(names.values())
+    shutil.rmtree(tmp_path / "cls" / "train" / "n2")  # Ultralytics numbers the classes by the train folder's
+    with pytest.raises(ValueError, match="wnid.yaml: cls names 3 classes, its 'train' folder .* has 2"):
+        validate(str(tmp_path / "m.pt"), tmp_path / "wnid.yaml", tmp_path / "val2", tasks=["cls"])
 
 
 def test_exemplars_the_first_run_keeps_are_replayed_when_classes_are_added(synth_12, tmp_path, logged):

@@ -161,8 +161,8 @@ class UnifiedClassificationValidator(UnifiedValidatorMixin, ClassificationValida
         if self.yaml_names is not None:
             if len(self.yaml_names) != len(self.data["names"]):
                 raise ValueError(
-                    f"{self.data_yaml}: cls names {len(self.yaml_names)} classes, its '{self.args.split}' folder has "
-                    f"{len(self.data['names'])} class folders"
+                    f"{self.data_yaml}: cls names {len(self.yaml_names)} classes, its 'train' folder (whose class "
+                    f"folders Ultralytics numbers) has {len(self.data['names'])}"
                 )
             self.data["names"] = self.yaml_names
         super().init_metrics(model)
