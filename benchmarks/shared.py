@@ -42,6 +42,7 @@ from benchmarks.common import (
     QUICK,
     REPO,
     benchmark_args,
+    finished_run,
     git_commit,
     invocation,
     invocation_text,
@@ -158,9 +159,10 @@ def scored_run(
     name: str, cfg: dict[str, Any], scoring: dict[str, str], out: Path, n_boot: int, previous: dict[str, Any]
 ) -> dict[str, Any]:
     """Train (or resume, or skip) one run and score it: each task of `scoring` (task -> data YAML) on that data's
-    val split with its 95% interval. A run recorded in `previous` whose folder is gone is kept as recorded."""
+    val split with its 95% interval. A run recorded in `previous` whose folder is gone, or finished, is kept as
+    recorded (scoring it again would give the same numbers)."""
     root = out / name
-    if name in previous and not root.is_dir():
+    if name in previous and (not root.is_dir() or finished_run(root / "weights" / "last.pt")):
         return previous[name]
     LOGGER.info(f"\n{colorstr('bold', MODULE)}: {name}")
     weights, peak = train_or_resume(root, cfg)
