@@ -170,6 +170,9 @@ def test_frozen_batchnorm_statistics_do_not_change(synth_yaml, tmp_path):
     assert norms and all(m.momentum == 0.1 for m in norms)  # bn_momentum (Ultralytics builds 0.03)
     first, start = trained(synth_yaml, tmp_path / "first", task="seg", bn_freeze=True)  # nothing to hold yet
     assert not all(torch.equal(first.model.state_dict()[k], start[k]) for k in stats)
+    grown = StageContext(index=0, task="seg", old_classes={"seg": 2}, data=synth_yaml)  # adding classes: hold them
+    trainer, start = trained(synth_yaml, tmp_path / "grown", task="seg", context=grown, bn_freeze=True)
+    assert all(torch.equal(trainer.model.state_dict()[k], start[k]) for k in stats)
 
 
 def test_replay_buffer_keeps_the_configured_number_of_images(synth_yaml, tmp_path):
