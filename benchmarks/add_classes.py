@@ -8,8 +8,11 @@ Sections (``sections=``, default both; ``tasks=`` narrows a section to some of i
 
 - **synth**: the built-in synthetic data (``datasets/unified-synth``, or ``synth=<data YAML>``), each task (det,
   seg, cls): stage 1 circle and rectangle (seg: with the background, which every class subset keeps), stage 2
-  triangle. Settings: cfg/synth.yaml's (96 px, batch 16, nbs 16, no mosaic, BatchNorm momentum 0.1) with AdamW,
-  lr0 0.002, cosine schedule, one warm-up epoch, no loader workers.
+  triangle. ``synth_val=N`` scores the runs on a val split of N images per task from the same generator (its first
+  32 are the built-in val; 32 images resolve no 5% change), written beside the data (``datasets/unified-synth-val<N>``);
+  training and its best.pt keep the data's own, so a re-run with another N only scores the finished runs again.
+  Settings: cfg/synth.yaml's (96 px, batch 16, nbs 16, no mosaic, BatchNorm momentum 0.1) with AdamW, lr0 0.002,
+  cosine schedule, one warm-up epoch, no loader workers.
 - **hw2**: the HW2 data (``hw2=<raw folder>``, default ../shared/data/hw2, laid out into ``datasets/hw2`` as
   ``yolo-unified data prepare`` does; skipped with a message when absent): segmentation VOC 15+5 (aeroplane ...
   person, then pottedplant ... tvmonitor), detection 5+5 (person, car, dog, cat, chair, then the other five).
@@ -76,11 +79,12 @@ from yolo_unified.common import listed
 from yolo_unified.data.class_split import split_classes
 from yolo_unified.data.config import load_data_config
 from yolo_unified.data.prepare import prepare_hw2
+from yolo_unified.data.synthetic import make_synthetic
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.base import default_data
 
 MODULE = "benchmarks.add_classes"
-KEYS = {"sections", "tasks", "seeds", "quick", "out", "n_boot", "pretrained", "synth", "hw2"}
+KEYS = {"sections", "tasks", "seeds", "quick", "out", "n_boot", "pretrained", "synth", "synth_val", "hw2"}
 SECTIONS = {"synth": ("det", "seg", "cls"), "hw2": ("seg", "det")}  # section -> its tasks
 METHODS = ("old", "finetune", "recipe", "joint")
 GROUPS = ("old", "new", "all")
@@ -117,6 +121,17 @@ def class_groups(task: str, names: dict[int, str], first: list[str], second: lis
     return {"old": old, "new": list(second), "all": [*old, *second]}
 
 
+def longer_val(data: str, n_val: int) -> str:
+    """The synthetic data `data` (made by ``make_synthetic``, whose parameters its YAML records) with a val split of
+    `n_val` images per task, generated beside it as ``<name>-val<n_val>``: the same images, more of them."""
+    params = YAML.load(data).get("synthetic")
+    if not isinstance(params, dict):
+        raise ValueError(f"synth_val: {data} was not made by the synthetic generator (no 'synthetic' record)")
+    dst = Path(data).with_suffix("").with_name(f"{Path(data).stem}-val{n_val}")
+    kept = {k: params[k] for k in ("n_train", "imgsz", "seed")}
+    return str(make_synthetic(dst, n_val=n_val, **kept))
+
+
 def section_data(section: str, args: dict[str, Any], folder: Path, tasks: list[str]) -> dict[str, dict] | None:
     """Each task's data of a section: the full data YAML, the stage subsets written into `folder` and the class
     groups; None (with a warning) when the HW2 data is not there."""
@@ -128,6 +143,7 @@ def section_data(section: str, args: dict[str, Any], folder: Path, tasks: list[s
             LOGGER.warning(f"{MODULE}: no HW2 data at {raw.resolve()}: the hw2 section is skipped (give hw2=<folder>)")
             return None
         full = str(prepare_hw2(raw, REPO / "datasets" / "hw2")["yaml"])
+    scored = longer_val(full, int(args["synth_val"])) if section == "synth" and args.get("synth_val") else full
     cfg, out = load_data_config(full), {}
     for task in tasks:
         names = cfg["tasks"][task]["names"]
@@ -136,6 +152,10 @@ def section_data(section: str, args: dict[str, Any], folder: Path, tasks: list[s
             "full": full,
             "old": str(split_classes(full, task, first, folder / f"{section}-{task}-old")),
             "new": str(split_classes(full, task, second, folder / f"{section}-{task}-new")),
+            "scored": scored,
+            "scored_old": str(split_classes(scored, task, first, folder / f"{section}-{task}-old-scored"))
+            if scored != full and task == "cls"
+            else None,
             "groups": class_groups(task, names, first, second),
         }
     return out
@@ -203,22 +223,27 @@ def grouped_scores(
 
 
 def scoring_data(task: str, method: str, data: dict[str, Any]) -> str:
-    """The data a run is scored on: the full data; the old classification model on the stage-1 subset, which holds
-    the same val images the full split leaves it (validation leaves out the images of classes a model lacks, and at
-    batch 1 such an image is an empty batch, which Ultralytics' AutoBackend fails on)."""
-    return data["old"] if (task, method) == ("cls", "old") else data["full"]
+    """The data a run is scored on: the scoring data (the full data, or the larger val of ``synth_val``); the old
+    classification model on its stage-1 subset, which holds the same val images the full split leaves it (validation
+    leaves out the images of classes a model lacks, and at batch 1 such an image is an empty batch, which
+    Ultralytics' AutoBackend fails on)."""
+    if (task, method) == ("cls", "old"):
+        return data["scored_old"] or data["old"]
+    return data["scored"]
 
 
 def scored_run(
     name: str, cfg: dict, scoring: str, groups: dict[str, list[str]], out: Path, n_boot: int, previous: dict
 ) -> dict[str, Any]:
     """Train (or resume, or skip) one run and score it on the val split of `scoring` (`scoring_data`). A run
-    recorded in `previous` is kept as recorded when its folder is gone, or when it is finished and was scored with
-    the same `n_boot`."""
+    recorded in `previous` is kept as recorded when its folder is gone, or when it is finished and was scored on the
+    same data with the same `n_boot`."""
     root = out / name
-    if (kept := previous.get(name)) and (
-        not root.is_dir() or (kept.get("n_boot") == n_boot and finished_run(root / "weights" / "last.pt"))
-    ):
+    same = (kept := previous.get(name)) and (kept.get("n_boot"), kept.get("scored_on")) == (
+        n_boot,
+        repo_relative(scoring),
+    )
+    if kept and (not root.is_dir() or (same and finished_run(root / "weights" / "last.pt"))):
         return kept
     if "model" in cfg and not Path(cfg["model"]).is_file():
         raise FileNotFoundError(f"{name} starts from {cfg['model']}, which is not there: train its old run first")
