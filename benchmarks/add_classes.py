@@ -26,7 +26,8 @@ folder is gone is kept as recorded):
 - ``old``: the task on the stage-1 subset (``yolo-unified data split``), 30 epochs, keeping the recipe's number of
   its images (``replay`` size: the exemplars the recipe replays);
 - ``finetune``: from old's best.pt on the stage-2 subset, 20 epochs, nothing keeping the old classes (lower bound);
-- ``recipe``: the same with cfg/add-classes.yaml (old-class pseudo-labels, distillation, replay of the exemplars);
+- ``recipe``: the same with cfg/add-classes.yaml (old-class pseudo-labels, distillation, replay of the exemplars),
+  or the YAML of ``recipe=`` (a trial of other keys: give it its own ``out``, where finished runs are kept);
 - ``joint``: every class at once on the full data, 30 epochs (upper bound).
 
 Every run's best.pt is scored on the full data's val split of its task, each class on its own (mAP50, IoU with the
@@ -84,7 +85,7 @@ from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.base import default_data
 
 MODULE = "benchmarks.add_classes"
-KEYS = {"sections", "tasks", "seeds", "quick", "out", "n_boot", "pretrained", "synth", "synth_val", "hw2"}
+KEYS = {"sections", "tasks", "seeds", "quick", "out", "n_boot", "pretrained", "synth", "synth_val", "hw2", "recipe"}
 SECTIONS = {"synth": ("det", "seg", "cls"), "hw2": ("seg", "det")}  # section -> its tasks
 METHODS = ("old", "finetune", "recipe", "joint")
 GROUPS = ("old", "new", "all")
@@ -101,7 +102,7 @@ SETTINGS = {  # section -> the keys of its every run (epochs, seed, task and dat
     },
     "hw2": {"imgsz": 320, "batch": 16, "nbs": 16, **OPTIMIZER},
 }
-RECIPE = YAML.load(CFG_DIR / "add-classes.yaml")  # the recipe run's keys: old_labels, old_distill, replay
+RECIPE = CFG_DIR / "add-classes.yaml"  # the recipe run's keys (old_labels, old_distill, replay), unless recipe=
 TARGETS = {"loss": 5.0, "reach": 90.0}  # synth verdicts: old classes lose <= 5%; all classes reach >= 90% of joint
 
 
@@ -178,20 +179,22 @@ def run_plan(tasks: dict[str, list[str]], seeds: int) -> list[tuple[str, str, st
     ]
 
 
-def run_cfg(plan: tuple[str, str, str, int], data: dict[str, Any], out: Path, pretrained: str | None) -> dict:
+def run_cfg(
+    plan: tuple[str, str, str, int], data: dict[str, Any], out: Path, pretrained: str | None, recipe: dict[str, Any]
+) -> dict:
     """The training keys of a planned run: its section's settings, its epochs, seed and data; the stage-2 runs start
-    from the old run's best.pt, the recipe adds cfg/add-classes.yaml; `pretrained` weights start old and joint."""
+    from the old run's best.pt, the recipe run adds `recipe`'s keys; `pretrained` weights start old and joint."""
     section, task, method, seed = plan
     cfg = {**SETTINGS[section], "task": task, "seed": seed, "epochs": EPOCHS[method]}
     if method == "old":  # stage 1 keeps as many images (exemplars) as the recipe stores, for its replay
-        cfg["replay"] = {"size": RECIPE["replay"]["size"]}
+        cfg["replay"] = {"size": recipe["replay"]["size"]}
     if method in ("old", "joint"):
         cfg["data"] = data["old" if method == "old" else "full"]
         if pretrained:
             cfg["pretrained"] = pretrained
     else:
         cfg.update(data=data["new"], model=str(out / run_name(section, task, "old", seed) / "weights" / "best.pt"))
-    return {**cfg, **(RECIPE if method == "recipe" else {})}
+    return {**cfg, **(recipe if method == "recipe" else {})}
 
 
 def group_scores(per_class: dict[str, float], groups: dict[str, list[str]]) -> dict[str, float | None]:
@@ -276,6 +279,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         raise ValueError(f"tasks: unknown {sorted(unknown)}; valid: det, seg, cls")
     force = {k: v for k, v in QUICK.items() if k != "fraction"} if args.get("quick") else {}  # tiny data: every image
     pretrained = str(args["pretrained"]) if args.get("pretrained") else None
+    recipe = YAML.load(args.get("recipe") or RECIPE)
     previous = previous_results(out)
     data = {}
     for section in (s for s in SECTIONS if s in sections):
@@ -293,7 +297,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         "settings": {
             **{s: {**SETTINGS[s], **force} for s in SECTIONS},
             "epochs": {m: force.get("epochs", e) for m, e in EPOCHS.items()},
-            "recipe": RECIPE,
+            "recipe": recipe,
         },
         "pretrained": repo_relative(pretrained) if pretrained else None,
         "skipped": [s for s in sections if s not in data],
@@ -307,7 +311,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     n_boot = int(args.get("n_boot", 1000))
     for section, task, method, seed in plan:
         name, task_data = run_name(section, task, method, seed), data[section][task]
-        cfg = run_cfg((section, task, method, seed), task_data, out, pretrained if section == "hw2" else None)
+        cfg = run_cfg((section, task, method, seed), task_data, out, pretrained if section == "hw2" else None, recipe)
         scoring, groups = scoring_data(task, method, task_data), task_data["groups"]
         run = scored_run(name, {**cfg, **force}, scoring, groups, out, n_boot, previous.get("runs", {}))
         results["runs"][name] = {"section": section, "task": task, "method": method, "seed": seed, **run}

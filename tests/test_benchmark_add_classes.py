@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from ultralytics.utils import torch_utils
+from ultralytics.utils import YAML, torch_utils
 
 from benchmarks import add_classes
 from yolo_unified.data.prepare import DET_NAMES, SEG_NAMES
@@ -19,14 +19,17 @@ def test_run_plan_starts_with_seed_zero_of_every_section_and_old_before_the_runs
     assert {p[3] for p in plan[:12]} == {0} and {p[3] for p in plan[12:]} == {1}
 
     data = {"full": "full.yaml", "old": "old.yaml", "new": "new.yaml"}
-    cfg = {m: add_classes.run_cfg(("hw2", "seg", m, 1), data, tmp_path, "w.pt") for m in add_classes.METHODS}
+    recipe = {**YAML.load(add_classes.RECIPE), "bn_freeze": True}  # a trial recipe (recipe=<YAML>)
+    cfg = {m: add_classes.run_cfg(("hw2", "seg", m, 1), data, tmp_path, "w.pt", recipe) for m in add_classes.METHODS}
     assert [cfg[m]["data"] for m in add_classes.METHODS] == ["old.yaml", "new.yaml", "new.yaml", "full.yaml"]
     assert [cfg[m]["epochs"] for m in add_classes.METHODS] == [30, 20, 20, 30]
     assert cfg["finetune"]["model"] == cfg["recipe"]["model"] == str(tmp_path / "hw2_seg_old_seed1/weights/best.pt")
     assert cfg["old"]["pretrained"] == cfg["joint"]["pretrained"] == "w.pt" and "pretrained" not in cfg["recipe"]
     assert "old_labels" in cfg["recipe"] and "old_distill" in cfg["recipe"] and "old_labels" not in cfg["finetune"]
+    assert cfg["recipe"]["bn_freeze"] and "bn_freeze" not in cfg["finetune"]
+    assert cfg["old"]["replay"] == {"size": recipe["replay"]["size"]}  # stage 1 keeps the exemplars the recipe replays
     assert cfg["old"]["imgsz"] == 320 and cfg["old"]["seed"] == 1 and cfg["old"]["optimizer"] == "AdamW"
-    synth = add_classes.run_cfg(("synth", "cls", "old", 0), data, tmp_path, None)
+    synth = add_classes.run_cfg(("synth", "cls", "old", 0), data, tmp_path, None, recipe)
     assert synth["imgsz"] == 96 and synth["mosaic"] == 0 and synth["workers"] == 0 and synth["epochs"] == 30
 
 
