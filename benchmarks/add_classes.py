@@ -186,7 +186,7 @@ def run_cfg(
     from the old run's best.pt, the recipe run adds `recipe`'s keys; `pretrained` weights start old and joint."""
     section, task, method, seed = plan
     cfg = {**SETTINGS[section], "task": task, "seed": seed, "epochs": EPOCHS[method]}
-    if method == "old":  # stage 1 keeps as many images (exemplars) as the recipe stores, for its replay
+    if method == "old" and "replay" in recipe:  # stage 1 keeps as many images (exemplars) as the recipe replays
         cfg["replay"] = {"size": recipe["replay"]["size"]}
     if method in ("old", "joint"):
         cfg["data"] = data["old" if method == "old" else "full"]
@@ -242,11 +242,9 @@ def scored_run(
     recorded in `previous` is kept as recorded when its folder is gone, or when it is finished and was scored on the
     same data with the same `n_boot`."""
     root = out / name
-    same = (kept := previous.get(name)) and (kept.get("n_boot"), kept.get("scored_on")) == (
-        n_boot,
-        repo_relative(scoring),
-    )
-    if kept and (not root.is_dir() or (same and finished_run(root / "weights" / "last.pt"))):
+    kept = previous.get(name)
+    scored_alike = kept and kept.get("n_boot") == n_boot and kept.get("scored_on") == repo_relative(scoring)
+    if kept and (not root.is_dir() or (scored_alike and finished_run(root / "weights" / "last.pt"))):
         return kept
     if "model" in cfg and not Path(cfg["model"]).is_file():
         raise FileNotFoundError(f"{name} starts from {cfg['model']}, which is not there: train its old run first")

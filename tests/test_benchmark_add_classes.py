@@ -28,6 +28,8 @@ def test_run_plan_starts_with_seed_zero_of_every_section_and_old_before_the_runs
     assert "old_labels" in cfg["recipe"] and "old_distill" in cfg["recipe"] and "old_labels" not in cfg["finetune"]
     assert cfg["recipe"]["bn_freeze"] and "bn_freeze" not in cfg["finetune"]
     assert cfg["old"]["replay"] == {"size": recipe["replay"]["size"]}  # stage 1 keeps the exemplars the recipe replays
+    free = {k: v for k, v in recipe.items() if k != "replay"}  # an exemplar-free recipe: stage 1 keeps none
+    assert "replay" not in add_classes.run_cfg(("hw2", "seg", "old", 1), data, tmp_path, "w.pt", free)
     assert cfg["old"]["imgsz"] == 320 and cfg["old"]["seed"] == 1 and cfg["old"]["optimizer"] == "AdamW"
     synth = add_classes.run_cfg(("synth", "cls", "old", 0), data, tmp_path, None, recipe)
     assert synth["imgsz"] == 96 and synth["mosaic"] == 0 and synth["workers"] == 0 and synth["epochs"] == 30
