@@ -96,6 +96,7 @@ def timed_once(monkeypatch) -> list[dict]:
     return calls
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path, monkeypatch):
     kept = {"finetune"}  # one of the ablations: each is the same protocol run with other keys
     monkeypatch.setattr(hw2, "ABLATIONS", [a for a in ABLATIONS if a[0] in kept])

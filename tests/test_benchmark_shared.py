@@ -55,6 +55,7 @@ def test_run_plan_starts_with_seed_zero_of_every_section():
     assert [s for s, *_ in shared.run_plan(data, 1, ["merged"])] == ["merged"] * 4
 
 
+@pytest.mark.slow
 @needs_data
 def test_quick_mini_coco_section_end_to_end(tmp_path):
     out = tmp_path / "out"

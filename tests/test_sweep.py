@@ -104,6 +104,7 @@ def test_packaged_grid_parses():
     assert protocol[2]["lr_mult"]["backbone"] == 0.01
 
 
+@pytest.mark.slow
 def test_quick_sweep_shares_stage_one_and_resumes(synth_yaml, tmp_path):
     grid = tmp_path / "grid.yaml"
     YAML.save(grid, GRID)
