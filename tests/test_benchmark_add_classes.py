@@ -112,13 +112,15 @@ def test_quick_synth_section_of_one_task_end_to_end(tmp_path, monkeypatch):
     assert again["runs"] == results["runs"] and len(again["invocations"]) == 2
 
     # synth_val: the same data with a longer val split; the finished runs are scored again on it, not retrained
+    trained = (out / "synth_cls_recipe_seed0" / "weights" / "best.pt").stat().st_mtime_ns
     longer = add_classes.main([*argv, "synth_val=20"])["runs"]
+    assert (out / "synth_cls_recipe_seed0" / "weights" / "best.pt").stat().st_mtime_ns == trained
     assert (
         longer["synth_cls_recipe_seed0"]["n_images"] == 20
         and longer["synth_cls_joint_seed0"] == runs["synth_cls_joint_seed0"]
     )
     assert longer["synth_cls_recipe_seed0"]["scored_on"].endswith("synth-val20.yaml")
     assert set(longer["synth_cls_old_seed0"]["per_class"]) == {"circle", "rectangle"}
-    assert len(add_classes.main([*argv, "synth_val=20"])["invocations"]) == 4  # a third invocation: nothing new to do
+    assert len(add_classes.main([*argv, "synth_val=20"])["invocations"]) == 4  # scored on this val already: kept
     with pytest.raises(ValueError, match="not made by the synthetic generator"):
         add_classes.longer_val(str(out / "data" / "synth-cls-new.yaml"), 20)
