@@ -263,6 +263,28 @@ def test_stored_samples_of_a_stage_adding_classes_use_the_models_ids(synth_12, t
     assert len(labels) and set(labels.view(-1).tolist()) == {2.0}
 
 
+def test_mixed_exemplars_join_the_training_set_in_the_models_ids(synth_12, tmp_path):
+    """replay mix: the stored images of the old classes are trained on in the stage's own batches, labelled with their
+    classes (circle 0, rectangle 1) beside the new triangles (2), and no separate replay loss is drawn."""
+    old = UnifiedModel(task_names={"cls": {0: "circle", 1: "rectangle"}}, verbose=False)
+    old.task_imgsz = {"cls": 64}
+    torch.save({"model": old}, tmp_path / "old.pt")
+    second = split_classes(synth_12, "cls", ["triangle"], tmp_path / "second")
+    stored = [{"img": torch.rand(1, 3, 64, 64), "cls": torch.tensor([i % 2])} for i in range(5)]
+    context = StageContext(index=0, task="cls", memory={"replay": {"cls": stored}})
+    keys = {"data": str(second), "model": str(tmp_path / "old.pt"), "save_dir": str(tmp_path / "run"), **TINY}
+    trainer = TRAINERS["cls"](overrides={**keys, "replay": {"size": 5, "mix": True}}, context=context)
+    trainer.setup_model()
+    loader = trainer.get_dataloader(trainer.data["train"], batch_size=4, rank=-1, mode="train")
+    labels = torch.cat([trainer.preprocess_batch(b)["cls"] for b in loader]).tolist()
+    n_new = len(list((tmp_path / "second" / "cls" / "train").rglob("*.jpg")))
+    assert sorted(labels) == [0, 0, 0, 1, 1] + [2] * n_new
+    assert len(list((tmp_path / "run" / "replay").glob("*.png"))) == 5
+    replay = next(s for s in trainer.strategies if s.key == "replay")
+    replay.setup(trainer)
+    assert replay.buffers == {}  # mixed into the data: no replay loss term
+
+
 def test_val_names_classification_classes_by_the_data_yaml_not_by_folder(synth_12, tmp_path):
     """Imagenette's layout: class folders named by WordNet id, the data YAML gives the readable names."""
     cfg = yaml.safe_load(Path(synth_12).read_text())

@@ -62,6 +62,7 @@ OVERRIDES: tuple[Override, ...] = (
     Override(TRAINER, "set_model_attributes", MIXIN, "class names stay per task on the model"),
     Override(TRAINER, "get_validator", MIXIN, "the task's unified validator"),
     Override(TRAINER, "preprocess_batch", MIXIN, "labels in the model's class ids, then the strategies' own labels"),
+    Override(TRAINER, "build_dataset", MIXIN, "the training set with the images strategies add (replay's mix)"),
     # the joint trainer (models/unified/joint/train.py): its own loop, each task's pipeline through its TaskPart
     Override(TRAINER, "_do_train", JOINT, "the joint loop: every task's batches, losses, balancing, step", "self"),
     Override(TRAINER, "_setup_train", JOINT, "DDP: no wrapper, rank 0's weights; the step averages gradients", "self"),

@@ -91,6 +91,9 @@ class Strategy:
         """
         return None
 
+    def training_images(self, trainer, dataset) -> None:
+        """The stage's training dataset, once built (before its loader): a strategy may add images to it."""
+
     def labels(self, batch: dict) -> dict:
         """The training batch the task loss sees, after preprocessing: a strategy may add labels (old classes)."""
         return batch

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
+import cv2
 import torch
 import torch.nn.functional as F
 from ultralytics.utils import LOGGER
@@ -36,6 +38,14 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
+def write_image(path: Path, img: torch.Tensor) -> None:
+    """Save a stored image ``(1, 3, H, W)``, RGB in [0, 1], as a PNG (kept when it is there already)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rgb = (img[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
 def loss_per_image(model: torch.nn.Module, preds: dict, batch: dict) -> torch.Tensor:
     """The batch's task loss (its own Ultralytics loss) on the scale of one image, like the trainer's extra terms.
 
@@ -49,7 +59,8 @@ def loss_per_image(model: torch.nn.Module, preds: dict, batch: dict) -> torch.Te
 
 
 class Replay(Strategy):
-    """cfg: ``{size: images kept per task (10), ratio: replayed images per current image, batch: 2, weight: 1.0}``.
+    """cfg: ``{size: images kept per task (10), ratio: replayed images per current image, batch: 2, weight: 1.0,
+    mix: False}``.
 
     At the end of a stage, ``size`` training images of its task (validation transforms, resized to the stage's
     imgsz, on the CPU) join ``memory["replay"][task]``. In later stages every training step adds the loss of a
@@ -57,7 +68,10 @@ class Replay(Strategy):
     the current batch size per task when ``ratio`` is set (at least one image), else ``batch`` images per task.
 
     A stage that adds classes to a task replays that task's stored images (exemplars of its old classes, in their
-    unchanged ids) and adds its own to them, so that the memory holds every class group learned so far.
+    unchanged ids) and adds its own to them, so that the memory holds every class group learned so far. With ``mix``,
+    a stage adding classes to classification trains on its stored images as on its own: they join the stage's training
+    set (PNGs in ``<save_dir>/replay``), each drawn once per epoch with the stage's augmentation, in the same batches
+    as the new images, instead of a separate loss term.
     """
 
     key = "replay"
@@ -66,12 +80,38 @@ class Replay(Strategy):
         """When the memory holds images of the task (its old classes')."""
         return bool(self.context.memory.get("replay", {}).get(task))
 
+    def mixed(self, task: str) -> bool:
+        """Whether the stored images of `task` join this stage's training set (``mix``) rather than a loss term."""
+        stored = self.context.memory.get("replay", {}).get(task)
+        return bool(self.cfg.get("mix") and stored) and task == "cls" and task in self.context.old_classes
+
+    def training_images(self, trainer, dataset) -> None:
+        """With ``mix``: the stored classification images join the stage's training set, in the data's class ids
+        (classes the data lacks get ids after its own, which the trainer's ``class_lut`` maps to the model's)."""
+        if not self.mixed(trainer.task_key):
+            return
+        samples, n_data = self.context.memory["replay"]["cls"], len(trainer.data["names"])
+        lut, n_own = trainer.class_lut, len(dataset.samples)
+        for i, sample in enumerate(samples):
+            model_id = int(sample["cls"])
+            path = Path(trainer.save_dir) / "replay" / f"{i:04d}-{model_id}.png"
+            write_image(path, sample["img"])
+            data_id = model_id if lut is None else n_data + model_id
+            dataset.samples.append([str(path), data_id, path.with_suffix(".npy"), None])
+        if lut is not None:
+            trainer.class_lut = torch.cat([lut, torch.arange(int(lut.max()) + 1)])
+        if dataset.cache_ram:
+            dataset.cache_images()
+        LOGGER.info(f"replay: the {len(samples)} stored images of the old classes join the {n_own} training images")
+
     def setup(self, trainer) -> None:
-        """Move the stored images of the finished tasks to the device."""
+        """Move the stored images of the finished tasks to the device (those that ``mix`` joins to the data aside)."""
         stored = self.context.memory.get("replay", {})
         tasks = dict.fromkeys([*self.context.previous, *self.context.old_classes])
         self.buffers = {
-            t: [{k: v.to(trainer.device) for k, v in s.items()} for s in stored[t]] for t in tasks if stored.get(t)
+            t: [{k: v.to(trainer.device) for k, v in s.items()} for s in stored[t]]
+            for t in tasks
+            if stored.get(t) and not self.mixed(t)
         }
         if lacking := [t for t in self.context.old_classes if not stored.get(t)]:
             LOGGER.warning(

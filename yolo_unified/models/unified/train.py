@@ -341,6 +341,14 @@ class UnifiedTrainerMixin:
             moved = {data_names[i]: m for i, m in enumerate(ids) if m != i}
             LOGGER.info(f"{colorstr('add classes:')} {task} labels renumbered to the model's ids: {moved}")
 
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        """Ultralytics' dataset of the task; a training set with the images strategies add (replay's ``mix``)."""
+        dataset = super().build_dataset(img_path, mode, batch)
+        if mode == "train":
+            for s in self.strategies:
+                s.training_images(self, dataset)
+        return dataset
+
     def preprocess_batch(self, batch: dict) -> dict:
         """Ultralytics' preprocessing, the labels in the model's class ids, then the strategies' labels (old classes
         labelled by the model before the stage)."""
