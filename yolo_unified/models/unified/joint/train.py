@@ -150,8 +150,9 @@ class TaskPart:
         self.data = data or self.trainer_class.get_dataset(self)
 
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Dataset:
-        """The task's dataset at `img_path` for `mode` (training augmentation or validation transforms)."""
-        return self.trainer_class.build_dataset(self, img_path, mode, batch)
+        """The task's dataset at `img_path` for `mode` (training augmentation or validation transforms): its
+        Ultralytics trainer's, as strategies add no images to a joint run's (``UnifiedTrainerMixin.build_dataset``)."""
+        return super(UnifiedTrainerMixin, self.trainer_class).build_dataset(self, img_path, mode, batch)
 
     def get_dataloader(self, dataset_path: str, batch_size: int, rank: int, mode: str) -> DataLoader:
         """The task's loader of `dataset_path` for `mode`."""
