@@ -139,7 +139,7 @@ def section_data(section: str, args: dict[str, Any], folder: Path, tasks: list[s
     if section == "synth":
         full = str(args["synth"]) if args.get("synth") else default_data(REPO / "datasets")
     else:
-        raw = Path(str(args["hw2"])) if args.get("hw2") else REPO.parent / "shared" / "data" / "hw2"
+        raw = Path(str(args.get("hw2", "../shared/data/hw2")))  # as given: datasets/hw2.yaml records it
         if not raw.is_dir():
             LOGGER.warning(f"{MODULE}: no HW2 data at {raw.resolve()}: the hw2 section is skipped (give hw2=<folder>)")
             return None
