@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import pytest
 import torch
 import yaml
@@ -275,11 +276,16 @@ def test_mixed_exemplars_join_the_training_set_in_the_models_ids(synth_12, tmp_p
     keys = {"data": str(second), "model": str(tmp_path / "old.pt"), "save_dir": str(tmp_path / "run"), **TINY}
     trainer = TRAINERS["cls"](overrides={**keys, "replay": {"size": 5, "mix": True}}, context=context)
     trainer.setup_model()
+    earlier = tmp_path / "run" / "replay" / "0000-0.png"  # an earlier run's file of the same name is replaced
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"not this image")
     loader = trainer.get_dataloader(trainer.data["train"], batch_size=4, rank=-1, mode="train")
     labels = torch.cat([trainer.preprocess_batch(b)["cls"] for b in loader]).tolist()
     n_new = len(list((tmp_path / "second" / "cls" / "train").rglob("*.jpg")))
     assert sorted(labels) == [0, 0, 0, 1, 1] + [2] * n_new
     assert len(list((tmp_path / "run" / "replay").glob("*.png"))) == 5
+    written = torch.from_numpy(cv2.cvtColor(cv2.imread(str(earlier)), cv2.COLOR_BGR2RGB)).permute(2, 0, 1) / 255
+    assert (written - stored[0]["img"][0]).abs().max() <= 0.5 / 255 + 1e-6
     replay = next(s for s in trainer.strategies if s.key == "replay")
     replay.setup(trainer)
     assert replay.buffers == {}  # mixed into the data: no replay loss term

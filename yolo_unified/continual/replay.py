@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -39,11 +40,13 @@ def collate(samples: list[dict]) -> dict:
 
 
 def write_image(path: Path, img: torch.Tensor) -> None:
-    """Save a stored image ``(1, 3, H, W)``, RGB in [0, 1], as a PNG (kept when it is there already)."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rgb = (img[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    """Save a stored image ``(1, 3, H, W)``, RGB in [0, 1], as a PNG, replacing any file of that name at once (a run
+    in an existing folder never trains on an earlier run's image; DDP ranks write the same bytes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = (img[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    tmp = path.with_name(path.name + ".tmp")  # as common.save_atomically names it
+    tmp.write_bytes(cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes())
+    os.replace(tmp, path)
 
 
 def loss_per_image(model: torch.nn.Module, preds: dict, batch: dict) -> torch.Tensor:
