@@ -19,6 +19,7 @@ from yolo_unified.common import MEMORY_FILE
 from yolo_unified.continual import StageContext, build_strategies, stage_samples
 from yolo_unified.continual.old_distill import OldDistill, unbiased_seg_distance
 from yolo_unified.continual.old_labels import OldLabels, merge_boxes, shift_background
+from yolo_unified.continual.replay import oversampling_factor
 from yolo_unified.data.class_split import split_classes
 from yolo_unified.data.classes import class_map, grown_names, remap_labels
 from yolo_unified.data.config import load_data_config, task_names
@@ -264,9 +265,11 @@ def test_stored_samples_of_a_stage_adding_classes_use_the_models_ids(synth_12, t
     assert len(labels) and set(labels.view(-1).tolist()) == {2.0}
 
 
-def test_mixed_exemplars_join_the_training_set_in_the_models_ids(synth_12, tmp_path):
+@pytest.mark.parametrize("oversample", [False, True])
+def test_mixed_exemplars_join_the_training_set_in_the_models_ids(synth_12, tmp_path, oversample):
     """replay mix: the stored images of the old classes are trained on in the stage's own batches, labelled with their
-    classes (circle 0, rectangle 1) beside the new triangles (2), and no separate replay loss is drawn."""
+    classes (circle 0, rectangle 1) beside the new triangles (2), and no separate replay loss is drawn; oversample
+    draws each of them as many times as gives an old class about as many images as the new one."""
     old = UnifiedModel(task_names={"cls": {0: "circle", 1: "rectangle"}}, verbose=False)
     old.task_imgsz = {"cls": 64}
     torch.save({"model": old}, tmp_path / "old.pt")
@@ -274,7 +277,8 @@ def test_mixed_exemplars_join_the_training_set_in_the_models_ids(synth_12, tmp_p
     stored = [{"img": torch.rand(1, 3, 64, 64), "cls": torch.tensor([i % 2])} for i in range(5)]
     context = StageContext(index=0, task="cls", memory={"replay": {"cls": stored}})
     keys = {"data": str(second), "model": str(tmp_path / "old.pt"), "save_dir": str(tmp_path / "run"), **TINY}
-    trainer = TRAINERS["cls"](overrides={**keys, "replay": {"size": 5, "mix": True}}, context=context)
+    replay_cfg = {"size": 5, "mix": True, "oversample": oversample}
+    trainer = TRAINERS["cls"](overrides={**keys, "replay": replay_cfg}, context=context)
     trainer.setup_model()
     earlier = tmp_path / "run" / "replay" / "0000-0.png"  # an earlier run's file of the same name is replaced
     earlier.parent.mkdir(parents=True)
@@ -282,13 +286,24 @@ def test_mixed_exemplars_join_the_training_set_in_the_models_ids(synth_12, tmp_p
     loader = trainer.get_dataloader(trainer.data["train"], batch_size=4, rank=-1, mode="train")
     labels = torch.cat([trainer.preprocess_batch(b)["cls"] for b in loader]).tolist()
     n_new = len(list((tmp_path / "second" / "cls" / "train").rglob("*.jpg")))
-    assert sorted(labels) == [0, 0, 0, 1, 1] + [2] * n_new
+    times = round(n_new / 2.5) if oversample else 1  # 5 stored images of 2 classes, n_new triangles
+    assert times == (2 if oversample else 1)  # the fixture's 4 triangles
+    assert sorted(labels) == [0] * 3 * times + [1] * 2 * times + [2] * n_new
     assert len(list((tmp_path / "run" / "replay").glob("*.png"))) == 5
     written = torch.from_numpy(cv2.cvtColor(cv2.imread(str(earlier)), cv2.COLOR_BGR2RGB)).permute(2, 0, 1) / 255
     assert (written - stored[0]["img"][0]).abs().max() <= 0.5 / 255 + 1e-6
     replay = next(s for s in trainer.strategies if s.key == "replay")
     replay.setup(trainer)
     assert replay.buffers == {}  # mixed into the data: no replay loss term
+
+
+def test_oversampling_factor_evens_old_and_new_classes():
+    """Stored images are repeated up to a new class's share of the training set, never fewer than once."""
+    stored = [{"cls": torch.tensor([i % 2])} for i in range(20)]  # 10 per old class
+    assert oversampling_factor([["f", 2]] * 32, stored) == 3  # 32 images of one new class
+    assert oversampling_factor([["f", 2]] * 32 + [["f", 3]] * 32, stored) == 3
+    assert oversampling_factor([["f", 2]] * 4, stored) == 1
+    assert oversampling_factor([["f", 2]] * 100, stored[:1]) == 100  # 1 stored image of 1 class
 
 
 def test_val_names_classification_classes_by_the_data_yaml_not_by_folder(synth_12, tmp_path):

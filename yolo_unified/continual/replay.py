@@ -49,6 +49,14 @@ def write_image(path: Path, img: torch.Tensor) -> None:
     os.replace(tmp, path)
 
 
+def oversampling_factor(own: list, stored: list[dict]) -> int:
+    """How many times each stored image joins a training set so that an old class has about as many images as a
+    class of the stage's own data (``own``: Ultralytics' classification samples ``[file, class, ...]``); at least 1."""
+    own_per_class = len(own) / max(1, len({s[1] for s in own}))
+    stored_per_class = len(stored) / len({int(s["cls"]) for s in stored})
+    return max(1, round(own_per_class / stored_per_class))
+
+
 def loss_per_image(model: torch.nn.Module, preds: dict, batch: dict) -> torch.Tensor:
     """The batch's task loss (its own Ultralytics loss) on the scale of one image, like the trainer's extra terms.
 
@@ -63,7 +71,7 @@ def loss_per_image(model: torch.nn.Module, preds: dict, batch: dict) -> torch.Te
 
 class Replay(Strategy):
     """cfg: ``{size: images kept per task (10), ratio: replayed images per current image, batch: 2, weight: 1.0,
-    mix: False}``.
+    mix: False, oversample: False}``.
 
     At the end of a stage, ``size`` training images of its task (validation transforms, resized to the stage's
     imgsz, on the CPU) join ``memory["replay"][task]``. In later stages every training step adds the loss of a
@@ -74,7 +82,8 @@ class Replay(Strategy):
     unchanged ids) and adds its own to them, so that the memory holds every class group learned so far. With ``mix``,
     a stage adding classes to classification trains on its stored images as on its own: they join the stage's training
     set (PNGs in ``<save_dir>/replay``), each drawn once per epoch with the stage's augmentation, in the same batches
-    as the new images, instead of a separate loss term.
+    as the new images, instead of a separate loss term; with ``oversample`` each is drawn several times per epoch
+    (`oversampling_factor`), so that an old class is trained on about as often as a new one.
     """
 
     key = "replay"
@@ -95,17 +104,20 @@ class Replay(Strategy):
             return
         samples, n_data = self.context.memory["replay"]["cls"], len(trainer.data["names"])
         lut, n_own = trainer.class_lut, len(dataset.samples)
+        repeat = oversampling_factor(dataset.samples, samples) if self.cfg.get("oversample") else 1
         for i, sample in enumerate(samples):
             model_id = int(sample["cls"])
             path = Path(trainer.save_dir) / "replay" / f"{i:04d}-{model_id}.png"
             write_image(path, sample["img"])
             data_id = model_id if lut is None else n_data + model_id
-            dataset.samples.append([str(path), data_id, path.with_suffix(".npy"), None])
+            dataset.samples += [[str(path), data_id, path.with_suffix(".npy"), None] for _ in range(repeat)]
         if lut is not None:
             trainer.class_lut = torch.cat([lut, torch.arange(int(lut.max()) + 1)])
         if dataset.cache_ram:
             dataset.cache_images()
-        LOGGER.info(f"replay: the {len(samples)} stored images of the old classes join the {n_own} training images")
+        times = f", each {repeat} times (oversample)" if repeat > 1 else ""
+        joined = f"the {len(samples)} stored images of the old classes join the {n_own} training images{times}"
+        LOGGER.info(f"replay: {joined}")
 
     def setup(self, trainer) -> None:
         """Move the stored images of the finished tasks to the device (those that ``mix`` joins to the data aside)."""
