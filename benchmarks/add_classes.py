@@ -34,7 +34,8 @@ Every run's best.pt is scored on the full data's val split of its task, each cla
 background, top-1 recall), in groups: ``old`` (the stage-1 classes; seg: the background too, as VOC 15+5's 0-15
 mIoU), ``new`` (stage 2) and ``all`` (every class), with 95% bootstrap intervals over the val images (``n_boot``,
 default 1000). A model is scored on the classes it has (the old model has no new group); the old classification
-model on the stage-1 subset's val split, the very images the full split leaves it (see `scoring_data`).
+model on the stage-1 subset's val split, the very images the full split leaves it (see `scoring_data`). Each table
+ends with what a model that learned nothing scores (`trivial_scores`: background everywhere, no boxes, chance).
 
 Output in ``out`` (default benchmarks/results/add-classes), rewritten after every run: results.json, summary.md (a
 table per section and task; the two verdicts: what the recipe keeps of the old classes, how close it comes to
@@ -50,6 +51,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import matplotlib.pyplot as plt
 import numpy as np
 from ultralytics.utils import LOGGER, YAML, colorstr, plt_settings
@@ -78,8 +80,8 @@ from benchmarks.common import (
 from benchmarks.joint import train_or_resume
 from yolo_unified.common import listed
 from yolo_unified.data.class_split import split_classes
-from yolo_unified.data.config import load_data_config
-from yolo_unified.data.prepare import prepare_hw2
+from yolo_unified.data.config import image_files, label_file, load_data_config, task_data
+from yolo_unified.data.prepare import IGNORE, prepare_hw2
 from yolo_unified.data.synthetic import make_synthetic
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.base import default_data
@@ -103,6 +105,7 @@ SETTINGS = {  # section -> the keys of its every run (epochs, seed, task and dat
     "hw2": {"imgsz": 320, "batch": 16, "nbs": 16, **OPTIMIZER},
 }
 RECIPE = CFG_DIR / "add-classes.yaml"  # the recipe run's keys (old_labels, old_distill, replay), unless recipe=
+TRIVIAL = {"seg": "background everywhere", "det": "no boxes", "cls": "chance"}  # the trivial row of a table
 TARGETS = {"loss": 5.0, "reach": 90.0}  # synth verdicts: old classes lose <= 5%; all classes reach >= 90% of joint
 
 
@@ -206,6 +209,23 @@ def group_scores(per_class: dict[str, float], groups: dict[str, list[str]]) -> d
     return out
 
 
+def trivial_scores(task: str, data: str, groups: dict[str, list[str]]) -> dict[str, float | None]:
+    """The group scores of a model that learned nothing, on the val split of `task` of `data`: background everywhere
+    (seg: the background's IoU is its share of the labelled pixels of the stored masks; every other class with val
+    pixels scores 0), no boxes (det: 0), or chance (cls: a class drawn at random has a recall of 1 / the classes)."""
+    if task != "seg":
+        return group_scores({c: 0.0 if task == "det" else 1 / len(groups["all"]) for c in groups["all"]}, groups)
+    section, counts = task_data(load_data_config(data), "seg", ("val",)), np.zeros(256, np.int64)
+    for image in image_files(section["val"]):
+        counts += np.bincount(
+            cv2.imread(str(label_file(image, "seg", section)), cv2.IMREAD_GRAYSCALE).ravel(), None, 256
+        )
+    background = float(counts[0] / counts[:IGNORE].sum())
+    return group_scores(
+        {name: background if i == 0 else 0.0 for i, name in section["names"].items() if counts[i]}, groups
+    )
+
+
 def grouped_scores(
     weights: str, data: str, task: str, imgsz: int, groups: dict[str, list[str]], n_boot: int, save_dir: Path
 ) -> dict[str, Any]:
@@ -299,10 +319,13 @@ def main(argv: list[str]) -> dict[str, Any]:
         },
         "pretrained": repo_relative(pretrained) if pretrained else None,
         "skipped": [s for s in sections if s not in data],
-        "classes": {
-            **previous.get("classes", {}),
-            **{s: {t: d["groups"] for t, d in ts.items()} for s, ts in data.items()},
-        },
+        "classes": per_task(
+            previous.get("classes", {}), {s: {t: d["groups"] for t, d in ts.items()} for s, ts in data.items()}
+        ),
+        "trivial": per_task(
+            previous.get("trivial", {}),
+            {s: {t: trivial_scores(t, d["scored"], d["groups"]) for t, d in ts.items()} for s, ts in data.items()},
+        ),
         "runs": {n: r for n, r in previous.get("runs", {}).items() if n not in names},  # other sections' runs
         "invocations": previous.get("invocations", []),
     }
@@ -317,6 +340,11 @@ def main(argv: list[str]) -> dict[str, Any]:
     results["invocations"].append(invocation(started, commit))
     save(out, results)
     return results
+
+
+def per_task(previous: dict[str, dict], new: dict[str, dict]) -> dict[str, dict]:
+    """``{section: {task: value}}`` of `previous` with `new`'s values in place (a section's other tasks kept)."""
+    return {s: {**previous.get(s, {}), **new.get(s, {})} for s in {**previous, **new}}
 
 
 def seed_runs(results: dict[str, Any], section: str, task: str, method: str) -> list[dict[str, Any]]:
@@ -391,6 +419,9 @@ def task_table(results: dict[str, Any], section: str, task: str) -> list[str]:
         "|---|---|---|---|",
     ]
     lines += [f"| {m} | " + " | ".join(cell(runs, g) for g in GROUPS) + " |" for m, runs in rows.items() if runs]
+    if trivial := results.get("trivial", {}).get(section, {}).get(task):
+        values = " | ".join("-" if trivial[g] is None else f"{trivial[g]:.3f}" for g in GROUPS)
+        lines.append(f"| trivial: {TRIVIAL[task]} | {values} |")
     return [*lines, "", *verdict_lines(results, section, task)]
 
 
@@ -423,14 +454,16 @@ def summary_markdown(results: dict[str, Any]) -> str:
 
 @plt_settings()
 def plot_groups(file: Path, results: dict[str, Any]) -> None:
-    """Bars of each group's score (mean over seeds) per method, one panel per section and task; error bars span
-    the seeds' 95% intervals (lowest lo to highest hi)."""
+    """Bars of each group's score (mean over seeds) per method, one panel per section and task, scaled to its
+    scores; error bars span the seeds' 95% intervals (lowest lo to highest hi); a dashed line: the trivial score of
+    all classes."""
     panels = [
         (s, t) for s, tasks in SECTIONS.items() for t in tasks if any(seed_runs(results, s, t, m) for m in METHODS)
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), tight_layout=True, squeeze=False)
     x, width = np.arange(len(METHODS)), 0.27
     for ax, (section, task) in zip(axes[0], panels, strict=True):
+        top = 0.0
         for k, group in enumerate(GROUPS):
             runs = [seed_runs(results, section, task, m) for m in METHODS]
             scores = [[r["final"][group] for r in rs if r["final"].get(group)] for rs in runs]
@@ -439,8 +472,12 @@ def plot_groups(file: Path, results: dict[str, Any]) -> None:
             highs = np.array([max(s["ci95"][1] for s in ss) if ss else np.nan for ss in scores])
             yerr = np.nan_to_num(np.clip([means - lows, highs - means], 0, None))  # an interval may miss the value
             ax.bar(x + (k - 1) * width, means, width, yerr=yerr, capsize=2, label=group)
-        ax.set(xticks=x, xticklabels=METHODS, ylim=(0, 1.2), title=f"{section} {task} {METRIC_NAME[task]}")
-        ax.legend(fontsize=7, loc="upper center", ncol=3, title="classes", title_fontsize=7)  # above the bars
+            top = max(top, np.nanmax([*means, *highs, 0.0]))
+        if trivial := results.get("trivial", {}).get(section, {}).get(task):
+            ax.axhline(trivial["all"], color="gray", linestyle="--", linewidth=0.8, label="trivial (all)")
+        ylim = (0, min(1.2, 1.45 * top) or 1.2)  # low scores (HW2) get a scale that shows them
+        ax.set(xticks=x, xticklabels=METHODS, ylim=ylim, title=f"{section} {task} {METRIC_NAME[task]}")
+        ax.legend(fontsize=7, loc="upper center", ncol=4, title="classes", title_fontsize=7)  # above the bars
     fig.savefig(file, dpi=150)
     plt.close(fig)
 

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from ultralytics.utils import YAML, torch_utils
 
@@ -82,6 +84,24 @@ def test_group_scores_cells_and_verdicts_on_hand_made_numbers(tmp_path):
     assert (tmp_path / "groups.png").stat().st_size > 0
 
 
+def test_trivial_scores_on_a_hand_made_mask(tmp_path):
+    """Background everywhere: the background's IoU is its share of the labelled pixels (255 left out); classes with
+    val pixels score 0, a class without any is left out; detection 0; classification chance."""
+    for folder in ("seg/images/val", "seg/masks/val"):
+        (tmp_path / folder).mkdir(parents=True)
+    mask = np.array([[0] * 4, [0] * 4, [1, 1, 1, 1], [2, 2, 255, 255]], np.uint8)  # 8 background, 4 + 2, 2 ignored
+    cv2.imwrite(str(tmp_path / "seg/masks/val/a.png"), mask)
+    cv2.imwrite(str(tmp_path / "seg/images/val/a.png"), np.zeros((4, 4, 3), np.uint8))
+    names = {0: "background", 1: "a", 2: "b", 3: "c"}  # c: no val pixels
+    seg = {"train": "seg/images/val", "val": "seg/images/val", "masks_dir": "masks", "names": names}
+    YAML.save(tmp_path / "data.yaml", {"path": str(tmp_path), "seg": seg})
+    groups = {"old": ["background", "a"], "new": ["b", "c"], "all": ["background", "a", "b", "c"]}
+    trivial = add_classes.trivial_scores("seg", str(tmp_path / "data.yaml"), groups)
+    assert trivial == pytest.approx({"old": 8 / 14 / 2, "new": 0.0, "all": 8 / 14 / 3})
+    assert add_classes.trivial_scores("det", "", groups) == {"old": 0.0, "new": 0.0, "all": 0.0}
+    assert add_classes.trivial_scores("cls", "", groups) == pytest.approx({g: 0.25 for g in add_classes.GROUPS})
+
+
 def test_the_hw2_section_is_skipped_without_its_data(tmp_path):
     assert add_classes.section_data("hw2", {"hw2": str(tmp_path / "absent")}, tmp_path, ["seg"]) is None
 
@@ -105,6 +125,7 @@ def test_quick_synth_section_of_one_task_end_to_end(tmp_path, monkeypatch):
     summary = (out / "summary.md").read_text()
     assert "| old (circle, rectangle) | new (triangle) | all |" in summary and "| recipe |" in summary
     assert "old classes lose" in summary and (out / "add_classes.png").is_file()
+    assert "| trivial: chance | 0.333 | 0.333 | 0.333 |" in summary
 
     # a re-run keeps the finished, scored runs as recorded, and a run whose folder is gone
     Path(out / "synth_cls_joint_seed0").rename(tmp_path / "joint-moved")
