@@ -297,6 +297,20 @@ def test_mixed_exemplars_join_the_training_set_in_the_models_ids(synth_12, tmp_p
     assert replay.buffers == {}  # mixed into the data: no replay loss term
 
 
+def test_replay_tasks_leaves_the_other_tasks_stored_images_alone():
+    """replay {tasks: [cls]} in a stage adding detection classes: the stored boxes are neither replayed nor missed."""
+    box = {"img": torch.rand(1, 3, 32, 32), "cls": torch.zeros(1, 1), "bboxes": torch.rand(1, 4)}
+    box["batch_idx"] = torch.zeros(1)
+    context = StageContext(index=0, task="det", memory={"replay": {"det": [box]}}, old_classes={"det": 2})
+    trainer = SimpleNamespace(device=torch.device("cpu"), args=SimpleNamespace(seed=0, model="old.pt"))
+    replays = {}
+    for tasks in (["cls"], ["det", "cls"]):
+        (replay,) = build_strategies(SimpleNamespace(replay={"size": 1, "tasks": tasks}), context)
+        replay.setup(trainer)
+        replays[tasks[0]] = (replay.keeps_old_classes_of("det"), list(replay.buffers))
+    assert replays == {"cls": (False, []), "det": (True, ["det"])}
+
+
 def test_oversampling_factor_evens_old_and_new_classes():
     """Stored images are repeated up to a new class's share of the training set, never fewer than once."""
     stored = [{"cls": torch.tensor([i % 2])} for i in range(20)]  # 10 per old class

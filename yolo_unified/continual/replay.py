@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from ultralytics.utils import LOGGER
 
+from yolo_unified.common import TASKS
 from yolo_unified.continual.base import Strategy, stage_samples
 from yolo_unified.nn.tasks import loss_scale
 
@@ -71,7 +72,7 @@ def loss_per_image(model: torch.nn.Module, preds: dict, batch: dict) -> torch.Te
 
 class Replay(Strategy):
     """cfg: ``{size: images kept per task (10), ratio: replayed images per current image, batch: 2, weight: 1.0,
-    mix: False, oversample: False}``.
+    mix: False, oversample: False, tasks: the tasks it replays (all)}``.
 
     At the end of a stage, ``size`` training images of its task (validation transforms, resized to the stage's
     imgsz, on the CPU) join ``memory["replay"][task]``. In later stages every training step adds the loss of a
@@ -83,19 +84,23 @@ class Replay(Strategy):
     a stage adding classes to classification trains on its stored images as on its own: they join the stage's training
     set (PNGs in ``<save_dir>/replay``), each drawn once per epoch with the stage's augmentation, in the same batches
     as the new images, instead of a separate loss term; with ``oversample`` each is drawn several times per epoch
-    (`oversampling_factor`), so that an old class is trained on about as often as a new one.
+    (`oversampling_factor`), so that an old class is trained on about as often as a new one. ``tasks`` limits the
+    replay to some tasks (every stage still stores its own images).
     """
 
     key = "replay"
 
+    def replays(self, task: str) -> bool:
+        """Whether this stage trains on stored images of `task`: the memory holds some and ``tasks`` names it."""
+        return bool(self.context.memory.get("replay", {}).get(task)) and task in self.cfg.get("tasks", TASKS)
+
     def keeps_old_classes_of(self, task: str) -> bool:
-        """When the memory holds images of the task (its old classes')."""
-        return bool(self.context.memory.get("replay", {}).get(task))
+        """When the stage replays images of the task (its old classes')."""
+        return self.replays(task)
 
     def mixed(self, task: str) -> bool:
         """Whether the stored images of `task` join this stage's training set (``mix``) rather than a loss term."""
-        stored = self.context.memory.get("replay", {}).get(task)
-        return bool(self.cfg.get("mix") and stored) and task == "cls" and task in self.context.old_classes
+        return bool(self.cfg.get("mix")) and self.replays(task) and task == "cls" and task in self.context.old_classes
 
     def training_images(self, trainer, dataset) -> None:
         """With ``mix``: the stored classification images join the stage's training set, in the data's class ids
@@ -121,14 +126,14 @@ class Replay(Strategy):
 
     def setup(self, trainer) -> None:
         """Move the stored images of the finished tasks to the device (those that ``mix`` joins to the data aside)."""
-        stored = self.context.memory.get("replay", {})
+        stored, replayed = self.context.memory.get("replay", {}), self.cfg.get("tasks", TASKS)
         tasks = dict.fromkeys([*self.context.previous, *self.context.old_classes])
         self.buffers = {
             t: [{k: v.to(trainer.device) for k, v in s.items()} for s in stored[t]]
             for t in tasks
-            if stored.get(t) and not self.mixed(t)
+            if self.replays(t) and not self.mixed(t)
         }
-        if lacking := [t for t in self.context.old_classes if not stored.get(t)]:
+        if lacking := [t for t in self.context.old_classes if t in replayed and not stored.get(t)]:
             LOGGER.warning(
                 f"replay: no stored {', '.join(lacking)} images of the old classes beside model={trainer.args.model} "
                 "(a run with replay= keeps some in memory.pt beside its best.pt); nothing of theirs is replayed"
