@@ -1,7 +1,7 @@
 """Adding classes to a task: a model trained on some classes learns more from data that labels only the new ones.
 
     python -m benchmarks.add_classes sections=synth       # 1.5-3 h on 2 cores (3 tasks x 2 seeds x 4 runs)
-    python -m benchmarks.add_classes sections=hw2 pretrained=../shared/weights/yolov8n-cls-imagenette.pt  # ~6 h
+    python -m benchmarks.add_classes sections=hw2 pretrained=../shared/weights/yolov8n-cls-imagenette.pt  # ~1 h
     python -m benchmarks.add_classes quick=True seeds=1 out=/tmp/add-classes   # every run shrunk: a few minutes
 
 Sections (``sections=``, default both; ``tasks=`` narrows a section to some of its tasks):
