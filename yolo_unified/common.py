@@ -90,10 +90,13 @@ def learned_tasks(model: Any) -> set[str]:
 
 
 def save_atomically(obj: Any, path: Path) -> None:
-    """torch.save (or JSON for a path ending in .json) to a temporary file, then move it over `path`."""
+    """torch.save (or JSON for a path ending in .json, or `obj` itself when it is bytes) to a temporary file, then
+    move it over `path`."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".json":
+    if isinstance(obj, bytes):
+        tmp.write_bytes(obj)
+    elif path.suffix == ".json":
         tmp.write_text(json.dumps(obj, indent=2))
     else:
         torch.save(obj, tmp)

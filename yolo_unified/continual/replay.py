@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from ultralytics.utils import LOGGER
 
-from yolo_unified.common import TASKS
+from yolo_unified.common import TASKS, save_atomically
 from yolo_unified.continual.base import Strategy, stage_samples
 from yolo_unified.nn.tasks import loss_scale
 
@@ -45,9 +44,7 @@ def write_image(path: Path, img: torch.Tensor) -> None:
     in an existing folder never trains on an earlier run's image; DDP ranks write the same bytes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rgb = (img[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    tmp = path.with_name(path.name + ".tmp")  # as common.save_atomically names it
-    tmp.write_bytes(cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes())
-    os.replace(tmp, path)
+    save_atomically(cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes(), path)
 
 
 def oversampling_factor(own: list, stored: list[dict]) -> int:
