@@ -51,7 +51,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import matplotlib.pyplot as plt
 import numpy as np
 from ultralytics.utils import LOGGER, YAML, colorstr, plt_settings
@@ -79,7 +78,7 @@ from benchmarks.common import (
 )
 from benchmarks.joint import train_or_resume
 from yolo_unified.common import listed
-from yolo_unified.data.class_split import split_classes
+from yolo_unified.data.class_split import read_class_mask, split_classes
 from yolo_unified.data.config import image_files, label_file, load_data_config, task_data
 from yolo_unified.data.prepare import IGNORE, prepare_hw2
 from yolo_unified.data.synthetic import make_synthetic
@@ -217,9 +216,7 @@ def trivial_scores(task: str, data: str, groups: dict[str, list[str]]) -> dict[s
         return group_scores({c: 0.0 if task == "det" else 1 / len(groups["all"]) for c in groups["all"]}, groups)
     section, counts = task_data(load_data_config(data), "seg", ("val",)), np.zeros(256, np.int64)
     for image in image_files(section["val"]):
-        counts += np.bincount(
-            cv2.imread(str(label_file(image, "seg", section)), cv2.IMREAD_GRAYSCALE).ravel(), None, 256
-        )
+        counts += np.bincount(read_class_mask(label_file(image, "seg", section)).ravel(), None, 256)
     background = float(counts[0] / counts[:IGNORE].sum())
     return group_scores(
         {name: background if i == 0 else 0.0 for i, name in section["names"].items() if counts[i]}, groups

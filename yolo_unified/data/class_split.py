@@ -107,6 +107,13 @@ def _det_keep(section: dict[str, Any], ids: list[int], names: list[str]) -> Keep
     return keep
 
 
+def read_class_mask(file: Path) -> np.ndarray:
+    """A mask's class ids as Ultralytics reads them (palette indices, 16-bit ids, 1-bit foreground)."""
+    with Image.open(file) as im:
+        mode = im.mode
+    return read_mask(str(file), mode)
+
+
 def _seg_keep(section: dict[str, Any], ids: list[int], names: list[str]) -> Keep:
     """Keep an image's mask with the chosen classes `ids` renumbered 1, 2, ... in their order, every other class 0
     (background) and 255 (ignore) as it is, when a pixel of a chosen class is left."""
@@ -120,9 +127,7 @@ def _seg_keep(section: dict[str, Any], ids: list[int], names: list[str]) -> Keep
         source = label_file(image, "seg", section)
         if not source.is_file():
             return Counter()  # no mask: Ultralytics leaves the image out
-        with Image.open(source) as im:
-            mode = im.mode
-        mask = lut[read_mask(str(source), mode)]  # read as Ultralytics reads it
+        mask = lut[read_class_mask(source)]
         pixels = np.bincount(mask.ravel(), minlength=len(names))[1 : len(names)]
         if pixels.any():
             file = label_file(out, "seg", LAYOUT["seg"])
