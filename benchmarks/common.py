@@ -24,9 +24,10 @@ from ultralytics.utils import LOGGER, YAML, colorstr
 from ultralytics.utils.torch_utils import get_cpu_info
 
 from yolo_unified.cli import parse_args
-from yolo_unified.common import STATE_FILE, TASK_TABLE, save_atomically
+from yolo_unified.common import STATE_FILE, TASK_TABLE
 from yolo_unified.data.config import load_data_config, task_data
 from yolo_unified.data.prepare import prepare_hw2
+from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.workflows import train
 from yolo_unified.workflows.protocol import recommended_protocol
 from yolo_unified.workflows.report import unlearned_stages, verdict
@@ -114,7 +115,7 @@ def ultralytics_data(data: str, task: str, out: Path) -> str:
 
 def finished_run(last: Path) -> bool:
     """Whether an Ultralytics run's last.pt is that of a finished training (Ultralytics strips it: epoch -1)."""
-    return last.is_file() and torch.load(last, map_location="cpu", weights_only=False).get("epoch") == -1
+    return last.is_file() and read_checkpoint(last).get("epoch") == -1
 
 
 def training_minutes(run: Path) -> float:

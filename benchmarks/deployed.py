@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from PIL import Image
 from ultralytics.models.yolo.detect import DetectionValidator
-from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import nms
 from ultralytics.utils.checks import check_imgsz
 
@@ -31,6 +30,7 @@ from benchmarks.bootstrap import bootstrapped
 from benchmarks.common import benchmark_args, ultralytics_data
 from yolo_unified.common import task_imgsz
 from yolo_unified.data.config import load_data_config, task_names
+from yolo_unified.files import load_checkpoint
 from yolo_unified.models.unified.predict import letterbox
 from yolo_unified.models.unified.val import (
     UnifiedClassificationValidator,

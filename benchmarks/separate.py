@@ -37,8 +37,9 @@ from ultralytics.utils.torch_utils import get_num_params
 
 from benchmarks.bootstrap import bootstrapped
 from benchmarks.common import QUICK, benchmark_args, finished_run, repo_relative, training_minutes, ultralytics_data
-from yolo_unified.common import BACKBONE_LAYERS, ULTRALYTICS_TASK, save_atomically
+from yolo_unified.common import BACKBONE_LAYERS, ULTRALYTICS_TASK
 from yolo_unified.data.config import load_data_config
+from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.nn.tasks import CFG_DIR
 
 MODELS = {  # task -> (model YAML, Ultralytics validator)
@@ -57,7 +58,7 @@ VARIANTS = {  # run -> (run folder suffix, extra train args, label); "frozen" on
 def backbone_weights(pretrained: str, out: Path) -> str:
     """`pretrained` as the separate models load it: a classification checkpoint cut to layers 0-8 (saved in `out`),
     any other checkpoint unchanged."""
-    ckpt = torch.load(pretrained, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(pretrained)
     model = ckpt.get("ema") or ckpt["model"]
     if not isinstance(model, ClassificationModel):
         return pretrained

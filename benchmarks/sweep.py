@@ -61,6 +61,7 @@ from benchmarks.common import (
 from yolo_unified.common import PRIMARY_METRIC, SHARED_MODULES, STATE_FILE, listed
 from yolo_unified.continual import STRATEGIES
 from yolo_unified.nn.tasks import CFG_DIR
+from yolo_unified.workflows.protocol import read_state
 from yolo_unified.workflows.report import forgetting, verdict
 
 KEYS = {"data", "imgsz", "pretrained", "out", "grid", "seeds", "front", "quick", "only", "base"}
@@ -496,7 +497,7 @@ def base_run(setup: BenchmarkSetup) -> tuple[Path, dict]:
     if not (base / "results.json").is_file():  # the shared stage 1 and the single-task models (resumable itself)
         passed = [f"{k}={args[k]}" for k in ("data", "imgsz", "pretrained", "quick") if k in args]
         hw2.main([*passed, f"out={base}", "ablations=False", "seeds=1", "speed=False"])
-    state = json.loads((base / "default_seed0" / STATE_FILE).read_text())
+    state = read_state(base / "default_seed0")
     state = {**state, "stages": with_stage_paths(state["stages"], repo_path)}
     if differ := base_mismatch(state["config"]["common"], {**setup.settings, **setup.force}):
         raise ValueError(f"{base} was trained with {', '.join(differ)}: pass the same settings or a new out=")

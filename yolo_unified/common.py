@@ -1,18 +1,12 @@
-"""Names every layer shares: the task table, the model's module groups, list-valued keys, run files and atomic
-saving.
+"""Names every layer shares: the task table, the model's module groups, list-valued keys and run files.
 
 This module is the bottom of the import order (docs/architecture.md): it imports nothing of yolo_unified.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import torch
 
 
 @dataclass(frozen=True)
@@ -87,17 +81,3 @@ def learned_tasks(model: Any) -> set[str]:
     """The tasks a unified model was trained on (those with a trained image size, ``task_imgsz``, and class names);
     none for other models and for unified models saved before ``task_imgsz`` existed."""
     return set(getattr(model, "task_imgsz", None) or ()) & set(getattr(model, "task_names", None) or {})
-
-
-def save_atomically(obj: Any, path: Path) -> None:
-    """torch.save (or JSON for a path ending in .json, or `obj` itself when it is bytes) to a temporary file, then
-    move it over `path`."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(obj, bytes):
-        tmp.write_bytes(obj)
-    elif path.suffix == ".json":
-        tmp.write_text(json.dumps(obj, indent=2))
-    else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)

@@ -31,12 +31,13 @@ import torch
 from ultralytics import __version__ as ultralytics_version
 from ultralytics.engine.exporter import Exporter
 from ultralytics.nn.autobackend import AutoBackend
-from ultralytics.nn.tasks import ClassificationModel, DetectionModel, SemanticSegmentationModel, load_checkpoint
+from ultralytics.nn.tasks import ClassificationModel, DetectionModel, SemanticSegmentationModel
 from ultralytics.utils import ASSETS, LOGGER, colorstr, torch_utils
 from ultralytics.utils.torch_utils import get_cpu_info, get_flops
 
 from yolo_unified.common import BACKBONE_LAYERS, ULTRALYTICS_TASK, task_imgsz
 from yolo_unified.export import UnifiedExporter, check_onnx_packages
+from yolo_unified.files import load_checkpoint
 from yolo_unified.nn.modules import upsample_logits
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.base import run_dir

@@ -55,6 +55,7 @@ OVERRIDES: tuple[Override, ...] = (
     ),
     Override(TRAINER, "resume_training", MIXIN, "drop results.csv rows of epochs the checkpoint does not hold"),
     Override(TRAINER, "save_model", MIXIN, "atomic checkpoints (a kill mid-write never leaves a broken last.pt)"),
+    Override(TRAINER, "check_resume", MIXIN, "an unreadable resume checkpoint says so, not 'not found'"),
     Override(TRAINER, "final_eval", MIXIN, "strip and validate best.pt atomically; mark the stage trained"),
     Override(TRAINER, "get_dataset", MIXIN, "the task's section of the multi-task data YAML"),
     Override(TRAINER, "setup_model", MIXIN, "the unified model from a YAML, a unified or a YOLOv8 checkpoint"),

@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import default_collate
-from ultralytics.nn.tasks import load_checkpoint
 
 from yolo_unified.data.classes import remap_labels
+from yolo_unified.files import load_checkpoint
 
 
 @dataclass

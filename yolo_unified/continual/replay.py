@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from ultralytics.utils import LOGGER
 
-from yolo_unified.common import TASKS, save_atomically
+from yolo_unified.common import TASKS
 from yolo_unified.continual.base import Strategy, stage_samples
+from yolo_unified.files import save_atomically
 from yolo_unified.nn.tasks import loss_scale
 
 

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from ultralytics.nn.modules import Conv, Detect
 from ultralytics.utils.torch_utils import fuse_conv_and_bn
 
+from yolo_unified.files import allow_in_checkpoints
+
 
 class UnifiedFPN(nn.Module):
     """Feature pyramid: a 1x1 lateral per tapped level and a top-down nearest upsample-add.
@@ -209,3 +211,6 @@ class UnifiedHead(Detect):
         for conv in self.tower:
             if hasattr(conv, "bn"):
                 conv.fuse()
+
+
+allow_in_checkpoints(UnifiedFPN, LevelSharedConv, BinExpectation, UnifiedHead)  # safe mode loads unified checkpoints

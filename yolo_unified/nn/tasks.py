@@ -19,6 +19,7 @@ from ultralytics.utils.loss import v8DetectionLoss
 from ultralytics.utils.torch_utils import initialize_weights
 
 from yolo_unified.common import BACKBONE_LAYERS
+from yolo_unified.files import allow_in_checkpoints
 from yolo_unified.nn.loss import SemanticLoss
 from yolo_unified.nn.modules import UnifiedFPN, UnifiedHead
 
@@ -196,6 +197,9 @@ class UnifiedModel(DetectionModel):
     def init_criterion(self) -> UnifiedLoss:
         """Return the loss that dispatches each batch to its task's Ultralytics loss."""
         return UnifiedLoss(self)
+
+
+allow_in_checkpoints(UnifiedModel)  # safe mode (ULTRALYTICS_SAFE_LOAD=1) loads unified checkpoints
 
 
 class UnifiedLoss:

@@ -7,7 +7,6 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
-import torch
 from ultralytics.cfg import DEFAULT_CFG_DICT, _handle_deprecation
 from ultralytics.utils import YAML
 from ultralytics.utils.files import increment_path
@@ -15,6 +14,7 @@ from ultralytics.utils.files import increment_path
 from yolo_unified.common import MEMORY_FILE
 from yolo_unified.data.synthetic import make_synthetic
 from yolo_unified.ddp import from_rank_zero
+from yolo_unified.files import read_checkpoint, read_data
 from yolo_unified.nn.tasks import CFG_DIR
 
 DEFAULT_DATA_NAME = "unified-synth"  # the built-in synthetic dataset, generated into ./datasets on first use
@@ -54,8 +54,8 @@ def stage_memory(weights: str | None) -> dict[str, Any]:
     if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
         return {}
     if (file := memory_file(weights)).is_file():
-        return torch.load(file, map_location="cpu", weights_only=False)
-    return torch.load(weights, map_location="cpu", weights_only=False).get("continual") or {}
+        return read_data(file)
+    return read_checkpoint(weights).get("continual") or {}
 
 
 def split_cfg(keys: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -5,20 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from ultralytics.utils import LOGGER
 
 from yolo_unified.data.config import load_data_config
 from yolo_unified.models.unified.joint import JointTrainer, joint_tasks
 from yolo_unified.workflows.base import run_dir
-from yolo_unified.workflows.single import train_task
+from yolo_unified.workflows.single import run_args, train_task
 
 
 def resumes_joint_run(resume: Any) -> bool:
     """Whether ``resume=`` names the checkpoint of a joint run (its training arguments say ``joint: True``)."""
     if not (isinstance(resume, (str, Path)) and Path(resume).is_file()):
         return False
-    return bool((torch.load(resume, map_location="cpu", weights_only=False).get("train_args") or {}).get("joint"))
+    return bool(run_args(resume).get("joint"))
 
 
 def train_joint(task: str | None, keys: dict[str, Any]) -> dict[str, Any]:

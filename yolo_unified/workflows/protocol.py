@@ -6,18 +6,17 @@ run's folder) and `run_protocol` (stages and common keys as they are).
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 from ultralytics.utils import LOGGER, RANK, YAML, colorstr
 
-from yolo_unified.common import PRIMARY_METRIC, STATE_FILE, TASKS, save_atomically
+from yolo_unified.common import PRIMARY_METRIC, STATE_FILE, TASKS
 from yolo_unified.continual import StageContext
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.ddp import rank_zero_alone, same_on_every_rank, wait_for_rank_zero
+from yolo_unified.files import read_checkpoint, read_json, save_atomically
 from yolo_unified.models.unified.joint import JointTrainer
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import validate
@@ -36,6 +35,34 @@ PROTOCOL_KEYS = {
     "baselines",
     "stages",
 }  # not per stage
+RELATIVE_PATHS = "relative to this folder"  # protocol.json's "paths": its stage paths are relative to the run folder
+STAGE_PATHS = ("weights", "save_dir")  # the paths of a stage record
+
+
+def read_state(root: str | Path) -> dict[str, Any]:
+    """The ``protocol.json`` of the run in `root`, its stage paths usable from here: recorded relative to the run
+    folder (``"paths": "relative to this folder"``: a moved run folder keeps its weights, memory and teacher), or, in
+    files written before, as recorded. Errors name the file."""
+    root, file = Path(root), Path(root) / STATE_FILE
+    state = read_json(file)
+    if not isinstance(state, dict) or not isinstance(state.get("stages"), list):
+        raise ValueError(f"{file} is not a protocol record (no 'stages' list)")
+    if state.pop("paths", None) == RELATIVE_PATHS:
+        state["stages"] = [{**s, **{k: str(root / s[k]) for k in STAGE_PATHS if k in s}} for s in state["stages"]]
+    return state
+
+
+def write_state(root: Path, state: dict[str, Any]) -> None:
+    """Save `state` as ``protocol.json`` in `root` (atomically), its stage paths inside `root` relative to it."""
+    folder = root.absolute()
+
+    def relative(path: str) -> str:
+        """`path` relative to the run folder when inside it, else as it is."""
+        full = Path(path).absolute()
+        return full.relative_to(folder).as_posix() if full.is_relative_to(folder) else path
+
+    stages = [{**s, **{k: relative(s[k]) for k in STAGE_PATHS if k in s}} for s in state["stages"]]
+    save_atomically({"paths": RELATIVE_PATHS, **state, "stages": stages}, root / STATE_FILE)
 
 
 def recommended_protocol(pretrained: Any) -> Path:
@@ -97,8 +124,7 @@ def resume_protocol(root: str | Path, given: dict[str, Any] | None = None) -> di
     and replay buffer included). Keys in `given` (the rest of the command line) that differ from the run's own are
     ignored, with a warning, as Ultralytics' resume does.
     """
-    state_file = Path(root) / STATE_FILE
-    config = json.loads(state_file.read_text()).get("config") if state_file.is_file() else None
+    config = read_state(root).get("config") if (Path(root) / STATE_FILE).is_file() else None
     if not config:
         raise FileNotFoundError(f"resume={root}: no protocol run there (no {STATE_FILE} with the run's settings)")
     saved = {**config["common"], "stages": config["stages"], "chain": config["chain"], "baselines": config["baselines"]}
@@ -163,7 +189,7 @@ class Protocol:
             check_stage_tasks(stage, i)
         self.stages, self.root, self.common, self.chain, self.baselines = stages, Path(root), common, chain, baselines
         self.state_file = self.root / STATE_FILE
-        self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {"stages": []}
+        self.state = read_state(self.root) if self.state_file.is_file() else {"stages": []}
 
     def stage_args(self, i: int) -> dict[str, Any]:
         """Ultralytics overrides of stage `i`: the common keys, then the stage's own (``task`` removed)."""
@@ -185,7 +211,7 @@ class Protocol:
                 "stages": self.stages, "common": self.common, "chain": self.chain, "baselines": self.baselines
             }  # fmt: skip
             if RANK in {-1, 0}:  # DDP (yolo_unified.ddp): rank 0 writes, the other ranks keep their copy
-                save_atomically(self.state, self.state_file)
+                write_state(self.root, self.state)
         for i, stage in enumerate(self.stages):
             if i < len(self.state["stages"]):
                 LOGGER.info(
@@ -242,7 +268,7 @@ class Protocol:
         best = self.train_stage(trainer_class, args, context, stage_dir)
         if RANK > 0:  # DDP: rank 0 records the stage (scores, memory.pt, protocol.json); read what it wrote
             wait_for_rank_zero()
-            self.state = json.loads(self.state_file.read_text())
+            self.state = read_state(self.root)
             return
         with rank_zero_alone():  # DDP: the other ranks wait at the barrier below
             self.record_stage(i, best, self.start_weights(), context)
@@ -270,14 +296,14 @@ class Protocol:
         else:
             record["own_score"] = scores[context.task][PRIMARY_METRIC[context.task]]
         self.state["stages"].append({**record, "kept_weights": kept})
-        save_atomically(self.state, self.state_file)
+        write_state(self.root, self.state)
 
     def write_final_model(self) -> None:
         """``<root>/weights/best.pt``: the last stage's model (each task's image size on it), its memory beside it."""
         last = self.state["stages"][-1]["weights"]
         final = self.root / "weights" / "best.pt"
         final.parent.mkdir(exist_ok=True)
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        ckpt = read_checkpoint(last)
         memory = ckpt.pop("continual", None) or stage_memory(last)  # inside: before memory.pt existed
         save_atomically(ckpt, final)
         save_atomically(memory, memory_file(final))

@@ -4,7 +4,6 @@ backward and forward transfer, and the old / new class groups of the stages that
 from __future__ import annotations
 
 import csv
-import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,7 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from ultralytics.utils import LOGGER, colorstr, plt_settings
 
-from yolo_unified.common import PRIMARY_METRIC, TASK_TABLE
+from yolo_unified.common import PRIMARY_METRIC, STATE_FILE, TASK_TABLE
+from yolo_unified.files import read_json
 
 COLUMNS = {  # report column -> (task, Ultralytics metric name)
     column: (task, metric) for task, info in TASK_TABLE.items() for column, metric in info.report_columns
@@ -247,7 +247,7 @@ def table_rows(state: dict[str, Any], limit: float, baselines: dict | None = Non
 
 def load_baselines(baselines: str | Path | None) -> dict[str, Any] | None:
     """The state (protocol.json) of the baselines run in folder `baselines`; None without one."""
-    return json.loads((Path(baselines) / "protocol.json").read_text()) if baselines else None
+    return read_json(Path(baselines) / STATE_FILE) if baselines else None
 
 
 def shown(path: str | Path) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from ultralytics.utils import RANK
 
-from yolo_unified.common import TASKS, ULTRALYTICS_TASK, save_atomically
+from yolo_unified.common import TASKS, ULTRALYTICS_TASK
 from yolo_unified.continual import StageContext
+from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.workflows.base import memory_file, run_dir, stage_memory
 
@@ -46,7 +46,7 @@ def start_model(keys: dict[str, Any]) -> str | None:
 
 def run_args(weights: str | Path) -> dict[str, Any]:
     """The training arguments a checkpoint records (empty for weights without them)."""
-    return torch.load(weights, map_location="cpu", weights_only=False).get("train_args") or {}
+    return read_checkpoint(weights).get("train_args") or {}
 
 
 def resumed_task(resume: Any) -> str | None:

@@ -13,7 +13,6 @@ import torch
 from ultralytics.models.yolo.classify import ClassificationTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.semantic import SemanticSegmentationTrainer
-from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, WORLD_SIZE, colorstr
 from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
 
@@ -22,15 +21,20 @@ from yolo_unified.continual import StageContext, build_strategies
 from yolo_unified.data.classes import class_map, grown_names, remap_labels
 from yolo_unified.data.config import load_data_config, task_data, task_names
 from yolo_unified.ddp import CpuDDP, cpu_workers, from_rank_zero, init_cpu_group, rank_zero_alone
+from yolo_unified.files import load_checkpoint, read_checkpoint, temporary_name
 from yolo_unified.models.unified import val
 from yolo_unified.nn.tasks import DEFAULT_MODEL_YAML, UnifiedModel, check_class_lists
 
 
 def strip_atomically(f: Path, **kwargs: Any) -> dict:
-    """Ultralytics' ``strip_optimizer`` on `f`, written to a temporary file first and then moved over `f`."""
-    tmp = f.with_name(f.name + ".tmp")
-    ckpt = strip_optimizer(f, s=str(tmp), **kwargs)
-    os.replace(tmp, f)
+    """Ultralytics' ``strip_optimizer`` on `f`, written to a temporary file of a unique name first and then moved
+    over `f`."""
+    tmp = temporary_name(f)
+    try:
+        ckpt = strip_optimizer(f, s=str(tmp), **kwargs)
+        os.replace(tmp, f)
+    finally:
+        tmp.unlink(missing_ok=True)
     return ckpt
 
 
@@ -195,19 +199,32 @@ class UnifiedTrainerMixin:
             drop_rows_after(self.csv, self.start_epoch)
 
     def save_model(self) -> bool:
-        """Write checkpoints atomically (a kill mid-write never leaves a broken last.pt); none after a NaN."""
+        """Write checkpoints atomically (a kill mid-write never leaves a broken last.pt); none after a NaN.
+
+        Ultralytics writes them to temporary files of unique names, which then replace last.pt and best.pt: a file
+        left by a killed run can never be taken for this save's.
+        """
         if self.nan_stopped:
             return False
         final = self.last, self.best
-        self.last, self.best = (f.with_name(f.name + ".tmp") for f in final)
+        tmp = self.last, self.best = tuple(temporary_name(f) for f in final)
         try:
             saved = super().save_model()
+            for t, f in zip(tmp, final, strict=True):
+                if t.exists():
+                    os.replace(t, f)
         finally:
-            tmp, (self.last, self.best) = (self.last, self.best), final
-        for t, f in zip(tmp, final, strict=True):
-            if t.exists():
-                os.replace(t, f)
+            self.last, self.best = final
+            for t in tmp:
+                t.unlink(missing_ok=True)
         return saved
+
+    def check_resume(self, overrides: dict[str, Any]) -> None:
+        """Ultralytics' resume check, after reading the checkpoint ``resume=`` names: one that exists but cannot be
+        read is reported as such (Ultralytics says "not found" for any failure), refused ones under safe mode too."""
+        if isinstance(self.args.resume, (str, Path)) and Path(self.args.resume).is_file():
+            read_checkpoint(self.args.resume)
+        super().check_resume(overrides)
 
     def final_eval(self):
         """Strip the optimizer from last.pt and best.pt atomically, then validate best.pt as Ultralytics does."""

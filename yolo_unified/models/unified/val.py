@@ -13,12 +13,12 @@ from ultralytics.models.yolo.classify import ClassificationValidator
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.models.yolo.semantic import SemanticSegmentationValidator
 from ultralytics.nn.autobackend import AutoBackend, check_class_names
-from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, YAML, colorstr
 
 from yolo_unified.common import TASKS, ULTRALYTICS_TASK, learned_tasks, task_imgsz
 from yolo_unified.data.classes import class_map, remap_labels
 from yolo_unified.data.config import load_data_config, task_data
+from yolo_unified.files import load_checkpoint
 from yolo_unified.nn.tasks import check_class_lists
 
 

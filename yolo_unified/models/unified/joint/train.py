@@ -22,12 +22,13 @@ from ultralytics.utils.checks import check_imgsz
 from ultralytics.utils.torch_utils import autocast, unwrap_model
 
 from yolo_unified.balancing import Balancer, build_balancer
-from yolo_unified.common import SHARED_MODULES, TASKS, ULTRALYTICS_TASK, listed, module_of, save_atomically
+from yolo_unified.common import SHARED_MODULES, TASKS, ULTRALYTICS_TASK, listed, module_of
 from yolo_unified.continual import StageContext, stage_samples
 from yolo_unified.data.config import check_heads, labelled_images, load_data_config, task_names, write_image_list
 from yolo_unified.data.sampling import JointLoader, TaskSampler, check_sampling
 from yolo_unified.data.shared import SharedDataset, task_views
 from yolo_unified.ddp import SameStart, average_gradients, from_rank_zero, mean_over_ranks
+from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.models.unified.joint.diagnostics import (
     DIAGNOSTICS,
     EpochMeans,
@@ -648,7 +649,7 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         """The unified trainers' checkpoints; last.pt also holds the balancer's state (learnable weights, history)."""
         saved = super().save_model()
         if saved:
-            ckpt = torch.load(self.last, map_location="cpu", weights_only=False)
+            ckpt = read_checkpoint(self.last)
             ckpt["balancer"] = {k: v.cpu() for k, v in self.balancer.state_dict().items()}
             save_atomically(ckpt, self.last)
         return saved

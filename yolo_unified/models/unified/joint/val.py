@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from yolo_unified.common import PRIMARY_METRIC, STATE_FILE
+from yolo_unified.files import read_json
 
 if TYPE_CHECKING:
     from yolo_unified.models.unified.joint.train import JointTrainer, TaskPart
@@ -32,7 +32,7 @@ def baseline_scores(baselines: str | Path, tasks: list[str]) -> dict[str, float]
     file = Path(baselines) / STATE_FILE
     if not file.is_file():
         raise FileNotFoundError(f"baselines={baselines}: no {STATE_FILE} there (give the folder of a baselines run)")
-    state = json.loads(file.read_text())
+    state = read_json(file)
     if state.get("config", {}).get("chain", True):
         raise ValueError(f"baselines={baselines} is a chained protocol, not single-task baselines (chain: False)")
     scores = {s["task"]: float(s["own_score"]) for s in state["stages"]}
