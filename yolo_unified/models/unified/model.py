@@ -9,8 +9,9 @@ from ultralytics.engine.model import Model
 from ultralytics.utils import RANK
 
 from yolo_unified import speed, workflows
-from yolo_unified.common import task_imgsz
+from yolo_unified.common import TASKS, task_imgsz
 from yolo_unified.export import UnifiedExporter
+from yolo_unified.files import reading, safe_mode
 from yolo_unified.models.unified.predict import UnifiedPredictor
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import DEFAULT_MODEL_YAML, UnifiedModel, model_yaml_path
@@ -47,8 +48,14 @@ class UnifiedYOLO(Model):
 
     def _load(self, weights: str, task: str | None = None) -> None:
         """Load a checkpoint or export; a checkpoint predicts at its deployment size (`task_imgsz`), not at the size
-        of the last run that trained it (e.g. a protocol's classification stage at 160)."""
-        super()._load(weights, task=task)
+        of the last run that trained it (e.g. a protocol's classification stage at 160).
+
+        A missing file fails at once (it is not looked for online); a checkpoint that cannot be read, or that safe
+        mode refuses, fails naming it (`yolo_unified.files`)."""
+        if not Path(weights).exists():
+            raise FileNotFoundError(f"model={weights} not found")
+        with reading(Path(weights), safe_mode()):
+            super()._load(weights, task=task)
         if isinstance(self.model, UnifiedModel) and (imgsz := task_imgsz(self.model)):
             self.overrides = {**self.overrides, "imgsz": imgsz}  # a copy: Ultralytics shares it with model.args
 
@@ -80,10 +87,14 @@ class UnifiedYOLO(Model):
         ``runs/unified/val*/`` (``save_dir=`` puts them elsewhere). See `yolo_unified.models.unified.val.validate`."""
         check_keys(kwargs)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        task = kwargs.pop("task", None)
+        if task is not None and task not in TASKS:
+            raise ValueError(f"task={task} is not a yolo-unified task: use one of {list(TASKS)}, or none for every task")
         save_dir = kwargs.pop("save_dir", None) or run_dir(
             kwargs.pop("project", None), kwargs.pop("name", None), "val", kwargs.get("exist_ok", False)
         )
-        return validate(str(self.ckpt_path or self.model_name), data or default_data(), save_dir, **kwargs)
+        tasks = [task] if task else None
+        return validate(str(self.ckpt_path or self.model_name), data or default_data(), save_dir, tasks, **kwargs)
 
     def export(self, seg_argmax: bool = False, **kwargs: Any) -> str:
         """Export with ``UnifiedExporter`` (Ultralytics' export arguments, plus ``seg_argmax``); return the file."""
