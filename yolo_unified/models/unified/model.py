@@ -89,7 +89,7 @@ class UnifiedYOLO(Model):
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         task = kwargs.pop("task", None)
         if task is not None and task not in TASKS:
-            raise ValueError(f"task={task} is not a yolo-unified task: use one of {list(TASKS)}, or none for every task")
+            raise ValueError(f"task={task} is not a yolo-unified task: use one of {list(TASKS)} (none: every task)")
         save_dir = kwargs.pop("save_dir", None) or run_dir(
             kwargs.pop("project", None), kwargs.pop("name", None), "val", kwargs.get("exist_ok", False)
         )
