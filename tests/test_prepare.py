@@ -71,8 +71,8 @@ class TestRealData:
         assert summary["boxes"] == KEPT
         assert {s: sum(c.values()) for s, c in summary["boxes"].items()} == {"train": 1294, "val": 294}
         assert summary["dropped_boxes"] == {
-            "train": {"other class": 942, "iscrowd": 22, "degenerate": 0},  # 1294 + 942 + 22 = 2258 in the JSON
-            "val": {"other class": 214, "iscrowd": 4, "degenerate": 0},  # 294 + 214 + 4 = 512
+            "train": {"other class": 942, "iscrowd": 22, "degenerate": 0, "not finite": 0},  # 1294 + 942 + 22 = 2258
+            "val": {"other class": 214, "iscrowd": 4, "degenerate": 0, "not finite": 0},  # 294 + 214 + 4 = 512
         }
         for name, n in README_TRAIN.items():
             assert KEPT["train"][name] + CROWD["train"].get(name, 0) == n, name
@@ -223,7 +223,7 @@ def test_fake_tree_boxes_mapped_by_name_clipped_and_filtered(raw, tmp_path):
     assert summary["images"] == {t: {"train": 2, "val": 2} for t in ("seg", "det", "cls")}
     kept = {n: 2 if n in {"person", "bird"} else 0 for n in DET_NAMES}
     assert summary["boxes"] == {"train": kept, "val": kept}
-    assert summary["dropped_boxes"]["val"] == {"other class": 2, "iscrowd": 2, "degenerate": 2}
+    assert summary["dropped_boxes"]["val"] == {"other class": 2, "iscrowd": 2, "degenerate": 2, "not finite": 0}
     rows = np.loadtxt(tmp_path / "out/det/labels/val/val0.txt", ndmin=2)
     np.testing.assert_allclose(rows[0], [0, 12 / 64, 18 / 48, 20 / 64, 30 / 48], atol=1e-6)  # person, id 11 in val
     np.testing.assert_allclose(rows[1], [9, 57 / 64, 15 / 48, 14 / 64, 10 / 48], atol=1e-6)  # bird, clipped at x=64
@@ -295,16 +295,20 @@ def test_image_size_differing_from_the_json_raises(raw, tmp_path):
         prepare_hw2(raw, tmp_path / "out")
 
 
-def test_rerun_replaces_changed_and_removes_stale_files(raw, tmp_path):
+def test_rerun_replaces_its_own_files_and_refuses_a_dst_with_a_users_file(raw, tmp_path):
     dst = tmp_path / "out"
     first = prepare_hw2(raw, dst)
-    stale = dst / "cls/train/n09999999/x.JPEG"
-    stale.parent.mkdir()
-    stale.write_bytes(b"old")
-    (dst / "det/labels/train/train0.txt").write_text("edited")
+    (dst / "det/labels/train/train0.txt").write_text("edited")  # a file it wrote: rewritten
+    (dst / "det/labels/train.cache").write_bytes(b"derived")  # Ultralytics' cache: regenerated, may go
     assert prepare_hw2(raw, dst) == first
-    assert not stale.parent.exists()
     assert (dst / "det/labels/train/train0.txt").read_text().startswith("0 ")
+    user = dst / "cls/train/n09999999/x.JPEG"
+    user.parent.mkdir()
+    user.write_bytes(b"the user's")
+    before = {f: f.read_bytes() for f in dst.rglob("*") if f.is_file()}
+    with pytest.raises(ValueError, match=r"holds 1 file\(s\) yolo-unified did not write \(cls/train/n09999999/x.JPEG\)"):
+        prepare_hw2(raw, dst)
+    assert {f: f.read_bytes() for f in dst.rglob("*") if f.is_file()} == before
 
 
 def test_output_inside_the_raw_data_is_refused(raw):

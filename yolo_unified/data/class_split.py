@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,8 +21,9 @@ from PIL import Image
 from ultralytics.data.utils import read_mask
 from ultralytics.utils import LOGGER, TQDM, YAML
 
-from yolo_unified.data.config import SPLITS, image_files, label_file, load_data_config, task_data
-from yolo_unified.data.prepare import IGNORE, LAYOUT, YAML_HEADER, write_data_yaml
+from yolo_unified.data.config import SPLITS, derived_file, image_files, label_file, load_data_config, task_data
+from yolo_unified.data.prepare import IGNORE, LAYOUT, YAML_HEADER, check_own_yaml, publish_yaml, write_data_yaml
+from yolo_unified.files import OutputFolder
 
 UNITS = {"det": "boxes", "seg": "pixels", "cls": "images"}  # task -> what its summary counts per class
 Keep = Callable[[Path, Path], Counter]  # (source image, its place in the subset) -> kept count per class; {}: left out
@@ -54,22 +54,17 @@ def _class_ids(cfg: dict[str, Any], task: str, classes: list[str]) -> list[int]:
 
 def _check_dst(cfg: dict[str, Any], section: dict[str, Any], splits: Iterable[str], dst: Path, yaml_path: Path) -> None:
     """Raise a ValueError when writing the subset would harm other files: `dst` holding the source data or lying in
-    one of its splits (replacing it would delete images the subset links to), `dst` holding anything but task folders
-    (what a subset written before holds), or `yaml_path` being the source's data YAML."""
+    one of its splits (replacing it would delete images the subset links to), or `yaml_path` being the source's data
+    YAML or a file yolo-unified did not write. (A `dst` holding files it did not write is `OutputFolder`'s refusal.)"""
     target = dst.resolve()
     sources = [Path(section[split]).resolve() for split in splits] + [Path(p) for p in cfg["shared"].values()]
     if Path(cfg["path"]).is_relative_to(target) or any(
         target.is_relative_to(p) or p.is_relative_to(target) for p in sources
     ):
         raise ValueError(f"dst {dst} overlaps the data of {cfg['yaml_file']}; choose a folder outside it")
-    others = sorted(f.name for f in dst.iterdir() if f.name not in LAYOUT) if dst.is_dir() else []
-    if others or (dst.exists() and not dst.is_dir()):
-        raise ValueError(
-            f"dst {dst} is not a class subset written before (it holds {others or 'a file'}), which a new subset "
-            "replaces; choose another folder"
-        )
     if yaml_path.resolve() == Path(cfg["yaml_file"]):
         raise ValueError(f"yaml={yaml_path} is the source data YAML; choose another file")
+    check_own_yaml(yaml_path)
 
 
 def _link(image: Path, out: Path) -> None:
@@ -182,29 +177,18 @@ def _subset_names(task: str, names: dict[int, str], ids: list[int]) -> list[str]
 
 def _write_yaml(yaml_path: Path, dst: Path, task: str, names: list[str], splits: list[str], extra: dict) -> None:
     """Write the subset's data YAML with `write_data_yaml` (train and val, as `LAYOUT` has them), its section's splits
-    rewritten in the same layout for other splits; drafted beside `yaml_path`, then moved over it."""
-    draft = yaml_path.with_name(f".{yaml_path.stem}-draft.yaml")  # Ultralytics' YAML reads only *.yaml files
-    try:
+    rewritten in the same layout for other splits; drafted beside `yaml_path`, then moved over it (`publish_yaml`)."""
+
+    def write(draft: Path) -> None:
+        """The YAML of the subset, into `draft`."""
         write_data_yaml(draft, dst, {task: names}, extra=extra)
         if set(splits) != set(LAYOUT[task]) & set(SPLITS):
             d = YAML.load(draft)
             others = {k: v for k, v in d[task].items() if k not in SPLITS}
             d[task] = {**{split: _split_folder(task, split) for split in splits}, **others}
             YAML.save(draft, d, header=YAML_HEADER)
-        draft.replace(yaml_path)
-    finally:
-        draft.unlink(missing_ok=True)
 
-
-def _publish(build: Path, dst: Path) -> None:
-    """Move the complete subset `build` to `dst`, replacing what was there."""
-    if dst.exists():
-        old = build.with_name(f"{build.name}-replaced")
-        dst.rename(old)
-        build.rename(dst)
-        shutil.rmtree(old)
-    else:
-        build.rename(dst)
+    publish_yaml(yaml_path, write)
 
 
 def split_classes(
@@ -223,8 +207,9 @@ def split_classes(
       order, 255 ignore;
     - cls: the class folders of `classes`, numbered in sorted folder order.
 
-    Images are symlinked (copied where a link fails); labels and masks are written. The subset is built in a
-    temporary folder beside `dst` and moved over it when complete. Raises a ValueError naming the data file for
+    Images are symlinked (copied where a link fails); labels and masks are written. The subset is built beside `dst`
+    and swapped in whole when complete (`yolo_unified.files.OutputFolder`), never over files yolo-unified did not
+    write. Raises a ValueError naming the data file for
     unknown class names (listing the valid ones) and for a split without any image of `classes`.
     """
     dst, splits = Path(dst), list(dict.fromkeys(splits))
@@ -239,9 +224,7 @@ def split_classes(
     ids = _class_ids(cfg, task, classes)
     _check_dst(cfg, section, splits, dst, yaml_path)
     where, names = cfg["yaml_file"], section["names"]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", suffix=".tmp", dir=dst.parent))
-    try:
+    with OutputFolder(dst, "yolo-unified data split", derived=derived_file) as build:
         for split in splits:
             if task == "cls":
                 keep = _cls_keep(Path(section[split]), ids, names, where)
@@ -255,10 +238,6 @@ def split_classes(
                 LOGGER.warning(f"{task} {split}: no {UNITS[task]} of {absent} in the {split} images kept")
             per_class = ", ".join(f"{name} {counts[name]}" for name in classes)
             LOGGER.info(f"{task} {split}: {kept}/{total} images kept, {UNITS[task]} kept: {per_class}")
-        _publish(build, dst)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
     provenance = {"source": str(data), "task": task, "classes": classes}
     _write_yaml(yaml_path, dst, task, _subset_names(task, names, ids), splits, provenance)
     LOGGER.info(f"{dst}: the {task} subset of {classes} written, its data YAML {yaml_path}")

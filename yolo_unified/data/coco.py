@@ -14,11 +14,8 @@ Split folders are named train, val or test, a year may follow (``train2017`` bec
 from __future__ import annotations
 
 import difflib
-import filecmp
-import json
 import os
 import shutil
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +27,15 @@ from pycocotools import mask as mask_utils
 from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.utils import LOGGER, TQDM
 
-from yolo_unified.data.prepare import IGNORE, write_data_yaml, yolo_box
+from yolo_unified.data.config import derived_file, image_size
+from yolo_unified.data.prepare import IGNORE, check_own_yaml, publish_yaml, write_data_yaml, yolo_box
+from yolo_unified.files import OutputFolder, read_json
 
 JSON_NAME = "labels.json"
 SPLIT_NAMES = ("train", "val", "test")
 OTHERS = {"background": 0, "ignore": IGNORE}  # others= -> mask value of the categories left out
 OUTPUT_DIRS = ("images", "labels", "masks")
+CONVERTED_BY = "yolo-unified data coco"
 
 
 class _Instance(NamedTuple):
@@ -106,10 +106,7 @@ def _annotation_files(src: Path) -> dict[Path, dict[str, Path]]:
 
 def _load(file: Path) -> dict[str, list]:
     """The JSON's contents, checked to be a COCO instances file (lists of images, annotations and categories)."""
-    try:
-        data = json.loads(file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file}: not a JSON file ({e})") from e
+    data = read_json(file)
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
         raise ValueError(f"{file}: not a COCO instances JSON (it needs 'images', 'annotations' and 'categories' lists)")
     if not isinstance(data.get("categories"), list) or not data["categories"]:
@@ -296,10 +293,9 @@ def _convert_image(
 ) -> tuple[str, np.ndarray]:
     """The YOLO label text and the class-id mask of one image, its counts added to `stats` (its split's)."""
     try:
-        with Image.open(file) as im:
-            width, height = im.size
-    except Exception as e:  # PIL raises many types for unreadable files
-        raise ValueError(f"{file}: unreadable image ({type(e).__name__}: {e})") from e
+        width, height = image_size(file)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from e
     if (image.get("width", width), image.get("height", height)) != (width, height):
         raise ValueError(
             f"{file}: image is {width}x{height} px but {coco.path} says {image.get('width')}x{image.get('height')}"
@@ -361,44 +357,12 @@ def _convert_file(coco: _CocoFile, classes: dict[str, str], others: int, out: Pa
         Image.fromarray(mask).save(out / "masks" / split / f"{file.stem}.png")
 
 
-def _output_files(root: Path) -> set[Path]:
-    """The converted files under `root`, relative to it (Ultralytics' ``*.cache`` files beside them left out)."""
-    return {
-        f.relative_to(root)
-        for name in OUTPUT_DIRS
-        for f in (root / name).rglob("*")
-        if f.is_file() and f.suffix != ".cache"
-    }
-
-
-def _publish(build: Path, dst: Path) -> bool:
-    """Move the converted folders in `build` into `dst` unless `dst` already holds the same files, and remove
-    `build`; returns whether `dst` changed. Each of dst's images/, labels/ and masks/ is replaced whole; anything
-    else in `dst` is left alone."""
-    files = _output_files(build)
-    if files == _output_files(dst) and all(filecmp.cmp(build / f, dst / f) for f in files):
-        shutil.rmtree(build)
-        return False
-    if not dst.exists():
-        build.rename(dst)
-        return True
-    for name in OUTPUT_DIRS:
-        if (dst / name).exists():
-            (dst / name).rename(build / f"replaced-{name}")
-        (build / name).rename(dst / name)
-    shutil.rmtree(build)
-    return True
-
-
 def _write_yaml(yaml_path: Path, dst: Path, names: list[str], splits: list[str], provenance: dict) -> None:
     """Write the data YAML (`write_data_yaml`), leaving an identical existing file untouched."""
-    draft = yaml_path.with_name(f".{yaml_path.name}.tmp")
     names_by_task = {"det": names, "seg": ["background", *names]}
-    write_data_yaml(draft, dst, names_by_task, extra=provenance, shared_splits=splits)
-    if yaml_path.is_file() and filecmp.cmp(draft, yaml_path, shallow=False):
-        draft.unlink()
-    else:
-        draft.replace(yaml_path)
+    publish_yaml(
+        yaml_path, lambda draft: write_data_yaml(draft, dst, names_by_task, extra=provenance, shared_splits=splits)
+    )
 
 
 def _log_summary(summary: dict) -> None:
@@ -444,8 +408,10 @@ def convert_coco(
     category names, ``"name:category"`` to give a category another name (VOC's ``"aeroplane:airplane"``); None takes
     all categories by COCO id. Crowd boxes are dropped and their regions set to 255;
     annotations of other categories paint 0 (`others="background"`) or 255 (``"ignore"``); larger instances are
-    painted first. Bad input raises one error naming the file before `dst` changes; the output is built in a
-    temporary sibling folder and moved into place, and an unchanged `dst` is left untouched.
+    painted first. Bad input raises one error naming the file before `dst` changes. The output is built beside `dst`
+    and swapped in whole (`yolo_unified.files.OutputFolder`): a run stopped at any point leaves `dst` as it was or as
+    it is after the run, an unchanged `dst` is left untouched, and a `dst` holding files yolo-unified did not write
+    (or a `yaml_path` it did not write) is refused before anything is read.
 
     Returns a summary: ``splits`` (per split: images, images without annotation, images on disk not in the JSON,
     boxes and dropped crowd boxes per class, empty boxes dropped, other-class annotations, clipped polygons, mask
@@ -460,27 +426,23 @@ def convert_coco(
         raise FileNotFoundError(f"COCO source folder {src} not found")
     if dst.resolve().is_relative_to(src.resolve()) or src.resolve().is_relative_to(dst.resolve()):
         raise ValueError(f"dst {dst} and src {src} overlap; the source must stay untouched")
+    check_own_yaml(yaml_path)
+    output = OutputFolder(dst, CONVERTED_BY, derived=derived_file)
     files = [_read_coco(file, folders) for file, folders in _annotation_files(src).items()]
     classes = _class_names(names, files)
     names = list(classes)
     splits = sorted({split for f in files for split in f.folders}, key=SPLIT_NAMES.index)
     stats = {split: _new_stats(names) for split in splits}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", suffix=".tmp", dir=dst.parent))
-    try:
+    with output as build:
         for name in OUTPUT_DIRS:
             for split in splits:
                 (build / name / split).mkdir(parents=True)
         for coco in files:
             _convert_file(coco, classes, OTHERS[others], build, stats)
-        changed = _publish(build, dst)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
-    LOGGER.info(f"{dst}: {'written' if changed else 'up to date, nothing rewritten'}")
+    LOGGER.info(f"{dst}: {'written' if output.changed else 'up to date, nothing rewritten'}")
     annotations = [str(f.path.relative_to(src)) for f in files]
     renamed = {name: category for name, category in classes.items() if name != category}
-    provenance = {"source": str(src), "annotations": annotations, "converted_by": "yolo-unified data coco"}
+    provenance = {"source": str(src), "annotations": annotations, "converted_by": CONVERTED_BY}
     provenance |= {"renamed_categories": renamed} if renamed else {}
     _write_yaml(yaml_path, dst, names, splits, {**provenance, "other_classes": others})
     summary = {

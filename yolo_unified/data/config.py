@@ -3,19 +3,37 @@ tasks sharing one image list (each image with any of their labels)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
 import cv2
+from PIL import Image
 from ultralytics.data.utils import IMG_FORMATS, img2label_paths
 from ultralytics.nn.autobackend import check_class_names
 from ultralytics.utils import YAML
 from ultralytics.utils.patches import PIL_FALLBACK_SUFFIXES
 
 from yolo_unified.common import TASKS
+from yolo_unified.files import save_atomically
 
 SPLITS = ("train", "val", "test")
+DATA_KEYS = ("path", *SPLITS, *TASKS)  # the keys training reads; any other top-level key is provenance
+
+
+def check_sections(file: Path, d: dict[str, Any]) -> None:
+    """Raise a ValueError, suggesting the key meant, for a top-level key that looks like a misspelt one of
+    `DATA_KEYS`: a close name (``dett``), or a section of its own (a mapping with ``names`` or splits)."""
+    for key, value in d.items():
+        if key in DATA_KEYS:
+            continue
+        close = get_close_matches(str(key), DATA_KEYS, n=1, cutoff=0.75)
+        section = isinstance(value, dict) and any(k in value for k in ("names", *SPLITS))
+        if close or section:
+            hint = f"did you mean '{close[0]}'?" if close else f"task sections are {', '.join(TASKS)}"
+            raise ValueError(f"{file}: unknown key '{key}:' ({hint}); the keys read are {', '.join(DATA_KEYS)}")
 
 
 def load_data_config(data: str | Path) -> dict[str, Any]:
@@ -30,7 +48,13 @@ def load_data_config(data: str | Path) -> dict[str, Any]:
     file = Path(data)
     if not file.is_file():
         raise FileNotFoundError(f"data YAML '{data}' not found")
-    d = YAML.load(file) or {}
+    try:
+        d = YAML.load(file) or {}
+    except Exception as e:  # yaml's parser errors, or bytes that are not text
+        raise ValueError(f"{file}: not a readable YAML file ({str(e).splitlines()[0]})") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"{file}: not a data YAML (a mapping of keys such as path, {', '.join(TASKS)})")
+    check_sections(file, d)
     root = Path(d.get("path") or ".")
     root = root if root.is_absolute() else (file.parent / root).resolve()
 
@@ -85,6 +109,19 @@ def not_an_image(file: Path) -> str:
     if file.suffix.lower() not in PIL_FALLBACK_SUFFIXES and not cv2.haveImageReader(str(file)):
         return "is not an image (no image decoder reads its contents)"
     return ""
+
+
+def image_size(file: Path) -> tuple[int, int]:
+    """The (width, height) of an image that decodes completely; a ValueError says why not (empty, not an image,
+    truncated or damaged), without the file's name."""
+    if why := not_an_image(file):
+        raise ValueError(why)
+    try:
+        with Image.open(file) as im:
+            im.load()  # a truncated file fails here: opening only reads the header
+            return im.size
+    except Exception as e:  # PIL raises many types for unreadable files
+        raise ValueError(f"unreadable image ({type(e).__name__}: {e})") from e
 
 
 def check_images(files: Iterable[Path]) -> None:
@@ -153,10 +190,21 @@ def write_image_list(cfg: dict[str, Any], split: str, tasks: list[str], images: 
     """Write `images` as an image list (one path per line, as Ultralytics reads a split) beside the shared image
     folders: ``<root>/<split>-<tasks>.txt``, rewritten only when it changes; returns its path."""
     file = Path(cfg["path"]) / f"{split}-{'-'.join(tasks)}.txt"
-    text = "".join(f"{Path(f).resolve()}\n" for f in images)
+    text = "".join(f"{os.path.abspath(f)}\n" for f in images)  # links kept: their labels sit beside the link
     if not file.is_file() or file.read_text() != text:
-        file.write_text(text)
+        save_atomically(text, file)
     return file
+
+
+def is_image_list(relative: Path) -> bool:
+    """Whether `relative` (a path inside a dataset root) is one of the image lists `write_image_list` writes."""
+    return len(relative.parts) == 1 and relative.suffix == ".txt" and relative.stem.split("-")[0] in SPLITS
+
+
+def derived_file(relative: Path) -> bool:
+    """Whether `relative` (a path inside a dataset root) is derived from the data, rewritten by whoever needs it:
+    Ultralytics' label caches and yolo-unified's image lists."""
+    return relative.suffix == ".cache" or is_image_list(relative)
 
 
 def task_names(cfg: dict[str, Any]) -> dict[str, dict[int, str]]:

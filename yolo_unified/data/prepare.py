@@ -6,12 +6,14 @@ Ultralytics task reads it, and one multi-task data YAML describing all three (se
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import io
-import json
+import math
+import os
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,9 @@ import numpy as np
 from PIL import Image
 from ultralytics.nn.autobackend import check_class_names
 from ultralytics.utils import LOGGER, TQDM, YAML
+
+from yolo_unified.data.config import derived_file, image_size
+from yolo_unified.files import OutputFolder, inside, read_json, temporary_name
 
 SPLITS = ("train", "val")
 RAW_DIRS = {"seg": "mini_voc_seg", "det": "mini_coco_det", "cls": "imagenette_160"}  # task -> folder in the raw data
@@ -33,6 +38,7 @@ VOC_IN_COCO = {  # the VOC classes COCO names otherwise (every VOC class is a CO
     "sofa": "couch", "tvmonitor": "tv",
 }  # fmt: skip
 IGNORE = 255  # VOC "void" mask value, ignored in loss and metrics
+DROP_REASONS = ("other class", "iscrowd", "degenerate", "not finite")  # why a detection box is left out
 MASK_VALUES = np.array([*range(len(SEG_NAMES)), IGNORE])
 LAYOUT = {  # task -> its section of the data YAML, without names; the folders every writer of this layout uses
     "seg": {"train": "seg/images/train", "val": "seg/images/val", "masks_dir": "masks"},
@@ -64,6 +70,38 @@ SHARED_YAML_HEADER = """\
 # names      class id -> readable name
 # any other top-level key records where the dataset came from; training does not read it
 """
+OWN_YAML_FIRST_LINES = {header.splitlines()[0] for header in (YAML_HEADER, SHARED_YAML_HEADER)}
+
+
+def check_own_yaml(yaml_path: Path) -> None:
+    """Raise a ValueError when a file `yaml_path` exists that yolo-unified did not write (its data YAMLs start with
+    one of its headers): writing the data YAML there would overwrite it."""
+    if not yaml_path.exists():
+        return
+    try:
+        with yaml_path.open(encoding="utf-8") as f:
+            first = f.readline().rstrip("\n")
+    except (OSError, UnicodeDecodeError):
+        first = ""
+    if first not in OWN_YAML_FIRST_LINES:
+        raise ValueError(
+            f"yaml={yaml_path} exists and yolo-unified did not write it (it lacks the '# yolo-unified ...' header); "
+            "choose another yaml= (or dst=), or move the file away"
+        )
+
+
+def publish_yaml(yaml_path: Path, write: Callable[[Path], Any]) -> bool:
+    """Write a data YAML with `write` to a draft beside `yaml_path`, then move it over `yaml_path` unless the two are
+    the same; returns whether `yaml_path` changed. Check the file first with `check_own_yaml`."""
+    draft = temporary_name(yaml_path).with_suffix(".yaml")  # Ultralytics' YAML reads only *.yaml files
+    try:
+        write(draft)
+        if yaml_path.is_file() and filecmp.cmp(draft, yaml_path, shallow=False):
+            return False
+        os.replace(draft, yaml_path)
+        return True
+    finally:
+        draft.unlink(missing_ok=True)
 
 
 def write_data_yaml(
@@ -115,15 +153,14 @@ class _Scan:
         LOGGER.warning(f"{task} {split}: skipping {file}: {reason}")
 
     def image(self, task: str, split: str, file: Path) -> tuple[str, tuple[int, int]] | None:
-        """The sha256 and (width, height) of an image that decodes completely; None (skipped) for a corrupt one."""
+        """The sha256 and (width, height) of an image that decodes completely; None (skipped) for an empty, corrupt
+        or truncated one."""
         try:
-            data = file.read_bytes()
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()  # a truncated file fails here: opening only reads the header
-                return hashlib.sha256(data).hexdigest(), im.size
-        except Exception as e:  # PIL raises many types for unreadable files
-            self.skip(task, split, file, f"unreadable image ({type(e).__name__}: {e})")
+            size = image_size(file)
+        except ValueError as e:
+            self.skip(task, split, file, str(e))
             return None
+        return hashlib.sha256(file.read_bytes()).hexdigest(), size
 
 
 def _require(path: Path) -> Path:
@@ -145,13 +182,65 @@ def yolo_box(
     return (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height
 
 
+DET_FIELDS = {  # list in labels.json -> (what one entry is called, the fields read from it and their types)
+    "images": ("image", {"id": (int, str), "file_name": str, "width": int, "height": int}),
+    "annotations": ("annotation", {"image_id": (int, str), "category_id": int, "bbox": list}),
+    "categories": ("category", {"id": int, "name": str}),
+}
+
+
+def _read_det_json(file: Path) -> dict[str, list[dict]]:
+    """A detection labels.json, every entry checked to have the fields read from it (`DET_FIELDS`) with the right
+    types, and every box four numbers; a ValueError names the file, the entry and the problem."""
+    d = read_json(_require(file))
+    if not isinstance(d, dict):
+        raise ValueError(f"{file}: not a COCO JSON (a mapping with images, annotations and categories)")
+    for key, (kind, fields) in DET_FIELDS.items():
+        if not isinstance(d.get(key), list):
+            raise ValueError(f"{file}: no '{key}' list")
+        for n, entry in enumerate(d[key]):
+            which = f"{kind} {entry.get('id', f'#{n + 1}')!r}" if isinstance(entry, dict) else f"{kind} #{n + 1}"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{file}: {which} is not a mapping: {str(entry)[:80]}")
+            for name, types in fields.items():
+                if name not in entry:
+                    raise ValueError(f"{file}: {which} has no '{name}'")
+                if not isinstance(entry[name], types) or isinstance(entry[name], bool):
+                    raise ValueError(f"{file}: {which} has '{name}': {entry[name]!r}, not a {name} value")
+            bbox = entry.get("bbox", [0] * 4)
+            if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+                raise ValueError(f"{file}: {which} has 'bbox': {bbox!r}, not four numbers [x, y, w, h]")
+    return d
+
+
+def _det_label(file: Path, anns: list[dict], cls_of: dict[int, int], size: tuple[int, int], kept: Counter,
+               drop: Counter) -> str:  # fmt: skip
+    """The YOLO label text of one image's annotations `anns` (of the JSON `file`); kept boxes are counted per class,
+    dropped ones per reason: other class, crowd, degenerate after clipping, or not finite (with a warning)."""
+    lines = []
+    for a in anns:
+        c = cls_of.get(a["category_id"])
+        if c is not None and not a.get("iscrowd") and not all(math.isfinite(v) for v in a["bbox"]):
+            LOGGER.warning(f"{file}: annotation {a.get('id')!r} has a box that is not finite {a['bbox']}: dropped")
+            drop["not finite"] += 1
+            continue
+        box = None if c is None or a.get("iscrowd") else yolo_box(a["bbox"], *size, min_side=1)
+        if box is None:
+            drop["other class" if c is None else "iscrowd" if a.get("iscrowd") else "degenerate"] += 1
+            continue
+        lines.append(f"{c} " + " ".join(f"{v:.6f}" for v in box) + "\n")
+        kept[DET_NAMES[c]] += 1
+    return "".join(lines)
+
+
 def _scan_det(raw: Path, out: Path, scan: _Scan) -> tuple[dict, dict]:
     """Plan the detection images and YOLO labels; return kept boxes per split and class, and dropped boxes per split.
 
     Categories are matched by name (their ids differ between the two JSON files); crowd boxes, boxes of other
-    classes and boxes that are degenerate after clipping to the image are dropped.
+    classes, boxes that are degenerate after clipping to the image and boxes that are not finite are dropped. An image
+    whose ``file_name`` leads outside its folder is an error: nothing outside the raw data is read.
     """
-    coco = {s: json.loads(_require(raw / s / "labels.json").read_text()) for s in SPLITS}
+    coco = {s: _read_det_json(raw / s / "labels.json") for s in SPLITS}
     categories = {s: {c["name"] for c in d["categories"]} for s, d in coco.items()}
     unknown = [n for n in DET_NAMES if not any(n in c for c in categories.values())]
     if unknown:
@@ -164,13 +253,16 @@ def _scan_det(raw: Path, out: Path, scan: _Scan) -> tuple[dict, dict]:
         anns = defaultdict(list)
         for a in d["annotations"]:
             anns[a["image_id"]].append(a)
-        kept, drop = Counter({n: 0 for n in DET_NAMES}), Counter({"other class": 0, "iscrowd": 0, "degenerate": 0})
-        folder = _require(raw / split / "data")
+        kept, drop = Counter(dict.fromkeys(DET_NAMES, 0)), Counter(dict.fromkeys(DROP_REASONS, 0))
+        folder, json_file = _require(raw / split / "data"), raw / split / "labels.json"
         listed = {im["file_name"] for im in d["images"]}
         for file in sorted(f for f in folder.iterdir() if f.name not in listed):
             scan.skip("det", split, file, "not listed in labels.json")
         for im in TQDM(d["images"], desc=f"det {split}"):
-            file = folder / im["file_name"]
+            try:
+                file = inside(folder, im["file_name"])
+            except ValueError as e:
+                raise ValueError(f"{json_file}: image {im['id']!r}: file_name {e}; nothing outside is read") from e
             if not file.is_file():
                 scan.skip("det", split, file, "listed in labels.json but missing")
                 continue
@@ -179,18 +271,10 @@ def _scan_det(raw: Path, out: Path, scan: _Scan) -> tuple[dict, dict]:
             sha, (w, h) = checked
             if (w, h) != (im["width"], im["height"]):
                 raise ValueError(f"{file}: image is {w}x{h} px but labels.json says {im['width']}x{im['height']}")
-            lines = []
-            for a in anns[im["id"]]:
-                c = cls_of.get(a["category_id"])
-                box = None if c is None or a.get("iscrowd") else yolo_box(a["bbox"], w, h, min_side=1)
-                if box is None:
-                    drop["other class" if c is None else "iscrowd" if a.get("iscrowd") else "degenerate"] += 1
-                    continue
-                lines.append(f"{c} " + " ".join(f"{v:.6f}" for v in box) + "\n")
-                kept[DET_NAMES[c]] += 1
+            label = _det_label(json_file, anns[im["id"]], cls_of, (w, h), kept, drop)
             scan.keep("det", split, file.name, sha)
             scan.files[out / "images" / split / file.name] = file
-            scan.files[out / "labels" / split / f"{file.stem}.txt"] = "".join(lines).encode()
+            scan.files[out / "labels" / split / f"{file.stem}.txt"] = label.encode()
         boxes[split], dropped[split] = dict(kept), dict(drop)
     return boxes, dropped
 
@@ -259,38 +343,15 @@ def _duplicates(hashes: dict[str, dict[str, str]]) -> list[list[str]]:
     return [[train[sha], name] for name, sha in sorted(hashes["val"].items()) if sha in train]
 
 
-def _stamp(file: Path) -> tuple[int, int]:
-    """Size and modification time (ns) of a file: a copy made by ``shutil.copy2`` has its source's stamp."""
-    s = file.stat()
-    return s.st_size, s.st_mtime_ns
-
-
-def _sync(files: dict[Path, Path | bytes], folders: list[Path]) -> tuple[int, int]:
-    """Make `folders` hold exactly `files`: write what is missing or out of date, delete the rest.
-
-    Returns (files written, files deleted). A copy is up to date when its size and modification time match its
-    source's, a generated file when its bytes match.
-    """
-    written = 0
-    for dst, src in TQDM(files.items(), desc="writing"):
-        if isinstance(src, bytes):
-            if not dst.is_file() or dst.read_bytes() != src:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_bytes(src)
-                written += 1
-        elif not dst.is_file() or _stamp(dst) != _stamp(src):
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-            written += 1
-    deleted = 0
-    for folder in folders:
-        for f in sorted(folder.rglob("*"), reverse=True):  # files before their folders
-            if f.is_file() and f not in files:
-                f.unlink()
-                deleted += 1
-            elif f.is_dir() and not any(f.iterdir()):
-                f.rmdir()  # an empty class folder would be an empty class to Ultralytics
-    return written, deleted
+def _write_files(files: dict[Path, Path | bytes], root: Path) -> None:
+    """Write `files` (relative path -> source file to copy with its timestamps, or the file's bytes) under `root`."""
+    for relative, source in TQDM(files.items(), desc="writing"):
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, bytes):
+            path.write_bytes(source)
+        else:
+            shutil.copy2(source, path)
 
 
 def _log_summary(summary: dict) -> None:
@@ -312,9 +373,14 @@ def prepare_hw2(src: str | Path, dst: str | Path, yaml_path: str | Path | None =
     """Convert the raw HW2 data at `src` into the multi-task layout at `dst` and write its data YAML.
 
     Images are copied (names kept), detection boxes become YOLO labels of the 10 benchmark classes, VOC masks become
-    8-bit class-id PNGs; unreadable images and bad image/mask pairs are skipped with a warning. Byte-identical
-    train/val images are reported, not removed. Running it again only rewrites what changed and deletes what is no
-    longer part of the output. `yaml_path` defaults to ``dst.parent / f"{dst.name}.yaml"``.
+    8-bit class-id PNGs; unreadable images, bad image/mask pairs and boxes that are not finite are skipped with a
+    warning. Byte-identical train/val images are reported, not removed. `yaml_path` defaults to
+    ``dst.parent / f"{dst.name}.yaml"``.
+
+    The output is built beside `dst` and swapped in whole (`yolo_unified.files.OutputFolder`): a run stopped at any
+    point leaves `dst` as it was or as it is after the run, a run that would write the same files leaves it untouched,
+    and a `dst` holding files yolo-unified did not write (or a `yaml_path` it did not write) is refused before
+    anything is read. Bad input raises one error naming the file, the entry and the problem.
 
     Returns a summary: images per task and split, kept boxes per split and class, dropped boxes per split and
     reason, skipped files with reasons, and train/val duplicates per task.
@@ -326,8 +392,10 @@ def prepare_hw2(src: str | Path, dst: str | Path, yaml_path: str | Path | None =
             _require(src / folder / split)
     if dst.resolve().is_relative_to(src.resolve()):
         raise ValueError(f"dst {dst} is inside the raw data {src}, which must stay untouched")
+    check_own_yaml(yaml_path)
+    output = OutputFolder(dst, "yolo-unified data prepare", derived=derived_file)
     scan = _Scan()
-    out = {task: dst / task for task in RAW_DIRS}
+    out = {task: Path(task) for task in RAW_DIRS}  # the files' places inside dst
     _scan_seg(src / RAW_DIRS["seg"], out["seg"], scan)
     boxes, dropped = _scan_det(src / RAW_DIRS["det"], out["det"], scan)
     cls_names = _scan_cls(src / RAW_DIRS["cls"], out["cls"], scan)
@@ -338,21 +406,15 @@ def prepare_hw2(src: str | Path, dst: str | Path, yaml_path: str | Path | None =
                 f"{task}: {len(pairs)} images are byte-identical in train and val (kept, so results stay comparable "
                 f"with other work on this data): {', '.join(v for _, v in pairs)}"
             )
-    split_parents = [
-        out["seg"] / "images",
-        out["seg"] / "masks",
-        out["det"] / "images",
-        out["det"] / "labels",
-        out["cls"],
-    ]
-    written, deleted = _sync(scan.files, [parent / split for parent in split_parents for split in SPLITS])
-    LOGGER.info(f"{dst}: {written} files written, {deleted} stale deleted, {len(scan.files) - written} up to date")
+    with output as build:
+        _write_files(scan.files, build)
+    LOGGER.info(f"{dst}: {len(scan.files)} files {'written' if output.changed else 'up to date, nothing rewritten'}")
     names = {"seg": list(SEG_NAMES), "det": list(DET_NAMES), "cls": cls_names}
     provenance = {  # duplicates as {task: {val image: its byte-identical train image}}
         "source": str(src),  # as given: a relative path stays portable
         "train_val_duplicates": {task: {v: t for t, v in pairs} for task, pairs in duplicates.items() if pairs},
     }
-    write_data_yaml(yaml_path, dst, names, extra=provenance)
+    publish_yaml(yaml_path, lambda draft: write_data_yaml(draft, dst, names, extra=provenance))
     summary = {
         "dst": str(dst),
         "yaml": str(yaml_path),

@@ -9,20 +9,20 @@ photographs do, so what one task learns helps the next.
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 from ultralytics.utils import LOGGER, TQDM
 
-from yolo_unified.data.prepare import IGNORE, LAYOUT, write_data_yaml
+from yolo_unified.data.config import derived_file
+from yolo_unified.data.prepare import IGNORE, LAYOUT, check_own_yaml, publish_yaml, write_data_yaml
+from yolo_unified.files import OutputFolder, manifest_files, read_manifest
 
 DET_NAMES = ["circle", "rectangle", "triangle"]
 SEG_NAMES = ["background", *DET_NAMES]
 CLS_NAMES = DET_NAMES  # sorted, as Ultralytics numbers class folders
-MANIFEST = "synthetic.json"  # written last: its parameters and file list say the dataset is complete
+MANIFEST = "synthetic.json"  # the folder's manifest (yolo_unified.files): its parameters and files, written last
 GENERATOR_VERSION = 2  # part of the manifest's parameters: bump it when the images change, to regenerate old copies
 JPEG_QUALITY = 95
 SHAPE_SCALE = (0.25, 0.5)  # detection and segmentation shapes: width and height as a share of the image side
@@ -156,15 +156,13 @@ def _cls_sample(rng: np.random.Generator, size: int, cls: int) -> np.ndarray:
     return _finish(rng, img)
 
 
-def _generate(dst: Path, n: dict[str, int], imgsz: int, seed: int) -> list[str]:
-    """Write the three image sets into `dst`; return the written files relative to `dst`."""
-    written: list[str] = []
+def _generate(dst: Path, n: dict[str, int], imgsz: int, seed: int) -> None:
+    """Write the three image sets into `dst`."""
 
     def write(file: Path, data: bytes) -> None:
-        """Write `data` to `file` and record it."""
+        """Write `data` to `file`, making its folder."""
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_bytes(data)
-        written.append(file.relative_to(dst).as_posix())
 
     jpeg = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
     for t, task in enumerate(LAYOUT):
@@ -186,32 +184,29 @@ def _generate(dst: Path, n: dict[str, int], imgsz: int, seed: int) -> list[str]:
                     img = _cls_sample(rng, imgsz, i % len(CLS_NAMES))
                     folder /= CLS_NAMES[i % len(CLS_NAMES)]
                 write(folder / f"{i:05d}.jpg", cv2.imencode(".jpg", img, jpeg)[1].tobytes())
-    return written
 
 
 def make_synthetic(dst: str | Path, n_train: int = 96, n_val: int = 32, imgsz: int = 96, seed: int = 0) -> Path:
     """Generate the synthetic three-task dataset at `dst` unless a complete copy with these parameters is there.
 
     Each task gets its own `n_train`/`n_val` JPEG images of `imgsz` x `imgsz` px, deterministic for a `seed`.
-    Returns the data YAML, ``dst.parent / f"{dst.name}.yaml"``.
+    Returns the data YAML, ``dst.parent / f"{dst.name}.yaml"``. The dataset is built beside `dst` and swapped in
+    whole (`yolo_unified.files.OutputFolder`); a `dst` holding files it did not write is refused.
     """
     dst = Path(dst)
     yaml_path = dst.parent / f"{dst.name}.yaml"
     if min(n_train, n_val) < 1 or imgsz < 32:
         raise ValueError(f"make_synthetic needs n_train, n_val >= 1 and imgsz >= 32, got {n_train}, {n_val}, {imgsz}")
     params = {"generator": GENERATOR_VERSION, "n_train": n_train, "n_val": n_val, "imgsz": imgsz, "seed": seed}
-    manifest = dst / MANIFEST
-    try:
-        done = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        done = {}
-    if done.get("params") == params and yaml_path.is_file() and all((dst / f).is_file() for f in done["files"]):
+    done = read_manifest(dst, MANIFEST)
+    files = manifest_files(dst, MANIFEST)
+    if done.get("params") == params and yaml_path.is_file() and files and all((dst / f).is_file() for f in files):
         return yaml_path
+    check_own_yaml(yaml_path)
+    output = OutputFolder(dst, "yolo-unified synthetic data", derived_file, MANIFEST, extra={"params": params})
     LOGGER.info(f"Generating synthetic data in {dst} ({params})")
-    manifest.unlink(missing_ok=True)
-    for task in LAYOUT:  # only our own folders: whatever else is in dst stays
-        shutil.rmtree(dst / task, ignore_errors=True)
-    files = _generate(dst, {"train": n_train, "val": n_val}, imgsz, seed)
-    write_data_yaml(yaml_path, dst, {"seg": SEG_NAMES, "det": DET_NAMES, "cls": CLS_NAMES}, extra={"synthetic": params})
-    manifest.write_text(json.dumps({"params": params, "files": files}, indent=1))
+    with output as build:
+        _generate(build, {"train": n_train, "val": n_val}, imgsz, seed)
+    names = {"seg": SEG_NAMES, "det": DET_NAMES, "cls": CLS_NAMES}
+    publish_yaml(yaml_path, lambda draft: write_data_yaml(draft, dst, names, extra={"synthetic": params}))
     return yaml_path
