@@ -1,13 +1,14 @@
 """Forgetting-mitigation strategies, each on its own, on tiny models and the tiny synthetic data."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 import torch.nn as nn
 from ultralytics.cfg import get_cfg
 
-from yolo_unified.continual import StageContext, diagonal_fisher
+from yolo_unified.continual import STRATEGIES, StageContext, diagonal_fisher
 from yolo_unified.continual.ewc import EWC, mean_normalised
 from yolo_unified.continual.feat_distill import FeatDistill
 from yolo_unified.continual.lwf import LwF
@@ -16,6 +17,7 @@ from yolo_unified.continual.pseudo_label import PseudoLabel, pseudo_labels
 from yolo_unified.continual.replay import Replay
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.nn import UnifiedModel
+from yolo_unified.workflows import train
 
 TINY = dict(
     imgsz=64, batch=4, epochs=1, workers=0, plots=False, val=False, optimizer="AdamW", lr0=0.01, warmup_epochs=0
@@ -78,9 +80,71 @@ def test_distillation_is_zero_for_an_unchanged_model_and_positive_after_a_change
         assert float(strategy.loss(model, model(img)[-1], {"img": img})[0]) > 1e-4
 
 
-def test_feature_distillation_rejects_an_unknown_distance(tmp_path):
-    with pytest.raises(ValueError, match="feat_distill: distance must be one of"):
-        FeatDistill({"distance": "l1"}, StageContext(index=0, task="seg")).setup(CPU_TRAINER)
+def known_teacher(previous: list[str], outputs: dict[str, torch.Tensor]) -> StageContext:
+    """A context whose teacher gives the raw `outputs` on any image."""
+    context = StageContext(index=1, task="det", previous=previous)
+    context._teacher = lambda img: (None, None, None, outputs)
+    return context
+
+
+def test_output_reg_is_the_l2_of_the_raw_outputs_not_lwf_kl():
+    img = torch.zeros(2, 3, 8, 8)
+    student = {"seg": torch.zeros(2, 4, 2, 2), "cls": torch.zeros(2, 3)}
+    teacher = {"seg": torch.full((2, 4, 2, 2), 3.0), "cls": torch.ones(2, 3)}  # every logit shifted alike
+    term, parts = OutputReg({"weight": 0.5}, known_teacher(["seg", "cls"], teacher)).loss(None, student, {"img": img})
+    assert float(term) == pytest.approx(0.5 * (3.0**2 + 1.0**2)) and set(parts) == {"output_reg"}
+    kl = LwF({"weight": 0.5}, known_teacher(["seg", "cls"], teacher)).loss(None, student, {"img": img})[0]
+    assert float(kl) == pytest.approx(0.0, abs=1e-6)  # the same softmax: LwF sees no change
+
+
+OLD_DEFAULTS = {  # each strategy's defaults, as its cfg.get(...) calls had them before the settings were typed
+    "ewc": {"lam": 1.0, "samples": 64, "decay": 1.0, "normalize": True},
+    "lwf": {"weight": 1.0, "temperature": 2.0},
+    "output_reg": {"weight": 1.0},
+    "pseudo_label": {"weight": 1.0, "conf": 0.25},
+    "feat_distill": {"weight": 1.0, "distance": "l2"},
+    "replay": {"size": 10, "ratio": None, "batch": 2, "weight": 1.0, "mix": False, "oversample": False,
+               "tasks": ["seg", "det", "cls"]},
+    "forget_stop": {"every": 1, "patience": 0},
+    "old_labels": {"conf": 0.5, "iou": 0.5},
+    "old_distill": {"weight": 1.0, "temperature": 2.0, "tasks": ["seg", "det", "cls"]},
+    "clip_grad": {"max_norm": 10.0},
+    "lr_mult": dict.fromkeys(["backbone", "neck", "tower", "det", "seg", "cls"]),
+    "bn_freeze": {},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("key", OLD_DEFAULTS)
+def test_typed_settings_keep_the_defaults_and_reject_unknown_keys_and_wrong_types(key):
+    cls, context = STRATEGIES[key], StageContext(index=0, task="det")
+    assert dataclasses.asdict(cls({}, context).settings) == OLD_DEFAULTS[key]
+    assert all(f.metadata.get("meaning") for f in dataclasses.fields(cls.Settings))  # each says what it is
+    with pytest.raises(ValueError, match=f"^{key}: unknown setting 'zzz'"):
+        cls({"zzz": 1}, context)
+    for name in OLD_DEFAULTS[key]:
+        with pytest.raises(ValueError, match=f"^{key}: setting '{name}' .*must be .*, got 'text'"):
+            cls({name: "text"}, context)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [("replay", {"sise": 20}, "replay: unknown setting 'sise' \\(did you mean 'size'\\?\\)"),
+     ("lr_mult", {"backbon": 0.1}, "did you mean 'backbone'"),
+     ("feat_distill", {"distance": "l1"}, "'distance' .* must be one of 'l2', 'cosine', 'pod', got 'l1'"),
+     ("replay", {"tasks": ["dett"]}, "must be a list of values among 'seg', 'det', 'cls', got \\['dett'\\]"),
+     ("replay", 20, "replay=20: give its settings as a mapping"),
+     ("clip_grad", True, "clip_grad: setting 'max_norm' .* must be a number, got True")],
+)  # fmt: skip
+def test_a_wrong_setting_fails_naming_the_strategy_and_the_setting(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        STRATEGIES[key](value, StageContext(index=0, task="det"))
+
+
+def test_a_protocol_checks_every_stages_settings_before_training(synth_yaml, tmp_path):
+    stages = [{"task": "seg", "epochs": 1}, {"task": "det", "epochs": 1, "ewc": {"lamb": 10}}]
+    with pytest.raises(ValueError, match="stage 2: ewc: unknown setting 'lamb' \\(did you mean 'lam'\\?\\)"):
+        train(data=synth_yaml, stages=stages, project=str(tmp_path), name="p")
+    assert not (tmp_path / "p" / "1-seg").exists()  # nothing trained
 
 
 def test_pseudo_labels_are_the_teachers_own_predictions(names):

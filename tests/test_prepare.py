@@ -306,7 +306,8 @@ def test_rerun_replaces_its_own_files_and_refuses_a_dst_with_a_users_file(raw, t
     user.parent.mkdir()
     user.write_bytes(b"the user's")
     before = {f: f.read_bytes() for f in dst.rglob("*") if f.is_file()}
-    with pytest.raises(ValueError, match=r"holds 1 file\(s\) yolo-unified did not write \(cls/train/n09999999/x.JPEG\)"):
+    refused = r"holds 1 file\(s\) yolo-unified did not write \(cls/train/n09999999/x.JPEG\)"
+    with pytest.raises(ValueError, match=refused):
         prepare_hw2(raw, dst)
     assert {f: f.read_bytes() for f in dst.rglob("*") if f.is_file()} == before
 

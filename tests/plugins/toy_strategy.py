@@ -1,8 +1,11 @@
 """A strategy from outside the package, in one file: an L2 pull of the head towards zero, counting its calls."""
 
+from dataclasses import dataclass
+
 import torch
 
 from yolo_unified.continual import Strategy, register_strategy
+from yolo_unified.settings import setting
 
 
 @register_strategy
@@ -12,6 +15,12 @@ class ToyPull(Strategy):
     key = "toy_pull"
     calls: dict[str, int] = {}
 
+    @dataclass(frozen=True)
+    class Settings:
+        """The settings of ``toy_pull``."""
+
+        lam: float = setting(0.01, "weight of the pull")
+
     def setup(self, trainer) -> None:
         """Count the stages set up."""
         ToyPull.calls["setup"] = ToyPull.calls.get("setup", 0) + 1
@@ -20,5 +29,5 @@ class ToyPull(Strategy):
         """The pull on the head's parameters, shown as ``toy`` beside the task loss."""
         ToyPull.calls["loss"] = ToyPull.calls.get("loss", 0) + 1
         head = model.model[-1]
-        term = float(self.cfg.get("lam", 0.01)) * sum(p.pow(2).sum() for p in head.parameters())
+        term = self.settings.lam * sum(p.pow(2).sum() for p in head.parameters())
         return term, {"toy": term.detach()}

@@ -8,6 +8,8 @@ added to ``BALANCERS`` below (a built-in one) or registered with `register_balan
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +20,7 @@ from yolo_unified.balancing.fixed import Fixed
 from yolo_unified.balancing.gradient import GRADIENT_BALANCERS, JacobianBalancer
 from yolo_unified.balancing.gradnorm import GradNorm
 from yolo_unified.balancing.uncertainty import Uncertainty
+from yolo_unified.settings import check_settings
 
 BALANCERS: dict[str, type[Balancer]] = {
     **{b.key: b for b in (Fixed, Uncertainty, DWA, GradNorm)},
@@ -33,11 +36,30 @@ def register_balancer(cls: type[Balancer]) -> type[Balancer]:
     return cls
 
 
+def method_settings(cls: type[Balancer]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The settings a balancing method takes, as type hints by name, and their defaults: the keyword arguments of the
+    method (``tasks`` aside), or, for a gradient-level method, of its TorchJD aggregator (the task count aside, which
+    it is given)."""
+    gradient = issubclass(cls, JacobianBalancer)
+    target = cls.aggregator_type if gradient else cls.__init__
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = [p for p in inspect.signature(target).parameters.values() if p.kind in kinds]
+    params = [p for p in params if p.name not in {"self", "tasks", "n_tasks"}]
+    try:
+        hints = typing.get_type_hints(target.__init__ if gradient else target)
+    except (NameError, TypeError):  # annotations that do not resolve: the values are not type-checked
+        hints = {}
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    return {p.name: hints.get(p.name, Any) for p in params}, {**defaults, **getattr(cls, "defaults", {})}
+
+
 def build_balancer(name: str, tasks: Sequence[str], **settings: Any) -> Balancer:
-    """The balancer registered as `name` for `tasks`, with its method's `settings` (keyword arguments)."""
+    """The balancer registered as `name` for `tasks`, with its method's `settings` (keyword arguments), checked as a
+    strategy's are: an unknown one fails naming a close one, a value of another type fails naming the setting."""
     if name not in BALANCERS:
         raise ValueError(f"unknown loss-balancing method '{name}'; valid methods: {', '.join(BALANCERS)}")
-    return BALANCERS[name](tasks, **settings)
+    hints, defaults = method_settings(BALANCERS[name])
+    return BALANCERS[name](tasks, **check_settings(name, settings, hints, defaults))
 
 
 __all__ = (

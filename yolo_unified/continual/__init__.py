@@ -23,6 +23,7 @@ from yolo_unified.continual.old_labels import OldLabels
 from yolo_unified.continual.output_reg import OutputReg
 from yolo_unified.continual.pseudo_label import PseudoLabel
 from yolo_unified.continual.replay import Replay
+from yolo_unified.settings import parse_settings
 
 STRATEGIES: dict[str, type[Strategy]] = {
     s.key: s
@@ -49,11 +50,23 @@ def build_strategies(args: Any, context: StageContext) -> list[Strategy]:
     return [cls(getattr(args, key), context) for key, cls in STRATEGIES.items() if getattr(args, key, None)]
 
 
+def check_strategy_settings(keys: dict[str, Any], where: str = "") -> None:
+    """Check the settings of every strategy switched on in `keys` (a stage's train keys) before anything trains:
+    an unknown setting or a value of the wrong type fails naming the strategy (and `where`, e.g. the stage)."""
+    for key, cls in STRATEGIES.items():
+        if keys.get(key):
+            try:
+                parse_settings(cls.Settings, keys[key], key, cls.scalar)
+            except ValueError as e:
+                raise ValueError(f"{where}{e}") from e
+
+
 __all__ = (
     "STRATEGIES",
     "StageContext",
     "Strategy",
     "build_strategies",
+    "check_strategy_settings",
     "register_strategy",
     "diagonal_fisher",
     "stage_samples",

@@ -12,6 +12,7 @@ from torch.utils.data import default_collate
 
 from yolo_unified.data.classes import remap_labels
 from yolo_unified.files import load_checkpoint
+from yolo_unified.settings import parse_settings
 
 
 @dataclass
@@ -57,20 +58,29 @@ class StageContext:
         return self._taught[1]
 
 
+@dataclass(frozen=True)
+class NoSettings:
+    """The settings of a strategy that has none: it is switched on with True."""
+
+
 class Strategy:
     """A forgetting-mitigation strategy: one file, one cfg key, switched on and tuned per stage.
 
-    ``key`` names its setting in the cfg (``ewc: {lam: ...}``); the trainer builds one instance per stage from that
-    setting and calls the hooks below at the named points of Ultralytics' training loop. Every hook is optional.
+    ``key`` names its setting in the cfg (``ewc: {lam: ...}``); ``Settings`` is the frozen dataclass of its settings,
+    each with its type, default and meaning (`yolo_unified.settings.setting`). The trainer builds one instance per
+    stage from that cfg value and calls the hooks below at the named points of Ultralytics' training loop. Every hook
+    is optional.
     """
 
     key: ClassVar[str] = ""
+    Settings: ClassVar[type] = NoSettings
+    scalar: ClassVar[str | None] = None  # the setting a plain value sets (``clip_grad: 1.0`` -> its max_norm)
     keeps_old_classes: ClassVar[bool] = False  # it acts on the old classes of the tasks a stage adds classes to only
 
     def __init__(self, cfg: Any, context: StageContext):
-        """Keep the cfg value (a dict, number or bool) and the stage context."""
-        self.cfg = cfg if isinstance(cfg, dict) else {}
-        self.value = cfg
+        """Read the cfg value (a mapping of settings, True for the defaults, or the value of `scalar`) into
+        ``settings`` (unknown keys and wrong types fail naming the key) and keep the stage context."""
+        self.settings = parse_settings(self.Settings, cfg, self.key, self.scalar)
         self.context = context
 
     def keeps_old_classes_of(self, task: str) -> bool:

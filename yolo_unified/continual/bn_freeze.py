@@ -20,7 +20,7 @@ class BNFreeze(Strategy):
 
     def after_model_train(self, trainer) -> None:
         """Put every BatchNorm layer back in eval mode."""
-        if self.value and (self.context.previous or self.context.old_classes):
+        if self.context.previous or self.context.old_classes:
             for m in trainer.model.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()

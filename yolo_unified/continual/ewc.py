@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 
 from yolo_unified.continual.base import Strategy, stage_samples
+from yolo_unified.settings import setting
 
 
 def diagonal_fisher(
@@ -54,6 +56,15 @@ class EWC(Strategy):
 
     key = "ewc"
 
+    @dataclass(frozen=True)
+    class Settings:
+        """The settings of ``ewc``."""
+
+        lam: float = setting(1.0, "penalty weight (0.1-100 with normalize)")
+        samples: int = setting(64, "images of the stage's task for its Fisher")
+        decay: float = setting(1.0, "online decay of the Fishers of earlier stages")
+        normalize: bool = setting(True, "each Fisher divided by its mean")
+
     def setup(self, trainer) -> None:
         """Move the stored Fisher and anchors to the training device."""
         state = self.context.memory.get("ewc")
@@ -67,12 +78,12 @@ class EWC(Strategy):
         penalty = sum(
             (self.fisher[n] * (p - self.anchor[n]) ** 2).sum() for n, p in model.named_parameters() if n in self.fisher
         )
-        penalty = float(self.cfg.get("lam", 1.0)) * penalty
+        penalty = self.settings.lam * penalty
         return penalty, {"ewc": penalty.detach()}
 
     def stage_end(self, trainer, best: torch.nn.Module) -> None:
         """Add this stage's task Fisher (at the best weights) to the memory, online-decaying older ones."""
-        samples = stage_samples(trainer, int(self.cfg.get("samples", 64)), seed=int(trainer.args.seed))
+        samples = stage_samples(trainer, self.settings.samples, seed=int(trainer.args.seed))
         best.eval()  # fixed BatchNorm statistics: a per-sample gradient of a 1-image batch in train mode is meaningless
 
         def loss_fn(model, sample):
@@ -85,8 +96,7 @@ class EWC(Strategy):
         old = self.stored_fisher()
         if self.normalize:
             new = mean_normalised(new)
-        decay = float(self.cfg.get("decay", 1.0))
-        fisher = {n: f.cpu() + (decay * old[n] if old else 0) for n, f in new.items()}
+        fisher = {n: f.cpu() + (self.settings.decay * old[n] if old else 0) for n, f in new.items()}
         anchor = {n: p.detach().cpu().clone() for n, p in best.named_parameters()}
         self.context.memory["ewc"] = {
             "fisher": fisher,
@@ -107,4 +117,4 @@ class EWC(Strategy):
     @property
     def normalize(self) -> bool:
         """Whether Fishers are mean-normalised (cfg ``normalize``, default True)."""
-        return bool(self.cfg.get("normalize", True))
+        return self.settings.normalize

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
 from yolo_unified.continual.base import Strategy
+from yolo_unified.settings import setting
 
 
 def pod_spatial(x: torch.Tensor) -> torch.Tensor:
@@ -40,16 +44,18 @@ class FeatDistill(Strategy):
 
     key = "feat_distill"
 
-    def setup(self, trainer) -> None:
-        """Check the distance name before training starts."""
-        self.kind = str(self.cfg.get("distance", "l2"))
-        feature_distance(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1), self.kind)
+    @dataclass(frozen=True)
+    class Settings:
+        """The settings of ``feat_distill``."""
+
+        weight: float = setting(1.0, "weight of the feature distance")
+        distance: Literal["l2", "cosine", "pod"] = setting("l2", "how feature maps are compared")
 
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
         """Weighted mean distance of the FPN levels between the current model and the teacher."""
         if self.context.teacher(batch["img"].device) is None:
             return None
         target = self.context.teacher_outputs(batch["img"])[-1]["feats"]
-        levels = [feature_distance(s, t, self.kind) for s, t in zip(preds["feats"], target, strict=True)]
-        term = float(self.cfg.get("weight", 1.0)) * torch.stack(levels).mean()
+        levels = [feature_distance(s, t, self.settings.distance) for s, t in zip(preds["feats"], target, strict=True)]
+        term = self.settings.weight * torch.stack(levels).mean()
         return term, {"feat_dist": term.detach()}

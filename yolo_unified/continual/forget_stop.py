@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ultralytics.utils import LOGGER
 
 from yolo_unified.common import PRIMARY_METRIC
 from yolo_unified.continual.base import Strategy
+from yolo_unified.settings import setting
 
 
 class ForgetStop(Strategy):
@@ -19,6 +22,13 @@ class ForgetStop(Strategy):
 
     key = "forget_stop"
 
+    @dataclass(frozen=True)
+    class Settings:
+        """The settings of ``forget_stop``."""
+
+        every: int = setting(1, "validate the finished tasks after every this many epochs")
+        patience: int = setting(0, "epochs in a row that may forget too much before the stage stops")
+
     def setup(self, trainer) -> None:
         """Start with no violation seen."""
         self.violations = 0
@@ -26,7 +36,7 @@ class ForgetStop(Strategy):
 
     def accept_epoch(self, trainer) -> bool:
         """Validate the finished tasks; False when one dropped more than the limit."""
-        every = int(self.cfg.get("every", 1))
+        every = self.settings.every
         if not self.context.previous or (trainer.epoch + 1) % every:
             return True
         if self.context.evaluate is None:
@@ -50,6 +60,6 @@ class ForgetStop(Strategy):
             f"forget_stop: epoch {trainer.epoch + 1} forgets {', '.join(f'{t} {d:.1%}' for t, d in bad.items())} "
             f"(limit {limit:.0%}); these weights are not kept"
         )
-        if self.violations > int(self.cfg.get("patience", 0)):
+        if self.violations > self.settings.patience:
             trainer.stop = True
         return False

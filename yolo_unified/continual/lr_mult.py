@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 from ultralytics.utils import LOGGER
 
-from yolo_unified.common import MODULE_PREFIXES, module_of
+from yolo_unified.common import module_of
 from yolo_unified.continual.base import Strategy
+from yolo_unified.settings import setting
+
+MULTIPLIER = "learning-rate multiplier of the group (null: 1, the stage's rate)"
 
 
 class LRMult(Strategy):
@@ -20,6 +25,17 @@ class LRMult(Strategy):
 
     key = "lr_mult"
 
+    @dataclass(frozen=True)
+    class Settings:
+        """The settings of ``lr_mult``: one multiplier per module group (`yolo_unified.common.MODULE_PREFIXES`)."""
+
+        backbone: float | None = setting(None, MULTIPLIER)
+        neck: float | None = setting(None, MULTIPLIER)
+        tower: float | None = setting(None, MULTIPLIER)
+        det: float | None = setting(None, MULTIPLIER)
+        seg: float | None = setting(None, MULTIPLIER)
+        cls: float | None = setting(None, MULTIPLIER)
+
     def setup(self, trainer) -> None:
         """Start the bias warmup at 0: Ultralytics ramps bias groups down from ``warmup_bias_lr`` (0.1) whatever
         their multiplier, which would move a slowed module's biases at the full warmup rate."""
@@ -28,10 +44,8 @@ class LRMult(Strategy):
             trainer.args.warmup_bias_lr = 0.0
 
     def lr_multipliers(self) -> dict[str, float]:
-        """The configured multipliers, checked against the known module groups."""
-        if unknown := set(self.cfg) - set(MODULE_PREFIXES):
-            raise ValueError(f"lr_mult: unknown module group(s) {sorted(unknown)}; valid: {list(MODULE_PREFIXES)}")
-        return {k: float(v) for k, v in self.cfg.items()}
+        """The configured multipliers (the module groups given)."""
+        return {group: m for group, m in asdict(self.settings).items() if m is not None}
 
     def after_model_train(self, trainer) -> None:
         """Hold the running statistics of frozen groups' BatchNorm layers."""

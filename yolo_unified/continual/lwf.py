@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from yolo_unified.continual.base import Strategy
+from yolo_unified.settings import setting
 
 OUTPUTS = {"det": ("scores", "boxes"), "seg": ("seg",), "cls": ("cls",)}  # raw head outputs of each task
 
@@ -21,14 +24,21 @@ class LwF(Strategy):
 
     key = "lwf"
 
+    @dataclass(frozen=True)
+    class Settings:
+        """The settings of ``lwf``."""
+
+        weight: float = setting(1.0, "weight of the distillation term")
+        temperature: float = setting(2.0, "softmax temperature of the distributions compared")
+
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
         """Weighted distance between the model's and the teacher's outputs for the finished tasks."""
         if self.context.teacher(batch["img"].device) is None:
             return None
         target = self.context.teacher_outputs(batch["img"])[-1]
-        t = float(self.cfg.get("temperature", 2.0))
+        t = self.settings.temperature
         term = sum(task_distance(task, preds, target, t) for task in self.context.previous)
-        term = float(self.cfg.get("weight", 1.0)) * term
+        term = self.settings.weight * term
         return term, {self.key: term.detach()}
 
 

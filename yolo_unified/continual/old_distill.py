@@ -3,6 +3,9 @@ the model before the stage, on the new images."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +14,7 @@ from yolo_unified.continual.base import Strategy
 from yolo_unified.continual.lwf import task_distance
 from yolo_unified.continual.old_labels import BACKGROUND
 from yolo_unified.nn.tasks import batch_task
+from yolo_unified.settings import setting
 
 
 def unbiased_seg_distance(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -49,9 +53,17 @@ class OldDistill(Strategy):
     key = "old_distill"
     keeps_old_classes = True
 
+    @dataclass(frozen=True)
+    class Settings:
+        """The settings of ``old_distill``."""
+
+        weight: float = setting(1.0, "weight of the distillation term")
+        temperature: float = setting(2.0, "softmax temperature of the distributions compared")
+        tasks: list[Literal["seg", "det", "cls"]] = setting(list(TASKS), "the tasks it distils")
+
     def keeps_old_classes_of(self, task: str) -> bool:
         """The tasks of ``tasks`` (every task without it)."""
-        return task in self.cfg.get("tasks", TASKS)
+        return task in self.settings.tasks
 
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
         """Weighted distance of the old classes' outputs from the model's before the stage."""
@@ -60,10 +72,10 @@ class OldDistill(Strategy):
             return None
         if self.context.teacher(img.device) is None:
             return None
-        target, t = self.context.teacher_outputs(img)[-1], float(self.cfg.get("temperature", 2.0))
+        target, t = self.context.teacher_outputs(img)[-1], self.settings.temperature
         if task == "seg":
             term = unbiased_seg_distance(preds["seg"], target["seg"], t)
         else:
             term = task_distance(task, preds, target, t)
-        term = float(self.cfg.get("weight", 1.0)) * term
+        term = self.settings.weight * term
         return term, {"old_dist": term.detach()}

@@ -3,6 +3,8 @@ the new images, and those labels join the new ones in the task's own loss."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from ultralytics.utils.metrics import box_iou
 from ultralytics.utils.ops import xywh2xyxy
@@ -11,6 +13,7 @@ from yolo_unified.continual.base import Strategy
 from yolo_unified.continual.pseudo_label import pseudo_labels
 from yolo_unified.nn.modules import upsample_logits
 from yolo_unified.nn.tasks import batch_task
+from yolo_unified.settings import setting
 
 BACKGROUND = 0  # the segmentation class of "no object" (VOC's and the built-in data's class 0)
 
@@ -57,6 +60,13 @@ class OldLabels(Strategy):
     key = "old_labels"
     keeps_old_classes = True
 
+    @dataclass(frozen=True)
+    class Settings:
+        """The settings of ``old_labels``."""
+
+        conf: float = setting(0.5, "least confidence of an old-class label")
+        iou: float = setting(0.5, "det: old boxes overlapping a data box this much are left out")
+
     def keeps_old_classes_of(self, task: str) -> bool:
         """Detection and segmentation: classification images have one class, and nothing to add."""
         return task != "cls"
@@ -72,12 +82,12 @@ class OldLabels(Strategy):
         ):
             return batch
         outputs = self.context.teacher_outputs(img)
-        conf = float(self.cfg.get("conf", 0.5))
+        conf = self.settings.conf
         if task == "seg":
             mask = shift_background(batch["semantic_mask"], outputs[1], conf)
             self.added = (mask != batch["semantic_mask"]).float().mean()
             return {**batch, "semantic_mask": mask}
-        merged, added = merge_boxes(batch, pseudo_labels(outputs, "det", img, conf), float(self.cfg.get("iou", 0.5)))
+        merged, added = merge_boxes(batch, pseudo_labels(outputs, "det", img, conf), self.settings.iou)
         self.added = torch.tensor(added / len(img))
         return merged
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.ops import clip_boxes, xyxy2xywh
 
 from yolo_unified.continual.base import Strategy
 from yolo_unified.continual.replay import loss_per_image
+from yolo_unified.settings import setting
 
 
 def pseudo_labels(outputs: tuple, task: str, img: torch.Tensor, conf: float, iou: float = 0.7) -> dict:
@@ -46,13 +49,20 @@ class PseudoLabel(Strategy):
 
     key = "pseudo_label"
 
+    @dataclass(frozen=True)
+    class Settings:
+        """The settings of ``pseudo_label``."""
+
+        weight: float = setting(1.0, "weight of the pseudo-labelled losses")
+        conf: float = setting(0.25, "least confidence of a pseudo-label")
+
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
         """Weighted sum of the finished tasks' losses on the teacher's labels of this batch."""
         img = batch["img"]
         if self.context.teacher(img.device) is None:
             return None
         outputs = self.context.teacher_outputs(img)
-        conf = float(self.cfg.get("conf", 0.25))
+        conf = self.settings.conf
         term = sum(loss_per_image(model, preds, pseudo_labels(outputs, t, img, conf)) for t in self.context.previous)
-        term = float(self.cfg.get("weight", 1.0)) * term
+        term = self.settings.weight * term
         return term, {"pseudo": term.detach()}

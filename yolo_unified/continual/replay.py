@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import torch
@@ -14,6 +16,7 @@ from yolo_unified.common import TASKS
 from yolo_unified.continual.base import Strategy, stage_samples
 from yolo_unified.files import save_atomically
 from yolo_unified.nn.tasks import loss_scale
+from yolo_unified.settings import setting
 
 
 def resize_sample(sample: dict, size: int) -> dict:
@@ -88,9 +91,21 @@ class Replay(Strategy):
 
     key = "replay"
 
+    @dataclass(frozen=True)
+    class Settings:
+        """The settings of ``replay``."""
+
+        size: int = setting(10, "images of the stage's task kept at its end")
+        ratio: float | None = setting(None, "replayed images per current image (null: batch)")
+        batch: int = setting(2, "replayed images per task and step, without ratio")
+        weight: float = setting(1.0, "weight of the replayed losses")
+        mix: bool = setting(False, "stored classification images join a stage adding classes as its own data")
+        oversample: bool = setting(False, "with mix, each drawn as often as an old class needs")
+        tasks: list[Literal["seg", "det", "cls"]] = setting(list(TASKS), "the tasks it replays")
+
     def replays(self, task: str) -> bool:
         """Whether this stage trains on stored images of `task`: the memory holds some and ``tasks`` names it."""
-        return bool(self.context.memory.get("replay", {}).get(task)) and task in self.cfg.get("tasks", TASKS)
+        return bool(self.context.memory.get("replay", {}).get(task)) and task in self.settings.tasks
 
     def keeps_old_classes_of(self, task: str) -> bool:
         """When the stage replays images of the task (its old classes')."""
@@ -98,7 +113,7 @@ class Replay(Strategy):
 
     def mixed(self, task: str) -> bool:
         """Whether the stored images of `task` join this stage's training set (``mix``) rather than a loss term."""
-        return bool(self.cfg.get("mix")) and self.replays(task) and task == "cls" and task in self.context.old_classes
+        return self.settings.mix and self.replays(task) and task == "cls" and task in self.context.old_classes
 
     def training_images(self, trainer, dataset) -> None:
         """With ``mix``: the stored classification images join the stage's training set, in the data's class ids
@@ -107,7 +122,7 @@ class Replay(Strategy):
             return
         samples, n_data = self.context.memory["replay"]["cls"], len(trainer.data["names"])
         lut, n_own = trainer.class_lut, len(dataset.samples)
-        repeat = oversampling_factor(dataset.samples, samples) if self.cfg.get("oversample") else 1
+        repeat = oversampling_factor(dataset.samples, samples) if self.settings.oversample else 1
         for i, sample in enumerate(samples):
             model_id = int(sample["cls"])
             path = Path(trainer.save_dir) / "replay" / f"{i:04d}-{model_id}.png"
@@ -124,7 +139,7 @@ class Replay(Strategy):
 
     def setup(self, trainer) -> None:
         """Move the stored images of the finished tasks to the device (those that ``mix`` joins to the data aside)."""
-        stored, replayed = self.context.memory.get("replay", {}), self.cfg.get("tasks", TASKS)
+        stored, replayed = self.context.memory.get("replay", {}), self.settings.tasks
         tasks = dict.fromkeys([*self.context.previous, *self.context.old_classes])
         self.buffers = {
             t: [{k: v.to(trainer.device) for k, v in s.items()} for s in stored[t]]
@@ -142,19 +157,19 @@ class Replay(Strategy):
         """Weighted sum of the finished tasks' losses on replayed images (per image, like the trainer's loss)."""
         if not self.buffers:
             return None
-        ratio = self.cfg.get("ratio")
-        k = max(1, round(float(ratio) * batch["img"].shape[0])) if ratio else int(self.cfg.get("batch", 2))
+        ratio = self.settings.ratio
+        k = max(1, round(ratio * batch["img"].shape[0])) if ratio else self.settings.batch
         total = torch.zeros((), device=batch["img"].device)
         for samples in self.buffers.values():
             replayed = collate(self.rng.sample(samples, min(k, len(samples))))
             total = total + loss_per_image(model, model.predict(replayed["img"]), replayed)
-        total = float(self.cfg.get("weight", 1.0)) * total
+        total = self.settings.weight * total
         return total, {self.key: total.detach()}
 
     def stage_end(self, trainer, best: torch.nn.Module) -> None:
         """Store this stage's images for later stages."""
         size = int(trainer.args.imgsz)
-        samples = stage_samples(trainer, int(self.cfg.get("size", 10)), seed=int(trainer.args.seed))
+        samples = stage_samples(trainer, self.settings.size, seed=int(trainer.args.seed))
         kept = [{k: v.cpu() for k, v in resize_sample(s, size).items()} for s in samples]
         memory = self.context.memory.setdefault("replay", {})
         old = memory.get(self.context.task, []) if self.context.task in self.context.old_classes else []

@@ -13,7 +13,7 @@ from typing import Any
 from ultralytics.utils import LOGGER, RANK, YAML, colorstr
 
 from yolo_unified.common import PRIMARY_METRIC, STATE_FILE, TASKS
-from yolo_unified.continual import StageContext
+from yolo_unified.continual import StageContext, check_strategy_settings
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.ddp import rank_zero_alone, same_on_every_rank, wait_for_rank_zero
 from yolo_unified.files import read_checkpoint, read_json, save_atomically
@@ -187,6 +187,7 @@ class Protocol:
             raise ValueError("the protocol has no stages")
         for i, stage in enumerate(stages):
             check_stage_tasks(stage, i)
+            check_strategy_settings({**common, **stage}, f"stage {i + 1}: ")
         self.stages, self.root, self.common, self.chain, self.baselines = stages, Path(root), common, chain, baselines
         self.state_file = self.root / STATE_FILE
         self.state = read_state(self.root) if self.state_file.is_file() else {"stages": []}
