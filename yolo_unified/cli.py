@@ -185,9 +185,13 @@ def run(argv: list[str]) -> Any:
 
 
 def entrypoint() -> None:
-    """Console-script entry point: run, turning input errors into a one-line message and exit code 2."""
+    """Console-script entry point: run, turning input errors (bad keys, files missing, unreadable, not writable) into
+    a one-line message and exit code 2, and Ctrl-C into a message and exit code 130."""
     try:
         run(sys.argv[1:])
-    except (SyntaxError, FileNotFoundError, ModuleNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except (SyntaxError, OSError, ModuleNotFoundError, ValueError, KeyError, RuntimeError) as e:
         LOGGER.error(f"yolo-unified: {e}")
         sys.exit(2)
+    except KeyboardInterrupt:
+        LOGGER.error("yolo-unified: interrupted (outputs being written were left as they were before)")
+        sys.exit(130)
