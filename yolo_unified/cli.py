@@ -193,5 +193,5 @@ def entrypoint() -> None:
         LOGGER.error(f"yolo-unified: {e}")
         sys.exit(2)
     except KeyboardInterrupt:
-        LOGGER.error("yolo-unified: interrupted (outputs being written were left as they were before)")
+        LOGGER.error("yolo-unified: interrupted")
         sys.exit(130)
