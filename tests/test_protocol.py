@@ -108,7 +108,7 @@ class Poison(Strategy):
 
 def test_nan_loss_stops_the_stage_and_keeps_the_good_weights(synth_yaml, tmp_path):
     trainer = TRAINERS["det"](overrides={**TINY, "data": synth_yaml, "epochs": 4, "save_dir": str(tmp_path / "det")})
-    poison = Poison(None, StageContext(index=0, task="det"))
+    poison = Poison(True, StageContext(index=0, task="det"))
     poison.trainer = trainer
 
     def add_poison(t):

@@ -185,11 +185,12 @@ def run(argv: list[str]) -> Any:
 
 
 def entrypoint() -> None:
-    """Console-script entry point: run, turning input errors (bad keys, files missing, unreadable, not writable) into
-    a one-line message and exit code 2, and Ctrl-C into a message and exit code 130."""
+    """Console-script entry point: run, turning input errors (bad keys, files missing, unreadable, not writable, and
+    the checks Ultralytics makes with assert, e.g. resuming a finished run) into a one-line message and exit code 2,
+    and Ctrl-C into a message and exit code 130."""
     try:
         run(sys.argv[1:])
-    except (SyntaxError, OSError, ModuleNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except (SyntaxError, OSError, ModuleNotFoundError, ValueError, KeyError, RuntimeError, AssertionError) as e:
         LOGGER.error(f"yolo-unified: {e}")
         sys.exit(2)
     except KeyboardInterrupt:
