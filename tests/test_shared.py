@@ -11,6 +11,7 @@ import torch
 from ultralytics.cfg import get_cfg
 from ultralytics.utils import YAML
 
+from yolo_unified import workflows
 from yolo_unified.data.config import load_data_config, task_data, task_names
 from yolo_unified.data.shared import SharedDataset, same_labels, task_views
 from yolo_unified.data.synthetic import CLS_NAMES, DET_NAMES, SEG_NAMES, shared_sample
@@ -208,6 +209,24 @@ def test_an_image_without_a_tasks_label_adds_nothing_to_that_task(shared_yaml):
     for task, unlabelled in (("det", [1, 3]), ("seg", [2, 3])):
         (grad,) = torch.autograd.grad(losses[task], img, retain_graph=True)
         assert not grad[unlabelled].any() and grad[[i for i in range(4) if i not in unlabelled]].abs().sum() > 0
+
+
+def test_symlinked_image_folders_train(tmp_path):
+    """Image folders that are links to folders elsewhere: the image lists keep the links' paths, beside which the
+    labels are (their targets' folder has none)."""
+    write_shared(tmp_path / "elsewhere", n_train=4, n_val=2)
+    root = tmp_path / "data"
+    root.mkdir()
+    for folder in ("labels", "masks"):  # the labels sit beside the link, not beside its target
+        (tmp_path / "elsewhere" / folder).rename(root / folder)
+    (root / "images").symlink_to(tmp_path / "elsewhere" / "images", target_is_directory=True)
+    d = {"path": "data", "train": "images/train", "val": "images/val", "det": {"names": dict(enumerate(DET_NAMES))}}
+    YAML.save(tmp_path / "linked.yaml", d)
+    args = {"epochs": 1, "imgsz": SIZE, "batch": 2, "workers": 0, "plots": False, "project": str(tmp_path)}
+    out = workflows.train(task="det", data=str(tmp_path / "linked.yaml"), name="det", **args)
+    assert Path(out["weights"]).is_file()
+    listed = (root / "train-det.txt").read_text().split()
+    assert listed and all(line.startswith(str(root / "images" / "train")) for line in listed)
 
 
 def test_joint_run_on_shared_images_plus_a_classification_set(shared_yaml, tmp_path):

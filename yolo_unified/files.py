@@ -242,7 +242,8 @@ class OutputFolder:
 
     The swap is one atomic step where the system has one (Linux ``renameat2``). Elsewhere it is two renames: `dst`
     to ``.<name>.previous``, then `build` to `dst`; an error between them puts `dst` back, and a process killed
-    between them leaves ``.<name>.previous``, which the next `OutputFolder` of `dst` moves back first.
+    between them leaves ``.<name>.previous``, which the next `OutputFolder` of `dst` moves back first. Build folders
+    (``.<name>-*.tmp``) a killed process left are removed then too.
     """
 
     def __init__(
@@ -261,13 +262,14 @@ class OutputFolder:
         self.check_replaceable()
 
     def recover(self) -> None:
-        """Finish the swap of a process killed between its two renames: put the old folder back, or drop it."""
-        if not self.previous.is_dir():
-            return
-        if not self.dst.exists():
+        """Clean up after a process killed while writing `dst`: put the old folder back if it was killed between its
+        two renames (else drop it), and remove the build folders it left."""
+        if self.previous.is_dir() and not self.dst.exists():
             self.previous.rename(self.dst)
-        elif not self.others(self.previous):
+        elif self.previous.is_dir() and not self.others(self.previous):
             shutil.rmtree(self.previous)
+        for build in self.dst.parent.glob(f".{self.dst.name}-*.tmp") if self.dst.parent.is_dir() else ():
+            shutil.rmtree(build, ignore_errors=True)
 
     def others(self, folder: Path) -> list[Path]:
         """The files of `folder` (relative) that its manifest does not list and that are not derived."""
