@@ -5,11 +5,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from ultralytics.utils import YAML
 
 import yolo_unified
 from yolo_unified import UnifiedYOLO
 from yolo_unified.cli import entrypoint, parse_tokens, run
+from yolo_unified.data.config import load_data_config
+from yolo_unified.nn import UnifiedModel
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows import base as workflows_base
 from yolo_unified.workflows import protocol
@@ -58,6 +61,29 @@ def test_bad_arguments_give_one_line_errors(args, expected, monkeypatch, logged)
     with pytest.raises(SystemExit) as exit_info:
         entrypoint()
     assert exit_info.value.code == 2 and "yolo-unified: " in logged.text and expected in logged.text, logged.text
+
+
+def test_input_errors_name_the_file_or_the_key_without_network_or_traceback(synth_yaml, tmp_path, monkeypatch, logged):
+    model = tmp_path / "best.pt"
+    torch.save({"model": UnifiedModel(verbose=False).half()}, model)
+    misspelt = tmp_path / "dett.yaml"
+    d = YAML.load(synth_yaml)
+    YAML.save(misspelt, {**d, "path": str(load_data_config(synth_yaml)["path"]), "dett": d["det"]})
+    cases = [
+        (["val", "model=missing.pt"], "model=missing.pt not found"),
+        (["val", f"model={model}", f"data={synth_yaml}", "task=foo"], "task=foo is not a yolo-unified task"),
+        (["val", f"model={model}", f"data={misspelt}"], f"{misspelt}: unknown key 'dett:' (did you mean 'det'?)"),
+        (["train", "task=det", f"data={synth_yaml}", "replay={sise: 20}", f"project={tmp_path}", "name=r"],
+         "replay: unknown setting 'sise' (did you mean 'size'?)"),
+    ]  # fmt: skip
+    for args, expected in cases:
+        logged.clear()
+        monkeypatch.setattr(sys, "argv", ["yolo-unified", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            entrypoint()
+        assert exit_info.value.code == 2 and expected in logged.text, logged.text
+        assert "github" not in logged.text.lower() and "Traceback" not in logged.text  # no download was tried
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["best.pt", "dett.yaml"]  # nothing was started
 
 
 def test_command_line_keys_win_over_cfg_and_stage_keys(tmp_path, monkeypatch):

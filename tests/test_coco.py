@@ -290,3 +290,18 @@ def test_real_mini_coco_box_counts(tmp_path):
         assert {name: counts["boxes"][name] + crowd[name] for name in DET_NAMES} == readme
     assert [summary["splits"][s]["images"] for s in README] == [240, 60]
     assert [summary["splits"][s]["images_without_annotation"] for s in README] == [3, 0]
+
+
+@pytest.mark.parametrize(
+    "damage, reason", [("truncate", "unreadable image .*truncated"), ("empty", "is an empty file")]
+)
+def test_a_truncated_or_empty_image_is_one_clear_error(tmp_path, damage, reason):
+    src = make_source(tmp_path / "src", [annotation(1, 1, [SQUARE])])
+    image = src / "train/a.jpg"
+    noise = np.random.default_rng(0).integers(0, 256, (H * 20, W * 20, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(image, quality=95)  # read before its size is compared with the JSON's
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"")
+    with pytest.raises(ValueError, match=f"{re.escape(str(image))}: {reason}"):
+        convert_coco(src, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -6,6 +6,7 @@ os.environ.setdefault("YOLO_OFFLINE", "true")
 
 import json
 import logging
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -315,3 +316,55 @@ def test_rerun_replaces_its_own_files_and_refuses_a_dst_with_a_users_file(raw, t
 def test_output_inside_the_raw_data_is_refused(raw):
     with pytest.raises(ValueError, match="inside the raw data"):
         prepare_hw2(raw, raw / "prepared")
+
+
+def edit_labels(raw: Path, split: str, change) -> Path:
+    """Apply `change` to the parsed detection labels.json of `split`; return the file."""
+    file = raw / "mini_coco_det" / split / "labels.json"
+    labels = json.loads(file.read_text())
+    change(labels)
+    file.write_text(json.dumps(labels))
+    return file
+
+
+@pytest.mark.parametrize("name", ["../../../../outside/secret.jpg", "/etc/outside.jpg"])
+def test_a_file_name_leading_outside_the_raw_data_is_refused(raw, tmp_path, name):
+    outside = write_jpeg(tmp_path / "outside/secret.jpg", (64, 48), 7)
+    file = edit_labels(raw, "train", lambda d: d["images"][0].update(file_name=name))
+    with pytest.raises(ValueError, match=f"{re.escape(str(file))}: image 1: file_name '{re.escape(name)}' is not a pa"):
+        prepare_hw2(raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and outside.is_file()
+
+
+def test_a_box_that_is_not_finite_is_dropped_with_a_warning(raw, tmp_path, logged):
+    file = edit_labels(raw, "val", lambda d: d["annotations"][0].update(bbox=[float("nan"), 3, 20, 30]))
+    summary = prepare_hw2(raw, tmp_path / "out")
+    assert summary["dropped_boxes"]["val"]["not finite"] == 1 and summary["boxes"]["val"]["person"] == 1
+    assert "nan" not in (tmp_path / "out/det/labels/val").joinpath("val0.txt").read_text()
+    assert any(str(file) in r.getMessage() and "not finite" in r.getMessage() for r in logged.records)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [(lambda d: d["images"][1].pop("width"), "image 2 has no 'width'"),
+     (lambda d: d["annotations"][2].pop("bbox"), "annotation 3 has no 'bbox'"),
+     (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "annotation 1 has 'bbox': \\[1, 2, 3\\], not four numbers"),
+     (lambda d: d["categories"][0].update(name=None), "category 1 has 'name': None")],
+)  # fmt: skip
+def test_a_malformed_entry_is_named_with_its_file(raw, tmp_path, change, message):
+    file = edit_labels(raw, "val", change)
+    with pytest.raises(ValueError, match=f"{re.escape(str(file))}: {message}"):
+        prepare_hw2(raw, tmp_path / "out")
+
+
+def test_a_truncated_json_is_named(raw, tmp_path):
+    file = raw / "mini_coco_det/val/labels.json"
+    file.write_text(file.read_text()[:100])
+    with pytest.raises(ValueError, match=f"{re.escape(str(file))} is not valid JSON \\(line 1, .*\\) - truncated\\?"):
+        prepare_hw2(raw, tmp_path / "out")
+
+
+def test_an_empty_image_is_skipped_as_such(raw, tmp_path):
+    image = raw / "mini_coco_det/train/data/train1.jpg"
+    image.write_bytes(b"")
+    assert skipped(prepare_hw2(raw, tmp_path / "out"), image) == "is an empty file, not an image"

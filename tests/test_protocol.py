@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,10 +20,11 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_unified import workflows
 from yolo_unified.continual import StageContext, Strategy, build_strategies
+from yolo_unified.files import UnreadableFile
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.workflows import protocol as workflows_protocol
 from yolo_unified.workflows.base import check_keys, stage_memory
-from yolo_unified.workflows.protocol import check_stage_tasks
+from yolo_unified.workflows.protocol import Protocol, check_stage_tasks, read_state, write_state
 from yolo_unified.workflows.report import run_summary, write_report
 
 TINY = {"imgsz": 64, "batch": 4, "workers": 0, "plots": False}
@@ -98,6 +100,47 @@ def test_resume_after_a_kill_finishes_every_stage(synth_yaml, tmp_path):
     assert (root / "forgetting.md").is_file()
 
 
+def test_a_moved_run_folder_keeps_its_weights_memory_and_teacher(protocol_run, tmp_path):
+    root, state = protocol_run
+    recorded = json.loads((root / "protocol.json").read_text())
+    assert recorded["paths"] == "relative to this folder"
+    assert [s["weights"] for s in recorded["stages"]] == [f"{i}-{t}/weights/best.pt" for i, t in ((1, "seg"),
+                                                          (2, "det"), (3, "cls"))]  # fmt: skip
+    moved = tmp_path / "elsewhere" / "seq"
+    shutil.copytree(root, moved)
+    config = read_state(moved)["config"]
+    protocol = Protocol(config["stages"], moved, config["common"], config["chain"], config["baselines"])
+    protocol.state["stages"] = protocol.state["stages"][:2]  # as before stage 3
+    context = protocol.stage_context(2)
+    assert context.prev_weights == str(moved / "2-det/weights/best.pt")  # the teacher of stage 3, in the moved run
+    assert set(context.memory) == {"ewc", "replay"} and context.teacher(torch.device("cpu")) is not None
+
+
+def test_a_protocol_json_with_absolute_paths_is_still_read(tmp_path):
+    stage = {"task": "seg", "weights": "/old/run/1-seg/weights/best.pt", "save_dir": "/old/run/1-seg"}
+    (tmp_path / "protocol.json").write_text(json.dumps({"stages": [stage]}))  # written before paths were relative
+    assert read_state(tmp_path)["stages"] == [stage]
+    write_state(tmp_path, {"stages": [stage, {"task": "det", "weights": str(tmp_path / "2-det/weights/best.pt")}]})
+    assert [s["weights"] for s in json.loads((tmp_path / "protocol.json").read_text())["stages"]] == [
+        "/old/run/1-seg/weights/best.pt", "2-det/weights/best.pt"]  # fmt: skip
+    assert read_state(tmp_path)["stages"][1]["weights"] == str(tmp_path / "2-det/weights/best.pt")
+
+
+def test_a_truncated_stage_checkpoint_stops_the_resumed_protocol_naming_it(protocol_run, tmp_path):
+    moved = tmp_path / "seq"
+    shutil.copytree(protocol_run[0], moved)
+    shutil.rmtree(moved / "3-cls")  # stage 3 not started yet: it will start from stage 2's best.pt
+    state = read_state(moved)
+    write_state(moved, {**state, "stages": state["stages"][:2]})
+    best = moved / "2-det/weights/best.pt"
+    best.write_bytes(best.read_bytes()[:1000])
+    with pytest.raises(UnreadableFile, match=f"{best} is unreadable: truncated or damaged"):
+        workflows.train(resume=str(moved))
+    (moved / "protocol.json").write_text('{"stages": [')
+    with pytest.raises(UnreadableFile, match=f"{moved / 'protocol.json'} is not valid JSON .* truncated"):
+        workflows.train(resume=str(moved))
+
+
 class Poison(Strategy):
     """Makes the loss NaN from the second epoch on."""
 
@@ -134,7 +177,7 @@ def test_baselines_cfg_trains_each_task_alone_and_gives_retention(protocol_run, 
     state = workflows.train(**{**cfg, "data": synth_yaml, "project": str(tmp_path), "name": "baselines"})
     assert [sorted(s["scores"]) for s in state["stages"]] == [["seg"], ["det"], ["cls"]]  # nothing chained
     root = protocol_run[0]
-    md = write_report(root, json.loads((root / "protocol.json").read_text()), baselines=str(tmp_path / "baselines"))
+    md = write_report(root, read_state(root), baselines=str(tmp_path / "baselines"))
     assert "| retention vs single-task |" in md and "%" in md.split("retention vs single-task")[1]
 
 

@@ -138,7 +138,8 @@ def read_json(path: str | Path) -> Any:
         raise UnreadableFile(f"{file} is not a text file ({e.reason} at byte {e.start})") from e
     except json.JSONDecodeError as e:
         what = "is empty" if not e.doc.strip() else f"is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
-        truncated = " - truncated?" if e.pos >= len(e.doc.rstrip()) and e.doc.strip() else ""
+        ends_early = e.msg.startswith("Unterminated") or e.pos >= len(e.doc.rstrip())  # the text stops mid-value
+        truncated = " - truncated?" if ends_early and e.doc.strip() else ""
         raise UnreadableFile(f"{file} {what}{truncated}") from e
 
 

@@ -17,7 +17,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, WORLD_SIZE, colorstr
 from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
 
 from yolo_unified.common import learned_tasks, module_of
-from yolo_unified.continual import StageContext, build_strategies
+from yolo_unified.continual import StageContext, build_strategies, check_strategy_settings
 from yolo_unified.data.classes import class_map, grown_names, remap_labels
 from yolo_unified.data.config import load_data_config, task_data, task_names
 from yolo_unified.ddp import CpuDDP, cpu_workers, from_rank_zero, init_cpu_group, rank_zero_alone
@@ -74,6 +74,7 @@ class UnifiedTrainerMixin:
         overrides = dict(overrides or {})
         if not overrides.get("model"):
             overrides["model"] = DEFAULT_MODEL_YAML
+        check_strategy_settings(overrides)  # before Ultralytics makes the run folder
         super().__init__(cfg, overrides, _callbacks)
         if cpu_workers(self.args.device):  # one of several torchrun processes: a rank of CPU DDP (yolo_unified.ddp)
             init_cpu_group()
