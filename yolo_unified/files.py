@@ -49,7 +49,7 @@ def allow_in_checkpoints(*classes: type) -> None:
 
 def safe_mode() -> bool:
     """Whether Ultralytics' safe mode is on (``ULTRALYTICS_SAFE_LOAD``, read by Ultralytics when it is imported)."""
-    return bool(ultralytics_tasks.SAFE_LOAD and ultralytics_tasks._SafeLoad.SUPPORTED)
+    return bool(ultralytics_tasks.SAFE_LOAD)
 
 
 def existing(path: str | Path) -> Path:
