@@ -108,7 +108,7 @@ def test_other_files_are_left_alone(synth_yaml, tmp_path):
     (tmp_path / "notes/todo.txt").write_text("keep me")
     root = load_data_config(synth_yaml)["path"]
     for dst, yaml_path, message in [
-        (tmp_path / "notes", None, r"holds 1 file\(s\) yolo-unified did not write \(todo.txt\)"),
+        (tmp_path / "notes", None, r"has no .yolo-unified.json .* would replace or drop \(todo.txt\)"),
         (root / "det", None, "overlaps the data of"),
         (tmp_path / "sub", synth_yaml, "is the source data YAML"),
     ]:

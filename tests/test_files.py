@@ -210,6 +210,18 @@ def test_a_users_file_in_dst_survives_each_converter(tmp_path, synth_yaml, conve
     assert snapshot(fresh) == {"notes.txt": b"keep"}
 
 
+def test_an_older_versions_output_without_a_manifest_is_replaced_only_where_nothing_is_lost(tmp_path):
+    dst = tmp_path / "dst"
+    run_coco(tmp_path, dst)
+    (dst / ".yolo-unified.json").unlink()  # as an older version left it
+    run_coco(tmp_path, dst)  # the same files: nothing to lose
+    before = snapshot(dst)
+    changed = "has no .yolo-unified.json .* would replace or drop \\(labels/train/a.txt, masks/train/a.png\\)"
+    with pytest.raises(ValueError, match=changed):
+        run_coco(tmp_path, dst, version=1)  # a label and a mask it would change: not known to be yolo-unified's
+    assert snapshot(dst) == before
+
+
 def test_a_data_yaml_yolo_unified_did_not_write_is_never_overwritten(tmp_path):
     (tmp_path / "dst.yaml").write_text("path: mine\n")
     with pytest.raises(ValueError, match="yaml=.*dst.yaml exists and yolo-unified did not write it"):

@@ -234,12 +234,16 @@ def exchange(a: Path, b: Path) -> bool:
 class OutputFolder:
     """An output folder written whole: built beside `dst`, then swapped in at once, never over files of others.
 
-    ``OutputFolder(dst)`` checks that `dst` is absent, empty, or a folder this package wrote (every file in it is
-    listed by its manifest, or is `derived`: a file its users regenerate, such as Ultralytics' label caches); else
-    a ValueError names the other files and nothing is written. ``with folder as build:`` yields an empty folder
-    beside `dst`; when the block ends without an error, a manifest of `build` is written into it and `build` takes
-    the place of `dst` (`changed` says whether it did: a build that holds exactly the files `dst` holds leaves `dst`
-    untouched); when it raises, `build` is removed and `dst` stays as it was.
+    `dst` may be absent, empty, or a folder this package wrote: every file in it is listed by its manifest, or is
+    `derived` (a file its users write again, such as Ultralytics' label caches); else a ValueError names the other
+    files and `dst` stays as it is. A folder without a manifest (written by an older version, or never by this
+    package) may hold only files the build writes with the same bytes: replacing them loses nothing. A `dst` with a
+    manifest is checked at once; one without, when the build is complete.
+
+    ``with folder as build:`` yields an empty folder beside `dst`; when the block ends without an error, a manifest of
+    `build` is written into it and `build` takes the place of `dst` (`changed` says whether it did: a build that holds
+    exactly the files `dst` holds leaves `dst` untouched); when it raises, `build` is removed and `dst` stays as it
+    was.
 
     The swap is one atomic step where the system has one (Linux ``renameat2``). Elsewhere it is two renames: `dst`
     to ``.<name>.previous``, then `build` to `dst`; an error between them puts `dst` back, and a process killed
@@ -260,7 +264,9 @@ class OutputFolder:
         self.manifest, self.extra, self.changed = manifest, extra or {}, False
         self.previous = self.dst.with_name(f".{self.dst.name}.previous")
         self.recover()
-        self.check_replaceable()
+        if self.dst.exists() and not self.dst.is_dir():
+            raise ValueError(f"dst {self.dst} is a file; give a folder")
+        self.check_replaceable(None)
 
     def recover(self) -> None:
         """Clean up after a process killed while writing `dst`: put the old folder back if it was killed between its
@@ -273,19 +279,30 @@ class OutputFolder:
             shutil.rmtree(build, ignore_errors=True)
 
     def others(self, folder: Path) -> list[Path]:
-        """The files of `folder` (relative) that its manifest does not list and that are not derived."""
+        """The files of `folder` (relative) that its manifest does not list and that are not derived (all but the
+        derived ones when it has no manifest)."""
         present = folder_files(folder) if folder.is_dir() else set()
         ours = manifest_files(folder, self.manifest)
         return sorted(f for f in present - ours - {Path(self.manifest)} if not self.derived(f))
 
-    def check_replaceable(self) -> None:
-        """Raise a ValueError naming the files of `dst` this package did not write (see the class)."""
-        if self.dst.exists() and not self.dst.is_dir():
-            raise ValueError(f"dst {self.dst} is a file; give a folder")
-        if others := self.others(self.dst):
+    def check_replaceable(self, built: set[Path] | None) -> None:
+        """Raise a ValueError naming the files of `dst` this package did not write (see the class). `built` are the
+        complete build's files (None before the build: a `dst` without a manifest is checked later)."""
+        others, listed = self.others(self.dst), (self.dst / self.manifest).is_file()
+        if not listed:
+            if built is None:
+                return
+            others = [f for f in others if f not in built or not filecmp.cmp(self.build / f, self.dst / f, False)]
+        if others and listed:
             raise ValueError(
                 f"dst {self.dst} holds {len(others)} file(s) yolo-unified did not write ({_few(others)}); the output "
                 "replaces dst whole, so move them out or choose another dst"
+            )
+        if others:
+            raise ValueError(
+                f"dst {self.dst} has no {self.manifest} (the list of the files yolo-unified wrote there) and holds "
+                f"{len(others)} file(s) the output would replace or drop ({_few(others)}); move them out or choose "
+                "another dst"
             )
 
     def __enter__(self) -> Path:
@@ -315,6 +332,7 @@ class OutputFolder:
         files = folder_files(self.build)
         if self.same_as_dst(files):
             return False
+        self.check_replaceable(files)
         entry = {"written_by": self.written_by, **self.extra, "files": sorted(f.as_posix() for f in files)}
         (self.build / self.manifest).write_text(json.dumps(entry, indent=1))
         if not self.dst.exists():

@@ -93,8 +93,9 @@ class UnifiedYOLO(Model):
         save_dir = kwargs.pop("save_dir", None) or run_dir(
             kwargs.pop("project", None), kwargs.pop("name", None), "val", kwargs.get("exist_ok", False)
         )
-        tasks = [task] if task else None
-        return validate(str(self.ckpt_path or self.model_name), data or default_data(), save_dir, tasks, **kwargs)
+        if task:
+            kwargs["tasks"] = [task]
+        return validate(str(self.ckpt_path or self.model_name), data or default_data(), save_dir, **kwargs)
 
     def export(self, seg_argmax: bool = False, **kwargs: Any) -> str:
         """Export with ``UnifiedExporter`` (Ultralytics' export arguments, plus ``seg_argmax``); return the file."""
