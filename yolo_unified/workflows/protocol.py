@@ -106,7 +106,7 @@ def run_protocol(stages: list[dict], compare: str | None = None, **keys: Any) ->
     """
     chain, baselines = keys.pop("chain", True), keys.pop("baselines", None)
     if resume := keys.pop("resume", None):  # train() sends an existing run directory to resume_protocol
-        raise FileNotFoundError(f"resume={resume}: no protocol run directory there")
+        raise FileNotFoundError(f"resume={resume}: no protocol run directory or checkpoint there")
     default = "seq" if chain else "baselines"
     root = run_dir(keys.pop("project", None), keys.pop("name", None), default, keys.get("exist_ok"))
     return finished(Protocol(stages, root, keys, chain=chain, baselines=baselines), compare)
