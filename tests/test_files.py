@@ -116,16 +116,14 @@ def test_safe_mode_loads_a_unified_checkpoint(checkpoint, safe_mode):
 
 
 @pytest.mark.parametrize(
-    "content, reason",
-    [
-        (b"", "is an empty file"),
-        (b"not a checkpoint", "is not a PyTorch file"),
-        ("half", "is unreadable: truncated or damaged"),
-    ],
-)
-def test_an_unreadable_resume_checkpoint_says_so(checkpoint, tmp_path, content, reason):
+    "keep, reason",
+    [(0, "is an empty file"), (-1, "is not a PyTorch file"), (0.5, "is unreadable: truncated or damaged"),
+     (5000, "is unreadable: truncated or damaged")],
+)  # fmt: skip
+def test_an_unreadable_resume_checkpoint_says_so(checkpoint, tmp_path, keep, reason):
+    data = checkpoint.read_bytes()
     last = tmp_path / "last.pt"
-    last.write_bytes(checkpoint.read_bytes()[: len(checkpoint.read_bytes()) // 2] if content == "half" else content)
+    last.write_bytes(b"not a checkpoint" if keep == -1 else data[: int(keep * len(data)) if keep < 1 else keep])
     for load in (lambda: workflows.train(resume=str(last)), lambda: TRAINERS["det"](overrides={"resume": str(last)})):
         with pytest.raises(UnreadableFile, match=f"{last} {reason}"):  # not Ultralytics' "checkpoint not found"
             load()

@@ -100,7 +100,9 @@ def reading(file: Path, weights_only: bool) -> Iterator[None]:
     """Turn the errors of reading `file` with torch or Ultralytics' loader into one `UnreadableFile` naming it."""
     try:
         yield
-    except (TypeError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError, ModuleNotFoundError) as e:
+    except PermissionError:
+        raise  # its message names the file and says why
+    except (TypeError, ValueError, KeyError, RuntimeError, EOFError, OSError, ImportError, pickle.UnpicklingError) as e:
         raise UnreadableFile(f"{file} {unreadable_reason(file, e, weights_only)}") from e
 
 
