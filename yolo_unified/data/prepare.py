@@ -182,6 +182,7 @@ def yolo_box(
     return (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height
 
 
+TYPE_WORDS = {int: "an integer", str: "a string", list: "a list"}
 DET_FIELDS = {  # list in labels.json -> (what one entry is called, the fields read from it and their types)
     "images": ("image", {"id": (int, str), "file_name": str, "width": int, "height": int}),
     "annotations": ("annotation", {"image_id": (int, str), "category_id": int, "bbox": list}),
@@ -206,7 +207,8 @@ def _read_det_json(file: Path) -> dict[str, list[dict]]:
                 if name not in entry:
                     raise ValueError(f"{file}: {which} has no '{name}'")
                 if not isinstance(entry[name], types) or isinstance(entry[name], bool):
-                    raise ValueError(f"{file}: {which} has '{name}': {entry[name]!r}, not a {name} value")
+                    expected = " or ".join(TYPE_WORDS[t] for t in (types if isinstance(types, tuple) else (types,)))
+                    raise ValueError(f"{file}: {which} has '{name}': {entry[name]!r}, not {expected}")
             bbox = entry.get("bbox", [0] * 4)
             if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
                 raise ValueError(f"{file}: {which} has 'bbox': {bbox!r}, not four numbers [x, y, w, h]")
