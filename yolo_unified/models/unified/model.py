@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ class UnifiedYOLO(Model):
         mode refuses, fails naming it (`yolo_unified.files`)."""
         if not Path(weights).exists():
             raise FileNotFoundError(f"model={weights} not found")
-        with reading(Path(weights), safe_mode()):
+        with reading(Path(weights), safe_mode()) if Path(weights).suffix == ".pt" else nullcontext():
             super()._load(weights, task=task)
         if isinstance(self.model, UnifiedModel) and (imgsz := task_imgsz(self.model)):
             self.overrides = {**self.overrides, "imgsz": imgsz}  # a copy: Ultralytics shares it with model.args
