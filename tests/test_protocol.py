@@ -116,14 +116,18 @@ def test_a_moved_run_folder_keeps_its_weights_memory_and_teacher(protocol_run, t
     assert set(context.memory) == {"ewc", "replay"} and context.teacher(torch.device("cpu")) is not None
 
 
-def test_a_protocol_json_with_absolute_paths_is_still_read(tmp_path):
+def test_a_protocol_json_with_absolute_paths_is_still_read(tmp_path, monkeypatch):
     stage = {"task": "seg", "weights": "/old/run/1-seg/weights/best.pt", "save_dir": "/old/run/1-seg"}
     (tmp_path / "protocol.json").write_text(json.dumps({"stages": [stage]}))  # written before paths were relative
     assert read_state(tmp_path)["stages"] == [stage]
-    write_state(tmp_path, {"stages": [stage, {"task": "det", "weights": str(tmp_path / "2-det/weights/best.pt")}]})
+    monkeypatch.chdir(tmp_path.parent)
+    kept_none = {"task": "cls", "weights": "start.pt"}  # a stage that kept no weights: the model given, from the cwd
+    write_state(tmp_path, {"stages": [stage, {"task": "det", "weights": str(tmp_path / "2-det/weights/best.pt")},
+                                      kept_none]})  # fmt: skip
     assert [s["weights"] for s in json.loads((tmp_path / "protocol.json").read_text())["stages"]] == [
-        "/old/run/1-seg/weights/best.pt", "2-det/weights/best.pt"]  # fmt: skip
-    assert read_state(tmp_path)["stages"][1]["weights"] == str(tmp_path / "2-det/weights/best.pt")
+        "/old/run/1-seg/weights/best.pt", "2-det/weights/best.pt", str(tmp_path.parent / "start.pt")]  # fmt: skip
+    assert [s["weights"] for s in read_state(tmp_path)["stages"]][1:] == [
+        str(tmp_path / "2-det/weights/best.pt"), str(tmp_path.parent / "start.pt")]  # fmt: skip
 
 
 def test_a_truncated_stage_checkpoint_stops_the_resumed_protocol_naming_it(protocol_run, tmp_path):

@@ -57,9 +57,10 @@ def write_state(root: Path, state: dict[str, Any]) -> None:
     folder = root.absolute()
 
     def relative(path: str) -> str:
-        """`path` relative to the run folder when inside it, else as it is."""
+        """`path` relative to the run folder when inside it, else absolute (a stage that kept no weights records the
+        model it started from, which may lie anywhere)."""
         full = Path(path).absolute()
-        return full.relative_to(folder).as_posix() if full.is_relative_to(folder) else path
+        return full.relative_to(folder).as_posix() if full.is_relative_to(folder) else str(full)
 
     stages = [{**s, **{k: relative(s[k]) for k in STAGE_PATHS if k in s}} for s in state["stages"]]
     save_atomically({"paths": RELATIVE_PATHS, **state, "stages": stages}, root / STATE_FILE)
