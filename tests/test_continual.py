@@ -104,7 +104,7 @@ OLD_DEFAULTS = {  # each strategy's defaults, as its cfg.get(...) calls had them
     "pseudo_label": {"weight": 1.0, "conf": 0.25},
     "feat_distill": {"weight": 1.0, "distance": "l2"},
     "replay": {"size": 10, "ratio": None, "batch": 2, "weight": 1.0, "mix": False, "oversample": False,
-               "tasks": ["seg", "det", "cls"]},
+               "tasks": ["seg", "det", "cls"], "augment": False, "distill": 0.0, "temperature": 2.0},
     "forget_stop": {"every": 1, "patience": 0},
     "old_labels": {"conf": 0.5, "iou": 0.5},
     "old_distill": {"weight": 1.0, "temperature": 2.0, "tasks": ["seg", "det", "cls"]},

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import Dataset, default_collate
 
 from yolo_unified.data.classes import remap_labels
 from yolo_unified.files import load_checkpoint
@@ -122,14 +122,33 @@ class Strategy:
         """After the stage, with its best model: store what later stages need in ``context.memory``."""
 
 
-def stage_samples(trainer, n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Up to `n` single-image batches from the stage's train split with validation transforms (no augmentation).
+def memory_size(size: int | float, available: int) -> int:
+    """How many of `available` training images a memory of `size` keeps: `size` images (an int), or that share of
+    them (a float below 1: ``0.1`` keeps 10%, rounded down, at least one)."""
+    if isinstance(size, float) and 0 < size < 1:
+        return max(1, int(size * available))
+    return min(int(size), available)
+
+
+def stage_samples(trainer, n: int | float, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` single-image batches (a float below 1: that share, `memory_size`) from the stage's train split with
+    validation transforms (no augmentation): `draw_samples` of `training_images`."""
+    return draw_samples(trainer, training_images(trainer), n, seed)
+
+
+def training_images(trainer) -> Dataset:
+    """The stage's train split as Ultralytics builds it for validation (no augmentation, no added images)."""
+    return trainer.build_dataset(trainer.data["train"], mode="val", batch=1)
+
+
+def draw_samples(trainer, dataset: Dataset, n: int | float, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` single-image batches of `dataset` (a float below 1: that share, `memory_size`), drawn by `seed`.
 
     Images come out as float tensors in [0, 1] on the trainer's device, labels in Ultralytics' batch format and in
     the model's class ids (the trainer's ``class_lut``, where the data numbers them otherwise).
     """
-    dataset = trainer.build_dataset(trainer.data["train"], mode="val", batch=1)
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    kept = memory_size(n, len(dataset))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:kept].tolist()
     collate = getattr(dataset, "collate_fn", default_collate)
     batches = []
     for i in order:

@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from ultralytics.utils import LOGGER
 
 from yolo_unified.common import TASKS
-from yolo_unified.continual.base import Strategy, stage_samples
+from yolo_unified.continual.base import Strategy, draw_samples, training_images
+from yolo_unified.continual.lwf import task_distance
+from yolo_unified.data.transforms import random_zoom
 from yolo_unified.files import save_atomically
-from yolo_unified.nn.tasks import loss_scale
+from yolo_unified.nn.tasks import UnifiedLoss, loss_scale
 from yolo_unified.settings import setting
 
 
@@ -95,13 +97,16 @@ class Replay(Strategy):
     class Settings:
         """The settings of ``replay``."""
 
-        size: int = setting(10, "images of the stage's task kept at its end")
+        size: int | float = setting(10, "images of the stage's task kept at its end (a number below 1: that share)")
         ratio: float | None = setting(None, "replayed images per current image (null: batch)")
         batch: int = setting(2, "replayed images per task and step, without ratio")
         weight: float = setting(1.0, "weight of the replayed losses")
         mix: bool = setting(False, "stored classification images join a stage adding classes as its own data")
         oversample: bool = setting(False, "with mix, each drawn as often as an old class needs")
         tasks: list[Literal["seg", "det", "cls"]] = setting(list(TASKS), "the tasks it replays")
+        augment: bool = setting(False, "replayed images flipped, zoomed and shifted, their labels with them")
+        distill: float = setting(0.0, "weight of the starting model's outputs on the replayed images as targets")
+        temperature: float = setting(2.0, "softmax temperature of distill")
 
     def replays(self, task: str) -> bool:
         """Whether this stage trains on stored images of `task`: the memory holds some and ``tasks`` names it."""
@@ -154,23 +159,38 @@ class Replay(Strategy):
         self.rng = random.Random(int(trainer.args.seed))
 
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
-        """Weighted sum of the finished tasks' losses on replayed images (per image, like the trainer's loss)."""
+        """Weighted sum of the finished tasks' losses on replayed images (per image, like the trainer's loss), and
+        with ``distill`` the distance of their outputs to the stage's starting model's on the same images."""
         if not self.buffers:
             return None
-        ratio = self.settings.ratio
+        ratio, distill = self.settings.ratio, self.settings.distill
         k = max(1, round(ratio * batch["img"].shape[0])) if ratio else self.settings.batch
+        teacher = self.context.teacher(batch["img"].device) if distill else None
         total = torch.zeros((), device=batch["img"].device)
-        for samples in self.buffers.values():
-            replayed = collate(self.rng.sample(samples, min(k, len(samples))))
-            total = total + loss_per_image(model, model.predict(replayed["img"]), replayed)
+        parts = {}
+        for task, samples in self.buffers.items():
+            drawn = self.rng.sample(samples, min(k, len(samples)))
+            replayed = collate([random_zoom(s, self.rng) for s in drawn] if self.settings.augment else drawn)
+            outputs = model.predict(replayed["img"])
+            total = total + loss_per_image(model, outputs, replayed)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher(replayed["img"])[-1]
+                term = distill * task_distance(task, UnifiedLoss.raw(outputs), target, self.settings.temperature)
+                parts[f"{self.key}_distill"] = parts.get(f"{self.key}_distill", 0.0) + term.detach()
+                total = total + term
         total = self.settings.weight * total
-        return total, {self.key: total.detach()}
+        return total, {self.key: total.detach(), **parts}
 
     def stage_end(self, trainer, best: torch.nn.Module) -> None:
-        """Store this stage's images for later stages."""
-        size = int(trainer.args.imgsz)
-        samples = stage_samples(trainer, self.settings.size, seed=int(trainer.args.seed))
+        """Store this stage's images for later stages (``size``: a number, or a share of the training images), and
+        how many training images the stored ones were drawn from (``memory["replay_of"]``, for the summary)."""
+        size, task, images = int(trainer.args.imgsz), self.context.task, training_images(trainer)
+        samples = draw_samples(trainer, images, self.settings.size, seed=int(trainer.args.seed))
         kept = [{k: v.cpu() for k, v in resize_sample(s, size).items()} for s in samples]
         memory = self.context.memory.setdefault("replay", {})
-        old = memory.get(self.context.task, []) if self.context.task in self.context.old_classes else []
-        memory[self.context.task] = old + kept
+        seen = self.context.memory.setdefault("replay_of", {})
+        grown = task in self.context.old_classes  # the old classes' images stay, beside the new ones
+        memory[task] = (memory.get(task, []) if grown else []) + kept
+        seen[task] = (seen.get(task, 0) if grown else 0) + len(images)
+        LOGGER.info(f"replay: {len(kept)} of the {len(images)} {task} training images stored for later stages")

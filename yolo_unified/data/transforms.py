@@ -1,0 +1,72 @@
+"""Augmentation of stored single-image batches (replayed images): a flip and a zoom that move the labels with the image.
+
+A stored image is a batch of one in Ultralytics' batch format after preprocessing: ``img`` ``(1, 3, H, W)`` floats in
+[0, 1], and either ``semantic_mask`` ``(1, H, W)`` (255 = ignore), or ``bboxes`` ``(n, 4)`` normalised ``xywh`` with
+``cls`` ``(n, 1)`` and ``batch_idx`` ``(n,)``, or ``cls`` ``(1,)`` alone (classification).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+
+FILL = 114 / 255  # Ultralytics' letterbox and affine border colour
+IGNORE = 255  # the segmentation label of pixels the loss leaves out
+
+
+def zoom_sample(sample: dict, scale: float, shift: tuple[float, float], flip: bool) -> dict:
+    """`sample` zoomed by `scale` about its centre, moved by `shift` (fractions of its width and height) and, with
+    `flip`, mirrored left-right; image and labels alike.
+
+    A point at normalised ``(x, y)`` lands at ``(scale * (x' - 0.5) + 0.5 + shift_x, scale * (y - 0.5) + 0.5 +
+    shift_y)``, where ``x'`` is ``1 - x`` when flipped. Pixels that come from outside the image get the border
+    colour (and the ignore label); boxes are clipped to the image, and those left with less than a quarter of their
+    area or under 2 pixels a side are dropped.
+    """
+    img = sample["img"]
+    h, w = img.shape[-2:]
+    sx, sy = shift
+    mirror = -1.0 if flip else 1.0
+    # grid_sample maps output to input in [-1, 1] coordinates: u_in = (u_out - 2 * shift) / scale (x mirrored)
+    theta = torch.tensor(
+        [[mirror / scale, 0.0, -mirror * 2 * sx / scale], [0.0, 1 / scale, -2 * sy / scale]],
+        dtype=img.dtype,
+        device=img.device,
+    )[None]
+    grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+    out = dict(sample)
+    out["img"] = F.grid_sample(img - FILL, grid, mode="bilinear", align_corners=False) + FILL
+    if "semantic_mask" in sample:
+        mask = sample["semantic_mask"][:, None].float() - IGNORE  # outside the image: 0 -> IGNORE after the shift back
+        moved = F.grid_sample(mask, grid, mode="nearest", align_corners=False) + IGNORE
+        out["semantic_mask"] = moved[:, 0].round().to(sample["semantic_mask"].dtype)
+    if "bboxes" in sample:
+        out.update(zoom_boxes(sample, scale, (sx, sy), flip, (h, w)))
+    return out
+
+
+def zoom_boxes(sample: dict, scale: float, shift: tuple[float, float], flip: bool, size: tuple[int, int]) -> dict:
+    """The ``bboxes``, ``cls`` and ``batch_idx`` of `sample` after `zoom_sample`'s transform (see there)."""
+    boxes = sample["bboxes"].clone()
+    if flip:
+        boxes[:, 0] = 1 - boxes[:, 0]
+    centre = torch.tensor([0.5, 0.5], dtype=boxes.dtype, device=boxes.device)
+    moved = torch.tensor(shift, dtype=boxes.dtype, device=boxes.device)
+    xy = scale * (boxes[:, :2] - centre) + centre + moved
+    wh = scale * boxes[:, 2:]
+    lo, hi = (xy - wh / 2).clamp(0, 1), (xy + wh / 2).clamp(0, 1)
+    kept_wh = hi - lo
+    pixels = torch.tensor([size[1], size[0]], dtype=boxes.dtype, device=boxes.device)
+    keep = (kept_wh.prod(1) >= 0.25 * wh.prod(1)) & (kept_wh * pixels >= 2).all(1)
+    clipped = torch.cat([(lo + hi) / 2, kept_wh], 1)
+    return {"bboxes": clipped[keep], "cls": sample["cls"][keep], "batch_idx": sample["batch_idx"][keep]}
+
+
+def random_zoom(sample: dict, rng: random.Random, scale: float = 0.25, translate: float = 0.1) -> dict:
+    """`zoom_sample` with a random flip (p 0.5), a zoom in ``1 +- scale`` and a shift in ``+- translate`` per axis
+    (Ultralytics' ``fliplr``, ``scale`` and ``translate`` augmentations, at milder defaults)."""
+    zoom = rng.uniform(1 - scale, 1 + scale)
+    shift = (rng.uniform(-translate, translate), rng.uniform(-translate, translate))
+    return zoom_sample(sample, zoom, shift, rng.random() < 0.5)
