@@ -19,6 +19,7 @@ from ultralytics.utils.metrics import DetMetrics, SemanticMetrics
 from yolo_unified.cli import parse_args
 from yolo_unified.common import PRIMARY_METRIC, ULTRALYTICS_TASK
 from yolo_unified.data.config import load_data_config, task_names
+from yolo_unified.defaults import unified_threads
 from yolo_unified.models.unified.val import VALIDATORS, class_scores
 
 
@@ -47,7 +48,8 @@ def per_image_records(
             records.append((v.pred[-1][0].clone(), v.targets[-1][0].clone()))
 
     validator.add_callback("on_val_batch_end", keep)
-    stats = validator()
+    with unified_threads():  # as the unified runs it is compared with
+        stats = validator()
     return float(stats[PRIMARY_METRIC[task]]), records, validator
 
 

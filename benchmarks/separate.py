@@ -39,6 +39,7 @@ from benchmarks.bootstrap import bootstrapped
 from benchmarks.common import QUICK, benchmark_args, finished_run, repo_relative, training_minutes, ultralytics_data
 from yolo_unified.common import BACKBONE_LAYERS, ULTRALYTICS_TASK
 from yolo_unified.data.config import load_data_config
+from yolo_unified.defaults import unified_threads
 from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.nn.tasks import CFG_DIR
 
@@ -131,7 +132,8 @@ def train_separate(
         task = stage["task"]
         args = {**top, **settings, **{k: stage[k] for k in STAGE_KEYS if k in stage}, **(force or {})}
         source = ultralytics_data(data, task, out)  # as Ultralytics reads it
-        runs = {v: train_variant(task, v, source, args, out, n_boot) for v in variants}
+        with unified_threads():  # the CPU threads the unified runs it is compared with train on
+            runs = {v: train_variant(task, v, source, args, out, n_boot) for v in variants}
         kept = max(runs, key=lambda v: runs[v]["final"]["value"])  # the first of equals: the unfrozen run
         results[task] = {"model": Path(MODELS[task][0]).name, **runs[kept], "kept": kept, "runs": runs}
         LOGGER.info(f"{colorstr('benchmarks.separate:')} {task}: kept {runs[kept]['label']}")

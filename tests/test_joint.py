@@ -205,16 +205,17 @@ def test_the_joint_step_is_the_trainers_own(synth_yaml, tmp_path):
     (the strategies, here gradient clipping, add no loss term)."""
     trainer = new_trainer(synth_yaml, tmp_path, batch=2)
     trainer._setup_train()
-    trainer._setup_step()
     trainer._model_train()
     model = unwrap_model(trainer.model)
     drawn = next(iter(trainer.train_loader))  # one step's batches, {task: [batch]}
     assert set(drawn) == set(OUTPUTS) and [s.key for s in trainer.strategies] == ["clip_grad"]
-    trainer._train_step(deepcopy(drawn))
+    loss, items = trainer.model(trainer.preprocess_batch(deepcopy(drawn)))  # as Ultralytics' loop does
+    loss.sum().backward()
+    assert set(items) == set(trainer.loss_names) and len(trainer.loss_names) == 6
     step = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert not hasattr(model, "joint_step") and not hasattr(model, "loss_terms")
     model.zero_grad()
-    losses, _ = task_losses(model, trainer.preprocess_batch(deepcopy(drawn)), trainer.tasks)
+    losses, _ = task_losses(model, trainer.preprocess_batch(deepcopy(drawn))["batches"], trainer.tasks)
     sum(losses.values()).backward()
     expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert step.keys() == expected.keys() and any(n.startswith("model.0.") for n in step)  # the backbone too

@@ -4,11 +4,12 @@ import importlib
 import sys
 
 import pytest
-from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
+from ultralytics.cfg import DEFAULT_CFG_DICT
 
 from yolo_unified import workflows
 from yolo_unified.balancing import BALANCERS, register_balancer
 from yolo_unified.continual import STRATEGIES, register_strategy
+from yolo_unified.defaults import UNIFIED_KEYS
 
 TINY = dict(epochs=1, imgsz=64, batch=4, workers=0, plots=False, val=False, device="cpu", exist_ok=True)
 
@@ -20,14 +21,14 @@ def plugins() -> tuple[type, type]:
     ToyPull = importlib.import_module("plugins.toy_strategy").ToyPull
     FirstLossScale = importlib.import_module("plugins.toy_balancer").FirstLossScale
     yield ToyPull, FirstLossScale
-    STRATEGIES.pop(ToyPull.key), BALANCERS.pop(FirstLossScale.key), DEFAULT_CFG_DICT.pop(ToyPull.key)
-    delattr(DEFAULT_CFG, ToyPull.key)
+    STRATEGIES.pop(ToyPull.key), BALANCERS.pop(FirstLossScale.key), UNIFIED_KEYS.pop(ToyPull.key)
     sys.modules.pop("plugins.toy_strategy"), sys.modules.pop("plugins.toy_balancer")
 
 
 def test_registration_makes_a_key_and_refuses_a_taken_one(plugins):
     ToyPull, FirstLossScale = plugins
     assert STRATEGIES["toy_pull"] is ToyPull and BALANCERS["first_loss_scale"] is FirstLossScale
+    assert "toy_pull" in UNIFIED_KEYS and "toy_pull" not in DEFAULT_CFG_DICT  # a unified key, not Ultralytics'
     with pytest.raises(ValueError, match="already a train key"):
         register_strategy(type("Clash", (ToyPull,), {"key": "epochs"}))
     with pytest.raises(ValueError, match="needs a new key"):

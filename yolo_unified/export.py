@@ -36,6 +36,7 @@ from ultralytics.engine.exporter import Exporter, export_formats
 from ultralytics.utils import LOGGER, colorstr
 
 from yolo_unified.data.config import check_heads, image_files, load_data_config, task_data, task_names
+from yolo_unified.defaults import unified_threads, without_unified_keys
 from yolo_unified.models.unified.predict import letterbox
 
 OUTPUT_NAMES = ("det", "seg", "cls")  # the order of UnifiedHead's export outputs
@@ -172,7 +173,7 @@ class UnifiedExporter(Exporter):
     ):
         """Ultralytics' arguments, plus ``seg_argmax``: export the segmentation class map instead of its logits."""
         self.seg_argmax = bool(seg_argmax)
-        super().__init__(cfg, overrides, _callbacks)
+        super().__init__(cfg, without_unified_keys(overrides), _callbacks)  # the package's own keys left out
         self.add_callback("on_export_start", UnifiedExporter.add_metadata)
 
     def __call__(self, model: torch.nn.Module) -> str:
@@ -192,7 +193,7 @@ class UnifiedExporter(Exporter):
             self.args.data = self.calibration_data(model)
         model = deepcopy(model)
         model.model[-1].bake_argmax = self.seg_argmax
-        with self.unified_hints():
+        with self.unified_hints(), unified_threads():
             return super().__call__(model)
 
     def calibration_data(self, model: torch.nn.Module) -> str:

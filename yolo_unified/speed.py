@@ -17,8 +17,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -32,10 +31,11 @@ from ultralytics import __version__ as ultralytics_version
 from ultralytics.engine.exporter import Exporter
 from ultralytics.nn.autobackend import AutoBackend
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel, SemanticSegmentationModel
-from ultralytics.utils import ASSETS, LOGGER, colorstr, torch_utils
+from ultralytics.utils import ASSETS, LOGGER, colorstr
 from ultralytics.utils.torch_utils import get_cpu_info, get_flops
 
 from yolo_unified.common import BACKBONE_LAYERS, ULTRALYTICS_TASK, task_imgsz
+from yolo_unified.defaults import pinned_threads
 from yolo_unified.export import UnifiedExporter, check_onnx_packages
 from yolo_unified.files import load_checkpoint
 from yolo_unified.nn.modules import upsample_logits
@@ -88,20 +88,6 @@ def rss_mb(field: str) -> float:
     """A memory field of ``/proc/self/status`` in MB: ``VmRSS`` (now) or ``VmHWM`` (peak since the last reset)."""
     line = next(x for x in (PROC / "status").read_text().splitlines() if x.startswith(f"{field}:"))
     return int(line.split()[1]) / 1024
-
-
-@contextmanager
-def pinned_threads(threads: int) -> Iterator[None]:
-    """Run torch on `threads` CPU threads, also through Ultralytics' ``select_device`` (exporter, predictor), which
-    would reset them to ``NUM_THREADS``; restore both afterwards."""
-    kept = torch.get_num_threads(), torch_utils.NUM_THREADS
-    torch_utils.NUM_THREADS = threads
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch_utils.NUM_THREADS = kept[1]
-        torch.set_num_threads(kept[0])
 
 
 def time_ms(run: Runner, runs: int, warmup: int) -> tuple[float, float]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
-
 from yolo_unified.continual.base import StageContext, Strategy, stage_samples
 from yolo_unified.continual.bn_freeze import BNFreeze
 from yolo_unified.continual.ewc import EWC, diagonal_fisher
@@ -23,6 +21,7 @@ from yolo_unified.continual.old_labels import OldLabels
 from yolo_unified.continual.output_reg import OutputReg
 from yolo_unified.continual.pseudo_label import PseudoLabel
 from yolo_unified.continual.replay import Replay
+from yolo_unified.defaults import UNIFIED_KEYS, train_keys
 from yolo_unified.settings import parse_settings
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -37,11 +36,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     """Make `cls` a strategy: its ``key`` becomes a train key (off by default) that switches it on and holds its
     settings. Usable as a class decorator; a key that is already a train key (Ultralytics' or a strategy's) fails."""
-    if not cls.key or cls.key in DEFAULT_CFG_DICT:
+    if not cls.key or cls.key in train_keys():
         raise ValueError(f"strategy key {cls.key!r} is empty or already a train key; give the strategy its own")
     STRATEGIES[cls.key] = cls
-    DEFAULT_CFG_DICT[cls.key] = None
-    setattr(DEFAULT_CFG, cls.key, None)
+    UNIFIED_KEYS[cls.key] = None
     return cls
 
 

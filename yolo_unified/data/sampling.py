@@ -130,7 +130,9 @@ class JointLoader:
         return self.largest.drop_last
 
     def set_epoch(self, epoch: int) -> None:
-        """Give every loader's distributed sampler the epoch (DDP: each epoch's shuffle, the same on every rank)."""
+        """Start `epoch`: the task sampler at its first step (a resumed run draws as an uninterrupted one), and every
+        loader's distributed sampler at the epoch (DDP: each epoch's shuffle, the same on every rank)."""
+        self.task_sampler.step = epoch * len(self)
         for loader in self.loaders.values():
             if hasattr(loader.sampler, "set_epoch"):
                 loader.sampler.set_epoch(epoch)

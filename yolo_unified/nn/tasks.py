@@ -19,12 +19,14 @@ from ultralytics.utils.loss import v8DetectionLoss
 from ultralytics.utils.torch_utils import initialize_weights
 
 from yolo_unified.common import BACKBONE_LAYERS
+from yolo_unified.defaults import without_unified_keys
 from yolo_unified.files import allow_in_checkpoints
 from yolo_unified.nn.loss import SemanticLoss
 from yolo_unified.nn.modules import UnifiedFPN, UnifiedHead
 
 CFG_DIR = Path(str(files("yolo_unified.cfg")))  # the repo's top-level cfg/, installed as a package
 DEFAULT_MODEL_YAML = "yolov8n-unified.yaml"
+STEP = "step"  # the batch key of a whole training step: a callable giving the step's loss and items from the model
 HEAD_MODULES = {"UnifiedFPN": UnifiedFPN, "UnifiedHead": UnifiedHead}
 
 
@@ -181,8 +183,11 @@ class UnifiedModel(DetectionModel):
         classification). The joint trainer's step passes its strategies; by default the terms are ``loss_terms``,
         which the single-task trainers set on the model they train (after the EMA copy is made, so validation losses
         are the task losses alone): Ultralytics' training loop, which they run, calls ``model(batch)`` with no other
-        hook before its ``backward()``.
+        hook before its ``backward()``. The same call on a batch holding a ``STEP`` (the joint trainer's: every
+        task's batches of one optimizer step) returns ``batch[STEP](self)``, the step's own loss and items.
         """
+        if STEP in batch:
+            return batch[STEP](self)
         if getattr(self, "criterion", None) is None:
             self.criterion = self.init_criterion()
         preds = self.forward(batch["img"]) if preds is None else preds
@@ -218,7 +223,8 @@ class UnifiedLoss:
     def _view(self, nc: int) -> SimpleNamespace:
         """What Ultralytics' loss constructors read from a model, restricted to one task with `nc` classes."""
         m, head = self.model, self.model.model[-1]
-        args = m.args if hasattr(getattr(m, "args", None), "box") else get_cfg(overrides=getattr(m, "args", None))
+        args = getattr(m, "args", None)
+        args = args if hasattr(args, "box") else get_cfg(overrides=without_unified_keys(args))
         weights = getattr(m, "class_weights", None)
         return SimpleNamespace(
             model=[SimpleNamespace(nc=nc, reg_max=head.reg_max, stride=head.stride)],

@@ -7,13 +7,14 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
-from ultralytics.cfg import DEFAULT_CFG_DICT, _handle_deprecation
+from ultralytics.cfg import _handle_deprecation
 from ultralytics.utils import YAML
 from ultralytics.utils.files import increment_path
 
 from yolo_unified.common import MEMORY_FILE
 from yolo_unified.data.synthetic import make_synthetic
 from yolo_unified.ddp import from_rank_zero
+from yolo_unified.defaults import train_keys
 from yolo_unified.files import read_checkpoint, read_data
 from yolo_unified.nn.tasks import CFG_DIR
 
@@ -81,7 +82,7 @@ def check_keys(args: dict[str, Any], extra: set[str] = frozenset()) -> None:
     Ultralytics' deprecated spellings (``half=True``, ``int8=True``) are renamed in place first, as ``yolo`` does.
     """
     _handle_deprecation(args)  # renames in place
-    valid = {*DEFAULT_CFG_DICT, "save_dir", *extra}
+    valid = {*train_keys(), "save_dir", *extra}
     if unknown := [k for k in args if k not in valid]:
         hints = [f"'{k}' (did you mean {', '.join(close)}?)" if (close := get_close_matches(k, valid)) else f"'{k}'"
                  for k in unknown]  # fmt: skip

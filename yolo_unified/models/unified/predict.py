@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from ultralytics.utils.plotting import Annotator, colors
 
 from yolo_unified.common import TASKS
 from yolo_unified.data.config import check_images
+from yolo_unified.defaults import unified_threads, without_unified_keys
 from yolo_unified.models.unified.val import model_task_names
 from yolo_unified.nn.modules import upsample_logits
 
@@ -203,11 +205,18 @@ class UnifiedPredictor(DetectionPredictor):
     """
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
-        """Ultralytics' setup; the task is ``unified`` (NMS then uses every detection class column)."""
-        super().__init__(cfg, overrides, _callbacks)
+        """Ultralytics' setup (the package's own keys among `overrides` left out); the task is ``unified`` (NMS then
+        uses every detection class column)."""
+        super().__init__(cfg, without_unified_keys(overrides), _callbacks)
         self.args.task = "unified"
         self.task_names: dict[str, dict[int, str]] = {}
         self.ratio_pads: list[RatioPad | None] = []
+
+    def stream_inference(self, *args: Any, **kwargs: Any) -> Iterator[UnifiedResults]:
+        """Ultralytics' inference, on the package's CPU threads (`unified_threads`), Ultralytics' restored when the
+        stream ends."""
+        with unified_threads():
+            yield from super().stream_inference(*args, **kwargs)
 
     def setup_model(self, model, verbose: bool = True) -> None:
         """Load the model with Ultralytics' AutoBackend and read the class names of every task."""

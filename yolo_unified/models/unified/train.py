@@ -21,6 +21,7 @@ from yolo_unified.continual import StageContext, build_strategies, check_strateg
 from yolo_unified.data.classes import class_map, grown_names, remap_labels
 from yolo_unified.data.config import load_data_config, task_data, task_names
 from yolo_unified.ddp import CpuDDP, cpu_workers, from_rank_zero, init_cpu_group, rank_zero_alone
+from yolo_unified.defaults import unified_cfg, unified_threads
 from yolo_unified.files import load_checkpoint, read_checkpoint, temporary_name
 from yolo_unified.models.unified import val
 from yolo_unified.nn.tasks import DEFAULT_MODEL_YAML, UnifiedModel, check_class_lists
@@ -75,7 +76,7 @@ class UnifiedTrainerMixin:
         if not overrides.get("model"):
             overrides["model"] = DEFAULT_MODEL_YAML
         check_strategy_settings(overrides)  # before Ultralytics makes the run folder
-        super().__init__(cfg, overrides, _callbacks)
+        super().__init__(unified_cfg(cfg), overrides, _callbacks)  # Ultralytics' keys and the package's
         if cpu_workers(self.args.device):  # one of several torchrun processes: a rank of CPU DDP (yolo_unified.ddp)
             init_cpu_group()
             self.world_size = WORLD_SIZE
@@ -87,6 +88,11 @@ class UnifiedTrainerMixin:
         self.nan_stopped = False
         self.add_callback("on_pretrain_routine_end", type(self)._setup_strategies)
         self.add_callback("on_train_end", UnifiedTrainerMixin._end_strategies)
+
+    def train(self):
+        """Ultralytics' training, on the package's CPU threads (`unified_threads`), Ultralytics' restored after."""
+        with unified_threads():
+            return super().train()
 
     def _setup_ddp(self) -> None:
         """Ultralytics' DDP setup for GPUs; on the CPU the gloo group is joined already (in ``__init__``)."""

@@ -18,6 +18,7 @@ from ultralytics.utils import LOGGER, YAML, colorstr
 from yolo_unified.common import TASKS, ULTRALYTICS_TASK, learned_tasks, task_imgsz
 from yolo_unified.data.classes import class_map, remap_labels
 from yolo_unified.data.config import load_data_config, task_data
+from yolo_unified.defaults import unified_threads, without_unified_keys
 from yolo_unified.files import load_checkpoint
 from yolo_unified.nn.tasks import check_class_lists
 
@@ -76,11 +77,19 @@ class UnifiedValidatorMixin:
     class_lut: torch.Tensor | None = None  # data class id -> model class id, where the data numbers them otherwise
     data_yaml: str | None = None  # a standalone run's multi-task data YAML (``args.data`` is then the task's own)
 
+    def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None):
+        """Ultralytics' validator; the package's own keys among `args` (train settings) are left out of its check."""
+        super().__init__(dataloader, save_dir, without_unified_keys(args), _callbacks)
+
     def __call__(self, trainer=None, model=None, **kwargs):
-        """Validate; a standalone run first resolves the multi-task data YAML to this task's dataset."""
-        if trainer is None and is_multitask_yaml(self.args.data):
+        """Validate during training, or standalone: on the package's CPU threads (`unified_threads`), the multi-task
+        data YAML first resolved to this task's dataset."""
+        if trainer is not None:
+            return super().__call__(trainer=trainer, model=model, **kwargs)
+        if is_multitask_yaml(self.args.data):
             self.data_yaml, self.args.data = self.args.data, self.task_dataset(self.args.data)
-        return super().__call__(trainer=trainer, model=model, **kwargs)
+        with unified_threads():
+            return super().__call__(model=model, **kwargs)
 
     def task_dataset(self, data: str) -> str:
         """Write this task's Ultralytics data YAML into the run directory and return its path."""

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from copy import copy
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
+from ultralytics.engine.trainer import BaseTrainer
+from ultralytics.engine.validator import BaseValidator
 
 from yolo_unified.common import PRIMARY_METRIC, STATE_FILE
+from yolo_unified.data.sampling import JointLoader, TaskSampler
 from yolo_unified.files import read_json
-
-if TYPE_CHECKING:
-    from yolo_unified.models.unified.joint.train import JointTrainer, TaskPart
 
 
 def task_metric(key: str, task: str) -> str:
@@ -41,54 +42,61 @@ def baseline_scores(baselines: str | Path, tasks: list[str]) -> dict[str, float]
     return {t: scores[t] for t in tasks}
 
 
-def training_view(trainer: JointTrainer, part: TaskPart) -> SimpleNamespace:
-    """What Ultralytics' validator reads from the trainer it validates during training (``BaseValidator.__call__``),
-    for one task of a joint run.
-
-    The run's: ``ema`` (the model validated), ``device``, ``amp``, ``stopper`` and ``epoch``/``epochs`` (whether to
-    plot), ``world_size`` and ``label_loss_items`` (the validation losses' names). The task's: ``data`` and
-    ``loss_items`` (zeros named as its loss items, which the validator sums its losses into copies of).
-    """
-    return SimpleNamespace(
-        ema=trainer.ema,
-        device=trainer.device,
-        amp=trainer.amp,
-        stopper=trainer.stopper,
-        epoch=trainer.epoch,
-        epochs=trainer.epochs,
-        world_size=trainer.world_size,
-        label_loss_items=trainer.label_loss_items,
-        data=part.data,
-        loss_items=dict.fromkeys(part.loss_names, torch.zeros((), device=trainer.device)),
-    )
+def task_trainer(trainer: BaseTrainer, task: str, data: dict[str, Any]) -> BaseTrainer:
+    """The joint run's trainer as one task's Ultralytics validator reads it during training
+    (``BaseValidator.__call__``): a shallow copy with the task's ``data`` and ``loss_items``, zeros named as the
+    task's items among the run's ``loss_names`` (``det/box_loss``: ``box_loss``), which the validator sums its losses
+    into copies of."""
+    view = copy(trainer)
+    names = [name.partition("/")[2] for name in trainer.loss_names if name.startswith(f"{task}/")]
+    view.data, view.loss_items = data, dict.fromkeys(names, torch.zeros((), device=trainer.device))
+    return view
 
 
 class JointValidator:
     """Every task's unified validator, one after the other: metrics and losses named per task, one fitness.
 
-    The fitness is `multitask_fitness` of the primary metrics (``common.PRIMARY_METRIC``), relative to the
-    single-task scores when `baselines` holds them. ``metrics.keys`` and ``args`` are what Ultralytics' trainer
-    reads from a validator; ``args.plots`` is handed to every task's validator for a standalone run.
+    Built from each task's validator (on its own val loader, in its own folder) and data section. The fitness is
+    `multitask_fitness` of the primary metrics (``common.PRIMARY_METRIC``), relative to the single-task scores when
+    `baselines` holds them. ``metrics.keys``, ``args`` and ``dataloader`` are what Ultralytics' trainer reads and
+    sets on a validator; ``args.plots`` is handed to every task's validator for a standalone run.
     """
 
-    def __init__(self, parts: dict[str, TaskPart], args: SimpleNamespace, baselines: dict[str, float] | None) -> None:
-        """One validator per part, on its own val loader and in its own folder."""
-        self.parts = parts
-        self.validators = {task: part.get_validator() for task, part in parts.items()}
+    def __init__(
+        self,
+        validators: dict[str, BaseValidator],
+        data: dict[str, dict[str, Any]],
+        args: SimpleNamespace,
+        baselines: dict[str, float] | None,
+    ) -> None:
+        """Validate each task with `validators[task]` on `data[task]`."""
+        self.validators, self.data = validators, data
         self.args, self.baselines = args, baselines
         keys = [task_metric(k, t) for t, v in self.validators.items() for k in v.metrics.keys]
         self.metrics = SimpleNamespace(keys=keys)
 
-    def __call__(self, trainer: JointTrainer | None = None, model: str | Path | None = None) -> dict[str, float] | None:
-        """Validate the training EMA (`trainer`) or a checkpoint (`model`) on every task; fitness under ``fitness``
-        (None on DDP ranks other than 0, which validate their share of each task's images)."""
+    @property
+    def dataloader(self) -> JointLoader:
+        """Every task's val loader, as one loader."""
+        loaders = {task: validator.dataloader for task, validator in self.validators.items()}
+        return JointLoader(loaders, TaskSampler({task: len(loader.dataset) for task, loader in loaders.items()}))
+
+    @dataloader.setter
+    def dataloader(self, loader: JointLoader) -> None:
+        """Hand each task's val loader of `loader` to its validator (Ultralytics' out-of-memory retry rebuilds them)."""
+        for task, validator in self.validators.items():
+            validator.dataloader = loader.loaders[task]
+
+    def __call__(self, trainer: BaseTrainer | None = None, model: str | Path | None = None) -> dict[str, float] | None:
+        """Validate the training EMA (`trainer`, the joint run's) or a checkpoint (`model`) on every task; fitness
+        under ``fitness`` (None on DDP ranks other than 0, which validate their share of each task's images)."""
         results, scores, has_metrics = {}, {}, True
         for task, validator in self.validators.items():
             if trainer is None:
                 validator.args.plots = self.args.plots
                 stats = validator(model=model)
             else:
-                stats = validator(trainer=training_view(trainer, self.parts[task]))
+                stats = validator(trainer=task_trainer(trainer, task, self.data[task]))
             if stats is None:  # DDP: a rank other than 0 validated its share, rank 0 has the metrics
                 has_metrics = False
                 continue
