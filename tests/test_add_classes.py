@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
-from ultralytics.cfg import DEFAULT_CFG_DICT
 from ultralytics.data.utils import load_dataset_cache_file
 from ultralytics.nn.tasks import load_checkpoint
 
@@ -24,6 +23,7 @@ from yolo_unified.data.class_split import split_classes
 from yolo_unified.data.classes import class_map, grown_names, remap_labels
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.data.synthetic import make_synthetic
+from yolo_unified.defaults import unified_cfg
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import UnifiedModel, check_class_lists
@@ -238,7 +238,7 @@ def test_a_stage_adds_a_class_and_scores_old_and_new_ones(task, synth_12, tmp_pa
 def test_the_recipe_builds_its_strategies():
     cfg = yaml.safe_load((REPO / "cfg/add-classes.yaml").read_text())
     check_keys(cfg)
-    args = SimpleNamespace(**{**DEFAULT_CFG_DICT, **cfg})
+    args = SimpleNamespace(**{**unified_cfg(), **cfg})
     built = build_strategies(args, StageContext(index=0, task="det"))
     assert sorted(s.key for s in built) == sorted(["clip_grad", *cfg])
 

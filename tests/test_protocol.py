@@ -14,12 +14,12 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
-from ultralytics.cfg import DEFAULT_CFG_DICT
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_unified import workflows
 from yolo_unified.continual import StageContext, Strategy, build_strategies
+from yolo_unified.defaults import unified_cfg
 from yolo_unified.files import UnreadableFile
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.workflows import protocol as workflows_protocol
@@ -62,7 +62,7 @@ def test_default_protocol_runs_every_stage_and_writes_the_report(protocol_run):
         assert "continual" not in torch.load(s["weights"], weights_only=False)
         assert (Path(s["weights"]).parent / "memory.pt").is_file()
     memory = stage_memory(state["stages"][-1]["weights"])  # stage 1's memory, carried through stages 2 and 3
-    assert set(memory) == {"ewc", "replay"} and set(memory["replay"]) == {"seg"}
+    assert set(memory) == {"ewc", "replay", "replay_of"} and set(memory["replay"]) == {"seg"}
     final = root / "weights/best.pt"  # the final model beside the report: the last stage's weights, ~3 MB
     ckpt, last = (
         torch.load(f, weights_only=False)["model"].state_dict() for f in (final, state["stages"][-1]["weights"])
@@ -113,7 +113,7 @@ def test_a_moved_run_folder_keeps_its_weights_memory_and_teacher(protocol_run, t
     protocol.state["stages"] = protocol.state["stages"][:2]  # as before stage 3
     context = protocol.stage_context(2)
     assert context.prev_weights == str(moved / "2-det/weights/best.pt")  # the teacher of stage 3, in the moved run
-    assert set(context.memory) == {"ewc", "replay"} and context.teacher(torch.device("cpu")) is not None
+    assert set(context.memory) == {"ewc", "replay", "replay_of"} and context.teacher(torch.device("cpu")) is not None
 
 
 def test_a_protocol_json_with_absolute_paths_is_still_read(tmp_path, monkeypatch):
@@ -277,7 +277,7 @@ def test_packaged_protocols_are_valid(name):
     for i, stage in enumerate(cfg["stages"]):
         check_stage_tasks(stage, i)
         check_keys({k: v for k, v in stage.items() if k != "task"})
-        args = SimpleNamespace(**{**DEFAULT_CFG_DICT, **cfg, **stage})
+        args = SimpleNamespace(**{**unified_cfg(), **cfg, **stage})
         context = StageContext(index=i, task=stage["task"], previous=["seg"] if i else [])
         assert all(isinstance(s, Strategy) for s in build_strategies(args, context))
 
