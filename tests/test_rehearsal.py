@@ -1,16 +1,21 @@
 """Rehearsal: the memory a stage leaves (stored images), drawn reproducibly, saved with the model, and what it keeps."""
 
 import copy
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from ultralytics.cfg import get_cfg
 
 from yolo_unified import workflows
+from yolo_unified.common import STATE_FILE
 from yolo_unified.continual import StageContext
 from yolo_unified.continual.base import memory_size
 from yolo_unified.continual.replay import Replay
 from yolo_unified.data.config import load_data_config, task_names
+from yolo_unified.data.synthetic import make_synthetic
 from yolo_unified.nn import UnifiedModel
 from yolo_unified.workflows.base import stage_memory
 
@@ -89,3 +94,35 @@ def test_augmented_replay_trains_on_moved_images_with_their_moved_masks(names, t
     assert seen[0]["img"].shape == (4, 3, 32, 32)
     assert not any(torch.equal(i, s) for i in seen[0]["img"] for s in stored)  # every draw moved
     assert seen[0]["semantic_mask"].shape == (4, 32, 32) and (seen[0]["semantic_mask"] == 255).any()
+
+
+CLS_FIRST = {"task": "cls", "epochs": 20, "lr0": 0.002, "replay": {"size": 48}}  # every training image stored
+FULL_RATE_DET = {"task": "det", "epochs": 6, "lr0": 0.01, "lr_mult": {"cls": 0.0}}  # the whole shared network learns
+
+
+@pytest.fixture(scope="module")
+def classified(tmp_path_factory) -> Path:
+    """A protocol run that has finished its classification stage (48 training images at 64 px), all of them stored."""
+    root = tmp_path_factory.mktemp("rehearsal")
+    data = make_synthetic(root / "data", n_train=48, n_val=24, imgsz=64, seed=0)
+    workflows.train(data=str(data), stages=[CLS_FIRST], seed=0, project=str(root), name="first", **{**TINY, "batch": 8})
+    return root / "first"
+
+
+def top1_after_detection(first: Path, run: Path, rehearsal: dict) -> tuple[float, float]:
+    """Classification's top-1 right after its stage and after a full-rate detection stage with `rehearsal` settings
+    (the run in `first` continued in a copy, `run`, as a resumed protocol goes on after its finished stages)."""
+    shutil.copytree(first, run)
+    state = json.loads((run / STATE_FILE).read_text())
+    state["config"]["stages"].append({**FULL_RATE_DET, **rehearsal})
+    (run / STATE_FILE).write_text(json.dumps(state))
+    scores = [s["scores"]["cls"]["metrics/accuracy_top1"] for s in workflows.train(resume=str(run))["stages"]]
+    return scores[0], scores[1]
+
+
+def test_rehearsal_keeps_the_first_task_better_than_training_without_it(classified, tmp_path):
+    own, plain = top1_after_detection(classified, tmp_path / "plain", {})
+    _, kept = top1_after_detection(classified, tmp_path / "rehearsed", {"replay": {"batch": 8}})
+    assert own > 0.5  # above chance (1/3): there is something to keep
+    assert plain < own - 0.15  # the full-rate detection stage forgets it without rehearsal
+    assert kept > plain + 0.1, (own, plain, kept)

@@ -45,11 +45,24 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
+def stored_form(sample: dict) -> dict:
+    """A single-image batch as the memory keeps it: on the CPU, the image as 8-bit RGB (a quarter of its floats)."""
+    img = (sample["img"].clamp(0, 1) * 255).round().to(torch.uint8)
+    return {**{k: v.cpu() for k, v in sample.items()}, "img": img.cpu()}
+
+
+def training_form(sample: dict, device: torch.device) -> dict:
+    """A stored single-image batch on `device`, the image as floats in [0, 1] (memories of earlier versions hold
+    floats already)."""
+    img = sample["img"].float() / 255 if sample["img"].dtype == torch.uint8 else sample["img"]
+    return {**{k: v.to(device) for k, v in sample.items()}, "img": img.to(device)}
+
+
 def write_image(path: Path, img: torch.Tensor) -> None:
-    """Save a stored image ``(1, 3, H, W)``, RGB in [0, 1], as a PNG, replacing any file of that name at once (a run
-    in an existing folder never trains on an earlier run's image; DDP ranks write the same bytes)."""
+    """Save a stored image ``(1, 3, H, W)`` (8-bit, or floats in [0, 1]) as a PNG, replacing any file of that name
+    at once (a run in an existing folder never trains on an earlier run's image; DDP ranks write the same bytes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = (img[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    rgb = stored_form({"img": img})["img"][0].permute(1, 2, 0).numpy()
     save_atomically(cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes(), path)
 
 
@@ -147,7 +160,7 @@ class Replay(Strategy):
         stored, replayed = self.context.memory.get("replay", {}), self.settings.tasks
         tasks = dict.fromkeys([*self.context.previous, *self.context.old_classes])
         self.buffers = {
-            t: [{k: v.to(trainer.device) for k, v in s.items()} for s in stored[t]]
+            t: [training_form(s, trainer.device) for s in stored[t]]
             for t in tasks
             if self.replays(t) and not self.mixed(t)
         }
@@ -187,7 +200,7 @@ class Replay(Strategy):
         how many training images the stored ones were drawn from (``memory["replay_of"]``, for the summary)."""
         size, task, images = int(trainer.args.imgsz), self.context.task, training_images(trainer)
         samples = draw_samples(trainer, images, self.settings.size, seed=int(trainer.args.seed))
-        kept = [{k: v.cpu() for k, v in resize_sample(s, size).items()} for s in samples]
+        kept = [stored_form(resize_sample(s, size)) for s in samples]
         memory = self.context.memory.setdefault("replay", {})
         seen = self.context.memory.setdefault("replay_of", {})
         grown = task in self.context.old_classes  # the old classes' images stay, beside the new ones

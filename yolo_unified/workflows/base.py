@@ -59,6 +59,23 @@ def stage_memory(weights: str | None) -> dict[str, Any]:
     return read_checkpoint(weights).get("continual") or {}
 
 
+def memory_budget(weights: str | Path) -> str | None:
+    """What the memory beside `weights` keeps, in words: the stored images of each task, the share of its training
+    images they are, and the file's size; None without stored images."""
+    memory = stage_memory(str(weights))
+    stored, drawn_from = memory.get("replay") or {}, memory.get("replay_of") or {}
+    if not any(stored.values()):
+        return None
+    counts = [
+        f"{task} {len(images)}"
+        + (f" of {drawn_from[task]} ({len(images) / drawn_from[task]:.0%})" if task in drawn_from else "")
+        for task, images in stored.items()
+        if images
+    ]
+    size = memory_file(weights).stat().st_size / 1e6
+    return f"{', '.join(counts)} training images stored ({size:.1f} MB, {memory_file(weights).name})"
+
+
 def split_cfg(keys: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The keys of the ``cfg=`` file named in `keys` (none without one), and the other keys: the explicit ones."""
     explicit = {k: v for k, v in keys.items() if k != "cfg"}

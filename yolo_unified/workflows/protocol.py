@@ -21,7 +21,7 @@ from yolo_unified.models.unified.joint import JointTrainer
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import CFG_DIR
-from yolo_unified.workflows.base import memory_file, run_dir, stage_memory
+from yolo_unified.workflows.base import memory_budget, memory_file, run_dir, stage_memory
 from yolo_unified.workflows.report import own_scores, run_summary, stage_tasks, write_report
 
 PROTOCOL_KEYS = {
@@ -140,7 +140,8 @@ def finished(protocol: Protocol, compare: str | None = None) -> dict[str, Any]:
     state = protocol.run()
     if RANK in {-1, 0}:
         images = example_images(protocol.common["data"])
-        LOGGER.info(run_summary(protocol.root, state, protocol.forget_limit, images, compare))
+        memory = memory_budget(protocol.root / "weights" / "best.pt")
+        LOGGER.info(run_summary(protocol.root, state, protocol.forget_limit, images, compare, memory))
     return {**state, "weights": str(protocol.root / "weights" / "best.pt")}
 
 

@@ -257,11 +257,16 @@ def shown(path: str | Path) -> str:
 
 
 def run_summary(
-    root: Path, state: dict[str, Any], limit: float, images: str | None = None, compare: str | None = None
+    root: Path,
+    state: dict[str, Any],
+    limit: float,
+    images: str | None = None,
+    compare: str | None = None,
+    memory: str | None = None,
 ) -> str:
     """The lines a protocol run ends with: each task's final score and forgetting, the verdict, BWT (and FWT with the
-    run's ``baselines``), where the report and the weights are, the comparison command (`compare`) and the commands
-    to try next (predict on `images`)."""
+    run's ``baselines``), what the model's memory keeps (`memory`, in words), where the report and the weights are,
+    the comparison command (`compare`) and the commands to try next (predict on `images`)."""
     weights = shown(root / "weights" / "best.pt")
     head = f"{colorstr('bold', 'Summary')}: {verdict(state, limit)}"
     lines = [f"{head} (a task may lose at most {limit:.0%} of its score)"]
@@ -278,6 +283,8 @@ def run_summary(
     baselines = load_baselines((state.get("config") or {}).get("baselines"))
     if found := [f"{k} {v:+.3f}" for k, v in protocol_transfer(state, baselines).items() if v is not None]:
         lines.append(f"  transfer  {'  '.join(found)}  (accuracy matrix in the report)")
+    if memory:
+        lines.append(f"  memory   {memory}")
     lines += [f"  report   {shown(root / 'forgetting.md')} (plots beside it)", f"  weights  {weights}"]
     if compare:
         lines.append(f"  compare  {compare}  (the same stages without mitigation)")
