@@ -4,18 +4,21 @@ import copy
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from ultralytics.cfg import get_cfg
 
 from yolo_unified import workflows
-from yolo_unified.common import STATE_FILE
+from yolo_unified.common import SHARED_MODULES, STATE_FILE, module_of
 from yolo_unified.continual import StageContext
 from yolo_unified.continual.base import memory_size
+from yolo_unified.continual.forget_guard import ForgetGuard
 from yolo_unified.continual.replay import Replay
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.data.synthetic import make_synthetic
+from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.nn import UnifiedModel
 from yolo_unified.workflows.base import stage_memory
 
@@ -126,3 +129,70 @@ def test_rehearsal_keeps_the_first_task_better_than_training_without_it(classifi
     assert own > 0.5  # above chance (1/3): there is something to keep
     assert plain < own - 0.15  # the full-rate detection stage forgets it without rehearsal
     assert kept > plain + 0.1, (own, plain, kept)
+
+
+def scripted_guard(losses: list[float], **settings) -> tuple[ForgetGuard, list[float]]:
+    """A forget_guard whose checks find the finished seg task's stored-image loss at `losses` in turn (start: 1.0),
+    and the share of their rate it gives the shared groups at each step."""
+    guard = ForgetGuard(
+        {"every": 1, "tolerance": 0.1, "factor": 2.0, "floor": 0.25, **settings}, StageContext(1, "det")
+    )
+    found = iter(losses)
+    guard.memory_losses = lambda model: {"seg": next(found)}
+    guard.samples, guard.start, guard.scale, guard.steps, guard.scales = {"seg": {}}, {"seg": 1.0}, 1.0, 0, []
+    return guard, [guard.lr_scales(SimpleNamespace(model=None))["backbone"] for _ in losses]
+
+
+def test_forget_guard_slows_the_shared_network_while_stored_losses_rise_and_lets_it_learn_again():
+    _, scales = scripted_guard([1.0, 1.2, 1.3, 1.5, 1.08, 1.04, 1.0, 0.9])
+    assert scales == [1.0, 0.5, 0.25, 0.25, 0.25, 0.5, 1.0, 1.0]  # held at the floor; +8% is within, +4% recovers
+    guard, scales = scripted_guard([1.2, 1.2, 1.2, 1.2], every=2)
+    assert scales == [1.0, 0.5, 0.5, 0.25] and set(guard.lr_scales(SimpleNamespace(model=None))) == {
+        "backbone",
+        "neck",
+        "tower",
+    }
+
+
+def test_forget_guard_scales_the_shared_networks_steps_and_leaves_the_schedule_and_statistics(synth_yaml, tmp_path):
+    seg = TRAINERS["seg"](
+        overrides={
+            **TINY,
+            "data": synth_yaml,
+            "epochs": 1,
+            "val": False,
+            "replay": {"size": 4},
+            "save_dir": str(tmp_path / "seg"),
+        }
+    )
+    seg.train()
+    memory = seg.context.memory
+    context = StageContext(1, "det", previous=["seg"], data=synth_yaml, memory=memory)
+    stopped = {"every": 1, "tolerance": -1.0, "factor": 1e9, "floor": 0.0}  # every check finds a rise: rate 0 at once
+    det = TRAINERS["det"](
+        overrides={
+            **TINY,
+            "data": synth_yaml,
+            "epochs": 1,
+            "val": False,
+            "model": str(seg.best),
+            "forget_guard": stopped,
+            "save_dir": str(tmp_path / "det"),
+        },
+        context=context,
+    )
+    start = {}
+    det.add_callback("on_train_start", lambda t: start.update({k: v.clone() for k, v in t.model.state_dict().items()}))
+    det.train()
+    end = dict(det.model.named_parameters())
+    shared = [k for k in end if module_of(k) in SHARED_MODULES]
+    assert shared and all(torch.allclose(end[k], start[k], atol=1e-7) for k in shared)  # at rate 0 (1e-9 steps)
+    assert any(not torch.equal(p, start[k]) for k, p in end.items() if module_of(k) == "det")  # the head learns
+    assert {g["module"] for g in det.optimizer.param_groups} >= {"backbone", "neck", "tower", "det"}
+    assert all(g["lr"] == pytest.approx(g["initial_lr"] * det.lf(det.epoch)) for g in det.optimizer.param_groups)
+    guard = next(s for s in det.strategies if s.key == "forget_guard")
+    stats = {k: v.clone() for k, v in det.model.state_dict().items() if k.endswith("running_mean")}
+    det.model.eval()
+    losses = guard.memory_losses(det.model)  # BatchNorm at its running statistics: they stay, as do the modes
+    assert set(losses) == {"seg"} and losses["seg"] > 0 and not det.model.training
+    assert all(torch.equal(v, det.model.state_dict()[k]) for k, v in stats.items())

@@ -91,7 +91,12 @@ class Strategy:
         """Once the model, optimizer and EMA exist (Ultralytics' ``on_pretrain_routine_end``)."""
 
     def lr_multipliers(self) -> dict[str, float]:
-        """Learning-rate multiplier per module group; applied when the optimizer is built."""
+        """Learning-rate multiplier per module group; applied when the optimizer is built (two strategies' multipliers
+        of a group multiply)."""
+        return {}
+
+    def lr_scales(self, trainer) -> dict[str, float]:
+        """A share of its rate per module group for this optimizer step (on top of the multipliers), or none."""
         return {}
 
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
@@ -101,8 +106,10 @@ class Strategy:
         """
         return None
 
-    def training_images(self, trainer, dataset) -> None:
-        """The stage's training dataset, once built (before its loader): a strategy may add images to it."""
+    def added_images(self, trainer, dataset) -> list[tuple[str, int]]:
+        """Classification images to join the stage's training set (built, before its loader): image files, each with
+        its class in the model's ids (an image listed twice is drawn twice per epoch). The trainer adds them."""
+        return []
 
     def labels(self, batch: dict) -> dict:
         """The training batch the task loss sees, after preprocessing: a strategy may add labels (old classes)."""
@@ -115,8 +122,12 @@ class Strategy:
         """After Ultralytics puts the model in train mode at the start of every epoch."""
 
     def accept_epoch(self, trainer) -> bool:
-        """After each epoch's validation: False vetoes this epoch's weights as the stage's best and stops the stage."""
+        """After each epoch's validation: False vetoes this epoch's weights as the stage's best."""
         return True
+
+    def stop_stage(self) -> bool:
+        """After `accept_epoch`: True ends the stage after this epoch."""
+        return False
 
     def stage_end(self, trainer, best: torch.nn.Module) -> None:
         """After the stage, with its best model: store what later stages need in ``context.memory``."""

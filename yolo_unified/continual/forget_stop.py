@@ -60,6 +60,8 @@ class ForgetStop(Strategy):
             f"forget_stop: epoch {trainer.epoch + 1} forgets {', '.join(f'{t} {d:.1%}' for t, d in bad.items())} "
             f"(limit {limit:.0%}); these weights are not kept"
         )
-        if self.violations > self.settings.patience:
-            trainer.stop = True
         return False
+
+    def stop_stage(self) -> bool:
+        """After more than ``patience`` epochs in a row that forgot too much."""
+        return self.violations > self.settings.patience

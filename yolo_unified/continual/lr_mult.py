@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from ultralytics.utils import LOGGER
 
 from yolo_unified.common import module_of
 from yolo_unified.continual.base import Strategy
@@ -19,8 +18,8 @@ class LRMult(Strategy):
 
     The optimizer gets one parameter group per module group (and Ultralytics' decay / no-decay / bias split), at
     ``lr0 * multiplier``. A group at 0 is left out of the optimizer and its parameters stop requiring gradients, so
-    neither weight decay nor momentum can move them, and its BatchNorm statistics are held as well. The bias warmup
-    starts at 0 instead of ``warmup_bias_lr``, which Ultralytics applies to every bias group alike.
+    neither weight decay nor momentum can move them, and its BatchNorm statistics are held as well. The trainer starts
+    the bias warmup at 0 instead of ``warmup_bias_lr``, which Ultralytics applies to every bias group alike.
     """
 
     key = "lr_mult"
@@ -35,13 +34,6 @@ class LRMult(Strategy):
         det: float | None = setting(None, MULTIPLIER)
         seg: float | None = setting(None, MULTIPLIER)
         cls: float | None = setting(None, MULTIPLIER)
-
-    def setup(self, trainer) -> None:
-        """Start the bias warmup at 0: Ultralytics ramps bias groups down from ``warmup_bias_lr`` (0.1) whatever
-        their multiplier, which would move a slowed module's biases at the full warmup rate."""
-        if trainer.args.warmup_bias_lr:
-            LOGGER.info(f"lr_mult: warmup_bias_lr {trainer.args.warmup_bias_lr:g} -> 0 (it ignores the multipliers)")
-            trainer.args.warmup_bias_lr = 0.0
 
     def lr_multipliers(self) -> dict[str, float]:
         """The configured multipliers (the module groups given)."""

@@ -133,27 +133,22 @@ class Replay(Strategy):
         """Whether the stored images of `task` join this stage's training set (``mix``) rather than a loss term."""
         return self.settings.mix and self.replays(task) and task == "cls" and task in self.context.old_classes
 
-    def training_images(self, trainer, dataset) -> None:
-        """With ``mix``: the stored classification images join the stage's training set, in the data's class ids
-        (classes the data lacks get ids after its own, which the trainer's ``class_lut`` maps to the model's)."""
+    def added_images(self, trainer, dataset) -> list[tuple[str, int]]:
+        """With ``mix``: the stored classification images, written as PNGs to ``<save_dir>/replay``, to join the
+        stage's training set (each as many times as ``oversample`` says)."""
         if not self.mixed(trainer.task_key):
-            return
-        samples, n_data = self.context.memory["replay"]["cls"], len(trainer.data["names"])
-        lut, n_own = trainer.class_lut, len(dataset.samples)
+            return []
+        samples = self.context.memory["replay"]["cls"]
         repeat = oversampling_factor(dataset.samples, samples) if self.settings.oversample else 1
+        added = []
         for i, sample in enumerate(samples):
             model_id = int(sample["cls"])
             path = Path(trainer.save_dir) / "replay" / f"{i:04d}-{model_id}.png"
             write_image(path, sample["img"])
-            data_id = model_id if lut is None else n_data + model_id
-            dataset.samples += [[str(path), data_id, path.with_suffix(".npy"), None] for _ in range(repeat)]
-        if lut is not None:
-            trainer.class_lut = torch.cat([lut, torch.arange(int(lut.max()) + 1)])
-        if dataset.cache_ram:
-            dataset.cache_images()
+            added += [(str(path), model_id)] * repeat
         times = f", each {repeat} times (oversample)" if repeat > 1 else ""
-        joined = f"the {len(samples)} stored images of the old classes join the {n_own} training images{times}"
-        LOGGER.info(f"replay: {joined}")
+        LOGGER.info(f"replay: the {len(samples)} stored images of the old classes join the training images{times}")
+        return added
 
     def setup(self, trainer) -> None:
         """Move the stored images of the finished tasks to the device (those that ``mix`` joins to the data aside)."""

@@ -135,7 +135,10 @@ class UnifiedTrainerMixin:
         A multiplier of 0 leaves the module's parameters out of the optimizer and stops their gradients.
         """
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
-        mult = {k: v for s in self.strategies for k, v in s.lr_multipliers().items()}
+        mult: dict[str, float] = {}
+        for s in self.strategies:
+            for group, m in s.lr_multipliers().items():
+                mult[group] = mult.get(group, 1.0) * m
         if not mult:
             return optimizer
         names = {id(p): n for n, p in unwrap_model(model).named_parameters()}
@@ -152,6 +155,11 @@ class UnifiedTrainerMixin:
                     continue
                 groups.append({**group, "params": params, "lr": group["lr"] * m, "module": module})
         LOGGER.info(f"{colorstr('lr_mult:')} " + ", ".join(f"{k} x{v:g}" for k, v in mult.items()))
+        if (
+            self.args.warmup_bias_lr
+        ):  # Ultralytics ramps its first group (a bias split) from it, whatever its multiplier
+            LOGGER.info(f"lr_mult: warmup_bias_lr {self.args.warmup_bias_lr:g} -> 0 (it would ignore the multipliers)")
+            self.args.warmup_bias_lr = 0.0
         optimizer.param_groups.clear()  # the optimizer is new (no state yet): refill it with the split groups
         for group in groups:
             optimizer.add_param_group(group)
@@ -162,7 +170,16 @@ class UnifiedTrainerMixin:
         self.scaler.unscale_(self.optimizer)
         for s in self.strategies:
             s.before_optimizer_step(self)
+        scales: dict[str, float] = {}
+        for s in self.strategies:
+            for group, share in s.lr_scales(self).items():
+                scales[group] = scales.get(group, 1.0) * share
+        scaled = [(g, g["lr"]) for g in self.optimizer.param_groups if scales.get(g.get("module"), 1.0) != 1.0]
+        for group, lr in scaled:  # this step only: the schedule keeps setting the rates it owns
+            group["lr"] = lr * scales[group["module"]]
         self.scaler.step(self.optimizer)
+        for group, lr in scaled:
+            group["lr"] = lr
         self.scaler.update()
         self.optimizer.zero_grad()
         if self.ema:
@@ -180,9 +197,11 @@ class UnifiedTrainerMixin:
         metrics, fitness = super().validate()  # DDP: every rank validates its share, rank 0 gets the metrics
         with rank_zero_alone():  # DDP: the strategies' checks run on rank 0, which tells the others
             vetoed = metrics is not None and not all([s.accept_epoch(self) for s in self.strategies])
+            stop = metrics is not None and any(s.stop_stage() for s in self.strategies)
         if from_rank_zero(vetoed):
             self.best_fitness = best_before
             fitness = float("-inf")
+        self.stop = self.stop or from_rank_zero(stop)
         return metrics, fitness
 
     def _handle_nan_recovery(self, epoch: int) -> bool:
@@ -368,10 +387,22 @@ class UnifiedTrainerMixin:
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
         """Ultralytics' dataset of the task; a training set with the images strategies add (replay's ``mix``)."""
         dataset = super().build_dataset(img_path, mode, batch)
-        if mode == "train":
-            for s in self.strategies:
-                s.training_images(self, dataset)
+        added = [image for s in self.strategies for image in s.added_images(self, dataset)] if mode == "train" else []
+        if added:
+            self.add_images(dataset, added)
         return dataset
+
+    def add_images(self, dataset, added: list[tuple[str, int]]) -> None:
+        """Join classification images labelled in the model's class ids to `dataset`: where the data numbers its
+        classes otherwise (``class_lut``), they get data ids after the data's own, which the table maps back."""
+        n_data, lut = len(self.data["names"]), self.class_lut
+        dataset.samples += [
+            [path, m if lut is None else n_data + m, Path(path).with_suffix(".npy"), None] for path, m in added
+        ]
+        if lut is not None:
+            self.class_lut = torch.cat([lut, torch.arange(int(lut.max()) + 1)])
+        if dataset.cache_ram:
+            dataset.cache_images()
 
     def preprocess_batch(self, batch: dict) -> dict:
         """Ultralytics' preprocessing, the labels in the model's class ids, then the strategies' labels (old classes
