@@ -1,46 +1,9 @@
 """Adding classes to a task: a model trained on some classes learns more from data that labels only the new ones.
 
-    python -m benchmarks.add_classes sections=synth       # 1.5-3 h on 2 cores (3 tasks x 2 seeds x 4 runs)
-    python -m benchmarks.add_classes sections=hw2 pretrained=../shared/weights/yolov8n-cls-imagenette.pt  # ~1 h
-    python -m benchmarks.add_classes quick=True seeds=1 out=/tmp/add-classes   # every run shrunk: a few minutes
-
-Sections (``sections=``, default both; ``tasks=`` narrows a section to some of its tasks):
-
-- **synth**: the built-in synthetic data (``datasets/unified-synth``, or ``synth=<data YAML>``), each task (det,
-  seg, cls): stage 1 circle and rectangle (seg: with the background, which every class subset keeps), stage 2
-  triangle. ``synth_val=N`` scores the runs on a val split of N images per task from the same generator (its first
-  32 are the built-in val; 32 images resolve no 5% change), written beside the data (``datasets/unified-synth-val<N>``);
-  training and its best.pt keep the data's own, so a re-run with another N only scores the finished runs again.
-  Settings: cfg/synth.yaml's (96 px, batch 16, nbs 16, no mosaic, BatchNorm momentum 0.1) with AdamW, lr0 0.002,
-  cosine schedule, one warm-up epoch, no loader workers.
-- **hw2**: the HW2 data (``hw2=<raw folder>``, default ../shared/data/hw2, laid out into ``datasets/hw2`` as
-  ``yolo-unified data prepare`` does; skipped with a message when absent): segmentation VOC 15+5 (aeroplane ...
-  person, then pottedplant ... tvmonitor), detection 5+5 (person, car, dog, cat, chair, then the other five).
-  Settings: 320 px, batch 16, nbs 16, AdamW, lr0 0.002, cosine schedule, one warm-up epoch; ``pretrained=`` weights
-  start the runs that start from scratch (old, joint).
-
-Four runs per task and seed (``seeds=``, default 2), each an Ultralytics training run in ``<out>/<run>`` (a re-run
-skips finished runs and resumes an interrupted one from its last.pt; a run that results.json records and whose
-folder is gone is kept as recorded):
-
-- ``old``: the task on the stage-1 subset (``yolo-unified data split``), 30 epochs, keeping the recipe's number of
-  its images (``replay`` size: the exemplars the recipe replays);
-- ``finetune``: from old's best.pt on the stage-2 subset, 20 epochs, nothing keeping the old classes (lower bound);
-- ``recipe``: the same with cfg/add-classes.yaml (old-class pseudo-labels, distillation, replay of the exemplars),
-  or the YAML of ``recipe=`` (a trial of other keys: give it its own ``out``, where finished runs are kept);
-- ``joint``: every class at once on the full data, 30 epochs (upper bound).
-
-Every run's best.pt is scored on the full data's val split of its task, each class on its own (mAP50, IoU with the
-background, top-1 recall), in groups: ``old`` (the stage-1 classes; seg: the background too, as VOC 15+5's 0-15
-mIoU), ``new`` (stage 2) and ``all`` (every class), with 95% bootstrap intervals over the val images (``n_boot``,
-default 1000). A model is scored on the classes it has (the old model has no new group); the old classification
-model on the stage-1 subset's val split, the very images the full split leaves it (see `scoring_data`). Each table
-ends with what a model that learned nothing scores (`trivial_scores`: background everywhere, no boxes, chance).
-
-Output in ``out`` (default benchmarks/results/add-classes), rewritten after every run: results.json, summary.md (a
-table per section and task; the two verdicts: what the recipe keeps of the old classes, how close it comes to
-training every class at once) and add_classes.png. ``quick=True`` shrinks every run (64 px, one epoch, batch 8) to
-check the pipeline. Every run has ``plots=False`` (no Ultralytics plots: results.json holds every number).
+Per section (synth: the built-in data, circle and rectangle then triangle; hw2: VOC 15+5, detection 5+5), task and
+seed, four runs: ``old`` (stage 1), ``finetune`` (lower bound), ``recipe`` (cfg/add-classes.yaml or ``recipe=``) and
+``joint`` (every class at once, upper bound); each scored per class in groups old / new / all. Commands:
+benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -53,7 +16,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from ultralytics.utils import LOGGER, YAML, colorstr, plt_settings
+from ultralytics.utils import LOGGER, YAML, plt_settings
 
 from benchmarks.bootstrap import per_image_records, percentiles, record_class_scores, resamples
 from benchmarks.common import (
@@ -61,8 +24,9 @@ from benchmarks.common import (
     QUICK,
     REPO,
     RESULTS,
+    Run,
     benchmark_args,
-    finished_run,
+    execute,
     git_commit,
     invocation,
     invocation_text,
@@ -73,10 +37,10 @@ from benchmarks.common import (
     recorded_command,
     repo_relative,
     score_text,
-    training_minutes,
+    train_or_resume,
+    trained_record,
     write_outputs,
 )
-from benchmarks.joint import train_or_resume
 from yolo_unified.common import listed
 from yolo_unified.data.class_split import read_class_mask, split_classes
 from yolo_unified.data.config import image_files, label_file, load_data_config, task_data
@@ -252,33 +216,25 @@ def scoring_data(task: str, method: str, data: dict[str, Any]) -> str:
     return data["scored"]
 
 
-def scored_run(
-    name: str, cfg: dict, scoring: str, groups: dict[str, list[str]], out: Path, n_boot: int, previous: dict
-) -> dict[str, Any]:
-    """Train (or resume, or skip) one run and score it on the val split of `scoring` (`scoring_data`). A run
-    recorded in `previous` is kept as recorded when its folder is gone, or when it is finished and was scored on the
-    same data with the same `n_boot`."""
-    root = out / name
-    kept = previous.get(name)
-    scored_alike = kept and kept.get("n_boot") == n_boot and kept.get("scored_on") == repo_relative(scoring)
-    if kept and (not root.is_dir() or (scored_alike and finished_run(root / "weights" / "last.pt"))):
-        return kept
-    if "model" in cfg and not Path(cfg["model"]).is_file():
-        raise FileNotFoundError(f"{name} starts from {cfg['model']}, which is not there: train its old run first")
-    LOGGER.info(f"\n{colorstr('bold', MODULE)}: {name}")
-    weights, peak = train_or_resume(root, cfg)
-    scores = grouped_scores(str(weights), scoring, cfg["task"], cfg["imgsz"], groups, n_boot, root / "bootstrap")
-    minutes = training_minutes(root)
-    return {
-        "data": repo_relative(cfg["data"]),
-        "scored_on": repo_relative(scoring),
-        "weights": repo_relative(weights),
-        **scores,
-        "n_boot": n_boot,
-        "minutes": minutes,
-        "seconds_per_epoch": 60 * minutes / cfg["epochs"],
-        "peak_rss_mb": peak,
-    }
+def planned_run(plan: tuple[str, str, str, int], cfg: dict, data: dict[str, Any], n_boot: int) -> Run:
+    """One run of the plan: trained with `cfg` (a stage-2 run once its old run's weights are there), scored per
+    class and group on the val split of its `scoring_data`; a finished run scored on the same data with the same
+    `n_boot` is kept as recorded."""
+    section, task, method, seed = plan
+    scoring = scoring_data(task, method, data)
+
+    def trained(root: Path) -> tuple[Path, float | None]:
+        if "model" in cfg and not Path(cfg["model"]).is_file():
+            raise FileNotFoundError(f"{root.name} starts from {cfg['model']}, which is not there: train its old run")
+        return train_or_resume(root, cfg)
+
+    def score(root: Path, weights_peak: tuple[Path, float | None]) -> dict[str, Any]:
+        weights, peak = weights_peak
+        scores = grouped_scores(str(weights), scoring, task, cfg["imgsz"], data["groups"], n_boot, root / "bootstrap")
+        return {**trained_record(root, cfg, weights, peak), **scores}
+
+    fixed = {"section": section, "task": task, "method": method, "seed": seed}
+    return Run(run_name(*plan), trained, score, fixed, {"scored_on": repo_relative(scoring), "n_boot": n_boot})
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -327,13 +283,16 @@ def main(argv: list[str]) -> dict[str, Any]:
         "invocations": previous.get("invocations", []),
     }
     n_boot = int(args.get("n_boot", 1000))
-    for section, task, method, seed in plan:
-        name, task_data = run_name(section, task, method, seed), data[section][task]
-        cfg = run_cfg((section, task, method, seed), task_data, out, pretrained if section == "hw2" else None, recipe)
-        scoring, groups = scoring_data(task, method, task_data), task_data["groups"]
-        run = scored_run(name, {**cfg, **force}, scoring, groups, out, n_boot, previous.get("runs", {}))
-        results["runs"][name] = {"section": section, "task": task, "method": method, "seed": seed, **run}
+
+    def run_of(p: tuple[str, str, str, int]) -> Run:
+        cfg = run_cfg(p, data[p[0]][p[1]], out, pretrained if p[0] == "hw2" else None, recipe)
+        return planned_run(p, {**cfg, **force}, data[p[0]][p[1]], n_boot)
+
+    def keep(name: str, record: dict[str, Any]) -> None:
+        results["runs"][name] = record
         save(out, results)
+
+    execute(map(run_of, plan), out, previous.get("runs", {}), keep, MODULE)
     results["invocations"].append(invocation(started, commit))
     save(out, results)
     return results

@@ -7,7 +7,6 @@ the same metric code on the resampled records, so the point value and every resa
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,7 @@ import numpy as np
 import torch
 from ultralytics.utils.metrics import DetMetrics, SemanticMetrics
 
-from yolo_unified.cli import parse_args
 from yolo_unified.common import PRIMARY_METRIC, ULTRALYTICS_TASK
-from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.defaults import unified_threads
 from yolo_unified.models.unified.val import VALIDATORS, class_scores
 
@@ -144,28 +141,3 @@ def bootstrapped(
     if task == "seg":
         out["all_background"] = background_miou(records, names)
     return out
-
-
-def main(argv: list[str]) -> dict[str, dict[str, Any]]:
-    """``python -m benchmarks.bootstrap model=best.pt data=datasets/hw2.yaml [imgsz=320] [cls_imgsz=160] [n=1000]``.
-
-    Prints and returns each task's score with its 95% bootstrap interval.
-    """
-    args = parse_args(argv)
-    names = task_names(load_data_config(args["data"]))
-    out: dict[str, dict[str, Any]] = {}
-    for task in names:
-        imgsz = int(args.get("cls_imgsz", 160)) if task == "cls" else int(args.get("imgsz", 320))
-        save_dir = Path(args.get("project", "runs/unified/bootstrap")) / task
-        out[task] = bootstrapped(
-            str(args["model"]), str(args["data"]), task, imgsz, names[task], int(args.get("n", 1000)), save_dir
-        )
-        s = out[task]
-        extra = f", all-background {s['all_background']:.4f}" if task == "seg" else ""
-        lo, hi = s["ci95"]
-        print(f"{task}: {s['value']:.4f} [95% CI {lo:.4f}, {hi:.4f}] on {s['n_images']} images{extra}")
-    return out
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,33 +1,26 @@
-"""What the benchmarks share: paths, quick mode, training-run facts, protocol runs, provenance and output files.
-
-With benchmarks.bootstrap the bottom of benchmarks/: it imports no other benchmark module. The drivers
-(benchmarks.hw2, benchmarks.sweep) and the section modules (benchmarks.joint, separate, deployed, runtimes) build on it.
-"""
+"""What the benchmarks share: the run planner (`Run`, `execute`), paths, quick mode, protocol runs, provenance and
+output files. With benchmarks.bootstrap the bottom of benchmarks/: it imports no other benchmark module."""
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import resource
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-from ultralytics import __version__ as ultralytics_version
 from ultralytics.utils import LOGGER, YAML, colorstr
-from ultralytics.utils.torch_utils import get_cpu_info
 
 from yolo_unified.cli import parse_args
 from yolo_unified.common import STATE_FILE, TASK_TABLE
 from yolo_unified.data.config import load_data_config, task_data
 from yolo_unified.data.prepare import prepare_hw2
 from yolo_unified.files import read_checkpoint, save_atomically
+from yolo_unified.speed import machine_info, reset_peak_rss, rss_mb
 from yolo_unified.workflows import train
 from yolo_unified.workflows.protocol import recommended_protocol
 from yolo_unified.workflows.report import unlearned_stages, verdict
@@ -190,17 +183,6 @@ def recorded_command(argv: list[str], module: str) -> str:
     return f"python -m {module} " + " ".join(tokens)
 
 
-def machine_info() -> dict[str, Any]:
-    """The CPU, its logical cores and the versions of torch, Ultralytics and Python."""
-    return {
-        "cpu": get_cpu_info(),
-        "logical_cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "ultralytics": ultralytics_version,
-        "python": platform.python_version(),
-    }
-
-
 def machine_text(m: dict[str, Any]) -> str:
     """The summary line of `machine_info`."""
     return (
@@ -318,3 +300,78 @@ def write_outputs(out: Path, results: dict, summary: str, command: str) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (out / "summary.md").write_text(summary)
     LOGGER.info(f"{colorstr('bold', command)}: {out / 'summary.md'}")
+
+
+def train_or_resume(root: Path, cfg: dict[str, Any]) -> tuple[Path, float | None]:
+    """Train (or resume, or skip when finished) the unified run `cfg` in `root` (joint, or one task with ``task=``).
+
+    Returns its best (else last) weights and the peak resident memory (MB) of the training call that finished it,
+    kept in ``<root>/peak_memory.json`` so that a later invocation which skips the run still reports it.
+    """
+    last, memory = root / "weights" / "last.pt", root / "peak_memory.json"
+    if not finished_run(last):
+        start = reset_peak_rss()
+        if last.is_file():
+            train(task=cfg.get("task"), resume=str(last), data=cfg["data"])
+        else:
+            train(**cfg, project=str(root.parent), name=root.name, exist_ok=True)
+        memory.write_text(json.dumps({"peak_rss_mb": rss_mb("VmHWM") if start is not None else None}))
+    best = root / "weights" / "best.pt"
+    peak = json.loads(memory.read_text())["peak_rss_mb"] if memory.is_file() else None
+    return (best if best.is_file() else last), peak
+
+
+def trained_record(root: Path, cfg: dict[str, Any], weights: Path, peak: float | None) -> dict[str, Any]:
+    """What every trained run's record holds: its data, weights, training minutes, seconds per epoch, peak memory."""
+    minutes = training_minutes(root)
+    return {
+        "data": repo_relative(cfg["data"]),
+        "weights": repo_relative(weights),
+        "minutes": minutes,
+        "seconds_per_epoch": 60 * minutes / cfg["epochs"],
+        "peak_rss_mb": peak,
+    }
+
+
+def weights_here(root: Path) -> bool:
+    """Whether a run folder holds its weights (a committed folder holds reports only)."""
+    return (root / "weights" / "last.pt").is_file()
+
+
+@dataclass
+class Run:
+    """One planned run of a benchmark, in ``<out>/<name>``.
+
+    `train` trains it (resumes it, or skips it when finished) and returns what `score` needs; `score` returns its
+    record (the fixed `record` entries and `scored_as` are added). `scored_as`: the entries a finished run's record
+    must have for it to be kept rather than scored again; `here`: whether the folder holds the run's weights.
+    """
+
+    name: str
+    train: Callable[[Path], Any]
+    score: Callable[[Path, Any], dict[str, Any]]
+    record: dict[str, Any] = field(default_factory=dict)
+    scored_as: dict[str, Any] = field(default_factory=dict)
+    here: Callable[[Path], bool] = weights_here
+    finished: Callable[[Path], bool] = lambda root: finished_run(root / "weights" / "last.pt")
+
+
+def execute(
+    runs: Iterable[Run], out: Path, recorded: dict[str, dict], save: Callable[[str, dict], None], module: str
+) -> dict[str, dict]:
+    """The run planner every benchmark uses: each run in order is kept as `recorded` (by an earlier invocation into
+    `out`) when its weights are not here, or when it is finished and was scored alike; else trained (resumed, or
+    skipped when finished) and scored. `save` gets each record as it is made: a killed invocation leaves what is done,
+    and a re-run with the same command continues."""
+    records = {}
+    for run in runs:
+        root, kept = out / run.name, recorded.get(run.name)
+        alike = kept is not None and all(kept.get(k) == v for k, v in run.scored_as.items())
+        if kept is not None and (not run.here(root) or (alike and run.finished(root))):
+            record = kept
+        else:
+            LOGGER.info(f"\n{colorstr('bold', module)}: {run.name}")
+            record = {**run.record, **run.score(root, run.train(root)), **run.scored_as}
+        records[run.name] = record
+        save(run.name, record)
+    return records

@@ -1,20 +1,9 @@
-"""Scores of the deployed path: every task as ``yolo-unified predict`` (and an exported model run alike) serves it.
-
-    python -m benchmarks.deployed model=best.pt data=datasets/hw2.yaml [imgsz=320] [out=...]
-
-The validators score each task the way its own Ultralytics task does; a deployed unified model makes one letterboxed
-pass for all tasks. The differences, each measured here with the validators' own metric code (and bootstrap intervals):
-
-- every task at one image size, the predictor's (``imgsz``: by default the checkpoint's);
-- detection after the predictor's NMS: one class per box, its default ``conf`` 0.25, ``iou`` 0.7, ``max_det`` 300 (the
-  validator keeps a candidate box for every class above 0.001, which mAP rewards);
-- classification on the whole image letterboxed like the other tasks (the validator resizes and centre-crops);
-- segmentation letterboxed as in validation (only the image size can differ).
-"""
+"""Scores of the deployed path (section ``deployed=True`` of benchmarks.hw2): every task as ``yolo-unified predict``
+serves it, one letterboxed pass at one image size, detection after the predictor's NMS (one class per box, conf 0.25,
+iou 0.7, max_det 300), classification on the whole letterboxed image; scored by the validators' own metric code."""
 
 from __future__ import annotations
 
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,7 +16,7 @@ from ultralytics.utils import nms
 from ultralytics.utils.checks import check_imgsz
 
 from benchmarks.bootstrap import bootstrapped
-from benchmarks.common import benchmark_args, ultralytics_data
+from benchmarks.common import ultralytics_data
 from yolo_unified.common import task_imgsz
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.files import load_checkpoint
@@ -105,20 +94,3 @@ def separate_deployed_detection(weights: str | Path, data: str, out: Path, n_boo
         str(weights), det_data, "det", checkpoint_imgsz(weights), names, n_boot, out / "deployed",
         SeparateDeployedDetectionValidator,
     )  # fmt: skip
-
-
-def main(argv: list[str]) -> dict[str, dict[str, Any]]:
-    """Score a checkpoint on the deployed path for command-line tokens `argv` (``key=value``)."""
-    args = benchmark_args(argv, {"model", "data", "imgsz", "out", "bootstrap"}, "benchmarks.deployed")
-    model = str(args["model"])
-    imgsz = int(args.get("imgsz") or checkpoint_imgsz(model))
-    out = Path(args.get("out", "runs/unified/deployed")).resolve()
-    data = str(args.get("data", "datasets/hw2.yaml"))
-    scores = deployed_scores(model, data, out, imgsz, int(args.get("bootstrap", 1000)))
-    for task, s in scores.items():
-        print(f"{task}: {s['value']:.4f} [95% CI {s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}] at {imgsz} px")
-    return scores
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

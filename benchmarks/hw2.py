@@ -1,33 +1,5 @@
-"""The HW2 benchmark: single-task baselines, the sequential protocol (two seeds) and the ablation table, resumable.
-
-    python -m benchmarks.hw2 data=../shared/data/hw2 imgsz=320 out=benchmarks/results/hw2-320
-    python -m benchmarks.hw2 ... pretrained=../shared/weights/yolov8n-cls-imagenette.pt   # the pretrained regime
-    python -m benchmarks.hw2 ... ablations=False   # baselines and the default protocol only (a second regime)
-    python -m benchmarks.hw2 ... separate=True     # adds the three separate Ultralytics models (benchmarks.separate)
-    python -m benchmarks.hw2 ... runtimes=True     # adds the final model's accuracy per runtime (benchmarks.runtimes)
-    python -m benchmarks.hw2 ... deployed=True     # adds the deployed path's scores (benchmarks.deployed)
-    python -m benchmarks.hw2 ... joint=True [joint_methods=fixed,pcgrad] [joint_seeds=2]  # adds joint training
-    python -m benchmarks.hw2 ... recorded=True     # extends a committed benchmark whose weights are not here
-    python -m benchmarks.hw2 ... speed=False       # leaves out the speed table (benchmarks.sweep's base run)
-    python -m benchmarks.hw2 data=datasets/unified-synth.yaml quick=True out=/tmp/quick    # a smoke run, minutes
-
-``data`` is the raw HW2 folder (converted into ``datasets/hw2`` first, as ``yolo-unified data prepare`` does) or a
-multi-task data YAML. Every run is a protocol run under ``<out>/<name>``: a killed benchmark re-run with the same
-command skips finished runs and stages and resumes the interrupted one. A clone of the repository holds a committed
-benchmark's reports but not its weights: with ``recorded=True`` the runs (and sections) that results.json records and
-whose weights are not here are kept as recorded, not re-run, and only the rest are trained; the summary names them.
-The single-task baselines and the ablation runs share the first (segmentation) stage of the seed-0 default run: it is
-the same training in all of them (the strategies act from stage 2 on, and the segmentation baseline has the same
-settings). The protocol is the one `yolo-unified train` recommends: cfg/seq.yaml, or cfg/seq-pretrained.yaml with
-``pretrained=`` (its first stage trains the backbone at a tenth of the rate, and so does the segmentation baseline it
-shares). ``quick=True`` shrinks every stage (64 px, one epoch, 5% of the training images) to check that the whole
-pipeline produces its files.
-
-Output in ``out``: ``summary.md`` (every table, with the machine, command, commit, date and wall times),
-``results.json`` (every number), the runs' own reports and plots, and the speed table of ``yolo-unified benchmark``.
-Scores come with 95% bootstrap intervals over the validation images and with the all-background / chance
-references; the default protocol runs with two seeds.
-"""
+"""The HW2 benchmark: single-task baselines, the sequential protocol, its ablations and the optional sections
+(separate models, runtimes, deployed path, joint training), resumable; commands and outputs: benchmarks/README.md."""
 
 from __future__ import annotations
 
@@ -96,6 +68,13 @@ ABLATIONS = [  # name, row label, strategy keys kept from cfg/seq.yaml, staged (
     ("pseudo_label", "pseudo-labels alone", ("pseudo_label",), False),
     ("feat_distill", "feature distillation alone", ("feat_distill",), False),
 ]
+SPEED_TARGETS = {  # the homework's latency targets, on the ratios `yolo-unified benchmark` measures: (goal, met)
+    "full model / backbone latency (PyTorch eager, timed in alternation)": ("<= 1.3", lambda v: v <= 1.3),
+    "ONNX Runtime / PyTorch eager latency": ("< 1", lambda v: v < 1),
+    "slowest p90 of the unified model (ms)": ("< 150", lambda v: v < 150),
+    "ONNX Runtime fp32 / fastest INT8 latency (timed in alternation)": (">= 1.5", lambda v: v >= 1.5),
+    "fastest INT8 / three separate models summed (ONNX Runtime fp32)": ("<= 0.2", lambda v: v <= 0.2),
+}
 PUBLISHED = """Published figures for this protocol (not re-run here; pretrained backbones on a GPU):
 - report A (MobileNetV3-S, 4.39M params): after stage 3 mIoU 30.01, mAP 47.05, top-1 15.00; forgetting 4.78% / 0.00% /
   0.00%; 1.90 ms on a T4;
@@ -255,7 +234,7 @@ def separate_models(bench: Hw2Setup) -> dict[str, dict]:
 
 
 def final_model_speed(bench: Hw2Setup, states: dict[str, dict]) -> dict[str, Any]:
-    """``speed`` (rows, checks, machine) and ``speed_table`` of `yolo-unified benchmark` on seed 0's final model; a
+    """``speed`` (rows, ratios, machine) and ``speed_table`` of `yolo-unified benchmark` on seed 0's final model; a
     re-run keeps the ones an earlier invocation measured on the same weights file with the same settings."""
     if "default_seed0" in bench.recorded:  # its final model is not here to time
         return {"speed": bench.previous["speed"], "speed_table": bench.previous["speed_table"]}
@@ -274,7 +253,7 @@ def final_model_speed(bench: Hw2Setup, states: dict[str, dict]) -> dict[str, Any
     speed = UnifiedYOLO(weights).benchmark(**settings, project=str(bench.out), name="speed", exist_ok=True)
     machine = {**speed["machine"], "model": repo_relative(speed["machine"]["model"])}
     return {
-        "speed": {"rows": speed["rows"], "checks": speed["checks"], "machine": machine, "timed": timed},
+        "speed": {"rows": speed["rows"], "ratios": speed["ratios"], "machine": machine, "timed": timed},
         "speed_table": (Path(speed["save_dir"]) / "benchmark.md").read_text(),
     }
 
@@ -286,10 +265,9 @@ def joint_training(bench: Hw2Setup, runs: dict[str, dict], separate: dict[str, d
     methods = listed(bench.args.get("joint_methods") or list(BALANCERS))
     force = {**bench.force, "task_args": {"cls": {"imgsz": bench.force["imgsz"]}}} if bench.quick else bench.force
     single = {t: s["value"] for t, s in runs["baselines"]["final"].items()}
-    recorded = bench.previous.get("joint", {})
-    kept = {name: recorded[name] for name in bench.recorded if name in recorded}
     seeds = int(bench.args.get("joint_seeds", 2))
-    joint = joint_runs(bench.out, bench.settings, force, methods, seeds, single, bench.n_boot, kept)
+    recorded = bench.previous.get("joint", {})
+    joint = joint_runs(bench.out, bench.settings, force, methods, seeds, single, bench.n_boot, recorded)
     references = {"single-task": single}
     references["sequential (seed 0)"] = {t: s["value"] for t, s in runs["default_seed0"]["final"].items()}
     if separate:
@@ -503,11 +481,24 @@ def efficiency(results: dict) -> list[str]:
     return ["## Efficiency", "", f"Training time per stage of the default protocol (seed 0): {stage_times}."]
 
 
+def targets_table(results: dict) -> list[str]:
+    """The homework's latency targets against the ratios of the speed section (a record from before the product
+    measured ratios has its targets in its speed table)."""
+    if not (ratios := results.get("speed", {}).get("ratios")):
+        return []
+    lines = ["| target | value | met |", "|---|---:|:---:|"]
+    for name, value in ratios.items():
+        goal, met = SPEED_TARGETS[name]
+        lines.append(f"| {name} {goal} | {value} | {'yes' if met(value) else 'NO'} |")
+    return lines
+
+
 def summary_markdown(results: dict) -> str:
     """All tables of the benchmark as Markdown."""
     tables = (baselines_table, protocol_reports, final_scores_table, separate_table, runtimes_table, joint_table)
     blocks = [overview(results), *(table(results) for table in tables), deployed_table(results), efficiency(results)]
-    return markdown([*blocks, [results["speed_table"]] if results["speed_table"] else [], [PUBLISHED]])
+    speed = [results["speed_table"]] if results["speed_table"] else []
+    return markdown([*blocks, speed, targets_table(results), [PUBLISHED]])
 
 
 def main(argv: list[str]) -> dict:

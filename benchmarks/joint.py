@@ -1,33 +1,23 @@
-"""The joint section of benchmarks.hw2: the unified model trained on every task at once, per loss-balancing method.
-
-Each run is the regime's joint recipe (cfg/joint.yaml; cfg/joint-pretrained.yaml with ``pretrained=``) with one
-``balance`` method at seed 0, and the recipe's own method with further seeds (``joint_seeds``, default 2). Budget on
-HW2 (240 training images per task, batch 16): 30 epochs of 15 optimizer steps, each with a segmentation batch and
-every other one with a detection and a classification batch (``task_share`` 0.5): 450 / 225 / 225 steps, the same as
-the protocol (cfg/seq.yaml: 30, 15 and 15 epochs) and the single-task baselines. A run is an Ultralytics training run
-in ``<out>/joint_<method>_seed<k>``: a re-run of the benchmark skips finished runs and resumes an interrupted one from
-its last.pt. Every task is scored at its own image size with a 95% bootstrap interval; delta_m is the mean relative
-change of the three primary metrics against the single-task baselines (Maninis et al. 2019), in percent.
-"""
+"""The joint section of benchmarks.hw2: the regime's joint recipe (cfg/joint.yaml; cfg/joint-pretrained.yaml with
+``pretrained=``) once per balancing method at seed 0 and with more seeds for its own method, each task scored with a
+95% bootstrap interval, and delta_m: the mean relative change against the single-task baselines (Maninis et al.)."""
 
 from __future__ import annotations
 
-import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from ultralytics.utils import LOGGER, YAML, colorstr, plt_settings
+from ultralytics.utils import YAML, plt_settings
 
 from benchmarks.bootstrap import bootstrapped
-from benchmarks.common import METRIC_NAME, finished_run, training_minutes
+from benchmarks.common import METRIC_NAME, Run, execute, train_or_resume, training_minutes
 from yolo_unified.balancing import BALANCERS
 from yolo_unified.common import TASKS
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.nn.tasks import CFG_DIR
-from yolo_unified.speed import reset_peak_rss, rss_mb
-from yolo_unified.workflows import train
 
 
 def joint_recipe(pretrained: bool) -> Path:
@@ -39,27 +29,6 @@ def task_keys(cfg: dict[str, Any], task: str) -> dict[str, Any]:
     """The keys a joint recipe `cfg` trains `task` with: the recipe's, with the task's own ``task_args`` over them
     (classification at its own image size)."""
     return {**cfg, **((cfg.get("task_args") or {}).get(task) or {})}
-
-
-def train_or_resume(root: Path, cfg: dict[str, Any]) -> tuple[Path, float | None]:
-    """Train (or resume, or skip when finished) the run `cfg` in `root`: a joint run, or one task with ``task=``.
-
-    Returns its best (else last) weights and the peak resident memory (MB) of the training call that finished it,
-    kept in ``<root>/peak_memory.json`` so that a later invocation which skips the run still reports it.
-    """
-    last, memory = root / "weights" / "last.pt", root / "peak_memory.json"
-    if finished_run(last):
-        LOGGER.info(f"{colorstr('benchmarks.hw2:')} {root.name} already trained, skipping")
-    else:
-        start = reset_peak_rss()
-        if last.is_file():
-            train(task=cfg.get("task"), resume=str(last), data=cfg["data"])
-        else:
-            train(**cfg, project=str(root.parent), name=root.name, exist_ok=True)
-        memory.write_text(json.dumps({"peak_rss_mb": rss_mb("VmHWM") if start is not None else None}))
-    best = root / "weights" / "best.pt"
-    peak = json.loads(memory.read_text())["peak_rss_mb"] if memory.is_file() else None
-    return (best if best.is_file() else last), peak
 
 
 def delta_m(scores: dict[str, float], baselines: dict[str, float]) -> float:
@@ -83,7 +52,7 @@ def joint_runs(
     `settings` are the benchmark's keys of every run (data, imgsz, pretrained), `force` keys win over the recipe's and
     `baselines` holds the single-task scores for delta_m. The recipe is the regime's (``joint_recipe``); a method
     other than the recipe's own ``balance`` runs without the recipe's ``balance_args`` (they are that method's
-    settings). A run in `kept` (an earlier record whose weights are not here) is returned as recorded.
+    settings). The runs recorded in `kept` (an earlier invocation's) are kept as the planner (`execute`) decides.
     """
     recipe = joint_recipe("pretrained" in settings)
     joint = YAML.load(recipe)
@@ -92,35 +61,32 @@ def joint_runs(
     default = joint["balance"]  # the recipe's runs first (its seeds measure the noise), then the other methods
     plan = [(default, 0)] * (default in methods) + [(default, k) for k in range(1, seeds)]
     plan += [(m, 0) for m in methods if m != default]
-    results = {}
-    for method, seed in plan:
-        name = f"joint_{method}_seed{seed}"
-        LOGGER.info(f"\n{colorstr('bold', 'benchmarks.hw2')}: {name}")
-        if name in (kept or {}):
-            results[name] = kept[name]
-            continue
+    data = settings["data"]
+
+    def planned(method: str, seed: int) -> Run:
         cfg = {**joint, **settings, "balance": method, "seed": seed, **force}
         if method != default:
             cfg["balance_args"] = None
         if all(baselines.values()):  # best.pt by the mean retention (a zero baseline leaves the plain mean)
             cfg["baselines"] = str(out / "baselines")
-        weights, peak = train_or_resume(out / name, cfg)
-        sizes = {t: task_keys(cfg, t)["imgsz"] for t in TASKS}
-        final = {
-            t: bootstrapped(str(weights), settings["data"], t, sizes[t], names, n_boot, out / name / "bootstrap" / t)
-            for t, names in task_names(load_data_config(settings["data"])).items()
-        }
-        results[name] = {
-            "method": method,
-            "seed": seed,
-            "recipe": f"cfg/{recipe.name}",
-            "default": method == default,
-            "weights": str(weights),
-            "final": final,
-            "delta_m": delta_m({t: s["value"] for t, s in final.items()}, baselines),
-            "minutes": training_minutes(out / name),
-            "peak_rss_mb": peak,
-        }
+
+        def score(root: Path, trained: tuple[Path, float | None]) -> dict[str, Any]:
+            weights, peak = trained
+            sizes = {t: task_keys(cfg, t)["imgsz"] for t in TASKS}
+            final = {
+                t: bootstrapped(str(weights), data, t, sizes[t], names, n_boot, root / "bootstrap" / t)
+                for t, names in task_names(load_data_config(data)).items()
+            }
+            values = {t: s["value"] for t, s in final.items()}
+            record = {"recipe": f"cfg/{recipe.name}", "default": method == default, "weights": str(weights)}
+            scores = {"final": final, "delta_m": delta_m(values, baselines)}
+            return {**record, **scores, "minutes": training_minutes(root), "peak_rss_mb": peak}
+
+        trained = partial(train_or_resume, cfg=cfg)
+        return Run(f"joint_{method}_seed{seed}", trained, score, {"method": method, "seed": seed})
+
+    results: dict[str, dict[str, Any]] = {}
+    execute((planned(m, k) for m, k in plan), out, kept or {}, results.__setitem__, "benchmarks.hw2")
     return results
 
 

@@ -1,14 +1,5 @@
-"""Peak memory and time of a joint training step, per balancing method.
-
-    python -m benchmarks.joint_memory                                   # every method, imgsz 320, batch 16, all cores
-    python -m benchmarks.joint_memory methods=fixed,upgrad imgsz=64 batch=4 steps=2 out=/tmp/mem
-
-Each method runs in a fresh process (its peak is its own): the unified model with HW2's class counts, one random
-batch per task of ``batch`` images at ``imgsz`` (four boxes per detection image, random masks and classes), and
-``steps`` joint steps: the task losses (`task_losses`), the balancer's combination and the backward pass, as the
-joint trainer runs them. Reported: the process's peak resident memory (VmHWM), the memory the steps added over the
-model and batches, and the median step time. Writes ``results.json`` and ``summary.md`` into ``out``.
-"""
+"""Peak memory and median time of a joint training step per balancing method, each in a fresh process: the unified
+model with HW2's class counts, one random batch per task, the task losses, the balancer's combination and backward."""
 
 from __future__ import annotations
 

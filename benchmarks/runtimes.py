@@ -1,14 +1,6 @@
-"""Accuracy of a unified checkpoint in every CPU runtime it ships to: PyTorch, ONNX Runtime, OpenVINO, fp32 and INT8.
-
-    python -m benchmarks.runtimes model=best.pt data=datasets/hw2.yaml [imgsz=320] [cls_imgsz=160] [out=...]
-
-Each runtime's model is exported with dynamic input size (one file serves every task's image size) by
-``yolo-unified export``'s code; the INT8 ones are calibrated on the val images of every task of ``data`` (equal
-shares, letterboxed to ``imgsz``). Every task is then scored by the unified validators exactly as ``yolo-unified val``
-scores the checkpoint, with a 95% bootstrap interval over the val images. OpenVINO runs its fp32 model at its own
-default precision, which is bf16 on CPUs with AMX or AVX512-BF16 (``openvino_precision`` in the result says which).
-Exports are kept in ``out`` and reused by a re-run.
-"""
+"""Accuracy of a unified checkpoint in PyTorch, ONNX Runtime and OpenVINO, fp32 and INT8 (calibrated on the val
+images of every task), each exported with a dynamic input size and scored as ``yolo-unified val`` scores it; OpenVINO
+runs fp32 at its CPU plugin's default precision (``openvino_precision``). Exports are reused by a re-run."""
 
 from __future__ import annotations
 

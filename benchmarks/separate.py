@@ -1,26 +1,13 @@
-"""The three separate Ultralytics models a user would otherwise train, on the data of a multi-task YAML.
+"""The section ``separate=True`` of benchmarks.hw2: the three separate Ultralytics models a user would otherwise train.
 
-    python -m benchmarks.separate data=datasets/hw2.yaml imgsz=320 out=benchmarks/results/hw2-separate \
-        [pretrained=../shared/weights/yolov8n-cls-imagenette.pt] [quick=True]
-
-A YOLOv8n detector (``yolov8n.yaml``), Ultralytics' semantic segmentation model on the YOLOv8n backbone
-(``cfg/models/yolov8n-sem.yaml``: Ultralytics 8.4.190 ships only a YOLO26 one, into which a YOLOv8n checkpoint
-transfers few tensors) and YOLOv8n-cls (``yolov8n-cls.yaml``), each trained by Ultralytics' own trainer with the
-budget of the unified single-task baselines (cfg/baselines.yaml: epochs, image size, optimizer and learning rate per
-task) and the same ``pretrained=`` weights (a YOLOv8n or YOLOv8n-cls checkpoint fills layers 0-8 of all three; of a
-classification checkpoint only those layers are used, so the classifier, like the unified model, starts without the
-checkpoint's own classification head). With ``pretrained=`` each is trained twice: all layers (``<out>/<task>``), and
-with the pretrained layers 0-8 frozen (Ultralytics' ``freeze=9``, ``<out>/<task>-freeze``), the like of the unified
-model, whose pretrained backbone learns at a tenth of the rate (cfg/seq-pretrained.yaml); the run with the better
-primary metric (mIoU, mAP50, top-1; a tie keeps the unfrozen one) is the task's result, ``kept`` names it and ``runs``
-holds both. Each run is scored by Ultralytics' own validator with a 95% bootstrap interval over the val images. A
-re-run with the same command skips finished runs and resumes an interrupted one. Standalone, the results are also
-written to ``<out>/results.json``.
+A YOLOv8n detector, Ultralytics' semantic model on the YOLOv8n backbone (cfg/models/yolov8n-sem.yaml) and
+YOLOv8n-cls, each trained by Ultralytics' own trainer with the budgets of cfg/baselines.yaml and the same
+``pretrained=`` layers 0-8; with them each is trained twice (all layers; layers 0-8 frozen, ``freeze=9``) and the
+better run kept. Scored by Ultralytics' own validators with 95% bootstrap intervals.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from copy import deepcopy
 from pathlib import Path
@@ -36,11 +23,11 @@ from ultralytics.utils import LOGGER, YAML, colorstr
 from ultralytics.utils.torch_utils import get_num_params
 
 from benchmarks.bootstrap import bootstrapped
-from benchmarks.common import QUICK, benchmark_args, finished_run, repo_relative, training_minutes, ultralytics_data
+from benchmarks.common import Run, execute, finished_run, repo_relative, training_minutes, ultralytics_data
 from yolo_unified.common import BACKBONE_LAYERS, ULTRALYTICS_TASK
 from yolo_unified.data.config import load_data_config
 from yolo_unified.defaults import unified_threads
-from yolo_unified.files import read_checkpoint, save_atomically
+from yolo_unified.files import read_checkpoint
 from yolo_unified.nn.tasks import CFG_DIR
 
 MODELS = {  # task -> (model YAML, Ultralytics validator)
@@ -71,16 +58,14 @@ def backbone_weights(pretrained: str, out: Path) -> str:
     return str(file)
 
 
-def train_one(task: str, name: str, data: str, args: dict[str, Any], out: Path) -> str:
-    """Train (or resume, or skip when finished) the separate model of `task` in ``out/<name>``; return its best.pt."""
-    best, last = out / name / "weights" / "best.pt", out / name / "weights" / "last.pt"
-    if finished_run(last):
-        LOGGER.info(f"{colorstr('benchmarks.separate:')} {name} already trained, skipping")
-    elif last.is_file():
+def train_one(task: str, root: Path, data: str, args: dict[str, Any]) -> str:
+    """Train (or resume, or skip when finished) the separate model of `task` in `root`; return its best.pt."""
+    best, last = root / "weights" / "best.pt", root / "weights" / "last.pt"
+    if last.is_file() and not finished_run(last):
         YOLO(str(last)).train(resume=True)
-    else:
+    elif not last.is_file():
         model = YOLO(MODELS[task][0], task=ULTRALYTICS_TASK[task])
-        model.train(data=data, project=str(out), name=name, exist_ok=True, **args)
+        model.train(data=data, project=str(root.parent), name=root.name, exist_ok=True, **args)
     return str(best if best.is_file() else last)
 
 
@@ -89,26 +74,26 @@ def trained_params(model: torch.nn.Module, freeze: int) -> int:
     return get_num_params(model) - sum(get_num_params(layer) for layer in model.model[:freeze])
 
 
-def train_variant(task: str, variant: str, data: str, args: dict[str, Any], out: Path, n_boot: int) -> dict[str, Any]:
-    """Train and score one run (`variant` of VARIANTS) of the separate model of `task`: its record."""
+def variant_run(task: str, variant: str, data: str, args: dict[str, Any], n_boot: int) -> Run:
+    """One run (`variant` of VARIANTS) of the separate model of `task`, scored by its own Ultralytics validator."""
     suffix, extra, label = VARIANTS[variant]
-    name, args = task + suffix, {**args, **extra}
-    t0 = time.time()
-    weights = train_one(task, name, data, args, out)
-    model = YOLO(weights).model
-    score = bootstrapped(
-        weights, data, task, args["imgsz"], model.names, n_boot, out / "bootstrap" / name, MODELS[task][1]
-    )
-    LOGGER.info(f"{colorstr('benchmarks.separate:')} {name} ({label}) {score['value']:.4f} {score['ci95']}")
-    return {
-        "label": label,
-        "weights": repo_relative(weights),
-        "params": get_num_params(model),
-        "trained_params": trained_params(model, args.get("freeze", 0)),
-        "minutes_this_call": (time.time() - t0) / 60,
-        "minutes": training_minutes(out / name),  # from its results.csv, also when this call skipped the training
-        "final": score,
-    }
+    args, t0 = {**args, **extra}, time.time()
+
+    def score(root: Path, weights: str) -> dict[str, Any]:
+        model = YOLO(weights).model
+        validator = MODELS[task][1]
+        final = bootstrapped(weights, data, task, args["imgsz"], model.names, n_boot, root / "bootstrap", validator)
+        LOGGER.info(f"{colorstr('benchmarks.separate:')} {root.name} ({label}) {final['value']:.4f} {final['ci95']}")
+        return {
+            "weights": repo_relative(weights),
+            "params": get_num_params(model),
+            "trained_params": trained_params(model, args.get("freeze", 0)),
+            "minutes_this_call": (time.time() - t0) / 60,
+            "minutes": training_minutes(root),  # from its results.csv, also when this call skipped the training
+            "final": final,
+        }
+
+    return Run(task + suffix, lambda root: train_one(task, root, data, args), score, {"label": label})
 
 
 def train_separate(
@@ -132,30 +117,12 @@ def train_separate(
         task = stage["task"]
         args = {**top, **settings, **{k: stage[k] for k in STAGE_KEYS if k in stage}, **(force or {})}
         source = ultralytics_data(data, task, out)  # as Ultralytics reads it
+        runs: dict[str, dict[str, Any]] = {}
+        planned = (variant_run(task, v, source, args, n_boot) for v in variants)
         with unified_threads():  # the CPU threads the unified runs it is compared with train on
-            runs = {v: train_variant(task, v, source, args, out, n_boot) for v in variants}
+            execute(planned, out, {}, runs.__setitem__, "benchmarks.separate")
+        runs = dict(zip(variants, runs.values(), strict=True))
         kept = max(runs, key=lambda v: runs[v]["final"]["value"])  # the first of equals: the unfrozen run
         results[task] = {"model": Path(MODELS[task][0]).name, **runs[kept], "kept": kept, "runs": runs}
         LOGGER.info(f"{colorstr('benchmarks.separate:')} {task}: kept {runs[kept]['label']}")
     return results
-
-
-def main(argv: list[str]) -> dict[str, dict[str, Any]]:
-    """Train and score the separate models for command-line tokens `argv` (``key=value``); also write them to
-    ``<out>/results.json``."""
-    keys = {"data", "imgsz", "pretrained", "out", "quick", "bootstrap"}
-    args = benchmark_args(argv, keys, "benchmarks.separate")
-    settings = {"imgsz": int(args.get("imgsz", 320))}
-    if args.get("pretrained"):
-        settings["pretrained"] = str(args["pretrained"])
-    quick = bool(args.get("quick", False))
-    force = dict(QUICK) if quick else None
-    out = Path(args.get("out", "runs/unified/separate")).resolve()
-    n_boot = int(args.get("bootstrap", 50 if quick else 1000))
-    results = train_separate(str(args.get("data", "datasets/hw2.yaml")), out, settings, force, n_boot)
-    save_atomically(results, out / "results.json")
-    return results
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,30 +1,8 @@
 """Detection and segmentation labelled on the same images (mini_coco): one pass per image against two datasets.
 
-    python -m benchmarks.shared pretrained=../shared/weights/yolov8n-cls-imagenette.pt   # about 4 h on 2 cores
-    python -m benchmarks.shared quick=True seeds=1 out=/tmp/shared                         # a few minutes
-
-The data: mini_coco (../shared/data/mini_coco, 240 train / 60 val COCO images with boxes and instance polygons)
-converted by ``yolo-unified data coco`` twice, into ``datasets/mini_coco`` (the ten HW2 detection classes; masks of
-the same ten) and ``datasets/mini_coco_voc`` (masks of the twenty VOC classes, by their VOC names), and the HW2 data
-laid out into ``datasets/hw2`` as ``yolo-unified data prepare`` does. Sections, each run an Ultralytics training run
-in ``<out>/<run>`` (a re-run skips finished runs and resumes an interrupted one from its last.pt):
-
-- **timing**: training seconds per epoch (no validation) of joint det+seg training on the shared images (one batch
-  of 16 images per step, both losses on it) against the same labels given as two datasets on the same image folder
-  (a detection batch and a segmentation batch per step), in alternation in this process, ``timing_rounds`` times
-  ``timing_epochs`` epochs each, per ``timing_balance`` method.
-- **mini_coco** (``seeds`` seeds): the same two joint runs for ``epochs`` epochs, and each task alone; scored on
-  mini_coco val with 95% bootstrap intervals, with seconds per epoch (validation included) and peak memory.
-- **mixed**: det+seg on the shared mini_coco images plus Imagenette classification (HW2's cls data) in one joint run,
-  and classification alone.
-- **merged**: the way to more data, datasets merged by class name: HW2's training images plus mini_coco's 240 (no
-  image in common with any HW2 split), detection on the ten HW2 classes and segmentation on the twenty VOC classes,
-  each task alone, against HW2 alone; scored on the HW2 val sets.
-
-Every run is the regime's joint recipe (cfg/joint-pretrained.yaml with ``pretrained=``, else cfg/joint.yaml) with
-``balance`` (default fixed: a plain sum, so the two forms differ only in their passes over the images), ``epochs``
-(default 20) and every task in every step (``task_share`` off: both forms then see each labelled image once per
-epoch); a task alone is the same recipe with ``task=``. Writes results.json, summary.md and shared_scores.png.
+Sections: ``timing`` (seconds per epoch of the two forms, in alternation), ``mini_coco`` (their scores and each task
+alone), ``mixed`` (plus Imagenette classification), ``merged`` (HW2 plus mini_coco merged by class name). Every run
+is the regime's joint recipe with ``balance`` and every task in every step. Commands: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -41,8 +19,9 @@ from benchmarks.bootstrap import bootstrapped
 from benchmarks.common import (
     QUICK,
     REPO,
+    Run,
     benchmark_args,
-    finished_run,
+    execute,
     git_commit,
     invocation,
     invocation_text,
@@ -51,12 +30,12 @@ from benchmarks.common import (
     markdown,
     previous_results,
     recorded_command,
-    repo_relative,
     score_text,
-    training_minutes,
+    train_or_resume,
+    trained_record,
     write_outputs,
 )
-from benchmarks.joint import joint_recipe, plot_joint, task_keys, train_or_resume
+from benchmarks.joint import joint_recipe, plot_joint, task_keys
 from yolo_unified.cli import coco_names
 from yolo_unified.common import listed
 from yolo_unified.data.coco import convert_coco
@@ -155,32 +134,20 @@ def timing(args: dict[str, Any], cfg: dict[str, Any], data: dict[str, str], out:
     return results
 
 
-def scored_run(
-    name: str, cfg: dict[str, Any], scoring: dict[str, str], out: Path, n_boot: int, previous: dict[str, Any]
-) -> dict[str, Any]:
-    """Train (or resume, or skip) one run and score it: each task of `scoring` (task -> data YAML) on that data's
-    val split with its 95% interval. A run recorded in `previous` whose folder is gone, or finished, is kept as
-    recorded (scoring it again would give the same numbers)."""
-    root = out / name
-    if name in previous and (not root.is_dir() or finished_run(root / "weights" / "last.pt")):
-        return previous[name]
-    LOGGER.info(f"\n{colorstr('bold', MODULE)}: {name}")
-    weights, peak = train_or_resume(root, cfg)
-    sizes = {t: task_keys(cfg, t)["imgsz"] for t in scoring}
-    final = {}
-    for task, data in scoring.items():
-        names = load_data_config(data)["tasks"][task]["names"]
-        final[task] = bootstrapped(str(weights), data, task, sizes[task], names, n_boot, root / "bootstrap" / task)
-    minutes = training_minutes(root)
-    return {
-        "data": repo_relative(cfg["data"]),
-        "task": cfg.get("task") or "joint",
-        "seed": cfg["seed"],
-        "final": final,
-        "minutes": minutes,
-        "seconds_per_epoch": 60 * minutes / cfg["epochs"],
-        "peak_rss_mb": peak,
-    }
+def planned_run(section: str, name: str, cfg: dict[str, Any], scoring: dict[str, str], n_boot: int) -> Run:
+    """One run of the plan: trained with `cfg`, each task of `scoring` (task -> data YAML) scored on that data's val
+    split with its 95% interval."""
+
+    def score(root: Path, trained: tuple[Path, float | None]) -> dict[str, Any]:
+        weights, peak = trained
+        final = {}
+        for task, data in scoring.items():
+            names, imgsz = load_data_config(data)["tasks"][task]["names"], task_keys(cfg, task)["imgsz"]
+            final[task] = bootstrapped(str(weights), data, task, imgsz, names, n_boot, root / "bootstrap" / task)
+        record = trained_record(root, cfg, weights, peak)
+        return {**record, "task": cfg.get("task") or "joint", "seed": cfg["seed"], "final": final}
+
+    return Run(name, lambda root: train_or_resume(root, cfg), score, {"section": section})
 
 
 def run_plan(data: dict[str, str], seeds: int, sections: list[str]) -> list[tuple[str, str, dict, dict[str, str]]]:
@@ -243,10 +210,14 @@ def main(argv: list[str]) -> dict[str, Any]:
         results["timing"] = timing(args, cfg, data, out, previous.get("timing", {}))
         save(out, results)
     n_boot = int(args.get("n_boot", 1000))
-    for section, name, keys, scoring in run_plan(data, int(args.get("seeds", 2)), sections):
-        run = scored_run(name, run_keys(cfg, keys), scoring, out, n_boot, previous.get("runs", {}))
-        results["runs"][name] = {"section": section, **run}
+    plan = run_plan(data, int(args.get("seeds", 2)), sections)
+    runs = (planned_run(section, name, run_keys(cfg, keys), scoring, n_boot) for section, name, keys, scoring in plan)
+
+    def keep(name: str, record: dict[str, Any]) -> None:
+        results["runs"][name] = record
         save(out, results)
+
+    execute(runs, out, previous.get("runs", {}), keep, MODULE)
     results["invocations"].append(invocation(started, commit))
     save(out, results)
     return results

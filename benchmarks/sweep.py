@@ -1,28 +1,5 @@
-"""The stability/plasticity sweep: stages 2 and 3 over a grid of settings, all from ONE shared stage-1 model.
-
-    python -m benchmarks.sweep data=../shared/data/hw2 imgsz=320 out=benchmarks/results/hw2-sweep \
-        pretrained=../shared/weights/yolov8n-cls-imagenette.pt \
-        [grid=<cfg/sweep.yaml>] [seeds=2] [front=3] [quick=True] [only=name1,name2] [base=<benchmarks.hw2 out>]
-
-``<out>/base`` is a ``benchmarks.hw2`` run with ``ablations=False seeds=1`` (run first when its results.json is
-missing; ``base=`` names another finished ``benchmarks.hw2`` output to use instead, e.g. the benchmark of the same
-data and regime): the first stage of its ``default_seed0`` is the first stage of every grid run, and its single-task
-baselines give the retention. Each configuration of the grid (cfg/sweep.yaml, or cfg/sweep-pretrained.yaml with
-``pretrained=``: learning-rate multipliers of the shared network, strategy strengths, combinations) is a protocol
-run ``<out>/<name>-seed<k>``: the recommended protocol's top-level keys and first stage (cfg/seq.yaml, or
-cfg/seq-pretrained.yaml with ``pretrained=``, as `yolo-unified train` and the base run pick it), then the grid's two
-stages. After the seed-0 grid, the ``front`` best configurations (those within the forgetting limit by mean
-retention, then the Pareto front in worst forgetting and mean retention after stage 3) are re-run with seeds
-1..seeds-1; stage 1 stays shared, so a seed only changes stages 2 and 3. Scores are the validators', recorded in
-each run's protocol.json after every stage (no bootstrap). A killed sweep re-run with the same command skips
-finished runs and stages and resumes the interrupted one. ``only=`` restricts the grid to the named configurations,
-run in the order named; ``quick=True`` shrinks every stage as ``benchmarks.hw2`` does and the grid to the first
-shared multiplier, the first ``with_shared`` one and the first strength of the first strategy.
-
-Output in ``out``: ``pareto_stage2.png``, ``pareto_stage3.png``, ``summary.md`` (every configuration, and the
-recommended one as a snippet of that protocol) and ``results.json`` (every number); paths inside the repository are
-recorded relative to it.
-"""
+"""The stability/plasticity sweep: stages 2 and 3 over a grid of settings, all from ONE shared stage-1 model (the
+base ``benchmarks.hw2`` run's seed 0); the front's best re-run with more seeds. Commands: benchmarks/README.md."""
 
 from __future__ import annotations
 
