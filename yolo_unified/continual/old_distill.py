@@ -47,7 +47,7 @@ class OldDistill(Strategy):
     - cls: the softened distribution over the old classes (the new model's old logits, renormalised), as LwF does
       for class-incremental learning.
     Weighted by ``weight`` and shown as ``old_dist``. ``tasks`` limits it to some tasks (the recipe leaves
-    classification to replay: there distillation lowered the old classes' top-1, docs/results.md).
+    classification to replay: there distillation lowered the old classes' top-1, benchmarks/README.md).
     """
 
     key = "old_distill"
