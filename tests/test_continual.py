@@ -2,13 +2,14 @@
 
 import copy
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
 from ultralytics.cfg import get_cfg
 
-from yolo_unified.continual import STRATEGIES, StageContext, diagonal_fisher
+from yolo_unified.continual import STRATEGIES, StageContext, build_strategies, diagonal_fisher
 from yolo_unified.continual.ewc import EWC, mean_normalised
 from yolo_unified.continual.feat_distill import FeatDistill
 from yolo_unified.continual.lwf import LwF
@@ -111,7 +112,17 @@ OLD_DEFAULTS = {  # each strategy's defaults, as its cfg.get(...) calls had them
     "clip_grad": {"max_norm": 10.0},
     "lr_mult": dict.fromkeys(["backbone", "neck", "tower", "det", "seg", "cls"]),
     "bn_freeze": {},
+    "forget_guard": {"tolerance": 0.1, "every": 10, "images": 16, "factor": 2.0, "floor": 0.01,
+                     "groups": ["backbone", "neck", "tower"]},
 }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "value, on", [({}, True), (True, True), ({"lam": 1.0}, True), (None, False), (False, False), (0, False)]
+)
+def test_an_empty_mapping_switches_a_strategy_on_with_its_defaults(value, on):
+    built = build_strategies(SimpleNamespace(ewc=value), StageContext(index=0, task="det"))
+    assert [s.key for s in built] == (["ewc"] if on else [])
 
 
 @pytest.mark.parametrize("key", OLD_DEFAULTS)

@@ -44,16 +44,23 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     return cls
 
 
+def switched_on(value: Any) -> bool:
+    """Whether a strategy key's value switches it on: anything but null, False, 0 and "" (``{}``: its defaults)."""
+    return value is not None and value is not False and value != 0 and value != ""
+
+
 def build_strategies(args: Any, context: StageContext) -> list[Strategy]:
-    """The strategies switched on in `args` (a value that is not null/False/0/empty), built for `context`."""
-    return [cls(getattr(args, key), context) for key, cls in STRATEGIES.items() if getattr(args, key, None)]
+    """The strategies switched on in `args` (`switched_on`), built for `context`."""
+    return [
+        cls(getattr(args, key), context) for key, cls in STRATEGIES.items() if switched_on(getattr(args, key, None))
+    ]
 
 
 def check_strategy_settings(keys: dict[str, Any], where: str = "") -> None:
     """Check the settings of every strategy switched on in `keys` (a stage's train keys) before anything trains:
     an unknown setting or a value of the wrong type fails naming the strategy (and `where`, e.g. the stage)."""
     for key, cls in STRATEGIES.items():
-        if keys.get(key):
+        if switched_on(keys.get(key)):
             try:
                 parse_settings(cls.Settings, keys[key], key, cls.scalar)
             except ValueError as e:
