@@ -16,6 +16,6 @@ if _changes := signature_changes():  # Ultralytics' internals this package repla
         "(reinstall with pip install -e . to get the pinned version):\n  " + "\n  ".join(_changes)
     )
 
-from yolo_unified.models.unified.model import UnifiedYOLO  # noqa: E402  (after the check above)
+from yolo_unified.model import UnifiedYOLO  # noqa: E402  (after the check above)
 
 __all__ = ("UnifiedYOLO", "__version__")

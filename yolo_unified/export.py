@@ -36,8 +36,8 @@ from ultralytics.engine.exporter import Exporter, export_formats
 from ultralytics.utils import LOGGER, colorstr
 
 from yolo_unified.data.config import check_heads, image_files, load_data_config, task_data, task_names
+from yolo_unified.data.transforms import letterbox
 from yolo_unified.defaults import unified_threads, without_unified_keys
-from yolo_unified.models.unified.predict import letterbox
 
 OUTPUT_NAMES = ("det", "seg", "cls")  # the order of UnifiedHead's export outputs
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxslim")  # the `export` extra; pip and import names coincide

@@ -134,7 +134,7 @@ OVERRIDES: tuple[Override, ...] = (
              "prefix=''", kind="patch"),
     Override("nncf", "quantize", "export.nncf_options",
              "during OpenVINO INT8: global ranges, bias correction, the stem in float", kind="patch"),
-    # the Model class (models/unified/model.py)
+    # the Model class (model.py)
     Override(MODEL, "__init__", "UnifiedYOLO", "the unified task; other tasks' models refused"),
     Override(MODEL, "task_map", "UnifiedYOLO", "the unified task's model and predictor"),
     Override(MODEL, "_new", "UnifiedYOLO", "a packaged model YAML by name", "self, cfg, task=None, verbose=False"),

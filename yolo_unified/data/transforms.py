@@ -1,4 +1,5 @@
-"""Augmentation of stored single-image batches (replayed images): a flip and a zoom that move the labels with the image.
+"""Image transforms: the letterbox that predict, val and every export share, and the augmentation of stored
+single-image batches (replayed images): a flip and a zoom that move the labels with the image.
 
 A stored image is a batch of one in Ultralytics' batch format after preprocessing: ``img`` ``(1, 3, H, W)`` floats in
 [0, 1], and either ``semantic_mask`` ``(1, H, W)`` (255 = ignore), or ``bboxes`` ``(n, 4)`` normalised ``xywh`` with
@@ -7,13 +8,36 @@ A stored image is a batch of one in Ultralytics' batch format after preprocessin
 
 from __future__ import annotations
 
+import math
 import random
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
+from ultralytics.data.augment import LetterBox
 
 FILL = 114 / 255  # Ultralytics' letterbox and affine border colour
 IGNORE = 255  # the segmentation label of pixels the loss leaves out
+RatioPad = tuple[tuple[float, float], tuple[int, int]]  # ((gain_h, gain_w), (pad_left, pad_top)), as Ultralytics'
+
+
+def letterbox(im: np.ndarray, imgsz: list[int]) -> tuple[np.ndarray, RatioPad]:
+    """Resize and pad one BGR image exactly as Ultralytics' validation datasets do; return it and its ``ratio_pad``.
+
+    The long side goes to ``max(imgsz)`` with ``cv2.INTER_LINEAR``, sides rounded up (``BaseDataset.load_image``), then
+    ``LetterBox(imgsz, scaleup=False)`` pads it, centred, with grey 114. Predict, val and every exported model therefore
+    see the same pixels; ``ratio_pad`` maps predictions back to the original image.
+    """
+    h0, w0 = im.shape[:2]
+    side = max(imgsz)
+    if (r := side / max(h0, w0)) != 1:
+        size = min(math.ceil(w0 * r), side), min(math.ceil(h0 * r), side)
+        im = cv2.resize(im, size, interpolation=cv2.INTER_LINEAR)
+    box = LetterBox(imgsz, auto=False, scaleup=False)
+    params = box.get_params({"img": im})
+    w1, h1 = params["new_unpad"]
+    return box.apply_image({"img": im}, params)["img"], ((h1 / h0, w1 / w0), (params["left"], params["top"]))
 
 
 def zoom_sample(sample: dict, scale: float, shift: tuple[float, float], flip: bool) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from ultralytics.data.augment import LetterBox
 from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.engine.results import Results
 from ultralytics.models.yolo.detect import DetectionPredictor
@@ -19,31 +17,12 @@ from ultralytics.utils.plotting import Annotator, colors
 
 from yolo_unified.common import TASKS
 from yolo_unified.data.config import check_images
+from yolo_unified.data.transforms import IGNORE, RatioPad, letterbox
 from yolo_unified.defaults import unified_threads, without_unified_keys
 from yolo_unified.models.unified.val import model_task_names
 from yolo_unified.nn.modules import upsample_logits
 
-RatioPad = tuple[tuple[float, float], tuple[int, int]]  # ((gain_h, gain_w), (pad_left, pad_top)), as Ultralytics'
-IGNORE = 255  # Ultralytics' ignore id in semantic maps
 BACKGROUND = 0  # the seg class the overlay leaves untinted (class 0 of the seg names)
-
-
-def letterbox(im: np.ndarray, imgsz: list[int]) -> tuple[np.ndarray, RatioPad]:
-    """Resize and pad one BGR image exactly as Ultralytics' validation datasets do; return it and its ``ratio_pad``.
-
-    The long side goes to ``max(imgsz)`` with ``cv2.INTER_LINEAR``, sides rounded up (``BaseDataset.load_image``), then
-    ``LetterBox(imgsz, scaleup=False)`` pads it, centred, with grey 114. Predict, val and every exported model therefore
-    see the same pixels; ``ratio_pad`` maps predictions back to the original image.
-    """
-    h0, w0 = im.shape[:2]
-    side = max(imgsz)
-    if (r := side / max(h0, w0)) != 1:
-        size = min(math.ceil(w0 * r), side), min(math.ceil(h0 * r), side)
-        im = cv2.resize(im, size, interpolation=cv2.INTER_LINEAR)
-    box = LetterBox(imgsz, auto=False, scaleup=False)
-    params = box.get_params({"img": im})
-    w1, h1 = params["new_unpad"]
-    return box.apply_image({"img": im}, params)["img"], ((h1 / h0, w1 / w0), (params["left"], params["top"]))
 
 
 def tinted(im: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
