@@ -47,10 +47,10 @@ MODEL = "ultralytics.engine.model.Model"
 BASE_MODEL = "ultralytics.nn.tasks.BaseModel"
 DETECT = "ultralytics.nn.modules.head.Detect"
 DATASET = "ultralytics.data.dataset.YOLODataset"
-MIXIN, JOINT = "UnifiedTrainerMixin", "JointTrainer"
+MIXIN, CHECKPOINTS, JOINT = "UnifiedTrainerMixin", "CheckpointMixin", "JointTrainer"
 # fmt: off
 OVERRIDES: tuple[Override, ...] = (
-    # the task trainers (models/unified/train.py)
+    # the task trainers (models/unified/train.py, their checkpoints in checkpoints.py)
     Override(TRAINER, "__init__", MIXIN, "the package's keys beside Ultralytics'; the strategies; CPU DDP's group"),
     Override(TRAINER, "train", MIXIN, "on the package's CPU threads, Ultralytics' restored after"),
     Override(TRAINER, "_setup_ddp", MIXIN, "on the CPU the gloo group is joined in __init__", "self"),
@@ -59,12 +59,12 @@ OVERRIDES: tuple[Override, ...] = (
     Override(TRAINER, "optimizer_step", MIXIN, "the strategies' gradient hooks (clipping among them) before the step"),
     Override(TRAINER, "_model_train", MIXIN, "then the strategies' train mode (frozen BatchNorm)", "self"),
     Override(TRAINER, "validate", MIXIN, "an epoch a strategy vetoes (forget_stop) never becomes the best"),
-    Override(TRAINER, "_handle_nan_recovery", MIXIN, "a NaN loss ends the stage, keeping the last good weights",
+    Override(TRAINER, "_handle_nan_recovery", CHECKPOINTS, "a NaN loss ends the stage, keeping the last good weights",
              "self, epoch"),
-    Override(TRAINER, "resume_training", MIXIN, "drop results.csv rows of epochs the checkpoint does not hold"),
-    Override(TRAINER, "save_model", MIXIN, "atomic checkpoints (a kill mid-write never leaves a broken last.pt)"),
-    Override(TRAINER, "check_resume", MIXIN, "an unreadable resume checkpoint says so, not 'not found'"),
-    Override(TRAINER, "final_eval", MIXIN, "strip and validate best.pt atomically; mark the stage trained"),
+    Override(TRAINER, "resume_training", CHECKPOINTS, "drop results.csv rows of epochs the checkpoint does not hold"),
+    Override(TRAINER, "save_model", CHECKPOINTS, "atomic checkpoints (a kill mid-write never leaves a broken last.pt)"),
+    Override(TRAINER, "check_resume", CHECKPOINTS, "an unreadable resume checkpoint says so, not 'not found'"),
+    Override(TRAINER, "final_eval", CHECKPOINTS, "strip and validate best.pt atomically; mark the stage trained"),
     Override(TRAINER, "get_dataset", MIXIN, "the task's section of the multi-task data YAML"),
     Override(TRAINER, "setup_model", MIXIN, "the unified model from a YAML, a unified or a YOLOv8 checkpoint"),
     Override(TRAINER, "get_model", MIXIN, "the unified model with every task's classes and image size"),

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from copy import copy
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
-import numpy as np
 import torch
 from ultralytics.models.yolo.classify import ClassificationTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.semantic import SemanticSegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, WORLD_SIZE, colorstr
-from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
+from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_unified.common import learned_tasks, module_of
 from yolo_unified.continual import StageContext, build_strategies, check_strategy_settings
@@ -22,34 +20,13 @@ from yolo_unified.data.classes import class_map, grown_names, remap_labels
 from yolo_unified.data.config import load_data_config, task_data, task_names
 from yolo_unified.ddp import CpuDDP, cpu_workers, from_rank_zero, init_cpu_group, rank_zero_alone
 from yolo_unified.defaults import unified_cfg, unified_threads
-from yolo_unified.files import load_checkpoint, read_checkpoint, temporary_name
+from yolo_unified.files import load_checkpoint
 from yolo_unified.models.unified import val
+from yolo_unified.models.unified.checkpoints import CheckpointMixin
 from yolo_unified.nn.tasks import DEFAULT_MODEL_YAML, UnifiedModel, check_class_lists
 
 
-def strip_atomically(f: Path, **kwargs: Any) -> dict:
-    """Ultralytics' ``strip_optimizer`` on `f`, written to a temporary file of a unique name first and then moved
-    over `f`."""
-    tmp = temporary_name(f)
-    try:
-        ckpt = strip_optimizer(f, s=str(tmp), **kwargs)
-        os.replace(tmp, f)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return ckpt
-
-
-def drop_rows_after(csv: Path, epoch: int) -> None:
-    """Drop the rows of a per-epoch CSV (first column: the 1-based epoch) whose epoch is after `epoch`."""
-    if not csv.is_file():
-        return
-    header, *rows = csv.read_text().splitlines(keepends=True)
-    kept = [r for r in rows if float(r.split(",", 1)[0]) <= epoch]
-    if len(kept) < len(rows):
-        csv.write_text(header + "".join(kept))
-
-
-class UnifiedTrainerMixin:
+class UnifiedTrainerMixin(CheckpointMixin):
     """What the three task trainers share: multi-task data YAML, the unified model, and pretrained-weight handling.
 
     Each subclass pairs this mixin with the Ultralytics trainer of its task, so datasets, augmentation, losses,
@@ -203,75 +180,6 @@ class UnifiedTrainerMixin:
             fitness = float("-inf")
         self.stop = self.stop or from_rank_zero(stop)
         return metrics, fitness
-
-    def _handle_nan_recovery(self, epoch: int) -> bool:
-        """A NaN/inf loss or fitness ends the stage: the last good checkpoints are kept, not overwritten."""
-        loss_bad = self.loss is not None and not torch.isfinite(self.loss).all()
-        if loss_bad or (self.fitness is not None and not np.isfinite(self.fitness) and self.fitness != float("-inf")):
-            LOGGER.error(
-                f"{'Loss' if loss_bad else 'Fitness'} is NaN/inf in epoch {epoch + 1}: stopping this stage and keeping "
-                f"the last good weights ({self.best if self.best.exists() else 'none saved yet'})."
-            )
-            self.nan_stopped = self.stop = True
-        return False
-
-    def resume_training(self, ckpt) -> None:
-        """Ultralytics' resume, then drop results.csv rows of epochs the checkpoint does not hold.
-
-        A kill after an epoch's row was written but before its ``last.pt`` was would otherwise leave that epoch twice.
-        """
-        super().resume_training(ckpt)
-        if ckpt is not None and self.resume:
-            drop_rows_after(self.csv, self.start_epoch)
-
-    def save_model(self) -> bool:
-        """Write checkpoints atomically (a kill mid-write never leaves a broken last.pt); none after a NaN.
-
-        Ultralytics writes them to temporary files of unique names, which then replace last.pt and best.pt: a file
-        left by a killed run can never be taken for this save's.
-        """
-        if self.nan_stopped:
-            return False
-        final = self.last, self.best
-        tmp = self.last, self.best = tuple(temporary_name(f) for f in final)
-        try:
-            saved = super().save_model()
-            for t, f in zip(tmp, final, strict=True):
-                if t.exists():
-                    os.replace(t, f)
-        finally:
-            self.last, self.best = final
-            for t in tmp:
-                t.unlink(missing_ok=True)
-        return saved
-
-    def check_resume(self, overrides: dict[str, Any]) -> None:
-        """Ultralytics' resume check, after reading the checkpoint ``resume=`` names: one that exists but cannot be
-        read is reported as such (Ultralytics says "not found" for any failure), refused ones under safe mode too."""
-        if isinstance(self.args.resume, (str, Path)) and Path(self.args.resume).is_file():
-            read_checkpoint(self.args.resume)
-        super().check_resume(overrides)
-
-    def final_eval(self):
-        """Strip the optimizer from last.pt and best.pt atomically, then validate best.pt as Ultralytics does."""
-        if RANK not in {-1, 0}:  # DDP: rank 0 strips and validates
-            return
-        (self.wdir / ".trained").touch()  # the training loop is over: a resumed protocol only finishes this stage
-        last = strip_atomically(self.last) if self.last.exists() else {}
-        with rank_zero_alone():
-            self.validate_best(last)
-
-    def validate_best(self, last: dict) -> None:
-        """Ultralytics' final validation of best.pt, its train results updated from `last` (the stripped last.pt)."""
-        if self.best.exists():
-            strip_atomically(self.best, updates={"train_results": last.get("train_results")})
-            LOGGER.info(f"\nValidating {self.best}...")
-            self.validator.args.plots = self.args.plots
-            self.metrics = self.validator(model=self.best)
-            self.metrics.pop("fitness", None)
-            self.epoch += 1  # log best metrics at step epochs+1, as Ultralytics does
-            self.run_callbacks("on_fit_epoch_end")
-            self.epoch -= 1
 
     def get_dataset(self) -> dict[str, Any]:
         """Read the multi-task data YAML and return this task's section as an Ultralytics dataset dict."""

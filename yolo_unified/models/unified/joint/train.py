@@ -31,6 +31,7 @@ from yolo_unified.data.sampling import JointLoader, TaskSampler, check_sampling
 from yolo_unified.ddp import SameStart, average_gradients, mean_over_ranks
 from yolo_unified.defaults import train_keys
 from yolo_unified.files import read_checkpoint, save_atomically
+from yolo_unified.models.unified.checkpoints import drop_rows_after
 from yolo_unified.models.unified.joint.diagnostics import (
     DIAGNOSTICS,
     EpochMeans,
@@ -44,7 +45,7 @@ from yolo_unified.models.unified.joint.diagnostics import (
 from yolo_unified.models.unified.joint.parts import SharedPart, TaskPart
 from yolo_unified.models.unified.joint.step import task_losses
 from yolo_unified.models.unified.joint.val import JointValidator, baseline_scores
-from yolo_unified.models.unified.train import UnifiedTrainerMixin, drop_rows_after
+from yolo_unified.models.unified.train import UnifiedTrainerMixin
 from yolo_unified.nn.tasks import STEP, UnifiedModel
 
 SEQUENTIAL_ONLY = ("ewc", "replay")  # strategies that store memory of one stage's task at its end
