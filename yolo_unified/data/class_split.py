@@ -22,7 +22,7 @@ from ultralytics.data.utils import read_mask
 from ultralytics.utils import LOGGER, TQDM, YAML
 
 from yolo_unified.data.config import SPLITS, derived_file, image_files, label_file, load_data_config, task_data
-from yolo_unified.data.prepare import IGNORE, LAYOUT, YAML_HEADER, check_own_yaml, publish_yaml, write_data_yaml
+from yolo_unified.data.layout import IGNORE, LAYOUT, YAML_HEADER, check_own_yaml, publish_yaml, write_data_yaml
 from yolo_unified.files import OutputFolder
 
 UNITS = {"det": "boxes", "seg": "pixels", "cls": "images"}  # task -> what its summary counts per class

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from yolo_unified.data.prepare import IGNORE
+from yolo_unified.data.layout import IGNORE
 
 
 def name_key(name: str) -> str:

@@ -16,7 +16,7 @@ from ultralytics.utils import LOGGER, TQDM
 
 from yolo_unified.data.coco_json import SPLIT_NAMES, CocoFile, Instance, annotation_files, class_names, read_coco
 from yolo_unified.data.config import derived_file, image_size
-from yolo_unified.data.prepare import IGNORE, check_own_yaml, publish_yaml, write_data_yaml, yolo_box
+from yolo_unified.data.layout import IGNORE, check_own_yaml, publish_yaml, write_data_yaml, yolo_box
 from yolo_unified.files import OutputFolder
 
 OTHERS = {"background": 0, "ignore": IGNORE}  # others= -> mask value of the categories left out

@@ -16,7 +16,7 @@ import numpy as np
 from ultralytics.utils import LOGGER, TQDM
 
 from yolo_unified.data.config import derived_file
-from yolo_unified.data.prepare import IGNORE, LAYOUT, check_own_yaml, publish_yaml, write_data_yaml
+from yolo_unified.data.layout import IGNORE, LAYOUT, check_own_yaml, publish_yaml, write_data_yaml
 from yolo_unified.files import OutputFolder, manifest_files, read_manifest
 
 DET_NAMES = ["circle", "rectangle", "triangle"]

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from ultralytics.data.augment import LetterBox
 
+from yolo_unified.data.layout import IGNORE
+
 FILL = 114 / 255  # Ultralytics' letterbox and affine border colour
-IGNORE = 255  # the segmentation label of pixels the loss leaves out
 RatioPad = tuple[tuple[float, float], tuple[int, int]]  # ((gain_h, gain_w), (pad_left, pad_top)), as Ultralytics'
 
 

@@ -22,7 +22,8 @@ from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.base import memory_budget, memory_file, run_dir, stage_memory
-from yolo_unified.workflows.report import own_scores, run_summary, stage_tasks, write_report
+from yolo_unified.workflows.report import run_summary, write_report
+from yolo_unified.workflows.scores import own_scores, stage_tasks
 
 PROTOCOL_KEYS = {
     "data",
