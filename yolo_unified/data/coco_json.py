@@ -22,7 +22,7 @@ import numpy as np
 from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.utils import LOGGER
 
-from yolo_unified.files import read_json
+from yolo_unified.files import few, read_json
 
 JSON_NAME = "labels.json"
 SPLIT_NAMES = ("train", "val", "test")
@@ -48,12 +48,6 @@ class CocoFile:
     images: list[tuple[str, Path, dict]]  # (split, file, image entry)
     instances: dict[Any, list[Instance]]  # image id -> its annotations
     unlisted: dict[str, int]  # split -> images on disk that the JSON does not list
-
-
-def _few(items: list, shown: int = 5) -> str:
-    """The first `shown` items, comma-separated, and how many more there are."""
-    more = f" and {len(items) - shown} more" if len(items) > shown else ""
-    return ", ".join(str(item) for item in items[:shown]) + more
 
 
 def _split_name(folder: Path) -> str:
@@ -187,7 +181,7 @@ def _find_images(file: Path, images: list, folders: dict[str, Path]) -> tuple[li
         found.append((splits[0], folders[splits[0]] / name.name, image))
     if missing:
         where = ", ".join(str(d) for d in folders.values())
-        raise FileNotFoundError(f"{file}: {len(missing)} listed image(s) not found in {where}: {_few(missing)}")
+        raise FileNotFoundError(f"{file}: {len(missing)} listed image(s) not found in {where}: {few(missing)}")
     listed = Counter(split for split, _, _ in found)
     return found, {split: len(names) - listed[split] for split, names in on_disk.items()}
 
@@ -199,7 +193,7 @@ def read_coco(file: Path, folders: dict[str, Path]) -> CocoFile:
     images, unlisted = _find_images(file, data["images"], folders)
     ids = Counter(entry["id"] for _, _, entry in images)
     if repeated := [i for i, n in ids.items() if n > 1]:
-        raise ValueError(f"{file}: image ids repeat: {_few(repeated)}")
+        raise ValueError(f"{file}: image ids repeat: {few(repeated)}")
     instances = defaultdict(list)
     unknown_category, unknown_image = Counter(), Counter()
     for ann in data["annotations"]:
@@ -214,10 +208,10 @@ def read_coco(file: Path, folders: dict[str, Path]) -> CocoFile:
     if unknown_category:
         raise ValueError(
             f"{file}: {unknown_category.total()} annotation(s) have a category_id that is not among its "
-            f"{len(categories)} categories: {_few(sorted(unknown_category, key=str))}; the class of those is unknown"
+            f"{len(categories)} categories: {few(sorted(unknown_category, key=str))}; the class of those is unknown"
         )
     if unknown_image:
-        raise ValueError(f"{file}: annotations of image id(s) it does not list: {_few(sorted(unknown_image, key=str))}")
+        raise ValueError(f"{file}: annotations of image id(s) it does not list: {few(sorted(unknown_image, key=str))}")
     return CocoFile(file, folders, categories, images, dict(instances), unlisted)
 
 
