@@ -1,8 +1,5 @@
 """yolo-unified: one YOLOv8n model with one unified head for detection, semantic segmentation and classification.
-
-Importing it changes nothing for plain Ultralytics: the package's keys and CPU threads apply to its own runs only
-(`yolo_unified.defaults`).
-"""
+Importing it changes nothing for plain Ultralytics (`yolo_unified.defaults`)."""
 
 from ultralytics.utils import LOGGER
 

@@ -20,17 +20,12 @@ from yolo_unified.workflows.base import check_keys, default_data, run_dir, split
 
 
 class UnifiedYOLO(Model):
-    """A unified model: a model YAML, a checkpoint (``best.pt``) or one of its exports (``best.onnx``, ...).
+    """A unified model: a model YAML, a checkpoint (``best.pt``) or one of its exports (``best.onnx``, ...); each method
+    is what ``yolo-unified MODE`` runs.
 
     >>> UnifiedYOLO("yolov8n-unified.yaml").train(data="datasets/hw2.yaml", cfg="cfg/seq.yaml")  # as the CLI trains
     >>> r = UnifiedYOLO("best.pt")("image.jpg")[0]
-    >>> r.boxes, r.semantic_mask, r.probs  # detection (after NMS), class map at the image size, image class
-
-    Each method is what ``yolo-unified MODE`` runs (the command line calls ``getattr(model, mode)``): ``train`` picks a
-    workflow (`yolo_unified.workflows.train`), ``val`` validates every task of a data YAML, ``predict`` is
-    Ultralytics' ``Model.predict`` with ``UnifiedPredictor``, ``export`` uses ``UnifiedExporter`` and ``benchmark``
-    times the model and its references (`yolo_unified.speed`).
-    """
+    >>> r.boxes, r.semantic_mask, r.probs  # detection (after NMS), class map at the image size, image class"""
 
     def __init__(self, model: str | Path = DEFAULT_MODEL_YAML, verbose: bool = False):
         """Build a model from a unified model YAML, or load a ``.pt`` checkpoint or an export of task ``unified``."""
@@ -48,11 +43,8 @@ class UnifiedYOLO(Model):
         super()._new(str(model_yaml_path(cfg)), task=task, verbose=verbose)
 
     def _load(self, weights: str, task: str | None = None) -> None:
-        """Load a checkpoint or export; a checkpoint predicts at its deployment size (`task_imgsz`), not at the size
-        of the last run that trained it (e.g. a protocol's classification stage at 160).
-
-        A missing file fails at once (it is not looked for online); a checkpoint that cannot be read, or that safe
-        mode refuses, fails naming it (`yolo_unified.files`)."""
+        """Load a checkpoint or export (a missing or unreadable file fails naming it); a checkpoint predicts at its
+        deployment size (`task_imgsz`), not the last stage's."""
         if not Path(weights).exists():
             raise FileNotFoundError(f"model={weights} not found")
         with reading(Path(weights), safe_mode()) if Path(weights).suffix == ".pt" else nullcontext():
@@ -61,15 +53,10 @@ class UnifiedYOLO(Model):
             self.overrides = {**self.overrides, "imgsz": imgsz}  # a copy: Ultralytics shares it with model.args
 
     def train(self, **kwargs: Any) -> dict[str, Any]:
-        """Train this model as ``yolo-unified train`` does; return what `yolo_unified.workflows.train` returns.
-
-        ``cfg=`` loads a file, and the keys given here win over it and over a protocol's per-stage keys; unknown keys
-        fail. Without ``task=`` or a protocol, the recommended one runs (cfg/seq.yaml, or cfg/seq-pretrained.yaml with
-        ``pretrained=`` weights). A checkpoint continues from its weights, a model YAML starts from new ones
-        (``resume=`` continues a run with its own); ``model=`` among the keys wins over this object's (a YOLOv8
-        checkpoint there gives the unified model its matching tensors). Afterwards this object holds the final
-        best.pt, for ``predict``, ``val`` and ``export``.
-        """
+        """Train as ``yolo-unified train`` does (`yolo_unified.workflows.train`); afterwards this object holds the final
+        best.pt. ``cfg=`` loads a file, the keys given here win over it and over a protocol's stages; unknown keys
+        fail. A checkpoint continues from its weights, a model YAML starts anew; ``model=`` among the keys wins over
+        this object's."""
         self._check_is_pytorch_model()
         from_file, explicit = split_cfg(kwargs)
         check_keys(from_file)

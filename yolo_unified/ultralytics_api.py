@@ -1,13 +1,9 @@
 """Every place yolo-unified depends on Ultralytics' internals, with why: the methods it overrides, the private ones it
-calls, the names it patches (Ultralytics' and others'), and the lines of Ultralytics' training loop joint training
-runs inside.
+calls, the names it patches, and the lines of Ultralytics' training loop joint training runs inside.
 
-Public methods are Ultralytics' extension points. Private ones (a leading underscore), patched names and the loop's
-lines are not: their signatures and text as of the pinned Ultralytics are kept here, and `signature_changes` names
-those an installed Ultralytics has changed (``import yolo_unified`` warns; tests/test_ultralytics_api.py fails). The
-same test walks every class of the package with an Ultralytics base and its source, and fails on an override, a
-private call or a patch this list does not name, and on an entry that is no longer true.
-"""
+Private methods, patched names and loop lines are pinned here as of `PINNED_ULTRALYTICS`; `signature_changes` names
+those an installed Ultralytics changed (``import yolo_unified`` warns; tests/test_ultralytics_api.py fails, and
+fails too on an override, private call or patch this list misses, or an entry no longer true)."""
 
 from __future__ import annotations
 

@@ -169,24 +169,14 @@ def convert_coco(
     yaml_path: str | Path | None = None,
     others: str = "background",
 ) -> dict[str, Any]:
-    """Convert the COCO instances of `src` (layouts: `coco_json`) into the shared-images layout at `dst`.
+    """Convert the COCO instances of `src` (layouts: `coco_json`) into the shared-images layout at `dst` (an
+    `OutputFolder`) and write its data YAML (default ``dst.parent / f"{dst.name}.yaml"``).
 
-    Writes ``images/<split>/`` (hard links, or copies), ``labels/<split>/<stem>.txt`` (YOLO boxes of the classes
-    `names`, det ids in their order; empty for an image without any) and ``masks/<split>/<stem>.png`` (0 background,
-    1..N the classes, 255 ignore), then the data YAML (default ``dst.parent / f"{dst.name}.yaml"``). `names` are
-    category names, ``"name:category"`` to give a category another name (VOC's ``"aeroplane:airplane"``); None takes
-    all categories by COCO id. Crowd boxes are dropped and their regions set to 255;
-    annotations of other categories paint 0 (`others="background"`) or 255 (``"ignore"``); larger instances are
-    painted first. Bad input raises one error naming the file before `dst` changes. The output is built beside `dst`
-    and swapped in whole (`yolo_unified.files.OutputFolder`): a run stopped at any point leaves `dst` as it was or as
-    it is after the run, an unchanged `dst` is left untouched, and a `dst` holding files yolo-unified did not write
-    (or a `yaml_path` it did not write) is refused before anything is read.
-
-    Returns a summary: ``splits`` (per split: images, images without annotation, images on disk not in the JSON,
-    boxes and dropped crowd boxes per class, empty boxes dropped, other-class annotations, clipped polygons, mask
-    pixels per class), ``names``, ``categories`` (the renamed ones: name -> category), ``others``, ``annotations``
-    (the JSONs), ``dst`` and ``yaml``.
-    """
+    Writes ``images/<split>/`` (hard links, or copies), ``labels/<split>/<stem>.txt`` (YOLO boxes of `names`) and
+    ``masks/<split>/<stem>.png`` (0 background, 1..N the classes, 255 ignore). `names` are category names
+    (``"name:category"`` renames one, VOC's ``"aeroplane:airplane"``), None for all by COCO id. Crowd boxes are dropped
+    (their regions 255), other categories paint `others` (0 or 255), larger instances first. Bad input raises one error
+    naming the file before `dst` changes. Returns the summary (per split counts, names, renamed categories, paths)."""
     src, dst = Path(src), Path(dst)
     yaml_path = Path(yaml_path) if yaml_path else dst.parent / f"{dst.name}.yaml"
     if others not in OTHERS:

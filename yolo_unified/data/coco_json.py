@@ -1,14 +1,6 @@
-"""Read and check COCO instances JSONs and find their images, for `yolo_unified.data.coco`.
-
-Supported source layouts:
-
-- ``src/labels.json`` covering the images of the split folders ``src/<split>/``; an image's split is the folder
-  that holds it (../shared/data/mini_coco);
-- one JSON per split: ``src/<split>/labels.json`` with the split's images beside it, or COCO's own
-  ``src/annotations/instances_<split>.json`` with the images in ``src/<split>/``.
-
-Split folders are named train, val or test, a year may follow (``train2017`` becomes ``train``).
-"""
+"""Read and check COCO instances JSONs and find their images, for `yolo_unified.data.coco`. Source layouts:
+``src/labels.json`` with split folders ``src/<split>/`` beside it; ``src/<split>/labels.json``; or COCO's own
+``src/annotations/instances_<split>.json`` with ``src/<split>/``. Splits are train, val or test (``train2017`` too)."""
 
 from __future__ import annotations
 

@@ -85,12 +85,9 @@ def write_data_yaml(
     extra: dict | None = None,
     shared_splits: Iterable[str] = (),
 ) -> Path:
-    """Write the multi-task data YAML for the dataset at `root`, with one section per task in `names`.
-
-    `path` is written relative to the YAML's folder when `root` is inside it, else absolute. `extra` adds top-level
-    keys after the task sections (provenance). With `shared_splits`, the tasks share one image folder per split
-    (top-level ``<split>: images/<split>``) and their sections hold no splits (`SHARED_LAYOUT`). Returns the YAML path.
-    """
+    """Write the multi-task data YAML for the dataset at `root`, one section per task in `names` (`path` relative to
+    the YAML when inside its folder); `extra` adds provenance keys; with `shared_splits` the tasks share one image
+    folder per split (`SHARED_LAYOUT`). Returns the YAML path."""
     yaml_path, root, shared_splits = Path(yaml_path), Path(root).resolve(), list(shared_splits)
     layout, header = (SHARED_LAYOUT, SHARED_YAML_HEADER) if shared_splits else (LAYOUT, YAML_HEADER)
     unknown = set(names) - set(layout)

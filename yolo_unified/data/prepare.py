@@ -1,8 +1,5 @@
-"""Turn the raw HW2 data (COCO-style boxes, VOC palette masks, Imagenette folders) into the multi-task layout.
-
-The result is one dataset root with a ``det/``, ``seg/`` and ``cls/`` folder, each laid out the way the matching
-Ultralytics task reads it, and one multi-task data YAML describing all three (`layout.YAML_HEADER`).
-"""
+"""Turn the raw HW2 data (COCO-style boxes, VOC palette masks, Imagenette folders) into the multi-task layout
+(`layout.LAYOUT`: a ``det/``, ``seg/`` and ``cls/`` folder and one data YAML)."""
 
 from __future__ import annotations
 
@@ -129,12 +126,8 @@ def _det_label(file: Path, anns: list[dict], cls_of: dict[int, int], size: tuple
 
 
 def _scan_det(raw: Path, out: Path, scan: _Scan) -> tuple[dict, dict]:
-    """Plan the detection images and YOLO labels; return kept boxes per split and class, and dropped boxes per split.
-
-    Categories are matched by name (their ids differ between the two JSON files); crowd boxes, boxes of other
-    classes, boxes that are degenerate after clipping to the image and boxes that are not finite are dropped. An image
-    whose ``file_name`` leads outside its folder is an error: nothing outside the raw data is read.
-    """
+    """Plan the detection images and YOLO labels (categories matched by name; crowd, other-class, degenerate and
+    non-finite boxes dropped); return kept boxes per split and class, and dropped boxes per split."""
     coco = {s: _read_det_json(raw / s / "labels.json") for s in SPLITS}
     categories = {s: {c["name"] for c in d["categories"]} for s, d in coco.items()}
     unknown = [n for n in DET_NAMES if not any(n in c for c in categories.values())]
@@ -265,21 +258,12 @@ def _log_summary(summary: dict) -> None:
 
 
 def prepare_hw2(src: str | Path, dst: str | Path, yaml_path: str | Path | None = None) -> dict:
-    """Convert the raw HW2 data at `src` into the multi-task layout at `dst` and write its data YAML.
+    """Convert the raw HW2 data at `src` into the multi-task layout at `dst` (an `OutputFolder`) and write its data
+    YAML (default ``dst.parent / f"{dst.name}.yaml"``).
 
-    Images are copied (names kept), detection boxes become YOLO labels of the 10 benchmark classes, VOC masks become
-    8-bit class-id PNGs; unreadable images, bad image/mask pairs and boxes that are not finite are skipped with a
-    warning. Byte-identical train/val images are reported, not removed. `yaml_path` defaults to
-    ``dst.parent / f"{dst.name}.yaml"``.
-
-    The output is built beside `dst` and swapped in whole (`yolo_unified.files.OutputFolder`): a run stopped at any
-    point leaves `dst` as it was or as it is after the run, a run that would write the same files leaves it untouched,
-    and a `dst` holding files yolo-unified did not write (or a `yaml_path` it did not write) is refused before
-    anything is read. Bad input raises one error naming the file, the entry and the problem.
-
-    Returns a summary: images per task and split, kept boxes per split and class, dropped boxes per split and
-    reason, skipped files with reasons, and train/val duplicates per task.
-    """
+    Images are copied, boxes become YOLO labels of the 10 benchmark classes, VOC masks 8-bit class-id PNGs; unreadable
+    images, bad image/mask pairs and boxes that are not finite are skipped with a warning; byte-identical train/val
+    images are reported, not removed. Returns the summary: images, kept and dropped boxes, skipped files, duplicates."""
     src, dst = Path(src), Path(dst)
     yaml_path = Path(yaml_path) if yaml_path else dst.parent / f"{dst.name}.yaml"
     for folder in RAW_DIRS.values():

@@ -1,11 +1,8 @@
 """The built-in default data: small synthetic images of shapes and patterns for all three tasks, made in seconds.
 
-The layout and data YAML are the ones ``prepare_hw2`` writes for the real data, with three separate image sets:
-detection (circles, rectangles, triangles with tight boxes), semantic segmentation (the same shapes as masks, with
-VOC-like 255 ignore borders) and classification (which of the three shapes an image shows, large, with a smaller
-distractor of another class in some images). The three tasks see the same kind of objects, as COCO, VOC and ImageNet
-photographs do, so what one task learns helps the next.
-"""
+Detection (circles, rectangles, triangles), segmentation (the same shapes as masks, with 255 ignore borders) and
+classification (which shape an image shows), in `LAYOUT`: the tasks see the same kind of objects, so what one task
+learns helps the next."""
 
 from __future__ import annotations
 
@@ -187,12 +184,9 @@ def _generate(dst: Path, n: dict[str, int], imgsz: int, seed: int) -> None:
 
 
 def make_synthetic(dst: str | Path, n_train: int = 96, n_val: int = 32, imgsz: int = 96, seed: int = 0) -> Path:
-    """Generate the synthetic three-task dataset at `dst` unless a complete copy with these parameters is there.
-
-    Each task gets its own `n_train`/`n_val` JPEG images of `imgsz` x `imgsz` px, deterministic for a `seed`.
-    Returns the data YAML, ``dst.parent / f"{dst.name}.yaml"``. The dataset is built beside `dst` and swapped in
-    whole (`yolo_unified.files.OutputFolder`); a `dst` holding files it did not write is refused.
-    """
+    """Generate the synthetic three-task dataset at `dst` (an `OutputFolder`) unless a complete copy with these
+    parameters is there: per task `n_train`/`n_val` JPEGs of `imgsz` px, deterministic for a `seed`. Returns its
+    YAML."""
     dst = Path(dst)
     yaml_path = dst.parent / f"{dst.name}.yaml"
     if min(n_train, n_val) < 1 or imgsz < 32:

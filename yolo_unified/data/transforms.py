@@ -1,10 +1,5 @@
-"""Image transforms: the letterbox that predict, val and every export share, and the augmentation of stored
-single-image batches (replayed images): a flip and a zoom that move the labels with the image.
-
-A stored image is a batch of one in Ultralytics' batch format after preprocessing: ``img`` ``(1, 3, H, W)`` floats in
-[0, 1], and either ``semantic_mask`` ``(1, H, W)`` (255 = ignore), or ``bboxes`` ``(n, 4)`` normalised ``xywh`` with
-``cls`` ``(n, 1)`` and ``batch_idx`` ``(n,)``, or ``cls`` ``(1,)`` alone (classification).
-"""
+"""Image transforms: the letterbox that predict, val and every export share, and the flip and zoom of stored
+single-image batches (replayed images, in Ultralytics' batch format after preprocessing)."""
 
 from __future__ import annotations
 
@@ -24,12 +19,9 @@ RatioPad = tuple[tuple[float, float], tuple[int, int]]  # ((gain_h, gain_w), (pa
 
 
 def letterbox(im: np.ndarray, imgsz: list[int]) -> tuple[np.ndarray, RatioPad]:
-    """Resize and pad one BGR image exactly as Ultralytics' validation datasets do; return it and its ``ratio_pad``.
-
-    The long side goes to ``max(imgsz)`` with ``cv2.INTER_LINEAR``, sides rounded up (``BaseDataset.load_image``), then
-    ``LetterBox(imgsz, scaleup=False)`` pads it, centred, with grey 114. Predict, val and every exported model therefore
-    see the same pixels; ``ratio_pad`` maps predictions back to the original image.
-    """
+    """Resize and pad one BGR image exactly as Ultralytics' validation datasets do (``load_image``, then
+    ``LetterBox(scaleup=False)``), so predict, val and every export see the same pixels; return it and its
+    ``ratio_pad``."""
     h0, w0 = im.shape[:2]
     side = max(imgsz)
     if (r := side / max(h0, w0)) != 1:
@@ -42,14 +34,9 @@ def letterbox(im: np.ndarray, imgsz: list[int]) -> tuple[np.ndarray, RatioPad]:
 
 
 def zoom_sample(sample: dict, scale: float, shift: tuple[float, float], flip: bool) -> dict:
-    """`sample` zoomed by `scale` about its centre, moved by `shift` (fractions of its width and height) and, with
-    `flip`, mirrored left-right; image and labels alike.
-
-    A point at normalised ``(x, y)`` lands at ``(scale * (x' - 0.5) + 0.5 + shift_x, scale * (y - 0.5) + 0.5 +
-    shift_y)``, where ``x'`` is ``1 - x`` when flipped. Pixels that come from outside the image get the border
-    colour (and the ignore label); boxes are clipped to the image, and those left with less than a quarter of their
-    area or under 2 pixels a side are dropped.
-    """
+    """`sample` zoomed by `scale` about its centre, moved by `shift` (fractions of its size) and, with `flip`,
+    mirrored left-right; image and labels alike. Pixels from outside get the border colour (and the ignore label);
+    boxes are clipped, those left with under a quarter of their area or 2 pixels a side dropped."""
     img = sample["img"]
     h, w = img.shape[-2:]
     sx, sy = shift

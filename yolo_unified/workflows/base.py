@@ -47,11 +47,8 @@ def memory_file(weights: str | Path) -> Path:
 
 
 def stage_memory(weights: str | None) -> dict[str, Any]:
-    """The strategies' memory of a finished stage, found by its checkpoint (empty for a plain one or a model YAML).
-
-    It is read from ``memory.pt`` beside the checkpoint, else from the checkpoint's ``continual`` key, where runs made
-    before ``memory.pt`` existed keep it.
-    """
+    """The strategies' memory of a finished stage: ``memory.pt`` beside its checkpoint, else the checkpoint's
+    ``continual`` key (older runs); empty for a plain checkpoint or a model YAML."""
     if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
         return {}
     if (file := memory_file(weights)).is_file():

@@ -121,16 +121,10 @@ def finite_mean(values: Iterable[float]) -> float | None:
 
 
 def transfer(R: np.ndarray, learned_at: Sequence[int], baseline: Sequence[float] | None = None) -> dict[str, Any]:
-    """Backward and forward transfer of the accuracy matrix `R` (T stages x units; unit j learned at stage
-    ``s_j = learned_at[j]``):
-
-    - BWT = mean over units j with s_j < T-1 of (R[T-1, j] - R[s_j, j]), GEM's (Lopez-Paz & Ranzato, 2017) backward
-      transfer as Avalanche and Mammoth compute it; negative: forgetting.
-    - FWT = mean over units j with s_j > 0 of (R[s_j, j] - b_j), b_j = `baseline`[j], unit j's score when its stage is
-      trained alone (a baselines run). GEM compares R[s_j - 1, j] (before learning j) with a random initialisation;
-      this one compares the learned unit with the single-task model; negative: the earlier stages hinder it.
-
-    Pairs with a NaN are left out; a value is None when no pair is left (one stage; no `baseline`)."""
+    """Backward and forward transfer of the accuracy matrix `R` (stages x units, unit j learned at stage ``s_j =
+    learned_at[j]``): BWT = mean over j learned before the last stage of (R[T-1, j] - R[s_j, j]), GEM's as Avalanche
+    computes it (negative: forgetting); FWT = mean over j learned after stage 1 of (R[s_j, j] - `baseline`[j]), j's
+    score trained alone (negative: earlier stages hinder it). NaN pairs are left out; None when none is left."""
     last = R.shape[0] - 1
     bwt = [R[last, j] - R[s, j] for j, s in enumerate(learned_at) if s < last]
     fwt = [] if baseline is None else [R[s, j] - baseline[j] for j, s in enumerate(learned_at) if s > 0]

@@ -64,11 +64,8 @@ class CheckpointMixin:
             drop_rows_after(self.csv, self.start_epoch)
 
     def save_model(self) -> bool:
-        """Write checkpoints atomically (a kill mid-write never leaves a broken last.pt); none after a NaN.
-
-        Ultralytics writes them to temporary files of unique names, which then replace last.pt and best.pt: a file
-        left by a killed run can never be taken for this save's.
-        """
+        """Ultralytics' save, to temporary files of unique names that then replace last.pt and best.pt (a kill never
+        leaves a broken one); none after a NaN."""
         if self.nan_stopped:
             return False
         final = self.last, self.best

@@ -27,11 +27,8 @@ from yolo_unified.nn.tasks import DEFAULT_MODEL_YAML, UnifiedModel, check_class_
 
 
 class UnifiedTrainerMixin(CheckpointMixin):
-    """What the three task trainers share: multi-task data YAML, the unified model, and pretrained-weight handling.
-
-    Each subclass pairs this mixin with the Ultralytics trainer of its task, so datasets, augmentation, losses,
-    progress bars, checkpoints, plots and ``results.csv`` are Ultralytics' own.
-    """
+    """What the three task trainers share: the multi-task data YAML, the unified model, the strategies; paired with
+    each task's Ultralytics trainer, whose datasets, losses, checkpoints and plots they keep."""
 
     task_key: str = ""  # "seg", "det" or "cls"
     validator_class: type = object
@@ -44,11 +41,8 @@ class UnifiedTrainerMixin(CheckpointMixin):
         _callbacks: dict | None = None,
         context: StageContext | None = None,
     ):
-        """Default the model to the packaged unified YAML, build the stage's strategies; the rest is Ultralytics'.
-
-        `context` is what a sequential protocol tells the stage (finished tasks, their scores, the shared memory);
-        a stand-alone run is a first stage with nothing before it.
-        """
+        """Default the model to the packaged unified YAML, build the stage's strategies from `context` (what a protocol
+        tells the stage; a stand-alone run is a first stage); the rest is Ultralytics'."""
         overrides = dict(overrides or {})
         if not overrides.get("model"):
             overrides["model"] = DEFAULT_MODEL_YAML
@@ -190,13 +184,9 @@ class UnifiedTrainerMixin(CheckpointMixin):
             raise RuntimeError(f"Dataset '{self.args.data}' error: {e}") from e
 
     def setup_model(self) -> dict | None:
-        """Build the unified model from a YAML or checkpoint; ``pretrained=`` adds weights from any YOLOv8 checkpoint.
-
-        A ``model=*.pt`` that is not a unified checkpoint (e.g. ``yolov8n.pt``) gives the default unified model with
-        that checkpoint's matching tensors. As in Ultralytics, ``pretrained=`` only applies to a model built from its
-        YAML (a ``model=*.pt`` already holds weights: a protocol's later stages keep theirs); a ``pretrained=`` file
-        that cannot be loaded (missing, offline) only warns.
-        """
+        """Build the unified model from a YAML or checkpoint; a YOLOv8 ``model=*.pt`` gives the default model with its
+        matching tensors. ``pretrained=`` applies to a model built from its YAML only, and only warns when it cannot
+        load."""
         if isinstance(self.model, torch.nn.Module):
             return None
         cfg, weights, ckpt = self.model, None, None
@@ -213,13 +203,8 @@ class UnifiedTrainerMixin(CheckpointMixin):
         return ckpt
 
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True):
-        """Return a unified model with the class lists of `weights` and of the data YAML (`model_names`).
-
-        A task the weights learned and this run trains, on data with classes the weights lack, gets those classes
-        appended, its old outputs kept (``added_classes``). The model carries each task's image size
-        (``task_imgsz``: the sizes `weights` held, and this run's own), which val, predict and export read from its
-        checkpoints (`yolo_unified.common.task_imgsz`). ``bn_momentum`` sets its BatchNorm layers' momentum.
-        """
+        """A unified model with the class lists of `weights` and the data (`model_names`: grown tasks keep their old
+        outputs), each task's image size (``task_imgsz``, which val, predict and export read) and ``bn_momentum``."""
         names, added = self.model_names(weights)
         model = UnifiedModel(cfg or DEFAULT_MODEL_YAML, ch=self.data["channels"], task_names=names, verbose=verbose)
         if weights:
@@ -236,13 +221,9 @@ class UnifiedTrainerMixin(CheckpointMixin):
         return model
 
     def model_names(self, weights: torch.nn.Module | None) -> tuple[dict[str, dict[int, str]], dict[str, dict]]:
-        """Each task's class names for the model of this run, and what the run adds to tasks `weights` learned.
-
-        A task `weights` learned (``task_imgsz``) keeps its classes; one this run trains gets the data's classes it
-        lacks appended (matched by name: `grown_names`). A task it did not learn takes the data's classes. Returns
-        the names and ``{task: {"old": classes before, "from": weights file}}`` for the tasks that grow (on resume,
-        what the run's first start added).
-        """
+        """Each task's class names for this run's model, and ``{task: {"old": classes before, "from": weights file}}``
+        for the tasks `weights` learned that grow (the data's classes they lack appended, matched by name:
+        `grown_names`)."""
         known = getattr(weights, "task_names", None) or {}
         if self.resume:  # the run's own last.pt: its classes are the run's
             return dict(known), dict(getattr(weights, "added_classes", None) or {})
@@ -258,12 +239,8 @@ class UnifiedTrainerMixin(CheckpointMixin):
         return names, added
 
     def use_class_list(self, model: UnifiedModel, learned: set[str]) -> None:
-        """Renumber this run's labels to the model's class ids where the data numbers them otherwise, and tell the
-        strategies which old classes the run keeps; log what the run does to the class list.
-
-        Strategies that keep old classes (``old_labels``, ``old_distill``) on a task the start model never `learned`
-        are an error: that is a new task, with no old classes to keep.
-        """
+        """Renumber this run's labels to the model's class ids, tell the strategies which old classes the run keeps, log
+        it; strategies keeping old classes of a task the model never `learned` are an error."""
         task, data_names = self.task_key, self.data["names"]
         keepers = [s.key for s in self.strategies if s.keeps_old_classes]
         if keepers and task not in learned:
