@@ -19,10 +19,7 @@ from yolo_unified.balancing.gradnorm import GradNorm
 from yolo_unified.balancing.uncertainty import Uncertainty
 from yolo_unified.settings import check_settings
 
-BALANCERS: dict[str, type[Balancer]] = {
-    **{b.key: b for b in (Fixed, Uncertainty, DWA, GradNorm)},
-    **GRADIENT_BALANCERS,
-}
+BALANCERS: dict[str, type[Balancer]] = {**{b.key: b for b in (Fixed, Uncertainty, DWA, GradNorm)}, **GRADIENT_BALANCERS}
 
 
 def register_balancer(cls: type[Balancer]) -> type[Balancer]:

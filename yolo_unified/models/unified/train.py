@@ -336,8 +336,4 @@ class UnifiedClassificationTrainer(UnifiedTrainerMixin, ClassificationTrainer):
     validator_class = val.UnifiedClassificationValidator
 
 
-TRAINERS = {
-    "seg": UnifiedSegmentationTrainer,
-    "det": UnifiedDetectionTrainer,
-    "cls": UnifiedClassificationTrainer,
-}
+TRAINERS = {"seg": UnifiedSegmentationTrainer, "det": UnifiedDetectionTrainer, "cls": UnifiedClassificationTrainer}
