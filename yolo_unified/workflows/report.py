@@ -200,11 +200,20 @@ def write_report(root: Path, state: dict[str, Any], forget_limit: float = 0.05, 
     return md + transfers
 
 
-def annotate(ax: plt.Axes, values: np.ndarray, fmt: str) -> None:
-    """Write each finite value of a heatmap in its cell (`fmt`: a format string, ``"{:+.1%}"``)."""
+def heatmap(file: Path, values: np.ndarray, labels: tuple[list, list], title: str, fmt: str, **style: Any) -> None:
+    """Save `values` as a heatmap, each finite value written in its cell with `fmt` (``style``: the figure's
+    ``size``, the colours' ``scale`` and imshow's keywords)."""
+    fig, ax = plt.subplots(figsize=style.pop("size"), tight_layout=True)
+    im = ax.imshow(values * style.pop("scale", 1), **style)
     for (r, c), v in np.ndenumerate(values):
         if np.isfinite(v):
             ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=8)
+    xlabels, ylabels = labels
+    ax.set(xticks=range(len(xlabels)), xticklabels=xlabels, yticks=range(len(ylabels)), yticklabels=ylabels)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.savefig(file, dpi=150)
+    plt.close(fig)
 
 
 @plt_settings()
@@ -228,25 +237,15 @@ def plot_report(root: Path, state: dict[str, Any]) -> None:
     change = np.array(
         [[(v - own[t]) / own[t] if own[t] else np.nan for v in ys] for t, ys in zip(tasks, score, strict=True)]
     )
-    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(stages), 1 + 0.8 * len(tasks)), tight_layout=True)
-    im = ax.imshow(change * 100, cmap="RdYlGn", vmin=-20, vmax=20)
-    annotate(ax, change, "{:+.1%}")
-    ax.set(xticks=range(len(stages)), xticklabels=labels, yticks=range(len(tasks)), yticklabels=tasks)
-    ax.set_title("Change vs score after own stage (%)")
-    fig.colorbar(im, ax=ax)
-    fig.savefig(root / "forgetting_heatmap.png", dpi=150)
-    plt.close(fig)
-
+    size = (1.5 + 1.2 * len(stages), 1 + 0.8 * len(tasks))
+    title = "Change vs score after own stage (%)"
+    style = {"size": size, "scale": 100, "cmap": "RdYlGn", "vmin": -20, "vmax": 20}
+    heatmap(root / "forgetting_heatmap.png", change, (labels, tasks), title, "{:+.1%}", **style)
     names, R = accuracy_matrix(state)
-    fig, ax = plt.subplots(figsize=(2.5 + 1.1 * len(names), 1 + 0.6 * len(stages)), tight_layout=True)
-    im = ax.imshow(R, cmap="YlGn", vmin=0, vmax=1)
-    annotate(ax, R, "{:.3f}")
     ylabels = [f"after {stage_label(i, s)}" for i, s in enumerate(stages)]
-    ax.set(xticks=range(len(names)), xticklabels=names, yticks=range(len(stages)), yticklabels=ylabels)
-    ax.set_title("Accuracy matrix: score of each unit after each stage")
-    fig.colorbar(im, ax=ax)
-    fig.savefig(root / "accuracy_matrix.png", dpi=150)
-    plt.close(fig)
+    title = "Accuracy matrix: score of each unit after each stage"
+    style = {"size": (2.5 + 1.1 * len(names), 1 + 0.6 * len(stages)), "cmap": "YlGn", "vmin": 0, "vmax": 1}
+    heatmap(root / "accuracy_matrix.png", R, (names, ylabels), title, "{:.3f}", **style)
 
     fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3), tight_layout=True, squeeze=False)
     for ax, s, label in zip(axes[0], stages, labels, strict=True):
