@@ -73,8 +73,7 @@ class CpuDDP(DDP):
 
 
 def mean_over_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """`tensors` averaged over the DDP ranks, in one all-reduce (every rank gets the means); unchanged without a
-    process group."""
+    """`tensors` averaged over the DDP ranks in one all-reduce; unchanged without a process group."""
     if not dist.is_initialized() or not tensors:
         return tensors
     flat = torch.cat([t.detach().flatten().float() for t in tensors])

@@ -27,14 +27,12 @@ def train_keys() -> set[str]:
 
 
 def unified_cfg(cfg: str | dict | SimpleNamespace = DEFAULT_CFG) -> dict[str, Any]:
-    """The default settings of a unified trainer: `cfg` (Ultralytics' defaults unless given) with the package's keys
-    added at their defaults, so Ultralytics' key check takes them."""
+    """A unified trainer's defaults: `cfg` (Ultralytics' unless given) with the package's keys at their defaults."""
     return {**UNIFIED_KEYS, **cfg2dict(cfg)}
 
 
 def without_unified_keys(args: dict | SimpleNamespace | None) -> dict[str, Any] | None:
-    """`args` without the package's own keys (train settings, of no use to a validator, the predictor or the
-    exporter, whose Ultralytics key check then sees the rest)."""
+    """`args` without the package's own keys, for Ultralytics' key check of a validator, predictor or exporter."""
     return None if args is None else {k: v for k, v in cfg2dict(args).items() if k not in UNIFIED_KEYS}
 
 

@@ -30,14 +30,12 @@ MANIFEST = ".yolo-unified.json"  # in every output folder: who wrote it and ever
 
 
 class UnreadableFile(ValueError):
-    """A file that exists but cannot be read as what it should be: empty, truncated, damaged, of another kind, or
-    refused by safe loading. The message names the file and the problem."""
+    """A file that exists but cannot be read as what it should be (the message names the file and the problem)."""
 
 
 # ---------------------------------------------------------------------------------------------------------- loading
 def allow_in_checkpoints(*classes: type) -> None:
-    """Let safe loading (torch's ``weights_only`` unpickler, which Ultralytics' safe mode uses) rebuild `classes`:
-    the classes a checkpoint of this package pickles. Registered once, at import, for the whole process."""
+    """Let safe loading (torch's ``weights_only``, Ultralytics' safe mode) rebuild the package's model `classes`."""
     torch.serialization.add_safe_globals(list(classes))
 
 
@@ -117,8 +115,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def read_data(path: str | Path) -> Any:
-    """A data-only torch file (``memory.pt``: tensors, numbers, strings, lists, dicts), always with
-    ``weights_only=True``: a file holding anything else is refused, and nothing in it runs."""
+    """A data-only torch file (``memory.pt``), always with ``weights_only=True``: nothing in it runs."""
     file = existing(path)
     with reading(file, weights_only=True):
         data = torch.load(file, map_location="cpu", weights_only=True)
@@ -255,8 +252,7 @@ class OutputFolder:
         self.check_replaceable(None)
 
     def recover(self) -> None:
-        """Clean up after a process killed while writing `dst`: put the old folder back if it was killed between its
-        two renames (else drop it), and remove the build folders it left."""
+        """After a killed write: put the old folder back if it was between its two renames, remove leftover builds."""
         if self.previous.is_dir() and not self.dst.exists():
             self.previous.rename(self.dst)
         elif self.previous.is_dir() and not self.others(self.previous):
@@ -265,8 +261,7 @@ class OutputFolder:
             shutil.rmtree(build, ignore_errors=True)
 
     def others(self, folder: Path) -> list[Path]:
-        """The files of `folder` (relative) that its manifest does not list and that are not derived (all but the
-        derived ones when it has no manifest)."""
+        """The files of `folder` (relative) that its manifest does not list and that are not derived."""
         present = folder_files(folder) if folder.is_dir() else set()
         ours = manifest_files(folder, self.manifest)
         return sorted(f for f in present - ours - {Path(self.manifest)} if not self.derived(f))
@@ -313,8 +308,7 @@ class OutputFolder:
         return present == files and all(filecmp.cmp(self.build / f, self.dst / f) for f in files)
 
     def swap_in(self) -> bool:
-        """Write the manifest into the build and put the build in the place of `dst`; False when `dst` already held
-        the same files (then it is left untouched)."""
+        """Put the build, with its manifest, in the place of `dst`; False when `dst` already held the same files."""
         files = folder_files(self.build)
         if self.same_as_dst(files):
             return False

@@ -71,8 +71,7 @@ class UnifiedYOLO(Model):
         return result
 
     def val(self, data: str | None = None, **kwargs: Any) -> dict[str, dict[str, float]]:
-        """Validate every task the data YAML (default: the built-in data) and the model share; results go to
-        ``runs/unified/val*/`` (``save_dir=`` puts them elsewhere). See `yolo_unified.models.unified.val.validate`."""
+        """Validate every task the data YAML (default: the built-in data) and the model share (`val.validate`)."""
         check_keys(kwargs)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         task = kwargs.pop("task", None)

@@ -121,8 +121,7 @@ def ort_runner(file: str, x: torch.Tensor, threads: int) -> Runner:
 
 
 def openvino_runner(folder: str, x: torch.Tensor, threads: int) -> Runner:
-    """An OpenVINO CPU inference request on the model in `folder`, `threads` threads, fp32 precision where the model
-    is not quantized (OpenVINO would otherwise pick bf16 on CPUs that have it)."""
+    """An OpenVINO CPU request on the model in `folder`: `threads` threads, fp32 where not quantized (not bf16)."""
     import openvino
 
     core = openvino.Core()
@@ -169,8 +168,7 @@ class Benchmark:
         save_dir: Path,
         data: str | None,
     ):
-        """Load the checkpoint (``imgsz`` defaults to its deployment size, INT8 calibration ``data`` to its training
-        data); `predict` is the end-to-end prediction to time (``UnifiedYOLO.predict``). Nothing is measured yet."""
+        """Load the checkpoint; `predict` is the end-to-end prediction to time. Nothing is measured yet."""
         self.weights, self.runs, self.warmup, self.threads, self.save_dir = model, runs, warmup, threads, save_dir
         self.data, self.predict = data, predict
         self.exported: dict[str, str] = {}  # runtime -> exported file of the unified model
@@ -193,8 +191,7 @@ class Benchmark:
         LOGGER.info(f"{name:<56} {runtime:<14} median {median:7.2f} ms  p90 {p90:7.2f} ms")
 
     def export(self, fmt: str, seg_argmax: bool = False, quantize: int | None = None) -> str:
-        """Export the checkpoint into the run directory with ``UnifiedExporter`` (static shape, batch 1; INT8
-        calibrated on ``data``, written to ``int8/``: Ultralytics deletes the fp32 ONNX file it quantizes)."""
+        """Export the checkpoint into the run folder (static shape, batch 1; INT8 on ``data``, into ``int8/``)."""
         model, folder = deepcopy(self.model), (self.save_dir / "int8" if quantize else self.save_dir)
         folder.mkdir(parents=True, exist_ok=True)
         model.pt_path = str(folder / f"{Path(self.weights).stem}{'-argmax' if seg_argmax else ''}.pt")
@@ -204,8 +201,7 @@ class Benchmark:
         return UnifiedExporter(overrides=args, seg_argmax=seg_argmax)(model)
 
     def measure_int8(self, unified: str, size: tuple[int, float]) -> None:
-        """OpenVINO fp32 and the INT8 rows (ONNX Runtime, OpenVINO); without calibration data the INT8 rows are left
-        out with a warning naming ``data=``."""
+        """OpenVINO fp32 and the INT8 rows; without calibration data the INT8 rows are left out with a warning."""
         folder = self.exported["OpenVINO fp32"] = self.export("openvino")
         self.measure(unified, "OpenVINO fp32", lambda: openvino_runner(folder, self.x, self.threads), size)
         try:
@@ -223,8 +219,7 @@ class Benchmark:
         self.int8_speedup = paired_ratio(fp32, int8, self.runs, self.warmup)
 
     def measure_separate(self) -> None:
-        """The separate Ultralytics models with the checkpoint's class counts, in PyTorch eager and ONNX Runtime (an
-        untrained model has the latency of a trained one), and their summed latency per runtime."""
+        """The separate Ultralytics models (untrained: the same latency) in both runtimes, and their sums."""
         rows = {"PyTorch eager": [], "ONNX Runtime": []}
         for task, yaml_file, model_class, name in SEPARATE:
             net = model_class(yaml_file, nc=len(self.model.task_names[task]), verbose=False).eval()

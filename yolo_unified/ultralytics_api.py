@@ -214,8 +214,7 @@ def loop_source() -> str:
 
 
 def signature_changes() -> list[str]:
-    """One line per private method or patched Ultralytics name that the installed Ultralytics lacks or whose
-    parameters differ from the pinned ones, and per line of `LOOP_SEAM` its training loop no longer has."""
+    """One line per pinned private name the installed Ultralytics lacks or changed, and per lost `LOOP_SEAM` line."""
     changes = []
     for o in (o for o in OVERRIDES if o.private and o.target.startswith("ultralytics")):
         try:

@@ -78,8 +78,7 @@ def jacobians_gramian(jacobians: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def graph_nodes(loss: torch.Tensor) -> set[torch.autograd.graph.Node]:
-    """The nodes of `loss`'s autograd graph that hold what a backward pass frees (every node but the parameters'
-    gradient accumulators)."""
+    """The nodes of `loss`'s graph that hold what a backward pass frees (all but the gradient accumulators)."""
     nodes, stack = set(), [loss.grad_fn]
     while stack:
         node = stack.pop()

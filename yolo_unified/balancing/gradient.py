@@ -79,8 +79,7 @@ class JacobianBalancer(Balancer):
         self.aggregator(tuple(range(len(self.tasks))))
 
     def aggregator(self, rows: tuple[int, ...]) -> WeightedAggregator:
-        """The aggregator of the Jacobian rows of the tasks `rows` (indices in task order), built on first use: a
-        stateful one (Nash-MTL) keeps its state per set of tasks."""
+        """The aggregator of the task rows `rows`, built on first use (one per set of tasks: Nash-MTL's state)."""
         if rows not in self.aggregators:
             settings = dict(self.settings)
             if "n_tasks" in inspect.signature(self.aggregator_type).parameters:

@@ -104,8 +104,7 @@ def _convert_image(
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link `src` at `dst`; copy it with its timestamps where linking fails (another file system, or a file
-    of another user under Linux's protected_hardlinks)."""
+    """Hard-link `src` at `dst`; copy it with its timestamps where linking fails."""
     try:
         os.link(src, dst)
     except OSError:
@@ -113,8 +112,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _convert_file(coco: CocoFile, classes: dict[str, str], others: int, out: Path, stats: dict[str, dict]) -> None:
-    """Write the images, labels and masks of one COCO JSON into `out`, counting into `stats` (split -> counts);
-    `classes` maps each class name, in id order, to its category's name."""
+    """Write one COCO JSON's images, labels and masks into `out`, counting into `stats` (split -> counts)."""
     index = {category: i for i, category in enumerate(classes.values())}
     det_class = {cid: index.get(name) for cid, name in coco.categories.items()}
     for split, count in coco.unlisted.items():

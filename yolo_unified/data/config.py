@@ -79,8 +79,7 @@ def load_data_config(data: str | Path) -> dict[str, Any]:
 
 
 def image_files(source: str | Path) -> list[Path]:
-    """The images of a split, sorted: a folder (searched recursively, e.g. class folders) or a text file listing them
-    one per line (``./`` relative to the file), as Ultralytics reads splits."""
+    """The images of a split, sorted: a folder (recursively) or a text file listing them, as Ultralytics reads them."""
     source = Path(source)
     if source.is_dir():
         files = source.rglob("*")
@@ -103,8 +102,7 @@ def not_an_image(file: Path) -> str:
 
 
 def image_size(file: Path) -> tuple[int, int]:
-    """The (width, height) of an image that decodes completely; a ValueError says why not (empty, not an image,
-    truncated or damaged), without the file's name."""
+    """The (width, height) of an image that decodes completely; a ValueError says why not (without the file's name)."""
     if why := not_an_image(file):
         raise ValueError(why)
     try:
@@ -142,8 +140,7 @@ def task_data(cfg: dict[str, Any], task: str, splits: tuple[str, ...] = ("train"
 
 
 def label_file(image: str | Path, task: str, section: dict[str, Any]) -> Path:
-    """Where the `task` label of a shared `image` is: ``labels/.../<stem>.txt`` for det, ``<masks_dir>/.../<stem>.png``
-    for seg (the last ``images`` folder of its path replaced, as Ultralytics finds labels)."""
+    """Where the `task` label of a shared `image` is (``labels/``, ``<masks_dir>/``), as Ultralytics finds it."""
     label_dir, suffix = ("labels", ".txt") if task == "det" else (section.get("masks_dir", "masks"), ".png")
     return Path(img2label_paths([image], label_dir=label_dir, suffix=suffix)[0])
 

@@ -48,8 +48,7 @@ OWN_YAML_FIRST_LINES = {header.splitlines()[0] for header in (YAML_HEADER, SHARE
 
 
 def check_own_yaml(yaml_path: Path) -> None:
-    """Raise a ValueError when a file `yaml_path` exists that yolo-unified did not write (its data YAMLs start with
-    one of its headers): writing the data YAML there would overwrite it."""
+    """Raise a ValueError when `yaml_path` exists and yolo-unified did not write it (it lacks one of its headers)."""
     if not yaml_path.exists():
         return
     try:
@@ -65,8 +64,7 @@ def check_own_yaml(yaml_path: Path) -> None:
 
 
 def publish_yaml(yaml_path: Path, write: Callable[[Path], Any]) -> bool:
-    """Write a data YAML with `write` to a draft beside `yaml_path`, then move it over `yaml_path` unless the two are
-    the same; returns whether `yaml_path` changed. Check the file first with `check_own_yaml`."""
+    """Write a data YAML with `write` to a draft, then over `yaml_path` unless the same; return whether it changed."""
     draft = temporary_name(yaml_path).with_suffix(".yaml")  # Ultralytics' YAML reads only *.yaml files
     try:
         write(draft)
@@ -107,8 +105,7 @@ def write_data_yaml(
 def yolo_box(
     bbox: list[float], width: int, height: int, min_side: float = 0.0
 ) -> tuple[float, float, float, float] | None:
-    """A COCO ``[x, y, w, h]`` pixel box clipped to the image as normalised ``(cx, cy, w, h)``; None when a clipped
-    side is ``min_side`` px or less (0: no area left)."""
+    """A COCO ``[x, y, w, h]`` pixel box clipped to the image as normalised ``(cx, cy, w, h)``; None if too small."""
     x, y, w, h = bbox
     x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
     if x2 - x1 <= min_side or y2 - y1 <= min_side:

@@ -55,8 +55,7 @@ class _Scan:
         LOGGER.warning(f"{task} {split}: skipping {file}: {reason}")
 
     def image(self, task: str, split: str, file: Path) -> tuple[str, tuple[int, int]] | None:
-        """The sha256 and (width, height) of an image that decodes completely; None (skipped) for an empty, corrupt
-        or truncated one."""
+        """The sha256 and (width, height) of an image that decodes completely; None (skipped) otherwise."""
         try:
             size = image_size(file)
         except ValueError as e:

@@ -121,8 +121,7 @@ class JointLoader:
         return self.largest.drop_last
 
     def set_epoch(self, epoch: int) -> None:
-        """Start `epoch`: the task sampler at its first step (a resumed run draws as an uninterrupted one), and every
-        loader's distributed sampler at the epoch (DDP: each epoch's shuffle, the same on every rank)."""
+        """Start `epoch`: the task sampler at its first step (resumed runs draw alike), DDP samplers at the epoch."""
         self.task_sampler.step = epoch * len(self)
         for loader in self.loaders.values():
             if hasattr(loader.sampler, "set_epoch"):

@@ -115,8 +115,7 @@ class SharedDataset(YOLODataset):
         return mask
 
     def get_image_and_label(self, index: int) -> dict[str, Any]:
-        """The image, its boxes (none without a box file), its mask at the image's size (255 without a mask file)
-        and ``tasks``, the tasks it has labels of."""
+        """The image, its boxes, its mask (255 without a mask file) and ``tasks``, the tasks it has labels of."""
         label = super().get_image_and_label(index)
         h, w = label["img"].shape[:2]
         if self.mask_files[index] is None:

@@ -28,8 +28,7 @@ CLS_SCALE = (0.35, 0.6)  # the shape a classification image shows
 
 
 def _colour(rng: np.random.Generator, cls: int) -> np.ndarray:
-    """A random saturated, bright BGR colour from the hue range of class `cls`: reds to yellows for circles, greens
-    to cyans for rectangles, blues to magentas for triangles."""
+    """A random saturated BGR colour from the hue range of class `cls` (reds, greens, blues)."""
     hue = rng.uniform(0, 40) + 60 * cls  # OpenCV hue: 0-180
     hsv = np.array([[[hue, rng.uniform(200, 255), rng.uniform(170, 255)]]], np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
@@ -82,8 +81,7 @@ def _shape(rng: np.random.Generator, cls: int, size: int, scale: tuple[float, fl
 def _paint_shapes(
     rng: np.random.Generator, img: np.ndarray, classes: list[int], scale: tuple[float, float] = SHAPE_SCALE
 ) -> list[tuple[int, np.ndarray]]:
-    """Paint one shape per class of `classes` on `img`, apart from each other (a shape that finds no free place in 20
-    tries is skipped); return (class, mask) per painted shape."""
+    """Paint one shape per class of `classes` on `img`, apart (skipped after 20 tries); return (class, mask) pairs."""
     shapes: list[tuple[int, np.ndarray]] = []
     taken = np.zeros(img.shape[:2], np.uint8)  # the painted shapes, grown by a 2-px margin
     for cls in classes:
@@ -126,8 +124,7 @@ def _boxes_text(shapes: list[tuple[int, np.ndarray]], size: int) -> str:
 
 
 def _class_map(shapes: list[tuple[int, np.ndarray]], size: int) -> np.ndarray:
-    """The semantic mask of `shapes`: each shape's class, 0 elsewhere, a 1-px 255 ring around each shape (like VOC's
-    void object borders)."""
+    """The semantic mask of `shapes`: each shape's class, 0 elsewhere, a 1-px 255 ring around each (VOC's borders)."""
     mask = np.zeros((size, size), np.uint8)
     for cls, m in shapes:
         mask[m] = SEG_NAMES.index(DET_NAMES[cls])

@@ -158,8 +158,7 @@ class UnifiedHead(Detect):
         return (det, seg, cls) if self.export else (det, seg, cls, raw)
 
     def bias_init(self):
-        """Initialise projection biases: boxes 2.0, detection classes for ~5 objects per 640 image at stride 16,
-        segmentation and classification at zero (uniform prior)."""
+        """Projection biases: boxes 2.0, det classes for ~5 objects per 640 image at stride 16, seg and cls 0."""
         s = float(self.stride[min(1, self.nl - 1)])
         self.det.bias.data[: 4 * self.reg_max] = 2.0
         self.det.bias.data[4 * self.reg_max :] = math.log(5 / self.nc / (640 / s) ** 2)

@@ -151,8 +151,7 @@ class UnifiedModel(DetectionModel):
         return nn.Sequential(*layers), sorted(set(save))
 
     def load(self, weights: Any, verbose: bool = True) -> int:
-        """Copy every tensor whose name and shape match from a checkpoint or model (YOLOv8 detection or classification,
-        or unified); return how many were copied."""
+        """Copy every tensor whose name and shape match from a checkpoint or model; return how many were copied."""
         src = (weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights
         csd = src.float().state_dict()
         own = self.state_dict()

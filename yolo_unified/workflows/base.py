@@ -36,8 +36,7 @@ def with_default_data(keys: dict[str, Any], force: dict[str, Any]) -> tuple[dict
 
 
 def run_dir(project: str | Path | None, name: str | None, default_name: str, exist_ok: bool = False) -> Path:
-    """An incremented run directory ``project/name`` (``train``, ``train2``, ...) as Ultralytics names its runs (with
-    DDP on the CPU, rank 0's choice for every rank)."""
+    """An incremented run folder ``project/name`` as Ultralytics names runs (CPU DDP: rank 0's for every rank)."""
     return from_rank_zero(increment_path(Path(project or "runs/unified").resolve() / (name or default_name), exist_ok))
 
 

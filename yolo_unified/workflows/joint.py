@@ -41,8 +41,7 @@ def train_joint(task: str | None, keys: dict[str, Any]) -> dict[str, Any]:
 
 
 def resume_joint(keys: dict[str, Any]) -> dict[str, Any]:
-    """Continue the joint run whose ``last.pt`` is ``resume=``, with its own data and settings (as Ultralytics
-    resumes)."""
+    """Continue the joint run whose ``last.pt`` is ``resume=``, with its own data and settings."""
     return finished(JointTrainer(overrides=keys))
 
 

@@ -56,8 +56,7 @@ def write_state(root: Path, state: dict[str, Any]) -> None:
 
 
 def recommended_protocol(pretrained: Any) -> Path:
-    """The protocol `train` runs without ``task=`` or ``stages=``: cfg/seq-pretrained.yaml with ``pretrained=``
-    weights, else cfg/seq.yaml."""
+    """The protocol run without ``stages=``: cfg/seq-pretrained.yaml with ``pretrained=`` weights, else cfg/seq.yaml."""
     weights = isinstance(pretrained, (str, Path)) and str(pretrained).lower() not in {"", "true", "false"}
     return CFG_DIR / ("seq-pretrained.yaml" if weights else "seq.yaml")
 

@@ -174,8 +174,7 @@ def transfer_section(state: dict[str, Any], forget_limit: float, baselines: dict
 
 
 def write_report(root: Path, state: dict[str, Any], forget_limit: float = 0.05, baselines: str | None = None) -> str:
-    """Write forgetting.csv, forgetting.md (with the accuracy matrix, transfer and class groups), accuracy_matrix.csv
-    and the plots into `root`, print the tables; return the Markdown."""
+    """Write forgetting.csv, forgetting.md, accuracy_matrix.csv and the plots into `root`; return the Markdown."""
     base = load_baselines(baselines)
     rows = table_rows(state, forget_limit, base)
     write_csv(root / "forgetting.csv", rows)
@@ -218,8 +217,7 @@ def heatmap(file: Path, values: np.ndarray, labels: tuple[list, list], title: st
 
 @plt_settings()
 def plot_report(root: Path, state: dict[str, Any]) -> None:
-    """Task scores across stages (lines), relative change per task and stage (heatmap), the accuracy matrix
-    (heatmap), training curves per stage."""
+    """Plot task scores across stages, their relative change, the accuracy matrix and each stage's training curves."""
     stages = state["stages"]
     tasks = list(dict.fromkeys(t for s in stages for t in stage_tasks(s)))
     labels = [f"{i + 1}\n{s['task']}" for i, s in enumerate(stages)]

@@ -162,8 +162,7 @@ def class_groups(state: dict[str, Any], limit: float) -> list[dict[str, Any]]:
 
 
 def verdict(state: dict[str, Any], limit: float) -> str:
-    """PASS when every task, and the old classes of every stage adding classes, stay within `limit` and every stage
-    kept weights, else FAIL."""
+    """PASS when every task and every stage's old classes stay within `limit` and every stage kept weights."""
     groups = [g["pass"] is not False for g in class_groups(state, limit)]
     passed = all(d["pass"] for d in forgetting(state, limit).values()) and all(groups) and not unlearned_stages(state)
     return "PASS" if passed else "FAIL"

@@ -47,8 +47,7 @@ def run_args(weights: str | Path) -> dict[str, Any]:
 
 
 def resumed_task(resume: Any) -> str | None:
-    """The task of the single-task run whose checkpoint ``resume=`` names (its training arguments' Ultralytics task);
-    None for anything else (a protocol folder, a joint run's checkpoint)."""
+    """The task of the single-task run whose checkpoint ``resume=`` names; None for anything else."""
     if not (isinstance(resume, (str, Path)) and str(resume).endswith(".pt") and Path(resume).is_file()):
         return None
     args = run_args(resume)

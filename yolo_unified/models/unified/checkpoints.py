@@ -17,8 +17,7 @@ from yolo_unified.files import read_checkpoint, temporary_name
 
 
 def strip_atomically(f: Path, **kwargs: Any) -> dict:
-    """Ultralytics' ``strip_optimizer`` on `f`, written to a temporary file of a unique name first and then moved
-    over `f`."""
+    """Ultralytics' ``strip_optimizer`` on `f`, through a temporary file moved over `f`."""
     tmp = temporary_name(f)
     try:
         ckpt = strip_optimizer(f, s=str(tmp), **kwargs)
@@ -82,8 +81,7 @@ class CheckpointMixin:
         return saved
 
     def check_resume(self, overrides: dict[str, Any]) -> None:
-        """Ultralytics' resume check, after reading the checkpoint ``resume=`` names: one that exists but cannot be
-        read is reported as such (Ultralytics says "not found" for any failure), refused ones under safe mode too."""
+        """Ultralytics' resume check, after reading ``resume=``: an unreadable checkpoint says so, not 'not found'."""
         if isinstance(self.args.resume, (str, Path)) and Path(self.args.resume).is_file():
             read_checkpoint(self.args.resume)
         super().check_resume(overrides)

@@ -26,8 +26,7 @@ BACKGROUND = 0  # the seg class the overlay leaves untinted (class 0 of the seg 
 
 
 def tinted(im: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
-    """`im` with each pixel of `mask` blended with its class's colour in Ultralytics' palette; background and ignored
-    pixels keep their own colour."""
+    """`im` with each pixel of `mask` blended with its class's colour; background and ignored pixels kept."""
     ids = np.unique(mask)  # class ids present, ascending
     palette = np.array([colors(int(i), True) for i in ids], im.dtype)
     blend = cv2.addWeighted(im, 1 - alpha, palette[np.searchsorted(ids, mask)], alpha, 0)

@@ -84,8 +84,7 @@ class UnifiedTrainerMixin(CheckpointMixin):
         unwrap_model(self.model).loss_terms = self.strategies
 
     def _end_strategies(self) -> None:
-        """Let the strategies store what later stages need, from the stage's best weights (DDP: on rank 0, whose
-        memory the protocol saves for every rank)."""
+        """Let the strategies store what later stages need, from the stage's best weights (DDP: on rank 0)."""
         weights = self.best if self.best.exists() else self.last
         if not self.strategies or not weights.exists():
             return
@@ -290,8 +289,7 @@ class UnifiedTrainerMixin(CheckpointMixin):
             dataset.cache_images()
 
     def preprocess_batch(self, batch: dict) -> dict:
-        """Ultralytics' preprocessing, the labels in the model's class ids, then the strategies' labels (old classes
-        labelled by the model before the stage)."""
+        """Ultralytics' preprocessing, the labels in the model's class ids, then the strategies' labels."""
         batch = super().preprocess_batch(batch)
         if self.class_lut is not None:
             batch = remap_labels(batch, self.task_key, self.class_lut)

@@ -50,8 +50,7 @@ def is_multitask_yaml(data: Any) -> bool:
 
 
 def class_scores(task: str, stats: Any, names: dict[int, str]) -> dict[str, float]:
-    """Each labelled class's score by name: seg IoU, det mAP50 (from Ultralytics' metrics), cls top-1 recall (from
-    ``(top1, targets)``)."""
+    """Each labelled class's score by name: seg IoU, det mAP50, cls top-1 recall (from ``(top1, targets)``)."""
     if task == "seg":
         iou, pixels = stats.per_class_iou, stats.nt_per_class
         return {names[c]: float(iou[c]) for c in range(len(pixels)) if pixels[c] > 0}

@@ -35,8 +35,7 @@ class TaskPart:
         on_plot: Any,
         data: dict[str, Any] | None = None,
     ) -> None:
-        """Read this task's section of the data YAML (a clear error for a missing section or split), unless `data`
-        is given."""
+        """Read this task's section of the data YAML, unless `data` is given."""
         self.task_key, self.trainer_class = task, TRAINERS[task]
         self.validator_class = self.trainer_class.validator_class
         self.args, self.save_dir = args, save_dir
@@ -48,8 +47,7 @@ class TaskPart:
         self.data = data or self.trainer_class.get_dataset(self)
 
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Dataset:
-        """The task's dataset at `img_path` for `mode` (training augmentation or validation transforms): its
-        Ultralytics trainer's, as strategies add no images to a joint run's (``UnifiedTrainerMixin.build_dataset``)."""
+        """The task's dataset for `mode`: its Ultralytics trainer's (strategies add no images to a joint run)."""
         return super(UnifiedTrainerMixin, self.trainer_class).build_dataset(self, img_path, mode, batch)
 
     def get_dataloader(self, dataset_path: str, batch_size: int, rank: int, mode: str) -> DataLoader:
@@ -57,8 +55,7 @@ class TaskPart:
         return self.trainer_class.get_dataloader(self, dataset_path, batch_size, rank, mode)
 
     def preprocess_batch(self, batch: dict) -> dict:
-        """The task's preprocessing (Ultralytics', without the task trainers' relabelling: a joint run's data has the
-        model's classes)."""
+        """The task's preprocessing, without relabelling (a joint run's data has the model's classes)."""
         return super(UnifiedTrainerMixin, self.trainer_class).preprocess_batch(self, batch)
 
     def plot_training_samples(self, batch: dict, ni: int) -> None:

@@ -169,8 +169,7 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         return get_cfg(dict(vars(self.args)), {**own, "task": ULTRALYTICS_TASK[task]})
 
     def task_shares(self) -> dict[str, float]:
-        """Each training stream's share of the steps (``task_share``, default 1); a shared stream takes the largest of
-        its tasks' shares."""
+        """Each training stream's share of the steps (``task_share``, default 1; a shared stream: its largest)."""
         given = trained_tasks_only("task_share", self.args.task_share, self.tasks)
         shares = {}
         for name in self.streams:
