@@ -15,7 +15,7 @@ from benchmarks.common import GITIGNORE, REPO, RESULTS, repo_path, repo_relative
 from benchmarks.hw2 import ABLATIONS, ablation_cfg, main, summary_markdown, targets_table
 from benchmarks.joint import joint_runs
 from yolo_unified.data.config import load_data_config, task_names
-from yolo_unified.models.unified.model import UnifiedYOLO
+from yolo_unified.model import UnifiedYOLO
 from yolo_unified.nn import UnifiedModel
 from yolo_unified.nn.tasks import CFG_DIR
 

@@ -18,7 +18,7 @@ from ultralytics.nn.tasks import load_checkpoint
 from yolo_unified import UnifiedYOLO, cli, export, workflows
 from yolo_unified.cli import run
 from yolo_unified.data.config import load_data_config
-from yolo_unified.models.unified.predict import letterbox
+from yolo_unified.data.transforms import letterbox
 from yolo_unified.nn.modules import upsample_logits
 
 IMGSZ = 64

@@ -21,7 +21,7 @@ from yolo_unified.data.coco import convert_coco
 from yolo_unified.data.prepare import prepare_hw2
 from yolo_unified.data.synthetic import make_synthetic
 from yolo_unified.files import OutputFolder, UnreadableFile, load_checkpoint, read_data, save_atomically
-from yolo_unified.models.unified.model import UnifiedYOLO
+from yolo_unified.model import UnifiedYOLO
 from yolo_unified.models.unified.train import TRAINERS, UnifiedTrainerMixin
 from yolo_unified.nn import UnifiedModel
 from yolo_unified.workflows.base import stage_memory

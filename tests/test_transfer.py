@@ -8,16 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from yolo_unified.workflows.report import (
+from yolo_unified.workflows.report import run_summary, write_report
+from yolo_unified.workflows.scores import (
     Unit,
     accuracy_matrix,
     class_groups,
     protocol_transfer,
-    run_summary,
     transfer,
     units,
     verdict,
-    write_report,
 )
 
 NAN = math.nan

@@ -1,8 +1,5 @@
 """yolo-unified: one YOLOv8n model with one unified head for detection, semantic segmentation and classification.
-
-Importing it changes nothing for plain Ultralytics: the package's keys and CPU threads apply to its own runs only
-(`yolo_unified.defaults`).
-"""
+Importing it changes nothing for plain Ultralytics (`yolo_unified.defaults`)."""
 
 from ultralytics.utils import LOGGER
 
@@ -16,6 +13,6 @@ if _changes := signature_changes():  # Ultralytics' internals this package repla
         "(reinstall with pip install -e . to get the pinned version):\n  " + "\n  ".join(_changes)
     )
 
-from yolo_unified.models.unified.model import UnifiedYOLO  # noqa: E402  (after the check above)
+from yolo_unified.model import UnifiedYOLO  # noqa: E402  (after the check above)
 
 __all__ = ("UnifiedYOLO", "__version__")

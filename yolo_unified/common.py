@@ -56,8 +56,7 @@ MEMORY_FILE = "memory.pt"  # the strategies' memory, beside each stage's best.pt
 
 
 def listed(value: Any) -> list:
-    """A list-valued key as a list: a list (or tuple) as it is, ``a,b`` or ``[a, b]`` from the command line split on
-    its commas, each item stripped."""
+    """A list-valued key as a list: a list or tuple as it is, ``a,b`` or ``[a, b]`` split on its commas."""
     if isinstance(value, (list, tuple)):
         return list(value)
     return [item.strip() for item in str(value).strip("[]").split(",") if item.strip()]
@@ -78,6 +77,5 @@ def task_imgsz(model: Any, task: str | None = None) -> int | None:
 
 
 def learned_tasks(model: Any) -> set[str]:
-    """The tasks a unified model was trained on (those with a trained image size, ``task_imgsz``, and class names);
-    none for other models and for unified models saved before ``task_imgsz`` existed."""
+    """The tasks a unified model was trained on: those with a trained image size (``task_imgsz``) and class names."""
     return set(getattr(model, "task_imgsz", None) or ()) & set(getattr(model, "task_names", None) or {})

@@ -1,14 +1,7 @@
-"""Multi-process training on CPU: processes started by ``torchrun`` train one model with DDP over gloo.
+"""Multi-process training on CPU: processes started by ``torchrun`` (``device=cpu``) train one model with DDP over
+gloo; rank 0 alone validates, writes checkpoints and does a protocol's between-stage work, the others wait and read it.
 
-Ultralytics launches DDP itself for several GPUs (``device=0,1``: it generates the command and starts one process per
-GPU) and runs CPU training in one process. Started by ``torchrun`` (which sets ``RANK``, ``LOCAL_RANK`` and
-``WORLD_SIZE``) with ``device=cpu``, each process is one rank of a gloo process group: the unified trainers wrap the
-model in DistributedDataParallel, each rank reads its share of every batch, rank 0 alone validates and writes
-checkpoints, and a protocol's between-stage work (scores, protocol.json, the strategies' memory.pt, the report) is rank
-0's; the other ranks wait for it and read what it wrote.
-
-    torchrun --nproc_per_node 2 -m yolo_unified train cfg=cfg/seq.yaml device=cpu   # one machine, 2 processes
-"""
+    torchrun --nproc_per_node 2 -m yolo_unified train cfg=cfg/seq.yaml device=cpu   # one machine, 2 processes"""
 
 from __future__ import annotations
 
@@ -80,8 +73,7 @@ class CpuDDP(DDP):
 
 
 def mean_over_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """`tensors` averaged over the DDP ranks, in one all-reduce (every rank gets the means); unchanged without a
-    process group."""
+    """`tensors` averaged over the DDP ranks in one all-reduce; unchanged without a process group."""
     if not dist.is_initialized() or not tensors:
         return tensors
     flat = torch.cat([t.detach().flatten().float() for t in tensors])

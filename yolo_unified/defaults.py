@@ -1,12 +1,7 @@
 """What yolo-unified sets for its own runs only, so that importing it changes nothing for plain Ultralytics: its keys
-beside Ultralytics' defaults, and its CPU thread count.
-
-The package's keys and their defaults are cfg/default.yaml's (plus the keys of strategies registered from outside,
-`UNIFIED_KEYS`). The unified trainers take them beside Ultralytics' own (`unified_cfg`); the command line checks keys
-against both (`train_keys`); the validators, the predictor and the exporter, which have no use for them, take any of
-them and leave them out (`without_unified_keys`), so Ultralytics checks the rest. A unified run (training,
-validation, prediction, export) uses every CPU core (`unified_threads`), restoring Ultralytics' count after it.
-"""
+(cfg/default.yaml's and registered strategies', `UNIFIED_KEYS`) beside Ultralytics' defaults (`unified_cfg`,
+`train_keys`; left out for the validators, predictor and exporter: `without_unified_keys`), and its CPU thread count
+(`unified_threads`, Ultralytics' restored after)."""
 
 from __future__ import annotations
 
@@ -32,14 +27,12 @@ def train_keys() -> set[str]:
 
 
 def unified_cfg(cfg: str | dict | SimpleNamespace = DEFAULT_CFG) -> dict[str, Any]:
-    """The default settings of a unified trainer: `cfg` (Ultralytics' defaults unless given) with the package's keys
-    added at their defaults, so Ultralytics' key check takes them."""
+    """A unified trainer's defaults: `cfg` (Ultralytics' unless given) with the package's keys at their defaults."""
     return {**UNIFIED_KEYS, **cfg2dict(cfg)}
 
 
 def without_unified_keys(args: dict | SimpleNamespace | None) -> dict[str, Any] | None:
-    """`args` without the package's own keys (train settings, of no use to a validator, the predictor or the
-    exporter, whose Ultralytics key check then sees the rest)."""
+    """`args` without the package's own keys, for Ultralytics' key check of a validator, predictor or exporter."""
     return None if args is None else {k: v for k, v in cfg2dict(args).items() if k not in UNIFIED_KEYS}
 
 

@@ -1,15 +1,7 @@
 """Export through Ultralytics' ``Exporter``: named ``det``/``seg``/``cls`` outputs and per-task metadata.
 
-Every format Ultralytics exports goes through the same path. ONNX, TorchScript and OpenVINO are tested here (CPU),
-as is INT8 (``quantize=8``) for ONNX Runtime (static QDQ) and OpenVINO (NNCF), calibrated on images of every task of
-the multi-task data YAML (`CalibrationImages`). TensorRT (``format=engine``) builds from the ONNX graph below on a
-machine with an NVIDIA GPU and is untested in this project (keep seg logits there: ``seg_argmax=True`` emits int64
-ids, which TensorRT engines may not output).
-
-OpenVINO runs the layers an export keeps in float at the device's default inference precision, which is bf16 on CPUs
-with AMX or AVX512-BF16 (as Ultralytics' AutoBackend, and so predict and val, leave it): there an fp32 OpenVINO model
-deviates from PyTorch by up to ~2e-2 relative (tests' tiny model); compiled with ``INFERENCE_PRECISION_HINT=f32`` it
-matches to ~1e-6.
+ONNX, TorchScript, OpenVINO and INT8 (``quantize=8``: ONNX Runtime's static QDQ, OpenVINO's NNCF, calibrated on every
+task's images) are tested on the CPU; TensorRT (``format=engine``) builds from the same ONNX graph, untested here.
 """
 
 from __future__ import annotations
@@ -36,8 +28,8 @@ from ultralytics.engine.exporter import Exporter, export_formats
 from ultralytics.utils import LOGGER, colorstr
 
 from yolo_unified.data.config import check_heads, image_files, load_data_config, task_data, task_names
+from yolo_unified.data.transforms import letterbox
 from yolo_unified.defaults import unified_threads, without_unified_keys
-from yolo_unified.models.unified.predict import letterbox
 
 OUTPUT_NAMES = ("det", "seg", "cls")  # the order of UnifiedHead's export outputs
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxslim")  # the `export` extra; pip and import names coincide
@@ -72,14 +64,9 @@ def check_onnx_packages() -> None:
 
 
 class CalibrationImages(torch.utils.data.Dataset):
-    """INT8 calibration images from every task of a multi-task data YAML, letterboxed to the export size as predict
-    letterboxes (`letterbox`), as ``{"img": uint8 RGB CHW}`` items like Ultralytics' calibration datasets.
-
-    The mix is equal shares: each task of the YAML gives its ``split`` images (Ultralytics' ``split`` key; ``val``
-    unless set), ``fraction`` of them (a share, or a count when an int > 1, as Ultralytics reads ``fraction``);
-    every task then contributes as many images as the smallest of those counts, spread evenly over its sorted files
-    (so class folders are all represented), and the tasks alternate (seg, det, cls, seg, ...).
-    """
+    """INT8 calibration images of every task of a multi-task data YAML, letterboxed as predict does, as
+    ``{"img": uint8 RGB CHW}`` items. Each task gives ``fraction`` of its ``split`` images (a share, or a count when
+    an int > 1), cut to the smallest task's count, spread over its sorted files; the tasks alternate."""
 
     def __init__(self, data: str, imgsz: list[int], split: str = "val", fraction: float | list = 1.0):
         """List the images of every task of `data` and pick the mix (nothing is read yet)."""
@@ -110,27 +97,14 @@ class CalibrationImages(torch.utils.data.Dataset):
 
 @contextmanager
 def nncf_options() -> Iterator[None]:
-    """Make ``nncf.quantize`` take activation ranges as the min and max over the whole calibration set, correct biases
-    on real activations (NNCF's ``BiasCorrection``) instead of its default ``FastBiasCorrection``, and keep the stem
-    (`FLOAT_STEM`) in float, besides the head's decoding that Ultralytics keeps there.
+    """Make ``nncf.quantize`` take global min/max activation ranges (its default averages per-image ranges, which
+    clips a mix of three tasks' images), correct biases on real activations and keep the stem (`FLOAT_STEM`) in float.
 
-    Ranges: NNCF's default averages the per-image min and max, which clips the activations of the images whose range is
-    wider than average, and a set drawn from three tasks' images mixes very different ranges. ONNX Runtime's static
-    quantization takes global min/max ranges as well.
-
-    Bias correction: ``FastBiasCorrection`` feeds each quantized layer a constant map of its input's per-channel means
-    and shifts the bias by the difference to the mean fp32 output. For a 3x3 convolution with zero padding that
-    difference is mostly not quantization error: the input's mean is not uniform over the map (its edges, the
-    letterbox border), so the mean of conv(x) differs from conv(mean x) in fp32 already, and most on the small stride-16
-    and stride-32 maps of the head's tower, whose biases it shifted by 4-10%. Every image then carries the shift, and
-    the classifier, which pools the tower's maps into one vector, reads it as a feature: on the HW2 benchmark's model
-    this took OpenVINO INT8 top-1 28 points below fp32. ``BiasCorrection`` runs the quantized layers on the
-    calibration activations themselves (on a fifth of the calibration set).
-
-    The stem: its two convolutions read the raw pixels at half and quarter resolution; in INT8 they carried the
-    largest share of the remaining error (HW2 model, 60 val images: classes equal to fp32's on 58 with them in INT8,
-    59 and every image with a clear fp32 call in float; seg pixels 98.5% and 99.1%; top-1 0.700 and 0.717 as fp32's),
-    at about 7% more latency (34.8 against 37.3 ms median, 512 px, batch 1, two threads, the two models alternated).
+    Measured on the HW2 model: ``FastBiasCorrection`` (the default) shifts the tower's stride-16/32 biases by 4-10%
+    (zero padding and the letterbox border make the mean of conv(x) differ from conv(mean x)), which the pooled
+    classifier reads as a feature: top-1 28 points below fp32. The INT8 stem (60 val images): classes equal to fp32's
+    on 58 (float stem: 59), seg pixels 98.5% (99.1%), top-1 0.700 (0.717, as fp32); the float stem costs ~7% latency
+    (37.3 against 34.8 ms median, 512 px, batch 1, two threads).
     """
     import nncf
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -154,19 +128,10 @@ def nncf_options() -> Iterator[None]:
 
 
 class UnifiedExporter(Exporter):
-    """Ultralytics' ``Exporter`` for the unified model.
-
-    Differences from Ultralytics: the outputs are named ``det``, ``seg`` and ``cls`` (ONNX: each with dynamic axes
-    when ``dynamic=True``; OpenVINO: the output tensors' names); ``seg_argmax=True`` bakes the segmentation argmax into
-    the graph (``seg`` is then the class map ``(B, H, W)``); the metadata also holds ``task_names``, ``strides`` and
-    ``seg_argmax``; ``nms=True`` is refused (the exported boxes are decoded, NMS runs in the predictor as for
-    Ultralytics' default exports). INT8 (``quantize=8``) is Ultralytics' own, calibrated on `CalibrationImages` of the
-    multi-task data YAML (by default the checkpoint's own training data): for ONNX, ONNX Runtime's static QDQ
-    quantization of the convolutions and the linear layer (the rest stays float); for OpenVINO, NNCF with the head's
-    decoding (DFL, sigmoid, box arithmetic, softmax) and the stem's two convolutions left float, taking global
-    activation ranges and correcting biases on real activations (`nncf_options`). Missing export packages fail before
-    any work, naming the extra to install.
-    """
+    """Ultralytics' ``Exporter`` for the unified model: outputs named ``det``, ``seg``, ``cls``; ``seg_argmax=True``
+    bakes the segmentation argmax in (``seg`` is then ``(B, H, W)``); ``task_names``, ``strides`` and ``seg_argmax`` in
+    the metadata; ``nms=True`` refused (NMS runs in the predictor). INT8 is Ultralytics', calibrated on
+    `CalibrationImages` of the data YAML (default: the checkpoint's training data). Missing packages fail first."""
 
     def __init__(
         self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None, seg_argmax: bool = False
@@ -218,8 +183,7 @@ class UnifiedExporter(Exporter):
 
     @contextmanager
     def unified_hints(self) -> Iterator[None]:
-        """Rewrite Ultralytics' closing hints (``yolo predict task=unified ...``, which cannot load these models) into
-        the ``yolo-unified predict`` / ``yolo-unified val`` commands while the export runs."""
+        """Ultralytics' closing hints (``yolo predict task=unified``) as ``yolo-unified`` commands while exporting."""
 
         def rewrite(record: logging.LogRecord) -> bool:
             if isinstance(record.msg, str):
@@ -241,8 +205,7 @@ class UnifiedExporter(Exporter):
         self.metadata["outputs"] = list(OUTPUT_NAMES)
 
     def get_int8_calibration_dataloader(self, prefix: str = "") -> InfiniteDataLoader:
-        """Ultralytics' calibration hook: batches of `CalibrationImages` (every task, equal shares, letterboxed to
-        imgsz), as many full export-size batches as the images fill."""
+        """Ultralytics' calibration hook: full batches of `CalibrationImages`."""
         dataset = CalibrationImages(self.args.data, self.imgsz, self.args.split or "val", self.args.fraction)
         LOGGER.info(f"{prefix} INT8 calibration on {dataset.mix} of {self.args.data}, letterboxed to {self.imgsz}")
         if len(dataset) < 300:
@@ -263,9 +226,7 @@ class UnifiedExporter(Exporter):
         return _torch2onnx(model, im, output_file, opset, input_names=input_names, output_names=names, dynamic=dynamic)
 
     def export_openvino(self, prefix: str = colorstr("OpenVINO:")) -> str:
-        """Ultralytics' OpenVINO export (FP16, or INT8 with NNCF as there) with the output tensors named; INT8 takes
-        activation ranges from the whole calibration set, corrects biases on real activations and keeps the stem in
-        float (`nncf_options`)."""
+        """Ultralytics' OpenVINO export with the output tensors named; INT8 with `nncf_options`."""
         with (
             patch.object(export_openvino, "torch2openvino", self._torch2openvino),
             nncf_options() if self.args.quantize == 8 else nullcontext(),

@@ -1,15 +1,9 @@
 """The files yolo-unified reads and writes, handled safely.
 
-- **Loading**: every file yolo-unified did not just write is read here. Checkpoints go through Ultralytics' loader,
-  which honours its safe mode (``ULTRALYTICS_SAFE_LOAD=1``: ``torch.load(weights_only=True)`` against an allow-list);
-  this package's model classes join that allow-list (`allow_in_checkpoints`), so safe mode loads unified checkpoints.
-  Data-only files (``memory.pt``) are loaded with ``weights_only=True`` in every mode: nothing in them can run. A
-  missing file is never looked for online, and a file that cannot be read gives one `UnreadableFile` naming it.
-- **Writing**: a file is written to a temporary file of a unique name beside it, then moved over it
-  (`save_atomically`). An output folder is built beside its destination and swapped in whole (`OutputFolder`), and
-  only over a folder this package wrote itself: each output folder holds a manifest of its files.
-
-This module is at the bottom of the import order (docs/architecture.md): it imports nothing of yolo_unified.
+- **Loading**: checkpoints by Ultralytics' loader, safe mode (``ULTRALYTICS_SAFE_LOAD=1``) honoured; data-only files
+  (``memory.pt``) always with ``weights_only=True``; a file that cannot be read gives one `UnreadableFile` naming it.
+- **Writing**: a file goes to a temporary file beside it, then over it (`save_atomically`); an output folder is built
+  beside its destination and swapped in whole, only over a folder this package wrote (`OutputFolder`).
 """
 
 from __future__ import annotations
@@ -36,14 +30,12 @@ MANIFEST = ".yolo-unified.json"  # in every output folder: who wrote it and ever
 
 
 class UnreadableFile(ValueError):
-    """A file that exists but cannot be read as what it should be: empty, truncated, damaged, of another kind, or
-    refused by safe loading. The message names the file and the problem."""
+    """A file that exists but cannot be read as what it should be (the message names the file and the problem)."""
 
 
 # ---------------------------------------------------------------------------------------------------------- loading
 def allow_in_checkpoints(*classes: type) -> None:
-    """Let safe loading (torch's ``weights_only`` unpickler, which Ultralytics' safe mode uses) rebuild `classes`:
-    the classes a checkpoint of this package pickles. Registered once, at import, for the whole process."""
+    """Let safe loading (torch's ``weights_only``, Ultralytics' safe mode) rebuild the package's model `classes`."""
     torch.serialization.add_safe_globals(list(classes))
 
 
@@ -123,8 +115,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def read_data(path: str | Path) -> Any:
-    """A data-only torch file (``memory.pt``: tensors, numbers, strings, lists, dicts), always with
-    ``weights_only=True``: a file holding anything else is refused, and nothing in it runs."""
+    """A data-only torch file (``memory.pt``), always with ``weights_only=True``: nothing in it runs."""
     file = existing(path)
     with reading(file, weights_only=True):
         data = torch.load(file, map_location="cpu", weights_only=True)
@@ -203,10 +194,10 @@ def manifest_files(folder: Path, manifest: str = MANIFEST) -> set[Path]:
     return {Path(f) for f in listed if isinstance(f, str)} if isinstance(listed, list) else set()
 
 
-def _few(paths: list[Path], shown: int = 5) -> str:
-    """The first `shown` paths, comma-separated, and how many more there are."""
-    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
-    return ", ".join(p.as_posix() for p in paths[:shown]) + more
+def few(items: list, shown: int = 5) -> str:
+    """The first `shown` items, comma-separated, and how many more there are."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(str(item) for item in items[:shown]) + more
 
 
 def _libc_renameat2() -> Callable[..., int] | None:
@@ -236,21 +227,11 @@ def exchange(a: Path, b: Path) -> bool:
 class OutputFolder:
     """An output folder written whole: built beside `dst`, then swapped in at once, never over files of others.
 
-    `dst` may be absent, empty, or a folder this package wrote: every file in it is listed by its manifest, or is
-    `derived` (a file its users write again, such as Ultralytics' label caches); else a ValueError names the other
-    files and `dst` stays as it is. A folder without a manifest (written by an older version, or never by this
-    package) may hold only files the build writes with the same bytes: replacing them loses nothing. A `dst` with a
-    manifest is checked at once; one without, when the build is complete.
-
-    ``with folder as build:`` yields an empty folder beside `dst`; when the block ends without an error, a manifest of
-    `build` is written into it and `build` takes the place of `dst` (`changed` says whether it did: a build that holds
-    exactly the files `dst` holds leaves `dst` untouched); when it raises, `build` is removed and `dst` stays as it
-    was.
-
-    The swap is one atomic step where the system has one (Linux ``renameat2``). Elsewhere it is two renames: `dst`
-    to ``.<name>.previous``, then `build` to `dst`; an error between them puts `dst` back, and a process killed
-    between them leaves ``.<name>.previous``, which the next `OutputFolder` of `dst` moves back first. Build folders
-    (``.<name>-*.tmp``) a killed process left are removed then too.
+    `dst` may hold only files its manifest lists or `derived` ones (e.g. Ultralytics' label caches); without a
+    manifest, only files the build writes with the same bytes. ``with folder as build:`` yields an empty folder; a
+    block that succeeds swaps it in with its manifest (`changed`: False when `dst` held the same files), one that
+    raises leaves `dst` as it was. The swap is atomic with Linux ``renameat2``, else two renames through
+    ``.<name>.previous``, which the next `OutputFolder` of `dst` moves back if a kill came between them.
     """
 
     def __init__(
@@ -271,8 +252,7 @@ class OutputFolder:
         self.check_replaceable(None)
 
     def recover(self) -> None:
-        """Clean up after a process killed while writing `dst`: put the old folder back if it was killed between its
-        two renames (else drop it), and remove the build folders it left."""
+        """After a killed write: put the old folder back if it was between its two renames, remove leftover builds."""
         if self.previous.is_dir() and not self.dst.exists():
             self.previous.rename(self.dst)
         elif self.previous.is_dir() and not self.others(self.previous):
@@ -281,8 +261,7 @@ class OutputFolder:
             shutil.rmtree(build, ignore_errors=True)
 
     def others(self, folder: Path) -> list[Path]:
-        """The files of `folder` (relative) that its manifest does not list and that are not derived (all but the
-        derived ones when it has no manifest)."""
+        """The files of `folder` (relative) that its manifest does not list and that are not derived."""
         present = folder_files(folder) if folder.is_dir() else set()
         ours = manifest_files(folder, self.manifest)
         return sorted(f for f in present - ours - {Path(self.manifest)} if not self.derived(f))
@@ -297,13 +276,13 @@ class OutputFolder:
             others = [f for f in others if f not in built or not filecmp.cmp(self.build / f, self.dst / f, False)]
         if others and listed:
             raise ValueError(
-                f"dst {self.dst} holds {len(others)} file(s) yolo-unified did not write ({_few(others)}); the output "
+                f"dst {self.dst} holds {len(others)} file(s) yolo-unified did not write ({few(others)}); the output "
                 "replaces dst whole, so move them out or choose another dst"
             )
         if others:
             raise ValueError(
                 f"dst {self.dst} has no {self.manifest} (the list of the files yolo-unified wrote there) and holds "
-                f"{len(others)} file(s) the output would replace or drop ({_few(others)}); move them out or choose "
+                f"{len(others)} file(s) the output would replace or drop ({few(others)}); move them out or choose "
                 "another dst"
             )
 
@@ -329,8 +308,7 @@ class OutputFolder:
         return present == files and all(filecmp.cmp(self.build / f, self.dst / f) for f in files)
 
     def swap_in(self) -> bool:
-        """Write the manifest into the build and put the build in the place of `dst`; False when `dst` already held
-        the same files (then it is left untouched)."""
+        """Put the build, with its manifest, in the place of `dst`; False when `dst` already held the same files."""
         files = folder_files(self.build)
         if self.same_as_dst(files):
             return False

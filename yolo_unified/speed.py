@@ -1,13 +1,9 @@
 """``yolo-unified benchmark``: size, CPU latency and memory of the unified model and its references, in one run.
 
-Every row runs in the same process on the same input size at batch 1, with the thread count set explicitly: the unified
-model in PyTorch eager, ONNX Runtime and TorchScript, OpenVINO fp32 and, calibrated on the checkpoint's data (or
-``data=``), INT8 in ONNX Runtime and OpenVINO; the backbone alone (layers 0-9); the three separate Ultralytics models a
-user would otherwise deploy (YOLOv8n detector, the semantic model of cfg/models/yolov8n-sem.yaml, YOLOv8n-cls, with the
-checkpoint's class counts) in PyTorch eager and ONNX Runtime, and their summed latency; the cost of the segmentation
-post-processing, upsampling + argmax (in PyTorch as the predictor does it, and baked into the ONNX graph); and the
-whole predictor on a real image. The table is printed and saved as ``benchmark.md`` and ``benchmark.json`` in
-``runs/unified/benchmark*/``; ``exported`` in the result names the unified model's exported files by runtime.
+Same process, input size, batch 1 and thread count for every row: the unified model in every runtime (INT8 calibrated
+on the checkpoint's data or ``data=``), the backbone alone, the three separate Ultralytics models it replaces (and
+their sum), the seg post-processing, and the whole predictor on a real image. Saved as ``benchmark.md`` and
+``benchmark.json`` in ``runs/unified/benchmark*/``.
 """
 
 from __future__ import annotations
@@ -42,14 +38,10 @@ from yolo_unified.nn.modules import upsample_logits
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.base import run_dir
 
+SEM_YAML = str(CFG_DIR / "models" / "yolov8n-sem.yaml")
 SEPARATE = (  # the separate Ultralytics models of the comparison: task, model YAML, class, row name
     ("det", "yolov8n.yaml", DetectionModel, "YOLOv8n detector"),
-    (
-        "seg",
-        str(CFG_DIR / "models" / "yolov8n-sem.yaml"),
-        SemanticSegmentationModel,
-        "semantic model, YOLOv8n backbone",
-    ),
+    ("seg", SEM_YAML, SemanticSegmentationModel, "semantic model, YOLOv8n backbone"),
     ("cls", "yolov8n-cls.yaml", ClassificationModel, "YOLOv8n-cls"),
 )
 SEPARATE_SUM = "three separate Ultralytics models, summed"
@@ -129,15 +121,13 @@ def ort_runner(file: str, x: torch.Tensor, threads: int) -> Runner:
 
 
 def openvino_runner(folder: str, x: torch.Tensor, threads: int) -> Runner:
-    """An OpenVINO CPU inference request on the model in `folder`, `threads` threads, fp32 precision where the model
-    is not quantized (OpenVINO would otherwise pick bf16 on CPUs that have it)."""
+    """An OpenVINO CPU request on the model in `folder`: `threads` threads, fp32 where not quantized (not bf16)."""
     import openvino
 
     core = openvino.Core()
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-    request = core.compile_model(
-        core.read_model(next(Path(folder).glob("*.xml"))), "CPU", config
-    ).create_infer_request()
+    model = core.read_model(next(Path(folder).glob("*.xml")))
+    request = core.compile_model(model, "CPU", config).create_infer_request()
     feed = [x.numpy()]
     return lambda: request.infer(feed)
 
@@ -178,8 +168,7 @@ class Benchmark:
         save_dir: Path,
         data: str | None,
     ):
-        """Load the checkpoint (``imgsz`` defaults to its deployment size, INT8 calibration ``data`` to its training
-        data); `predict` is the end-to-end prediction to time (``UnifiedYOLO.predict``). Nothing is measured yet."""
+        """Load the checkpoint; `predict` is the end-to-end prediction to time. Nothing is measured yet."""
         self.weights, self.runs, self.warmup, self.threads, self.save_dir = model, runs, warmup, threads, save_dir
         self.data, self.predict = data, predict
         self.exported: dict[str, str] = {}  # runtime -> exported file of the unified model
@@ -202,8 +191,7 @@ class Benchmark:
         LOGGER.info(f"{name:<56} {runtime:<14} median {median:7.2f} ms  p90 {p90:7.2f} ms")
 
     def export(self, fmt: str, seg_argmax: bool = False, quantize: int | None = None) -> str:
-        """Export the checkpoint into the run directory with ``UnifiedExporter`` (static shape, batch 1; INT8
-        calibrated on ``data``, written to ``int8/``: Ultralytics deletes the fp32 ONNX file it quantizes)."""
+        """Export the checkpoint into the run folder (static shape, batch 1; INT8 on ``data``, into ``int8/``)."""
         model, folder = deepcopy(self.model), (self.save_dir / "int8" if quantize else self.save_dir)
         folder.mkdir(parents=True, exist_ok=True)
         model.pt_path = str(folder / f"{Path(self.weights).stem}{'-argmax' if seg_argmax else ''}.pt")
@@ -213,8 +201,7 @@ class Benchmark:
         return UnifiedExporter(overrides=args, seg_argmax=seg_argmax)(model)
 
     def measure_int8(self, unified: str, size: tuple[int, float]) -> None:
-        """OpenVINO fp32 and the INT8 rows (ONNX Runtime, OpenVINO); without calibration data the INT8 rows are left
-        out with a warning naming ``data=``."""
+        """OpenVINO fp32 and the INT8 rows; without calibration data the INT8 rows are left out with a warning."""
         folder = self.exported["OpenVINO fp32"] = self.export("openvino")
         self.measure(unified, "OpenVINO fp32", lambda: openvino_runner(folder, self.x, self.threads), size)
         try:
@@ -226,17 +213,13 @@ class Benchmark:
         folder = self.exported["OpenVINO INT8"] = self.export("openvino", quantize=8)
         self.measure(unified, "OpenVINO INT8", lambda: openvino_runner(folder, self.x, self.threads), size)
         fastest = min(self.rows[-2:], key=lambda row: row.median_ms)
-        int8 = (
-            ort_runner(onnx_int8, self.x, self.threads)
-            if fastest.runtime == "ONNX Runtime INT8"
-            else openvino_runner(folder, self.x, self.threads)
-        )
+        ort = fastest.runtime == "ONNX Runtime INT8"
+        int8 = ort_runner(onnx_int8, self.x, self.threads) if ort else openvino_runner(folder, self.x, self.threads)
         fp32 = ort_runner(self.exported["ONNX Runtime"], self.x, self.threads)
         self.int8_speedup = paired_ratio(fp32, int8, self.runs, self.warmup)
 
     def measure_separate(self) -> None:
-        """The separate Ultralytics models with the checkpoint's class counts, in PyTorch eager and ONNX Runtime (an
-        untrained model has the latency of a trained one), and their summed latency per runtime."""
+        """The separate Ultralytics models (untrained: the same latency) in both runtimes, and their sums."""
         rows = {"PyTorch eager": [], "ONNX Runtime": []}
         for task, yaml_file, model_class, name in SEPARATE:
             net = model_class(yaml_file, nc=len(self.model.task_names[task]), verbose=False).eval()
@@ -362,12 +345,9 @@ def benchmark(
     name: str | None = None,
     exist_ok: bool = False,
 ) -> dict[str, Any]:
-    """Benchmark a unified checkpoint (see the module docstring); return ``{"machine", "rows", "ratios", "save_dir"}``.
-
-    `predict` is the checkpoint's end-to-end prediction (``UnifiedYOLO.predict``, what ``UnifiedYOLO.benchmark``
-    gives). ``imgsz`` defaults to the checkpoint's deployment size (`task_imgsz`), ``data`` (INT8 calibration) to
-    the checkpoint's training data, ``threads`` to every logical core.
-    """
+    """Benchmark a unified checkpoint; `predict` is its end-to-end prediction (``UnifiedYOLO.predict``). ``imgsz``
+    defaults to its deployment size, ``threads`` to every logical core. Returns the machine, rows, ratios, exported
+    files by runtime and ``save_dir``."""
     if not str(model).endswith(".pt"):
         raise ValueError(f"benchmark needs a unified *.pt checkpoint, got '{model}'")
     if runs < 1 or warmup < 0:

@@ -1,13 +1,9 @@
 """Every place yolo-unified depends on Ultralytics' internals, with why: the methods it overrides, the private ones it
-calls, the names it patches (Ultralytics' and others'), and the lines of Ultralytics' training loop joint training
-runs inside.
+calls, the names it patches, and the lines of Ultralytics' training loop joint training runs inside.
 
-Public methods are Ultralytics' extension points. Private ones (a leading underscore), patched names and the loop's
-lines are not: their signatures and text as of the pinned Ultralytics are kept here, and `signature_changes` names
-those an installed Ultralytics has changed (``import yolo_unified`` warns; tests/test_ultralytics_api.py fails). The
-same test walks every class of the package with an Ultralytics base and its source, and fails on an override, a
-private call or a patch this list does not name, and on an entry that is no longer true.
-"""
+Private methods, patched names and loop lines are pinned here as of `PINNED_ULTRALYTICS`; `signature_changes` names
+those an installed Ultralytics changed (``import yolo_unified`` warns; tests/test_ultralytics_api.py fails, and
+fails too on an override, private call or patch this list misses, or an entry no longer true)."""
 
 from __future__ import annotations
 
@@ -47,10 +43,10 @@ MODEL = "ultralytics.engine.model.Model"
 BASE_MODEL = "ultralytics.nn.tasks.BaseModel"
 DETECT = "ultralytics.nn.modules.head.Detect"
 DATASET = "ultralytics.data.dataset.YOLODataset"
-MIXIN, JOINT = "UnifiedTrainerMixin", "JointTrainer"
+MIXIN, CHECKPOINTS, JOINT = "UnifiedTrainerMixin", "CheckpointMixin", "JointTrainer"
 # fmt: off
 OVERRIDES: tuple[Override, ...] = (
-    # the task trainers (models/unified/train.py)
+    # the task trainers (models/unified/train.py, their checkpoints in checkpoints.py)
     Override(TRAINER, "__init__", MIXIN, "the package's keys beside Ultralytics'; the strategies; CPU DDP's group"),
     Override(TRAINER, "train", MIXIN, "on the package's CPU threads, Ultralytics' restored after"),
     Override(TRAINER, "_setup_ddp", MIXIN, "on the CPU the gloo group is joined in __init__", "self"),
@@ -59,12 +55,12 @@ OVERRIDES: tuple[Override, ...] = (
     Override(TRAINER, "optimizer_step", MIXIN, "the strategies' gradient hooks (clipping among them) before the step"),
     Override(TRAINER, "_model_train", MIXIN, "then the strategies' train mode (frozen BatchNorm)", "self"),
     Override(TRAINER, "validate", MIXIN, "an epoch a strategy vetoes (forget_stop) never becomes the best"),
-    Override(TRAINER, "_handle_nan_recovery", MIXIN, "a NaN loss ends the stage, keeping the last good weights",
+    Override(TRAINER, "_handle_nan_recovery", CHECKPOINTS, "a NaN loss ends the stage, keeping the last good weights",
              "self, epoch"),
-    Override(TRAINER, "resume_training", MIXIN, "drop results.csv rows of epochs the checkpoint does not hold"),
-    Override(TRAINER, "save_model", MIXIN, "atomic checkpoints (a kill mid-write never leaves a broken last.pt)"),
-    Override(TRAINER, "check_resume", MIXIN, "an unreadable resume checkpoint says so, not 'not found'"),
-    Override(TRAINER, "final_eval", MIXIN, "strip and validate best.pt atomically; mark the stage trained"),
+    Override(TRAINER, "resume_training", CHECKPOINTS, "drop results.csv rows of epochs the checkpoint does not hold"),
+    Override(TRAINER, "save_model", CHECKPOINTS, "atomic checkpoints (a kill mid-write never leaves a broken last.pt)"),
+    Override(TRAINER, "check_resume", CHECKPOINTS, "an unreadable resume checkpoint says so, not 'not found'"),
+    Override(TRAINER, "final_eval", CHECKPOINTS, "strip and validate best.pt atomically; mark the stage trained"),
     Override(TRAINER, "get_dataset", MIXIN, "the task's section of the multi-task data YAML"),
     Override(TRAINER, "setup_model", MIXIN, "the unified model from a YAML, a unified or a YOLOv8 checkpoint"),
     Override(TRAINER, "get_model", MIXIN, "the unified model with every task's classes and image size"),
@@ -134,7 +130,7 @@ OVERRIDES: tuple[Override, ...] = (
              "prefix=''", kind="patch"),
     Override("nncf", "quantize", "export.nncf_options",
              "during OpenVINO INT8: global ranges, bias correction, the stem in float", kind="patch"),
-    # the Model class (models/unified/model.py)
+    # the Model class (model.py)
     Override(MODEL, "__init__", "UnifiedYOLO", "the unified task; other tasks' models refused"),
     Override(MODEL, "task_map", "UnifiedYOLO", "the unified task's model and predictor"),
     Override(MODEL, "_new", "UnifiedYOLO", "a packaged model YAML by name", "self, cfg, task=None, verbose=False"),
@@ -218,8 +214,7 @@ def loop_source() -> str:
 
 
 def signature_changes() -> list[str]:
-    """One line per private method or patched Ultralytics name that the installed Ultralytics lacks or whose
-    parameters differ from the pinned ones, and per line of `LOOP_SEAM` its training loop no longer has."""
+    """One line per pinned private name the installed Ultralytics lacks or changed, and per lost `LOOP_SEAM` line."""
     changes = []
     for o in (o for o in OVERRIDES if o.private and o.target.startswith("ultralytics")):
         try:

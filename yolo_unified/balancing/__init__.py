@@ -1,10 +1,7 @@
 """Loss balancing for joint multi-task training: one method per file, one cfg key per method.
 
-Loss-level methods (``kind == "loss"``) weight the task losses into one total that the trainer backpropagates;
-gradient-level methods (``kind == "gradient"``) combine the task gradients on the shared parameters themselves
-(one adapter over TorchJD's aggregators serves them all). A new method is a ``Balancer`` subclass in its own file,
-added to ``BALANCERS`` below (a built-in one) or registered with `register_balancer` (docs/architecture.md).
-"""
+Loss-level methods (``kind == "loss"``) weight the task losses into one total; gradient-level ones combine the task
+gradients on the shared parameters (one adapter over TorchJD). Add one to ``BALANCERS`` or with `register_balancer`."""
 
 from __future__ import annotations
 
@@ -22,10 +19,7 @@ from yolo_unified.balancing.gradnorm import GradNorm
 from yolo_unified.balancing.uncertainty import Uncertainty
 from yolo_unified.settings import check_settings
 
-BALANCERS: dict[str, type[Balancer]] = {
-    **{b.key: b for b in (Fixed, Uncertainty, DWA, GradNorm)},
-    **GRADIENT_BALANCERS,
-}
+BALANCERS: dict[str, type[Balancer]] = {**{b.key: b for b in (Fixed, Uncertainty, DWA, GradNorm)}, **GRADIENT_BALANCERS}
 
 
 def register_balancer(cls: type[Balancer]) -> type[Balancer]:

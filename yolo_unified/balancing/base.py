@@ -11,18 +11,11 @@ from yolo_unified.ddp import max_over_ranks
 
 
 class Balancer(torch.nn.Module):
-    """A way to combine the task losses of joint multi-task training: one file, one cfg key, one uniform interface.
+    """A way to combine the task losses of joint training: one file, one cfg key, one interface.
 
-    ``kind`` tells the trainer what :meth:`combine` hands back:
-
-    - ``"loss"``: the weighted total loss; the trainer calls ``total.backward()``.
-    - ``"gradient"``: nothing to backpropagate (``None``); :meth:`combine` has already filled the ``.grad`` of every
-      parameter (shared ones with the aggregated gradient, the others with their own task's gradient).
-
-    A balancer is an ``nn.Module``: its learnable weights (``parameters()``, empty for most methods) join the
-    trainer's optimizer, ``.to(device)`` moves them, and ``state_dict()`` holds everything a resumed run needs
-    (learnable weights, DWA's loss history, GradNorm's initial losses).
-    """
+    ``kind`` says what :meth:`combine` returns: ``"loss"``, the weighted total to backpropagate; ``"gradient"``,
+    ``None``, every ``.grad`` filled already (shared parameters with the aggregated gradient, the heads with their own).
+    As an ``nn.Module`` its learnable weights join the optimizer and ``state_dict()`` holds what a resumed run needs."""
 
     key: ClassVar[str] = ""
     kind: ClassVar[str] = "loss"
@@ -85,8 +78,7 @@ def jacobians_gramian(jacobians: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def graph_nodes(loss: torch.Tensor) -> set[torch.autograd.graph.Node]:
-    """The nodes of `loss`'s autograd graph that hold what a backward pass frees (every node but the parameters'
-    gradient accumulators)."""
+    """The nodes of `loss`'s graph that hold what a backward pass frees (all but the gradient accumulators)."""
     nodes, stack = set(), [loss.grad_fn]
     while stack:
         node = stack.pop()
@@ -108,15 +100,10 @@ def kept_graphs(losses: Sequence[torch.Tensor], live: Sequence[int]) -> set[int]
 def task_jacobians(
     losses: Sequence[torch.Tensor], shared: Sequence[torch.Tensor], *, into_others: bool = False
 ) -> list[torch.Tensor]:
-    """The Jacobian of `losses` w.r.t. each tensor of `shared`: one ``[len(losses), *p.shape]`` tensor per tensor.
-
-    One backward pass per loss; a loss without a graph (no sample of that task in the batch) gives a zero row.
-
-    - ``into_others=False``: ``torch.autograd.grad`` with the graph kept, every ``.grad`` left as it was.
-    - ``into_others=True``: each loss is backpropagated into the ``.grad`` of every parameter outside `shared` (the
-      task heads, each of which gets only its own task's gradient), each graph is freed after the last loss that
-      uses it (`kept_graphs`), and the ``.grad`` of the `shared` tensors is left as it was.
-    """
+    """The Jacobian of `losses` w.r.t. each tensor of `shared` (``[len(losses), *p.shape]`` each), one backward
+    pass per loss (a loss without a graph gives a zero row). ``into_others=True`` also backpropagates each loss into
+    the ``.grad`` of every parameter outside `shared`, freeing each graph after its last use; the ``.grad`` of `shared`
+    is left as it was."""
     live = present(losses)
     kept = kept_graphs(losses, live) if into_others else set()
     rows = []

@@ -20,12 +20,8 @@ def gradient_stats(losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Pa
 
 
 def gramian_stats(tasks: Sequence[str], gramian: torch.Tensor, live: Sequence[int]) -> dict[str, float]:
-    """Each task's gradient norm and the cosine of every pair of tasks, from the Gramian of their gradients.
-
-    Keys: ``grad_norm/<task>`` and ``cos/<task a>-<task b>`` (pairs in the order of `tasks`; NaN where a gradient
-    is zero), ready for a CSV row; a task not in `live` (no batch in the step) has no norm: NaN, not 0. A negative
-    cosine means the two tasks pull the shared parameters apart.
-    """
+    """Each task's gradient norm (``grad_norm/<task>``) and the cosine of every pair (``cos/<a>-<b>``, negative: they
+    pull apart) from the Gramian of their gradients; NaN for a zero gradient or a task not in `live`."""
     norms = gramian.diagonal().clamp(min=0).sqrt()
     stats = {
         f"grad_norm/{t}": norm if i in live else float("nan")

@@ -10,13 +10,8 @@ from yolo_unified.balancing.base import Balancer
 
 
 class DWA(Balancer):
-    """``w_t = T softmax_t(r_t / temp)`` with ``r_t = L_t(e-1) / L_t(e-2)``, the ratio of the task's mean training
-    losses over the last two epochs (``T`` tasks, so the weights sum to ``T``); every weight is 1 in the first two
-    epochs. A task whose loss fell slower than the others gets more weight.
-
-    Setting: ``temp`` (softmax temperature, 2 in the paper; larger is more uniform). The trainer calls
-    :meth:`epoch_end` with the epoch's mean losses.
-    """
+    """``w_t = T softmax_t(r_t / temp)``, ``r_t = L_t(e-1) / L_t(e-2)`` the ratio of the task's mean losses over
+    the last two epochs (1 in the first two): a task whose loss fell slower gets more weight. Setting ``temp`` (2)."""
 
     key = "dwa"
 

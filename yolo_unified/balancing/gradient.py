@@ -1,8 +1,5 @@
-"""Gradient-level balancing: one adapter over TorchJD's aggregators (Jacobian descent), one registry key per method.
-
-Every method here takes the Jacobian of the task losses w.r.t. the shared parameters (one row per task) and turns
-it into one update direction; TorchJD (https://github.com/SimplexLab/TorchJD) implements each of them.
-"""
+"""Gradient-level balancing: one adapter over TorchJD's aggregators (https://github.com/SimplexLab/TorchJD), one
+registry key per method, each turning the task losses' Jacobian on the shared parameters into one direction."""
 
 from __future__ import annotations
 
@@ -62,16 +59,12 @@ METHODS: dict[str, tuple[type[WeightedAggregator], dict[str, Any], str]] = {
 
 
 class JacobianBalancer(Balancer):
-    """Aggregate the task gradients on the shared parameters with a TorchJD aggregator (one subclass per method).
+    """Aggregate the task gradients on the shared parameters with a TorchJD aggregator (one subclass per method;
+    settings go to its constructor).
 
-    :meth:`combine` backpropagates each task's loss once: parameters outside `shared` (the task heads) get their own
-    task's gradient (a parameter outside `shared` used by several tasks gets the plain sum), and the ``.grad`` of the
-    shared parameters gets the aggregated gradient, added to what is there (gradient accumulation works as with
-    ``backward()``). The weights returned are the aggregator's weights of the Jacobian's rows; ``gramian`` keeps the
-    Gramian of the task gradients on the shared parameters (zero rows for tasks without a batch) and ``live`` the
-    tasks in the step, for the diagnostics. Settings go to the aggregator's constructor. Pass unscaled losses: an AMP
-    loss scale changes some methods' weights (Nash-MTL).
-    """
+    :meth:`combine` gives the heads their own task's gradient and adds the aggregated one to the shared ``.grad``;
+    ``gramian`` and ``live`` keep the step's Gramian and tasks for the diagnostics. Pass unscaled losses (an AMP scale
+    changes Nash-MTL's weights)."""
 
     kind = "gradient"
     aggregator_type: ClassVar[type[WeightedAggregator]]
@@ -86,8 +79,7 @@ class JacobianBalancer(Balancer):
         self.aggregator(tuple(range(len(self.tasks))))
 
     def aggregator(self, rows: tuple[int, ...]) -> WeightedAggregator:
-        """The aggregator of the Jacobian rows of the tasks `rows` (indices in task order), built on first use: a
-        stateful one (Nash-MTL) keeps its state per set of tasks."""
+        """The aggregator of the task rows `rows`, built on first use (one per set of tasks: Nash-MTL's state)."""
         if rows not in self.aggregators:
             settings = dict(self.settings)
             if "n_tasks" in inspect.signature(self.aggregator_type).parameters:
@@ -101,13 +93,8 @@ class JacobianBalancer(Balancer):
     def combine(
         self, losses: dict[str, torch.Tensor], shared: Sequence[torch.nn.Parameter]
     ) -> tuple[None, dict[str, float]]:
-        """Fill every ``.grad``: the heads' own gradients and the aggregated gradient on `shared`.
-
-        Only the tasks with a batch in the step (a loss with a graph) are aggregated: a task left out by
-        ``task_share`` or the sampling has no gradient, and a zero row would be read as a task that wants no change
-        (MGDA's min-norm point would be zero, Aligned-MTL's scale too). A step with one task takes its gradient as
-        it is: there is nothing to balance. A task without a batch gets weight 0.
-        """
+        """Fill every ``.grad``: the heads' own gradients and the aggregated gradient on `shared`. Only the tasks
+        with a batch in the step are aggregated (a zero row would read as a task wanting no change)."""
         ordered = self.ordered(losses)
         params = trainable(shared)
         if not params:

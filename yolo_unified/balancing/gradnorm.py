@@ -13,28 +13,13 @@ from yolo_unified.ddp import mean_over_ranks
 
 class GradNorm(Balancer):
     """Learnable loss weights ``w_t`` (sum ``T``) trained so that the weighted tasks' gradient norms on the last
-    shared layer move together, each at a rate set by how far its loss has fallen.
+    shared layer move together, each at a rate set by how far its loss has fallen (setting ``alpha``, default 1.5).
 
-    With ``G_t = ||grad_W w_t L_t||`` (W: the last shared weight tensor, the last tensor of more than one dimension
-    in `shared`: the head tower's last conv in the unified model), ``r_t = (L_t / L_t(0)) / mean_k (L_k / L_k(0))``
-    (``L_t(0)``: the first step's loss) and the asymmetry ``alpha``, the GradNorm loss
-    ``sum_t |G_t - mean_k(G_k) r_t^alpha|`` (target held constant) is differentiated w.r.t. the weights only.
-
-    Setting: ``alpha`` (1.5 by default; 0 pulls every ``G_t`` to the same value).
-
-    How the trainer calls it, every step::
-
-        total, weights = balancer.combine(losses, shared)  # backpropagates the GradNorm loss into the weights' .grad
-        total.backward()  # the network's gradients: sum_t w_t L_t with the weights held constant
-        optimizer.step()  # the optimizer holds the network and balancer.parameters() (no weight decay on them)
-
-    :meth:`combine` renormalises the weights to sum ``T`` before using them (the paper renormalises after each
-    step: the same weights reach every loss). A step need not hold every task (``task_share``, non-round-robin
-    sampling): the GradNorm loss then compares the tasks it holds (``L_t(0)`` is a task's loss in its first step),
-    and a step with one task leaves the weights as they are (no ``.grad``, so the optimizer skips them). Its own
-    backward is small: each task's gradient on ``W`` alone (the graph is kept for ``total.backward()``) and the
-    GradNorm loss on the ``T`` weights.
-    """
+    With ``G_t = ||grad_W w_t L_t||`` (W: the last shared tensor of more than one dimension) and
+    ``r_t = (L_t / L_t(0)) / mean_k (L_k / L_k(0))``, the loss ``sum_t |G_t - mean_k(G_k) r_t^alpha|`` (target held
+    constant) is backpropagated into the weights' ``.grad`` by :meth:`combine`, which renormalises them to sum ``T``
+    first; the network then backpropagates ``sum_t w_t L_t``. A step compares the tasks it holds; one with a single
+    task leaves the weights as they are."""
 
     key = "gradnorm"
 

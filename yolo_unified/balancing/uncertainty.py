@@ -11,19 +11,12 @@ from yolo_unified.balancing.base import Balancer, present
 
 
 class Uncertainty(Balancer):
-    """``total = sum_t exp(-s_t) L_t + s_t`` with one learnable log-variance ``s_t = log sigma_t^2`` per task.
+    """``total = sum_t exp(-s_t) L_t + s_t`` with one learnable log-variance ``s_t = log sigma_t^2`` per task
+    (setting ``init``, default 0).
 
-    Setting: ``init`` (initial ``s_t``, default 0: every weight starts at 1).
-
-    The paper's likelihoods give ``1/(2 sigma^2) L + log sigma`` for a regression (Gaussian) loss and
-    ``1/sigma^2 L + log sigma`` for a classification (softmax) loss. Here every task gets the same form, twice the
-    regression one: our tasks' losses are not pure likelihoods (det mixes box IoU, DFL and BCE; seg mixes CE and
-    Dice), so no factor is more right than another, and one form keeps the tasks on an equal footing. Each weight
-    ``exp(-s_t)`` then tends to ``1 / L_t``, the inverse of its loss scale, for every choice of factor up to a
-    constant. The log-variances join the optimizer (no weight decay: it would pull every weight toward 1). A task
-    without a batch in the step (``task_share``, non-round-robin sampling) adds no regulariser either: ``s_t`` alone
-    would be pushed down with nothing to hold it, and a task in half the steps would end with twice the weight.
-    """
+    Every task gets the same form (the paper's regression one, doubled): det and seg losses are no pure likelihoods, so
+    no factor is more right, and each weight tends to ``1 / L_t`` anyway. No weight decay on the log-variances; a task
+    without a batch in the step adds no regulariser (``s_t`` would sink with nothing to hold it)."""
 
     key = "uncertainty"
 

@@ -1,11 +1,6 @@
-"""A class subset of one task of a multi-task dataset, for class-incremental stages: the standard continual-learning
-split, "the images holding a chosen class, labelled with the chosen classes only" (for segmentation the other
-classes become background, as in VOC 15+5).
-
-The subset is a one-task dataset in the layout `prepare_hw2` writes (`LAYOUT`): images symlinked from the source
-(copied where a link fails), detection labels and segmentation masks rewritten with the subset's class ids, and its
-data YAML beside it, recording where it came from.
-"""
+"""A class subset of one task of a multi-task dataset, for class-incremental stages: the images holding a chosen
+class, labelled with the chosen classes only (segmentation: the others become background, as in VOC 15+5), as a
+one-task dataset in `LAYOUT` with its data YAML."""
 
 from __future__ import annotations
 
@@ -22,7 +17,7 @@ from ultralytics.data.utils import read_mask
 from ultralytics.utils import LOGGER, TQDM, YAML
 
 from yolo_unified.data.config import SPLITS, derived_file, image_files, label_file, load_data_config, task_data
-from yolo_unified.data.prepare import IGNORE, LAYOUT, YAML_HEADER, check_own_yaml, publish_yaml, write_data_yaml
+from yolo_unified.data.layout import IGNORE, LAYOUT, YAML_HEADER, check_own_yaml, publish_yaml, write_data_yaml
 from yolo_unified.files import OutputFolder
 
 UNITS = {"det": "boxes", "seg": "pixels", "cls": "images"}  # task -> what its summary counts per class
@@ -30,14 +25,13 @@ Keep = Callable[[Path, Path], Counter]  # (source image, its place in the subset
 
 
 def _split_folder(task: str, split: str) -> str:
-    """The image folder of `split` in the subset, relative to its root, as `LAYOUT` names it (``det/images/val``,
-    ``cls/val``); a split LAYOUT lacks (``test``) sits beside the others."""
+    """The image folder of `split` in the subset, relative to its root, as `LAYOUT` names it (``det/images/val``)."""
     return (Path(LAYOUT[task]["train"]).parent / split).as_posix()
 
 
 def _class_ids(cfg: dict[str, Any], task: str, classes: list[str]) -> list[int]:
     """The data's ids of `classes` (class names of `task`), in their order; a ValueError naming the data file for
-    unknown names (listing the valid ones), repeated names, none at all, or segmentation's background (class 0)."""
+    unknown or repeated names, none, or segmentation's background."""
     names = cfg["tasks"][task]["names"]
     ids = {name: i for i, name in names.items()}
     where = f"{cfg['yaml_file']}: '{task}:'"
@@ -53,9 +47,8 @@ def _class_ids(cfg: dict[str, Any], task: str, classes: list[str]) -> list[int]:
 
 
 def _check_dst(cfg: dict[str, Any], section: dict[str, Any], splits: Iterable[str], dst: Path, yaml_path: Path) -> None:
-    """Raise a ValueError when writing the subset would harm other files: `dst` holding the source data or lying in
-    one of its splits (replacing it would delete images the subset links to), or `yaml_path` being the source's data
-    YAML or a file yolo-unified did not write. (A `dst` holding files it did not write is `OutputFolder`'s refusal.)"""
+    """Raise a ValueError when `dst` overlaps the source data (the subset links to it) or `yaml_path` is the source's
+    data YAML or a file yolo-unified did not write."""
     target = dst.resolve()
     sources = [Path(section[split]).resolve() for split in splits] + [Path(p) for p in cfg["shared"].values()]
     if Path(cfg["path"]).is_relative_to(target) or any(
@@ -77,8 +70,7 @@ def _link(image: Path, out: Path) -> None:
 
 
 def _det_keep(section: dict[str, Any], ids: list[int], names: list[str]) -> Keep:
-    """Keep an image's boxes of the chosen classes `ids`, renumbered in their order, in a label file beside its place
-    in the subset."""
+    """Keep an image's boxes of the chosen classes `ids`, renumbered in their order."""
     new_id = {old: new for new, old in enumerate(ids)}
 
     def keep(image: Path, out: Path) -> Counter:
@@ -110,8 +102,7 @@ def read_class_mask(file: Path) -> np.ndarray:
 
 
 def _seg_keep(section: dict[str, Any], ids: list[int], names: list[str]) -> Keep:
-    """Keep an image's mask with the chosen classes `ids` renumbered 1, 2, ... in their order, every other class 0
-    (background) and 255 (ignore) as it is, when a pixel of a chosen class is left."""
+    """Keep an image holding a chosen class, its mask's `ids` renumbered 1, 2, ..., other classes 0, 255 kept."""
     if section.get("label_mapping"):
         raise ValueError("a 'seg:' section with label_mapping is not supported: give its masks in training ids")
     lut = np.zeros(1 << 16, np.uint8)  # raw id -> subset id; 16 bits, as Ultralytics reads 16-bit masks too
@@ -134,8 +125,7 @@ def _seg_keep(section: dict[str, Any], ids: list[int], names: list[str]) -> Keep
 
 
 def _cls_keep(folder: Path, ids: list[int], names: dict[int, str], where: str) -> Keep:
-    """Keep the images of the class folders of `ids` in the split `folder` (class ids follow the sorted folder names,
-    as Ultralytics numbers them)."""
+    """Keep the images of the class folders of `ids` (numbered by sorted folder name, as Ultralytics does)."""
     folders = sorted(d.name for d in folder.iterdir() if d.is_dir())
     if len(folders) != len(names):
         raise ValueError(f"{where}: {folder} has {len(folders)} class folders for {len(names)} names")
@@ -151,9 +141,8 @@ def _cls_keep(folder: Path, ids: list[int], names: dict[int, str], where: str) -
 def _write_split(
     task: str, split: str, source: str, out_dir: Path, keep: Keep, where: str, classes: list[str]
 ) -> tuple[int, int, Counter]:
-    """Write the images of `split` (read from `source`) that `keep` keeps, with their labels, into `out_dir`; return
-    the numbers of kept and source images, and the kept count per class. A ValueError names `where` and the split
-    when no image is kept, or when two kept images would share a label file."""
+    """Write the images of `split` that `keep` keeps, with their labels, into `out_dir`; return the kept and source
+    image counts and the kept count per class. No image kept, or two sharing a label file, is a ValueError."""
     images, kept, counts, placed = image_files(source), 0, Counter(), {}
     for image in TQDM(images, desc=f"{task} {split}"):
         out = out_dir / (image.relative_to(source) if task == "cls" else image.name)
@@ -168,16 +157,14 @@ def _write_split(
 
 
 def _subset_names(task: str, names: dict[int, str], ids: list[int]) -> list[str]:
-    """The subset's class names: the chosen ones in their order (det), after the background (seg), or in sorted
-    folder order (cls)."""
+    """The subset's class names: the chosen ones in order (det), after the background (seg), in folder order (cls)."""
     if task == "seg":
         return [names[0], *(names[i] for i in ids)]
     return [names[i] for i in (sorted(ids) if task == "cls" else ids)]
 
 
 def _write_yaml(yaml_path: Path, dst: Path, task: str, names: list[str], splits: list[str], extra: dict) -> None:
-    """Write the subset's data YAML with `write_data_yaml` (train and val, as `LAYOUT` has them), its section's splits
-    rewritten in the same layout for other splits; drafted beside `yaml_path`, then moved over it (`publish_yaml`)."""
+    """Write the subset's data YAML (`write_data_yaml`, other splits than train and val added in the same layout)."""
 
     def write(draft: Path) -> None:
         """The YAML of the subset, into `draft`."""
@@ -199,18 +186,11 @@ def split_classes(
     yaml_path: str | Path | None = None,
     splits: Iterable[str] = ("train", "val"),
 ) -> Path:
-    """Write the subset of the `task` data of the multi-task data YAML `data` holding only `classes` (names of that
-    task) into `dst`, with its data YAML (default ``dst.parent / f"{dst.name}.yaml"``); return the YAML's path.
+    """Write the subset of the `task` data of `data` holding only `classes` into `dst` (an `OutputFolder`), with its
+    data YAML (default ``dst.parent / f"{dst.name}.yaml"``); return the YAML's path.
 
-    - det: the images with a box of `classes`, their labels keeping those boxes, ids in the order of `classes`;
-    - seg: the images with a pixel of `classes`; masks: 0 background (and every other class), 1.. `classes` in their
-      order, 255 ignore;
-    - cls: the class folders of `classes`, numbered in sorted folder order.
-
-    Images are symlinked (copied where a link fails); labels and masks are written. The subset is built beside `dst`
-    and swapped in whole when complete (`yolo_unified.files.OutputFolder`), never over files yolo-unified did not
-    write. Raises a ValueError naming the data file for
-    unknown class names (listing the valid ones) and for a split without any image of `classes`.
+    Images are symlinked (copied where a link fails). det: the boxes of `classes`, ids in their order; seg: masks with
+    0 background (every other class), 1.. `classes`, 255 ignore; cls: the class folders of `classes`.
     """
     dst, splits = Path(dst), list(dict.fromkeys(splits))
     yaml_path = Path(yaml_path) if yaml_path else dst.parent / f"{dst.name}.yaml"

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from yolo_unified.data.prepare import IGNORE
+from yolo_unified.data.layout import IGNORE
 
 
 def name_key(name: str) -> str:
@@ -16,12 +16,8 @@ def name_key(name: str) -> str:
 
 
 def class_map(model_names: dict[int, str], data_names: dict[int, str], data: Any, task: str) -> list[int]:
-    """For each class id of the data, the model's id of the class of that name (-1: a class the model lacks).
-
-    Classes match by name, wherever their ids are. Raises a ValueError naming `data` for a data name given twice and
-    for a name that is a model class's under another spelling (``Person`` / ``person``, ``traffic_light`` /
-    ``traffic light``): matched by name it would become a second class of the same thing.
-    """
+    """For each class id of the data, the model's id of the class of that name (-1: the model lacks it). A name given
+    twice, or a model class's under another spelling (``Person``, ``traffic_light``), is a ValueError naming `data`."""
     ids = {name: i for i, name in model_names.items()}
     spelled = {name_key(name): name for name in model_names.values()}
     seen: dict[str, int] = {}
@@ -44,12 +40,8 @@ def grown_names(model_names: dict[int, str], data_names: dict[int, str], data: A
 
 
 def remap_labels(batch: dict, task: str, lut: torch.Tensor) -> dict:
-    """`batch` with its `task` labels renumbered by `lut` (data id -> model id, -1: a class the model lacks).
-
-    Detection boxes of classes the model lacks are left out; segmentation pixels of such classes become ``IGNORE``;
-    classification images keep the class -1 (a batch keeps its images: the validator leaves them out of its
-    metrics). Other keys are kept as they are.
-    """
+    """`batch` with its `task` labels renumbered by `lut` (data id -> model id, -1: a class the model lacks): such
+    boxes are left out, such pixels become ``IGNORE``, such images keep class -1 (the validator leaves them out)."""
     lut = lut.to(batch["img"].device)
     if task == "seg":
         mask = batch["semantic_mask"]

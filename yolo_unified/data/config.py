@@ -24,8 +24,7 @@ DATA_KEYS = ("path", *SPLITS, *TASKS)  # the keys training reads; any other top-
 
 
 def check_sections(file: Path, d: dict[str, Any]) -> None:
-    """Raise a ValueError, suggesting the key meant, for a top-level key that looks like a misspelt one of
-    `DATA_KEYS`: a close name (``dett``), or a section of its own (a mapping with ``names`` or splits)."""
+    """Raise a ValueError, suggesting the key meant, for a top-level key that looks like a misspelt `DATA_KEYS` one."""
     for key, value in d.items():
         if key in DATA_KEYS:
             continue
@@ -37,14 +36,9 @@ def check_sections(file: Path, d: dict[str, Any]) -> None:
 
 
 def load_data_config(data: str | Path) -> dict[str, Any]:
-    """Read a multi-task data YAML: ``{"yaml_file", "path", "shared", "tasks": {task: section}}``, paths resolved.
-
-    ``path`` (the dataset root) resolves against the YAML's folder; ``train``/``val``/``test`` against the root. A
-    task section with splits of its own is a dataset of its own; a ``det`` or ``seg`` section without any reads the
-    top-level splits (``shared``: images shared by those tasks, each image with any of their labels) and is marked
-    ``shared: True``. Raises a clear error for a missing file, a file without any task section, a section without
-    names, or a classification section without splits of its own.
-    """
+    """Read a multi-task data YAML: ``{"yaml_file", "path", "shared", "tasks": {task: section}}``, paths resolved
+    (``path`` against the YAML's folder, splits against ``path``). A ``det`` or ``seg`` section without splits of its
+    own reads the top-level ones (``shared``) and is marked ``shared: True``."""
     file = Path(data)
     if not file.is_file():
         raise FileNotFoundError(f"data YAML '{data}' not found")
@@ -85,8 +79,7 @@ def load_data_config(data: str | Path) -> dict[str, Any]:
 
 
 def image_files(source: str | Path) -> list[Path]:
-    """The images of a split, sorted: a folder (searched recursively, e.g. class folders) or a text file listing them
-    one per line (``./`` relative to the file), as Ultralytics reads splits."""
+    """The images of a split, sorted: a folder (recursively) or a text file listing them, as Ultralytics reads them."""
     source = Path(source)
     if source.is_dir():
         files = source.rglob("*")
@@ -97,11 +90,8 @@ def image_files(source: str | Path) -> list[Path]:
 
 
 def not_an_image(file: Path) -> str:
-    """Why the image file `file` cannot be read (empty, or no decoder knows its contents); empty when it can be.
-
-    Ultralytics skips such a file, or reports a missing HEIF plugin (``pi_heif``) that would not read it either. Only
-    the file's first bytes are read; the formats Ultralytics decodes through PIL (AVIF, HEIC) are checked for size only.
-    """
+    """Why the image file `file` cannot be read (empty, or no decoder knows its first bytes); empty when it can be
+    (Ultralytics would skip it, or ask for a HEIF plugin)."""
     if not file.is_file():
         return ""  # a missing file is reported by Ultralytics' loaders
     if file.stat().st_size == 0:
@@ -112,8 +102,7 @@ def not_an_image(file: Path) -> str:
 
 
 def image_size(file: Path) -> tuple[int, int]:
-    """The (width, height) of an image that decodes completely; a ValueError says why not (empty, not an image,
-    truncated or damaged), without the file's name."""
+    """The (width, height) of an image that decodes completely; a ValueError says why not (without the file's name)."""
     if why := not_an_image(file):
         raise ValueError(why)
     try:
@@ -132,11 +121,8 @@ def check_images(files: Iterable[Path]) -> None:
 
 
 def task_data(cfg: dict[str, Any], task: str, splits: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
-    """Return the Ultralytics-style dataset dict of one task, checking that the requested splits exist and that
-    their image files are images (`check_images`).
-
-    A task on shared images gets, for each split, the list of the images that have its label (`labelled_images`).
-    """
+    """The Ultralytics dataset dict of one task, its `splits` checked (they exist, their files are images); a task on
+    shared images gets the list of the images that have its label."""
     if task not in cfg["tasks"]:
         raise KeyError(f"{cfg['yaml_file']} has no '{task}:' section (it has {sorted(cfg['tasks'])})")
     data = dict(cfg["tasks"][task])
@@ -154,19 +140,14 @@ def task_data(cfg: dict[str, Any], task: str, splits: tuple[str, ...] = ("train"
 
 
 def label_file(image: str | Path, task: str, section: dict[str, Any]) -> Path:
-    """Where the `task` label of a shared `image` is: ``labels/.../<stem>.txt`` for det, ``<masks_dir>/.../<stem>.png``
-    for seg (the last ``images`` folder of its path replaced, as Ultralytics finds labels)."""
+    """Where the `task` label of a shared `image` is (``labels/``, ``<masks_dir>/``), as Ultralytics finds it."""
     label_dir, suffix = ("labels", ".txt") if task == "det" else (section.get("masks_dir", "masks"), ".png")
     return Path(img2label_paths([image], label_dir=label_dir, suffix=suffix)[0])
 
 
 def labelled_images(cfg: dict[str, Any], split: str, images: list[Path] | None = None) -> dict[str, list[Path]]:
-    """For each task on the shared images, the images of `split` that have its label (a missing label file is a
-    partial label, not an error).
-
-    Raises a ValueError naming the file for a label or mask whose image is not in the split, and naming the task for
-    a task without any labelled image.
-    """
+    """For each task on the shared images, the images of `split` that have its label (a missing one is a partial
+    label); a label without its image, or a task without any labelled image, is a ValueError."""
     shared = {t: s for t, s in cfg["tasks"].items() if s.get("shared")}
     images = image_files(cfg["shared"][split]) if images is None else images
     labelled = {}
@@ -187,8 +168,7 @@ def labelled_images(cfg: dict[str, Any], split: str, images: list[Path] | None =
 
 
 def write_image_list(cfg: dict[str, Any], split: str, tasks: list[str], images: list[Path]) -> Path:
-    """Write `images` as an image list (one path per line, as Ultralytics reads a split) beside the shared image
-    folders: ``<root>/<split>-<tasks>.txt``, rewritten only when it changes; returns its path."""
+    """Write `images` as the image list ``<root>/<split>-<tasks>.txt`` (only when it changes); return its path."""
     file = Path(cfg["path"]) / f"{split}-{'-'.join(tasks)}.txt"
     text = "".join(f"{os.path.abspath(f)}\n" for f in images)  # links kept: their labels sit beside the link
     if not file.is_file() or file.read_text() != text:
@@ -202,8 +182,7 @@ def is_image_list(relative: Path) -> bool:
 
 
 def derived_file(relative: Path) -> bool:
-    """Whether `relative` (a path inside a dataset root) is derived from the data, rewritten by whoever needs it:
-    Ultralytics' label caches and yolo-unified's image lists."""
+    """Whether `relative` (inside a dataset root) is derived: Ultralytics' label caches, yolo-unified's image lists."""
     return relative.suffix == ".cache" or is_image_list(relative)
 
 
@@ -213,8 +192,8 @@ def task_names(cfg: dict[str, Any]) -> dict[str, dict[int, str]]:
 
 
 def check_heads(model_names: dict[str, dict], data_names: dict[str, dict], model: Any, data: Any) -> None:
-    """Raise a ValueError naming `model` and `data` when a task of the data has another class count in the model's
-    heads (`model_names`) than in the data (`data_names`); tasks the model lacks count as 0 classes."""
+    """Raise a ValueError naming `model` and `data` when a task's class count differs between the model's heads and
+    the data (a task the model lacks has 0)."""
     if bad := [t for t in data_names if len(model_names.get(t, ())) != len(data_names[t])]:
         counts = ", ".join(f"{t} {len(model_names.get(t, ()))} vs {len(data_names[t])}" for t in bad)
         raise ValueError(

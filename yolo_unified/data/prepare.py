@@ -1,30 +1,24 @@
-"""Turn the raw HW2 data (COCO-style boxes, VOC palette masks, Imagenette folders) into the multi-task layout.
-
-The result is one dataset root with a ``det/``, ``seg/`` and ``cls/`` folder, each laid out the way the matching
-Ultralytics task reads it, and one multi-task data YAML describing all three (see ``YAML_HEADER``).
-"""
+"""Turn the raw HW2 data (COCO-style boxes, VOC palette masks, Imagenette folders) into the multi-task layout
+(`layout.LAYOUT`: a ``det/``, ``seg/`` and ``cls/`` folder and one data YAML)."""
 
 from __future__ import annotations
 
-import filecmp
 import hashlib
 import io
 import math
-import os
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 from ultralytics.nn.autobackend import check_class_names
-from ultralytics.utils import LOGGER, TQDM, YAML
+from ultralytics.utils import LOGGER, TQDM
 
 from yolo_unified.data.config import derived_file, image_size
-from yolo_unified.files import OutputFolder, inside, read_json, temporary_name
+from yolo_unified.data.layout import IGNORE, check_own_yaml, publish_yaml, write_data_yaml, yolo_box
+from yolo_unified.files import OutputFolder, inside, read_json
 
 SPLITS = ("train", "val")
 RAW_DIRS = {"seg": "mini_voc_seg", "det": "mini_coco_det", "cls": "imagenette_160"}  # task -> folder in the raw data
@@ -37,100 +31,8 @@ VOC_IN_COCO = {  # the VOC classes COCO names otherwise (every VOC class is a CO
     "aeroplane": "airplane", "diningtable": "dining table", "motorbike": "motorcycle", "pottedplant": "potted plant",
     "sofa": "couch", "tvmonitor": "tv",
 }  # fmt: skip
-IGNORE = 255  # VOC "void" mask value, ignored in loss and metrics
 DROP_REASONS = ("other class", "iscrowd", "degenerate", "not finite")  # why a detection box is left out
 MASK_VALUES = np.array([*range(len(SEG_NAMES)), IGNORE])
-LAYOUT = {  # task -> its section of the data YAML, without names; the folders every writer of this layout uses
-    "seg": {"train": "seg/images/train", "val": "seg/images/val", "masks_dir": "masks"},
-    "det": {"train": "det/images/train", "val": "det/images/val"},
-    "cls": {"train": "cls/train", "val": "cls/val"},
-}
-YAML_HEADER = """\
-# yolo-unified multi-task dataset: one file, one Ultralytics dataset section per task (seg, det, cls).
-# path       dataset root; a relative path resolves against this YAML file's folder
-# seg        semantic segmentation section (Ultralytics 'semantic' task)
-# det        object detection section (Ultralytics 'detect' task); YOLO txt labels 'cls cx cy w h' (0-1) are in
-#            det/labels/<split>/<stem>.txt, mirroring det/images/<split>/
-# cls        image classification section (Ultralytics 'classify' task); one sub-folder per class, class ids
-#            follow the sorted folder names
-# train, val image folder of each split, relative to path
-# masks_dir  masks mirror images/: seg/masks/<split>/<stem>.png, 8-bit class ids, 255 = ignore
-# names      class id -> readable name
-# any other top-level key records where the dataset came from; training does not read it
-"""
-SHARED_LAYOUT = {"det": {}, "seg": {"masks_dir": "masks"}}  # task -> its section without names, on shared images
-SHARED_YAML_HEADER = """\
-# yolo-unified multi-task dataset whose tasks share their images (one image folder per split, labels per task).
-# path       dataset root; a relative path resolves against this YAML file's folder
-# train, val image folder of each split (images/<split>), relative to path; read by every task section below
-# det        object detection section (Ultralytics 'detect' task); YOLO txt labels 'cls cx cy w h' (0-1) are in
-#            labels/<split>/<stem>.txt, mirroring images/<split>/; an empty file is an image without objects
-# seg        semantic segmentation section (Ultralytics 'semantic' task)
-# masks_dir  masks mirror images/: masks/<split>/<stem>.png, 8-bit class ids, 0 = background, 255 = ignore
-# names      class id -> readable name
-# any other top-level key records where the dataset came from; training does not read it
-"""
-OWN_YAML_FIRST_LINES = {header.splitlines()[0] for header in (YAML_HEADER, SHARED_YAML_HEADER)}
-
-
-def check_own_yaml(yaml_path: Path) -> None:
-    """Raise a ValueError when a file `yaml_path` exists that yolo-unified did not write (its data YAMLs start with
-    one of its headers): writing the data YAML there would overwrite it."""
-    if not yaml_path.exists():
-        return
-    try:
-        with yaml_path.open(encoding="utf-8") as f:
-            first = f.readline().rstrip("\n")
-    except (OSError, UnicodeDecodeError):
-        first = ""
-    if first not in OWN_YAML_FIRST_LINES:
-        raise ValueError(
-            f"yaml={yaml_path} exists and yolo-unified did not write it (it lacks the '# yolo-unified ...' header); "
-            "choose another yaml= (or dst=), or move the file away"
-        )
-
-
-def publish_yaml(yaml_path: Path, write: Callable[[Path], Any]) -> bool:
-    """Write a data YAML with `write` to a draft beside `yaml_path`, then move it over `yaml_path` unless the two are
-    the same; returns whether `yaml_path` changed. Check the file first with `check_own_yaml`."""
-    draft = temporary_name(yaml_path).with_suffix(".yaml")  # Ultralytics' YAML reads only *.yaml files
-    try:
-        write(draft)
-        if yaml_path.is_file() and filecmp.cmp(draft, yaml_path, shallow=False):
-            return False
-        os.replace(draft, yaml_path)
-        return True
-    finally:
-        draft.unlink(missing_ok=True)
-
-
-def write_data_yaml(
-    yaml_path: str | Path,
-    root: str | Path,
-    names: dict[str, list[str]],
-    extra: dict | None = None,
-    shared_splits: Iterable[str] = (),
-) -> Path:
-    """Write the multi-task data YAML for the dataset at `root`, with one section per task in `names`.
-
-    `path` is written relative to the YAML's folder when `root` is inside it, else absolute. `extra` adds top-level
-    keys after the task sections (provenance). With `shared_splits`, the tasks share one image folder per split
-    (top-level ``<split>: images/<split>``) and their sections hold no splits (`SHARED_LAYOUT`). Returns the YAML path.
-    """
-    yaml_path, root, shared_splits = Path(yaml_path), Path(root).resolve(), list(shared_splits)
-    layout, header = (SHARED_LAYOUT, SHARED_YAML_HEADER) if shared_splits else (LAYOUT, YAML_HEADER)
-    unknown = set(names) - set(layout)
-    if unknown:
-        raise ValueError(f"unknown task(s) {sorted(unknown)} in names; valid tasks are {list(layout)}")
-    folder = yaml_path.parent.resolve()
-    data: dict[str, Any] = {"path": root.relative_to(folder).as_posix() if root.is_relative_to(folder) else str(root)}
-    data.update({split: f"images/{split}" for split in shared_splits})
-    for task, section in layout.items():
-        if task in names:
-            data[task] = {**section, "names": dict(enumerate(names[task]))}
-    data.update(extra or {})
-    YAML.save(yaml_path, data, header=header)
-    return yaml_path
 
 
 @dataclass
@@ -153,8 +55,7 @@ class _Scan:
         LOGGER.warning(f"{task} {split}: skipping {file}: {reason}")
 
     def image(self, task: str, split: str, file: Path) -> tuple[str, tuple[int, int]] | None:
-        """The sha256 and (width, height) of an image that decodes completely; None (skipped) for an empty, corrupt
-        or truncated one."""
+        """The sha256 and (width, height) of an image that decodes completely; None (skipped) otherwise."""
         try:
             size = image_size(file)
         except ValueError as e:
@@ -168,18 +69,6 @@ def _require(path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"HW2 data not found: {path} is missing")
     return path
-
-
-def yolo_box(
-    bbox: list[float], width: int, height: int, min_side: float = 0.0
-) -> tuple[float, float, float, float] | None:
-    """A COCO ``[x, y, w, h]`` pixel box clipped to the image as normalised ``(cx, cy, w, h)``; None when a clipped
-    side is ``min_side`` px or less (0: no area left)."""
-    x, y, w, h = bbox
-    x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
-    if x2 - x1 <= min_side or y2 - y1 <= min_side:
-        return None
-    return (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height
 
 
 TYPE_WORDS = {int: "an integer", str: "a string", list: "a list"}
@@ -236,12 +125,8 @@ def _det_label(file: Path, anns: list[dict], cls_of: dict[int, int], size: tuple
 
 
 def _scan_det(raw: Path, out: Path, scan: _Scan) -> tuple[dict, dict]:
-    """Plan the detection images and YOLO labels; return kept boxes per split and class, and dropped boxes per split.
-
-    Categories are matched by name (their ids differ between the two JSON files); crowd boxes, boxes of other
-    classes, boxes that are degenerate after clipping to the image and boxes that are not finite are dropped. An image
-    whose ``file_name`` leads outside its folder is an error: nothing outside the raw data is read.
-    """
+    """Plan the detection images and YOLO labels (categories matched by name; crowd, other-class, degenerate and
+    non-finite boxes dropped); return kept boxes per split and class, and dropped boxes per split."""
     coco = {s: _read_det_json(raw / s / "labels.json") for s in SPLITS}
     categories = {s: {c["name"] for c in d["categories"]} for s, d in coco.items()}
     unknown = [n for n in DET_NAMES if not any(n in c for c in categories.values())]
@@ -372,21 +257,12 @@ def _log_summary(summary: dict) -> None:
 
 
 def prepare_hw2(src: str | Path, dst: str | Path, yaml_path: str | Path | None = None) -> dict:
-    """Convert the raw HW2 data at `src` into the multi-task layout at `dst` and write its data YAML.
+    """Convert the raw HW2 data at `src` into the multi-task layout at `dst` (an `OutputFolder`) and write its data
+    YAML (default ``dst.parent / f"{dst.name}.yaml"``).
 
-    Images are copied (names kept), detection boxes become YOLO labels of the 10 benchmark classes, VOC masks become
-    8-bit class-id PNGs; unreadable images, bad image/mask pairs and boxes that are not finite are skipped with a
-    warning. Byte-identical train/val images are reported, not removed. `yaml_path` defaults to
-    ``dst.parent / f"{dst.name}.yaml"``.
-
-    The output is built beside `dst` and swapped in whole (`yolo_unified.files.OutputFolder`): a run stopped at any
-    point leaves `dst` as it was or as it is after the run, a run that would write the same files leaves it untouched,
-    and a `dst` holding files yolo-unified did not write (or a `yaml_path` it did not write) is refused before
-    anything is read. Bad input raises one error naming the file, the entry and the problem.
-
-    Returns a summary: images per task and split, kept boxes per split and class, dropped boxes per split and
-    reason, skipped files with reasons, and train/val duplicates per task.
-    """
+    Images are copied, boxes become YOLO labels of the 10 benchmark classes, VOC masks 8-bit class-id PNGs; unreadable
+    images, bad image/mask pairs and boxes that are not finite are skipped with a warning; byte-identical train/val
+    images are reported, not removed. Returns the summary: images, kept and dropped boxes, skipped files, duplicates."""
     src, dst = Path(src), Path(dst)
     yaml_path = Path(yaml_path) if yaml_path else dst.parent / f"{dst.name}.yaml"
     for folder in RAW_DIRS.values():

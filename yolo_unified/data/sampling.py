@@ -26,14 +26,10 @@ def check_sampling(mode: str, tau: float, shares: dict[str, float] | None = None
 
 
 class TaskSampler:
-    """The batches of each task in one optimizer step, for tasks whose training sets hold ``sizes`` images.
-
-    ``round_robin`` gives every step one batch of every task, or, for a task with a share below 1 (``task_share``),
-    a batch in that fraction of the steps, evenly spread (0.5: every other step). ``proportional`` and
-    ``temperature`` give every step as many batches as there are tasks, each drawn from a task at random with
-    probability ``p_t ~ n_t`` or ``p_t ~ n_t ** (1 / tau)`` (``tau`` 1 is proportional, a large ``tau`` uniform),
-    so a task can get several batches of a step, or none.
-    """
+    """The batches of each task in one optimizer step, for tasks whose training sets hold ``sizes`` images:
+    ``round_robin``, one batch of every task (a task with a share below 1 in that fraction of the steps, evenly);
+    ``proportional`` / ``temperature``, as many batches as tasks, each drawn from task t with ``p ~ n_t`` /
+    ``n_t**(1/tau)``."""
 
     def __init__(
         self,
@@ -70,14 +66,9 @@ def endless(loader: DataLoader) -> Iterator[Any]:
 
 
 class JointLoader:
-    """Every task's own Ultralytics loader as one loader for Ultralytics' training loop.
-
-    Each item is one optimizer step: ``{task: [batch, ...]}``, the batches `task_sampler` draws, each from that
-    task's loader (its own dataset, augmentation and collation). An epoch is as many steps as the largest loader has
-    batches: one pass over the largest training set with ``round_robin``, while the smaller ones start their next
-    pass when they run out. ``dataset``, ``num_workers``, ``sampler``, ``batch_size`` and ``drop_last`` are what
-    Ultralytics' trainer reads from a loader (the last three: the largest loader's).
-    """
+    """Every task's own Ultralytics loader as one loader for Ultralytics' training loop: each item is one step,
+    ``{task: [batch, ...]}`` as `task_sampler` draws them; an epoch is as many steps as the largest loader has batches.
+    ``sampler``, ``batch_size`` and ``drop_last`` are the largest loader's."""
 
     def __init__(self, loaders: dict[str, DataLoader], task_sampler: TaskSampler) -> None:
         """Hold the loaders; each one's batches are drawn in order, across epochs."""
@@ -130,8 +121,7 @@ class JointLoader:
         return self.largest.drop_last
 
     def set_epoch(self, epoch: int) -> None:
-        """Start `epoch`: the task sampler at its first step (a resumed run draws as an uninterrupted one), and every
-        loader's distributed sampler at the epoch (DDP: each epoch's shuffle, the same on every rank)."""
+        """Start `epoch`: the task sampler at its first step (resumed runs draw alike), DDP samplers at the epoch."""
         self.task_sampler.step = epoch * len(self)
         for loader in self.loaders.values():
             if hasattr(loader.sampler, "set_epoch"):

@@ -1,11 +1,7 @@
 """Tasks labelled on the same images: one dataset yields each image once, with the boxes and mask it has.
 
-An image may carry any subset of its tasks' labels. Each sample says which it has (``tasks``); augmentation moves
-boxes and mask together (Ultralytics' transforms apply one geometry to an image's instances and semantic mask), and
-the mixing transforms (mosaic, mixup, cutmix) only mix images that have the same labels, so a mosaic is labelled
-for a task exactly when each of its tiles is. `task_views` splits a collated batch into one batch per task, of the
-images that have its label.
-"""
+Augmentation moves boxes and mask together; mosaic, mixup and cutmix only mix images with the same labels.
+`task_views` splits a collated batch into one batch per task, of the images that have its label."""
 
 from __future__ import annotations
 
@@ -85,13 +81,9 @@ class SharedFormat(Format):
 
 
 class SharedDataset(YOLODataset):
-    """Ultralytics' detection dataset over shared images, each with its YOLO boxes and/or its semantic mask.
-
-    ``data`` is the detection section's dict plus ``masks_dir`` and ``tasks`` (the tasks labelled on these images).
-    A missing box file means the image has no detection label (not "no objects": an empty file says that); a missing
-    mask means no segmentation label (its mask is all 255, ignored). ``sample_tasks[i]`` are the tasks image ``i``
-    has labels of; ``by_tasks`` the images of each such label set.
-    """
+    """Ultralytics' detection dataset over shared images, each with its YOLO boxes and/or semantic mask (``data``: the
+    detection section plus ``masks_dir`` and ``tasks``). A missing box file means no detection label (an empty one: no
+    objects), a missing mask no segmentation label; ``sample_tasks[i]`` are image ``i``'s tasks."""
 
     format_class = SharedFormat
 
@@ -123,8 +115,7 @@ class SharedDataset(YOLODataset):
         return mask
 
     def get_image_and_label(self, index: int) -> dict[str, Any]:
-        """The image, its boxes (none without a box file), its mask at the image's size (255 without a mask file)
-        and ``tasks``, the tasks it has labels of."""
+        """The image, its boxes, its mask (255 without a mask file) and ``tasks``, the tasks it has labels of."""
         label = super().get_image_and_label(index)
         h, w = label["img"].shape[:2]
         if self.mask_files[index] is None:
@@ -139,12 +130,8 @@ class SharedDataset(YOLODataset):
 
 
 def task_views(batch: dict[str, Any]) -> dict[str, tuple[torch.Tensor, dict[str, Any]]]:
-    """Split a collated `SharedDataset` batch into one batch per task: ``{task: (image indices, task batch)}``.
-
-    A task's batch holds the images that have its label, with only that task's labels: detection its boxes
-    (``batch_idx`` renumbered to the kept images), segmentation its masks. Tasks without a labelled image in the
-    batch are left out.
-    """
+    """Split a collated `SharedDataset` batch into ``{task: (image indices, task batch)}``: each task's batch holds the
+    images that have its label, with only its labels (``batch_idx`` renumbered)."""
     views = {}
     device = batch["img"].device
     per_image = batch["tasks"]

@@ -1,11 +1,8 @@
 """The built-in default data: small synthetic images of shapes and patterns for all three tasks, made in seconds.
 
-The layout and data YAML are the ones ``prepare_hw2`` writes for the real data, with three separate image sets:
-detection (circles, rectangles, triangles with tight boxes), semantic segmentation (the same shapes as masks, with
-VOC-like 255 ignore borders) and classification (which of the three shapes an image shows, large, with a smaller
-distractor of another class in some images). The three tasks see the same kind of objects, as COCO, VOC and ImageNet
-photographs do, so what one task learns helps the next.
-"""
+Detection (circles, rectangles, triangles), segmentation (the same shapes as masks, with 255 ignore borders) and
+classification (which shape an image shows), in `LAYOUT`: the tasks see the same kind of objects, so what one task
+learns helps the next."""
 
 from __future__ import annotations
 
@@ -16,7 +13,7 @@ import numpy as np
 from ultralytics.utils import LOGGER, TQDM
 
 from yolo_unified.data.config import derived_file
-from yolo_unified.data.prepare import IGNORE, LAYOUT, check_own_yaml, publish_yaml, write_data_yaml
+from yolo_unified.data.layout import IGNORE, LAYOUT, check_own_yaml, publish_yaml, write_data_yaml
 from yolo_unified.files import OutputFolder, manifest_files, read_manifest
 
 DET_NAMES = ["circle", "rectangle", "triangle"]
@@ -31,8 +28,7 @@ CLS_SCALE = (0.35, 0.6)  # the shape a classification image shows
 
 
 def _colour(rng: np.random.Generator, cls: int) -> np.ndarray:
-    """A random saturated, bright BGR colour from the hue range of class `cls`: reds to yellows for circles, greens
-    to cyans for rectangles, blues to magentas for triangles."""
+    """A random saturated BGR colour from the hue range of class `cls` (reds, greens, blues)."""
     hue = rng.uniform(0, 40) + 60 * cls  # OpenCV hue: 0-180
     hsv = np.array([[[hue, rng.uniform(200, 255), rng.uniform(170, 255)]]], np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
@@ -85,8 +81,7 @@ def _shape(rng: np.random.Generator, cls: int, size: int, scale: tuple[float, fl
 def _paint_shapes(
     rng: np.random.Generator, img: np.ndarray, classes: list[int], scale: tuple[float, float] = SHAPE_SCALE
 ) -> list[tuple[int, np.ndarray]]:
-    """Paint one shape per class of `classes` on `img`, apart from each other (a shape that finds no free place in 20
-    tries is skipped); return (class, mask) per painted shape."""
+    """Paint one shape per class of `classes` on `img`, apart (skipped after 20 tries); return (class, mask) pairs."""
     shapes: list[tuple[int, np.ndarray]] = []
     taken = np.zeros(img.shape[:2], np.uint8)  # the painted shapes, grown by a 2-px margin
     for cls in classes:
@@ -129,8 +124,7 @@ def _boxes_text(shapes: list[tuple[int, np.ndarray]], size: int) -> str:
 
 
 def _class_map(shapes: list[tuple[int, np.ndarray]], size: int) -> np.ndarray:
-    """The semantic mask of `shapes`: each shape's class, 0 elsewhere, a 1-px 255 ring around each shape (like VOC's
-    void object borders)."""
+    """The semantic mask of `shapes`: each shape's class, 0 elsewhere, a 1-px 255 ring around each (VOC's borders)."""
     mask = np.zeros((size, size), np.uint8)
     for cls, m in shapes:
         mask[m] = SEG_NAMES.index(DET_NAMES[cls])
@@ -187,12 +181,9 @@ def _generate(dst: Path, n: dict[str, int], imgsz: int, seed: int) -> None:
 
 
 def make_synthetic(dst: str | Path, n_train: int = 96, n_val: int = 32, imgsz: int = 96, seed: int = 0) -> Path:
-    """Generate the synthetic three-task dataset at `dst` unless a complete copy with these parameters is there.
-
-    Each task gets its own `n_train`/`n_val` JPEG images of `imgsz` x `imgsz` px, deterministic for a `seed`.
-    Returns the data YAML, ``dst.parent / f"{dst.name}.yaml"``. The dataset is built beside `dst` and swapped in
-    whole (`yolo_unified.files.OutputFolder`); a `dst` holding files it did not write is refused.
-    """
+    """Generate the synthetic three-task dataset at `dst` (an `OutputFolder`) unless a complete copy with these
+    parameters is there: per task `n_train`/`n_val` JPEGs of `imgsz` px, deterministic for a `seed`. Returns its
+    YAML."""
     dst = Path(dst)
     yaml_path = dst.parent / f"{dst.name}.yaml"
     if min(n_train, n_val) < 1 or imgsz < 32:

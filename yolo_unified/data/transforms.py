@@ -1,30 +1,42 @@
-"""Augmentation of stored single-image batches (replayed images): a flip and a zoom that move the labels with the image.
-
-A stored image is a batch of one in Ultralytics' batch format after preprocessing: ``img`` ``(1, 3, H, W)`` floats in
-[0, 1], and either ``semantic_mask`` ``(1, H, W)`` (255 = ignore), or ``bboxes`` ``(n, 4)`` normalised ``xywh`` with
-``cls`` ``(n, 1)`` and ``batch_idx`` ``(n,)``, or ``cls`` ``(1,)`` alone (classification).
-"""
+"""Image transforms: the letterbox that predict, val and every export share, and the flip and zoom of stored
+single-image batches (replayed images, in Ultralytics' batch format after preprocessing)."""
 
 from __future__ import annotations
 
+import math
 import random
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
+from ultralytics.data.augment import LetterBox
+
+from yolo_unified.data.layout import IGNORE
 
 FILL = 114 / 255  # Ultralytics' letterbox and affine border colour
-IGNORE = 255  # the segmentation label of pixels the loss leaves out
+RatioPad = tuple[tuple[float, float], tuple[int, int]]  # ((gain_h, gain_w), (pad_left, pad_top)), as Ultralytics'
+
+
+def letterbox(im: np.ndarray, imgsz: list[int]) -> tuple[np.ndarray, RatioPad]:
+    """Resize and pad one BGR image exactly as Ultralytics' validation datasets do (``load_image``, then
+    ``LetterBox(scaleup=False)``), so predict, val and every export see the same pixels; return it and its
+    ``ratio_pad``."""
+    h0, w0 = im.shape[:2]
+    side = max(imgsz)
+    if (r := side / max(h0, w0)) != 1:
+        size = min(math.ceil(w0 * r), side), min(math.ceil(h0 * r), side)
+        im = cv2.resize(im, size, interpolation=cv2.INTER_LINEAR)
+    box = LetterBox(imgsz, auto=False, scaleup=False)
+    params = box.get_params({"img": im})
+    w1, h1 = params["new_unpad"]
+    return box.apply_image({"img": im}, params)["img"], ((h1 / h0, w1 / w0), (params["left"], params["top"]))
 
 
 def zoom_sample(sample: dict, scale: float, shift: tuple[float, float], flip: bool) -> dict:
-    """`sample` zoomed by `scale` about its centre, moved by `shift` (fractions of its width and height) and, with
-    `flip`, mirrored left-right; image and labels alike.
-
-    A point at normalised ``(x, y)`` lands at ``(scale * (x' - 0.5) + 0.5 + shift_x, scale * (y - 0.5) + 0.5 +
-    shift_y)``, where ``x'`` is ``1 - x`` when flipped. Pixels that come from outside the image get the border
-    colour (and the ignore label); boxes are clipped to the image, and those left with less than a quarter of their
-    area or under 2 pixels a side are dropped.
-    """
+    """`sample` zoomed by `scale` about its centre, moved by `shift` (fractions of its size) and, with `flip`,
+    mirrored left-right; image and labels alike. Pixels from outside get the border colour (and the ignore label);
+    boxes are clipped, those left with under a quarter of their area or 2 pixels a side dropped."""
     img = sample["img"]
     h, w = img.shape[-2:]
     sx, sy = shift

@@ -13,16 +13,10 @@ IMAGES_PER_PASS = 4  # images whose full-size logits are computed at once: a few
 
 
 class SemanticLoss(SemanticSegmentationLoss):
-    """``SemanticSegmentationLoss`` with the same values and gradients, computed faster on the CPU.
-
-    Ultralytics upsamples the logits to the mask size, then permutes and copies them to ``(pixels, classes)`` for the
-    cross-entropy, takes a second softmax for the Dice term and copies the valid pixels out of it again: at batch 16,
-    21 classes and 320 px every copy is 137 MB, and they made a segmentation step's loss cost more than the network.
-    Here one log-softmax in the logits' own layout serves both terms, only the target class of each pixel is
-    gathered, and the images go through in groups of `IMAGES_PER_PASS` whose sums make the batch's terms (at batch
-    16, 11 classes, 320 px: forward and backward 0.38 s instead of 0.85 s in one pass, on 2 CPU cores). Multi-class
-    logits without an auxiliary output take this path; anything else goes to Ultralytics'.
-    """
+    """``SemanticSegmentationLoss`` with the same values and gradients, faster on the CPU: one log-softmax in the
+    logits' own layout for both terms, the target class gathered, images in groups of `IMAGES_PER_PASS` (batch 16, 11
+    classes, 320 px: 0.38 s instead of 0.85 s forward and backward on 2 cores; Ultralytics' copies are 137 MB each).
+    Multi-class logits without an auxiliary output take this path, anything else Ultralytics'."""
 
     def forward(self, preds: torch.Tensor | tuple, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return (CE + Dice) * batch size and the detached terms, as ``SemanticSegmentationLoss.forward``."""

@@ -15,13 +15,8 @@ from yolo_unified.files import allow_in_checkpoints
 
 
 class UnifiedFPN(nn.Module):
-    """Feature pyramid: a 1x1 lateral per tapped level and a top-down nearest upsample-add.
-
-    Maps backbone features of strides 8/16/32 (any widths) to three maps of one common width, so a single head tower
-    with shared weights can run on every level. There is no 3x3 smoothing conv per level: the head's shared 3x3 tower
-    comes right after and does that job once for every task, and the stride-8 smoothing conv alone would cost 40% of
-    the neck-and-head FLOPs.
-    """
+    """Feature pyramid: a 1x1 lateral per tapped level to one common width and a top-down nearest upsample-add. No 3x3
+    smoothing per level: the head's shared tower does that (the stride-8 one alone would cost 40% of the head FLOPs)."""
 
     def __init__(self, ch: list[int] | tuple[int, ...], width: int = 64):
         """Build laterals from input widths `ch` (shallow to deep) to the common width `width`."""
@@ -37,23 +32,14 @@ class UnifiedFPN(nn.Module):
 
 
 def upsample_logits(seg: torch.Tensor, size: list[int] | tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of seg logits ``(B, C, h, w)`` to `size`, as Ultralytics' semantic validator does it.
-
-    The input is made contiguous first: a channels-last or sliced tensor takes a ~10x slower CPU upsampling path.
-    """
+    """Bilinear upsampling of seg logits ``(B, C, h, w)`` to `size`, as Ultralytics' semantic validator does it (made
+    contiguous first: a channels-last or sliced tensor takes a ~10x slower CPU path)."""
     return F.interpolate(seg.contiguous(), size=tuple(size), mode="bilinear", align_corners=False)
 
 
 class LevelSharedConv(nn.Module):
-    """3x3 conv + BatchNorm + SiLU whose conv weights are shared by every pyramid level, with one BatchNorm per level.
-
-    ``groups`` splits the conv into channel groups (as ``nn.Conv2d``): 4 groups cost a quarter of the dense conv's
-    FLOPs, and the 1x1 projections after the tower mix the groups again.
-
-    A BatchNorm shared across levels would normalise each level with its own batch statistics in training but with
-    the running mix of all levels at inference (the levels' feature statistics differ widely), so train and eval
-    outputs would disagree; per-level normalisation (as in EfficientDet's shared heads) keeps them consistent.
-    """
+    """3x3 conv (in ``groups`` channel groups) + BatchNorm + SiLU, the conv shared by every pyramid level, one BatchNorm
+    per level (as EfficientDet's shared heads: the levels' statistics differ, a shared one would differ train/eval)."""
 
     def __init__(self, width: int, levels: int, groups: int = 1):
         """A `width` -> `width` 3x3 conv in `groups` channel groups, shared by `levels` levels."""
@@ -77,11 +63,8 @@ class LevelSharedConv(nn.Module):
 
 
 class BinExpectation(nn.Module):
-    """Each box side's expected distance under its softmax distribution over `bins` bins (Ultralytics' ``DFL`` decode).
-
-    The same values as ``DFL``, computed as one matrix product with the bin indices instead of a transposed copy and a
-    1x1 conv: on this CPU that is ~7x faster (0.24 vs 1.8 ms for the 5376 anchors of a 512x512 image).
-    """
+    """Ultralytics' ``DFL`` decode (each box side's expected distance over `bins` bins) as one matrix product: the
+    same values, ~7x faster on the CPU (0.24 vs 1.8 ms for the 5376 anchors of a 512x512 image)."""
 
     def __init__(self, bins: int = 16):
         """Decode distributions over `bins` bins (``reg_max``)."""
@@ -96,21 +79,13 @@ class BinExpectation(nn.Module):
 
 
 class UnifiedHead(Detect):
-    """One head for three tasks: a conv tower shared by every FPN level and every task (conv weights shared, BatchNorm
-    per level), then a 1x1 projection per task.
+    """One head for three tasks: a conv tower shared by every FPN level and task, then a 1x1 projection per task:
+    detection in Ultralytics' ``Detect`` layout on every level, ``nc_seg`` logits on the stride-8 level (upsampled by
+    the validator and predictor), classification from the levels' pooled features.
 
-    - detection: the projection gives ``4 * reg_max`` box-distribution channels and ``nc`` class logits per anchor on
-      every level, exactly the layout of Ultralytics' ``Detect`` (so ``v8DetectionLoss``, decoding and NMS are reused);
-    - semantic segmentation: ``nc_seg`` logits from the stride-8 level; upsampling them to the input size
-      (``upsample_logits``) is post-processing, done by the validator and the predictor (like NMS for boxes), so the
-      network's cost stays that of the stride-8 map;
-    - classification: global average pooling of the tower features of every level, averaged, then a linear layer.
-
-    Outputs: in training a dict with ``boxes``, ``scores``, ``feats`` (detection, Ultralytics' raw format), ``seg``
-    (stride-8 logits) and ``cls`` (logits). At inference the tuple ``(det, seg, cls, raw)`` with decoded boxes
-    ``(B, 4 + nc, A)``, stride-8 seg logits ``(B, nc_seg, H/8, W/8)``, class probabilities ``(B, nc_cls)`` and the
-    raw dict; in export mode only ``(det, seg, cls)``, where ``bake_argmax`` makes ``seg`` the class map ``(B, H, W)``
-    at the input size.
+    Training returns a dict (``boxes``, ``scores``, ``feats``, ``seg``, ``cls``); inference ``(det, seg, cls, raw)``
+    with decoded boxes, stride-8 seg logits and class probabilities; export ``(det, seg, cls)``, where
+    ``bake_argmax`` makes ``seg`` the class map ``(B, H, W)``.
     """
 
     bake_argmax = False  # export: emit the seg class map (B, H, W) instead of logits
@@ -135,8 +110,7 @@ class UnifiedHead(Detect):
         reg_max: int = 16,
         ch=(),
     ):
-        """Build the shared tower (`tower` 3x3 convs of `groups` channel groups) on width ``ch[0]`` and the per-task
-        projections."""
+        """Build the shared tower (`tower` 3x3 convs of `groups` groups) on width ``ch[0]`` and the projections."""
         nn.Module.__init__(self)
         if len(set(ch)) != 1:
             raise ValueError(f"UnifiedHead needs equal widths on every level, got {list(ch)}")
@@ -184,8 +158,7 @@ class UnifiedHead(Detect):
         return (det, seg, cls) if self.export else (det, seg, cls, raw)
 
     def bias_init(self):
-        """Initialise projection biases: boxes 2.0, detection classes for ~5 objects per 640 image at stride 16,
-        segmentation and classification at zero (uniform prior)."""
+        """Projection biases: boxes 2.0, det classes for ~5 objects per 640 image at stride 16, seg and cls 0."""
         s = float(self.stride[min(1, self.nl - 1)])
         self.det.bias.data[: 4 * self.reg_max] = 2.0
         self.det.bias.data[4 * self.reg_max :] = math.log(5 / self.nc / (640 / s) ** 2)
@@ -194,11 +167,8 @@ class UnifiedHead(Detect):
 
     @torch.no_grad()
     def copy_class_rows(self, old: UnifiedHead) -> None:
-        """Copy the projections of `old` (a head with as many or fewer classes per task) into their first rows here.
-
-        Box rows and the old classes' rows get the old weights, so before any training every old output is what the
-        old head gives; the rows of the classes `old` lacks keep their initialisation.
-        """
+        """Copy the projections of `old` (as many or fewer classes per task) into the first rows here: every old output
+        stays what the old head gives; the new classes' rows keep their initialisation."""
         box = 4 * self.reg_max
         self.det.weight[: box + old.nc] = old.det.weight[: box + old.nc]
         self.det.bias[: box + old.nc] = old.det.bias[: box + old.nc]

@@ -67,8 +67,7 @@ def loss_scale(batch: dict) -> int:
 
 
 def check_class_lists(model: nn.Module, source: Any) -> None:
-    """Raise a ValueError naming `source` when a unified model's class list of a task and its head's outputs for that
-    task differ in length (a checkpoint edited or saved by other code)."""
+    """Raise a ValueError naming `source` when a task's class list and head outputs differ in length."""
     head, names = model.model[-1], getattr(model, "task_names", None)
     if not isinstance(head, UnifiedHead) or not names:
         return
@@ -78,12 +77,9 @@ def check_class_lists(model: nn.Module, source: Any) -> None:
 
 
 class UnifiedModel(DetectionModel):
-    """One network, three tasks: ``(det, seg, cls)`` from a single forward pass.
-
-    Built from a model YAML whose ``backbone`` rows are parsed by Ultralytics' own ``parse_model`` (so layers 0-9 are
-    YOLOv8's and load YOLOv8 weights), and whose ``head`` rows name ``UnifiedFPN`` and ``UnifiedHead``.
-    ``task_names`` holds the class names of each task; ``names`` (what Ultralytics tools read) are the detection names.
-    """
+    """One network, three tasks: ``(det, seg, cls)`` from a single forward pass. The YAML's ``backbone`` rows are
+    parsed by Ultralytics' ``parse_model`` (YOLOv8's layers, weights), its ``head`` rows name ``UnifiedFPN`` and
+    ``UnifiedHead``. ``task_names`` holds each task's class names; ``names`` are the detection ones."""
 
     task = "unified"  # Ultralytics' YOLO() reads this from checkpoints and refuses the unknown task with a clear error
 
@@ -155,11 +151,7 @@ class UnifiedModel(DetectionModel):
         return nn.Sequential(*layers), sorted(set(save))
 
     def load(self, weights: Any, verbose: bool = True) -> int:
-        """Copy every tensor whose name and shape match from a checkpoint or model; return how many were copied.
-
-        Works for YOLOv8 detection (``yolov8n.pt``), YOLOv8 classification (``yolov8n-cls.pt``: layers 0-8) and
-        unified checkpoints alike.
-        """
+        """Copy every tensor whose name and shape match from a checkpoint or model; return how many were copied."""
         src = (weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights
         csd = src.float().state_dict()
         own = self.state_dict()
@@ -176,16 +168,9 @@ class UnifiedModel(DetectionModel):
     def loss(
         self, batch: dict, preds: Any = None, terms: Sequence[Any] | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The batch's task loss, plus the loss terms of the forgetting-mitigation strategies `terms`.
-
-        Each of `terms` gives its term with ``loss(model, raw_outputs, batch)`` (None: no term). Terms are per image
-        and scaled like Ultralytics' task loss (summed over the batch for detection and segmentation, a mean for
-        classification). The joint trainer's step passes its strategies; by default the terms are ``loss_terms``,
-        which the single-task trainers set on the model they train (after the EMA copy is made, so validation losses
-        are the task losses alone): Ultralytics' training loop, which they run, calls ``model(batch)`` with no other
-        hook before its ``backward()``. The same call on a batch holding a ``STEP`` (the joint trainer's: every
-        task's batches of one optimizer step) returns ``batch[STEP](self)``, the step's own loss and items.
-        """
+        """The batch's task loss plus the strategies' per-image terms (`terms`, default the ``loss_terms`` the task
+        trainers set on the model they train, not its EMA), scaled as Ultralytics' task loss. A ``STEP`` batch (the
+        joint trainer's) returns ``batch[STEP](self)``, the step's own loss and items."""
         if STEP in batch:
             return batch[STEP](self)
         if getattr(self, "criterion", None) is None:
@@ -208,12 +193,8 @@ allow_in_checkpoints(UnifiedModel)  # safe mode (ULTRALYTICS_SAFE_LOAD=1) loads 
 
 
 class UnifiedLoss:
-    """Ultralytics' own losses, one per task; a batch gets the loss of the task its labels belong to.
-
-    Detection: ``v8DetectionLoss`` (box, cls, dfl); segmentation: ``SemanticSegmentationLoss``'s CE + Dice (255
-    ignored), computed by its faster twin ``SemanticLoss``; classification: cross-entropy as in
-    ``v8ClassificationLoss``. Outputs of the other tasks get no loss.
-    """
+    """Ultralytics' own losses, one per task (``v8DetectionLoss``; CE + Dice by ``SemanticLoss``; cross-entropy); a
+    batch gets the loss of the task its labels belong to."""
 
     def __init__(self, model: UnifiedModel):
         """Keep the model; sub-losses are built on first use (so class weights of the training task apply)."""

@@ -1,11 +1,5 @@
-"""Orchestration: what ``yolo-unified train`` runs, one named entry point per kind of run.
-
-- `train_task` (workflows/single.py): one task, ``task=seg|det|cls``;
-- `train_joint` / `resume_joint` (workflows/joint.py): every task in one run, ``joint=True``;
-- `train_protocol` / `resume_protocol` (workflows/protocol.py): a sequential protocol, by default the recommended one,
-  and its report (workflows/report.py).
-`train` picks one from the keys, as ``UnifiedYOLO.train`` and the benchmarks call it.
-"""
+"""Orchestration: what ``yolo-unified train`` runs, one named entry point per kind of run (`train_task`,
+`train_joint` / `resume_joint`, `train_protocol` / `resume_protocol`); `train` picks one from the keys."""
 
 from __future__ import annotations
 
@@ -20,13 +14,8 @@ from yolo_unified.workflows.single import resumed_task, train_task
 
 def train(task: str | None = None, force: dict[str, Any] | None = None, **keys: Any) -> dict[str, Any]:
     """Train as `keys` say: resume a protocol folder or a joint or single-task checkpoint, else a joint run
-    (``joint=True``), one task (``task=``) or a protocol (``stages=``; without them the recommended one).
-
-    `force` holds keys that win over a protocol stage's own (the command line's explicit keys); without ``data=`` the
-    built-in synthetic data is generated and its settings (cfg/synth.yaml) join `force` below the caller's keys.
-    Returns ``{"weights": best.pt, "save_dirs": {task: run dir}}`` for one task or a joint run, a protocol's state
-    plus ``"weights"`` (its final best.pt) for a protocol.
-    """
+    (``joint=True``), one task (``task=``) or a protocol (``stages=``, else the recommended one). `force` keys win
+    over a stage's own; without ``data=`` the built-in data and cfg/synth.yaml join. Returns the entry point's dict."""
     force = {k: v for k, v in (force or {}).items() if v is not None}
     task = force.pop("task", task)
     given = {k: v for k, v in {**keys, **force}.items() if v is not None}

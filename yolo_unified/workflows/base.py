@@ -36,8 +36,7 @@ def with_default_data(keys: dict[str, Any], force: dict[str, Any]) -> tuple[dict
 
 
 def run_dir(project: str | Path | None, name: str | None, default_name: str, exist_ok: bool = False) -> Path:
-    """An incremented run directory ``project/name`` (``train``, ``train2``, ...) as Ultralytics names its runs (with
-    DDP on the CPU, rank 0's choice for every rank)."""
+    """An incremented run folder ``project/name`` as Ultralytics names runs (CPU DDP: rank 0's for every rank)."""
     return from_rank_zero(increment_path(Path(project or "runs/unified").resolve() / (name or default_name), exist_ok))
 
 
@@ -47,11 +46,8 @@ def memory_file(weights: str | Path) -> Path:
 
 
 def stage_memory(weights: str | None) -> dict[str, Any]:
-    """The strategies' memory of a finished stage, found by its checkpoint (empty for a plain one or a model YAML).
-
-    It is read from ``memory.pt`` beside the checkpoint, else from the checkpoint's ``continual`` key, where runs made
-    before ``memory.pt`` existed keep it.
-    """
+    """The strategies' memory of a finished stage: ``memory.pt`` beside its checkpoint, else the checkpoint's
+    ``continual`` key (older runs); empty for a plain checkpoint or a model YAML."""
     if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
         return {}
     if (file := memory_file(weights)).is_file():

@@ -21,11 +21,8 @@ def resumes_joint_run(resume: Any) -> bool:
 
 
 def train_joint(task: str | None, keys: dict[str, Any]) -> dict[str, Any]:
-    """Train every task of the data YAML (or ``tasks=``) in one run with the joint trainer.
-
-    Returns ``{"weights": best.pt, "save_dirs": {task: run dir}}`` (one run dir for every task). A data YAML with
-    a single task trains that task with its own trainer, as ``task=`` does, and says so.
-    """
+    """Train every task of the data YAML (or ``tasks=``) in one run with the joint trainer (a single-task YAML: with
+    its task's trainer); returns ``{"weights": best.pt, "save_dirs": {task: run dir}}``."""
     if task is not None:
         raise ValueError(f"joint=True trains every task of the data YAML; task={task} does not go with it")
     if keys.get("stages"):
@@ -44,8 +41,7 @@ def train_joint(task: str | None, keys: dict[str, Any]) -> dict[str, Any]:
 
 
 def resume_joint(keys: dict[str, Any]) -> dict[str, Any]:
-    """Continue the joint run whose ``last.pt`` is ``resume=``, with its own data and settings (as Ultralytics
-    resumes)."""
+    """Continue the joint run whose ``last.pt`` is ``resume=``, with its own data and settings."""
     return finished(JointTrainer(overrides=keys))
 
 

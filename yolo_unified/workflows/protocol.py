@@ -22,27 +22,17 @@ from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.base import memory_budget, memory_file, run_dir, stage_memory
-from yolo_unified.workflows.report import own_scores, run_summary, stage_tasks, write_report
+from yolo_unified.workflows.report import run_summary, write_report
+from yolo_unified.workflows.scores import own_scores, stage_tasks
 
-PROTOCOL_KEYS = {
-    "data",
-    "project",
-    "name",
-    "exist_ok",
-    "resume",
-    "model",
-    "chain",
-    "baselines",
-    "stages",
-}  # not per stage
+PROTOCOL_KEYS = {"data", "project", "name", "exist_ok", "resume", "model", "chain", "baselines", "stages"}  # run-wide
 RELATIVE_PATHS = "relative to this folder"  # protocol.json's "paths": its stage paths are relative to the run folder
 STAGE_PATHS = ("weights", "save_dir")  # the paths of a stage record
 
 
 def read_state(root: str | Path) -> dict[str, Any]:
-    """The ``protocol.json`` of the run in `root`, its stage paths usable from here: recorded relative to the run
-    folder (``"paths": "relative to this folder"``: a moved run folder keeps its weights, memory and teacher), or, in
-    files written before, as recorded. Errors name the file."""
+    """The ``protocol.json`` of the run in `root`, its stage paths (recorded relative to the run folder, so a moved run
+    keeps its weights) usable from here. Errors name the file."""
     root, file = Path(root), Path(root) / STATE_FILE
     state = read_json(file)
     if not isinstance(state, dict) or not isinstance(state.get("stages"), list):
@@ -57,8 +47,7 @@ def write_state(root: Path, state: dict[str, Any]) -> None:
     folder = root.absolute()
 
     def relative(path: str) -> str:
-        """`path` relative to the run folder when inside it, else absolute (a stage that kept no weights records the
-        model it started from, which may lie anywhere)."""
+        """`path` relative to the run folder when inside it, else absolute."""
         full = Path(path).absolute()
         return full.relative_to(folder).as_posix() if full.is_relative_to(folder) else str(full)
 
@@ -67,20 +56,14 @@ def write_state(root: Path, state: dict[str, Any]) -> None:
 
 
 def recommended_protocol(pretrained: Any) -> Path:
-    """The protocol `train` runs without ``task=`` or ``stages=``: cfg/seq-pretrained.yaml when ``pretrained=`` names
-    weights (its backbone learns slowly, so it keeps what it knows), else cfg/seq.yaml (a random backbone at a tenth
-    of the learning rate would learn too slowly)."""
+    """The protocol run without ``stages=``: cfg/seq-pretrained.yaml with ``pretrained=`` weights, else cfg/seq.yaml."""
     weights = isinstance(pretrained, (str, Path)) and str(pretrained).lower() not in {"", "true", "false"}
     return CFG_DIR / ("seq-pretrained.yaml" if weights else "seq.yaml")
 
 
 def train_protocol(keys: dict[str, Any], force: dict[str, Any], given: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the protocol of ``stages=`` in `keys`, or the recommended one (`recommended_protocol`) without them.
-
-    `force` holds the keys that win over every stage's own (the command line's); for the recommended protocol every
-    key in `keys` does. `given` (the caller's keys) goes into the comparison command printed at the end. Returns the
-    protocol state plus ``weights`` (`finished`).
-    """
+    """Run the protocol of ``stages=`` in `keys`, or the recommended one; `force` keys win over every stage's own,
+    `given` goes into the comparison command printed at the end. Returns `finished`'s dict."""
     recommended = not keys.get("stages")
     if recommended:
         protocol = recommended_protocol(keys.get("pretrained"))
@@ -99,12 +82,8 @@ def train_protocol(keys: dict[str, Any], force: dict[str, Any], given: dict[str,
 
 
 def run_protocol(stages: list[dict], compare: str | None = None, **keys: Any) -> dict[str, Any]:
-    """Run a sequential protocol's `stages` in order with the common `keys`; returns the state (`finished`, which
-    prints the summary, with the comparison command `compare`).
-
-    ``chain=False`` trains every stage from the initial model (single-task baselines); ``baselines=<baselines run
-    dir>`` adds retention to the report. An interrupted run continues with ``resume=<run dir>`` (`resume_protocol`).
-    """
+    """Run a sequential protocol's `stages` in order with the common `keys` (``chain=False``: every stage from the
+    initial model, single-task baselines); returns `finished`'s dict."""
     chain, baselines = keys.pop("chain", True), keys.pop("baselines", None)
     if resume := keys.pop("resume", None):  # train() sends an existing run directory to resume_protocol
         raise FileNotFoundError(f"resume={resume}: no protocol run directory or checkpoint there")
@@ -119,12 +98,8 @@ def resumes_protocol(resume: Any) -> bool:
 
 
 def resume_protocol(root: str | Path, given: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Continue the protocol run in `root` with the settings it was started with (kept in its ``protocol.json``).
-
-    Finished stages are skipped and an interrupted stage resumes from its ``last.pt`` (optimizer, schedule, EWC state
-    and replay buffer included). Keys in `given` (the rest of the command line) that differ from the run's own are
-    ignored, with a warning, as Ultralytics' resume does.
-    """
+    """Continue the protocol run in `root` with its own settings (``protocol.json``): finished stages are skipped, an
+    interrupted one resumes from its ``last.pt``; keys in `given` are ignored with a warning, as Ultralytics does."""
     config = read_state(root).get("config") if (Path(root) / STATE_FILE).is_file() else None
     if not config:
         raise FileNotFoundError(f"resume={root}: no protocol run there (no {STATE_FILE} with the run's settings)")
@@ -135,8 +110,7 @@ def resume_protocol(root: str | Path, given: dict[str, Any] | None = None) -> di
 
 
 def finished(protocol: Protocol, compare: str | None = None) -> dict[str, Any]:
-    """Run (or resume) `protocol` and print its summary (with the comparison command `compare`); return its state plus
-    ``weights``: the final best.pt, beside its report."""
+    """Run (or resume) `protocol` and print its summary; return its state plus ``weights`` (the final best.pt)."""
     state = protocol.run()
     if RANK in {-1, 0}:
         images = example_images(protocol.common["data"])
@@ -162,23 +136,13 @@ def check_stage_tasks(stage: dict[str, Any], i: int) -> None:
 
 
 class Protocol:
-    """Run ``stages`` (dicts with ``task`` or ``tasks`` and any train/strategy keys) in order, resumably, in ``root``.
+    """Run ``stages`` (dicts with ``task``, or ``tasks`` for a joint stage, and any train/strategy keys) in order,
+    resumably, in ``root``.
 
-    Each stage is a unified trainer of its task, started from the previous stage's best weights (``chain=True``) or
-    from the initial model (``chain=False``: independent single-task baselines with the same budgets). A stage with
-    ``tasks: [seg, det]`` in place of ``task`` is a joint stage: the joint trainer learns those tasks together
-    (``joint: True`` with its ``tasks``; every joint key applies), and each of them counts as finished after it.
-    After each stage every task learned so far is validated on its val set at the size it was trained at; the scores
-    and weights are recorded in ``protocol.json``, which also keeps the protocol's settings (key ``config``), from
-    which ``resume`` continues. The strategies' memory (EWC Fisher and anchors, replay images) goes to ``memory.pt``
-    beside the stage's ``best.pt`` (`stage_memory` reads it), so every ``best.pt`` is a plain Ultralytics checkpoint.
-    A stage that keeps no weights keeps no memory either: the next one continues from the previous weights and their
-    memory.
-    A stage may train on data of its own (its ``data`` key): a later stage of a task on data with classes the model
-    lacks adds them (the trainers' ``add classes``); every stage is scored on the protocol's ``data``, per class too.
-    The final model, ``<root>/weights/best.pt``, carries each task's image size (``task_imgsz``, set by the trainers;
-    the largest is what predict and export use by default) and has its memory beside it too: a protocol started from
-    it goes on with it.
+    Each stage starts from the previous stage's best weights (``chain=True``) or the initial model; after it, every
+    task learned so far is scored on the protocol's ``data`` and recorded in ``protocol.json`` (with the settings
+    ``resume`` continues from). The strategies' memory goes to ``memory.pt`` beside the stage's ``best.pt``; a stage
+    that keeps no weights keeps no memory. The final model is ``<root>/weights/best.pt``, its memory beside it.
     """
 
     def __init__(
@@ -199,8 +163,7 @@ class Protocol:
         return {**self.common, **{k: v for k, v in self.stages[i].items() if k != "task"}}
 
     def eval_args(self, task: str) -> dict[str, Any]:
-        """How a task is scored between stages: with the batch of the stage that learned it (in a joint stage, with
-        the task's own ``task_args``); the image size is the one the model holds for the task (`task_imgsz`)."""
+        """How a task is scored between stages: with the batch of the stage that learned it (its ``task_args``)."""
         i = next(i for i, stage in enumerate(self.stages) if task in stage_tasks(stage))
         args = self.stage_args(i)
         args.update((args.get("task_args") or {}).get(task) or {})

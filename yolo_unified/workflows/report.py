@@ -1,12 +1,9 @@
-"""The forgetting report of a protocol run: tables (CSV, Markdown, console) and plots, the accuracy matrix with
-backward and forward transfer, and the old / new class groups of the stages that add classes to a task."""
+"""The forgetting report of a protocol run: tables (CSV, Markdown, console), the summary lines and plots of the numbers
+of `yolo_unified.workflows.scores`."""
 
 from __future__ import annotations
 
 import csv
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +13,17 @@ from ultralytics.utils import LOGGER, colorstr, plt_settings
 
 from yolo_unified.common import PRIMARY_METRIC, STATE_FILE, TASK_TABLE
 from yolo_unified.files import read_json
+from yolo_unified.workflows.scores import (
+    accuracy_matrix,
+    class_groups,
+    forgetting,
+    own_scores,
+    protocol_transfer,
+    stage_label,
+    stage_tasks,
+    unlearned_stages,
+    verdict,
+)
 
 COLUMNS = {  # report column -> (task, Ultralytics metric name)
     column: (task, metric) for task, info in TASK_TABLE.items() for column, metric in info.report_columns
@@ -23,141 +31,9 @@ COLUMNS = {  # report column -> (task, Ultralytics metric name)
 PRIMARY = {task: info.report_columns[0][0] for task, info in TASK_TABLE.items()}  # the column of each task's score
 
 
-def stage_tasks(stage: dict[str, Any]) -> list[str]:
-    """The tasks a stage (of a protocol's config or its record) learns: ``tasks`` of a joint stage, else ``task``."""
-    return list(stage.get("tasks") or [stage["task"]])
-
-
-def own_scores(record: dict[str, Any]) -> dict[str, float]:
-    """The primary score of each task a finished stage learned, right after that stage."""
-    return record.get("own_scores") or {record["task"]: record["own_score"]}
-
-
-def stage_label(i: int, record: dict[str, Any]) -> str:
-    """How the report names stage `i` (from 0): ``"2 (det)"``, ``"1 (seg+det)"``."""
-    return f"{i + 1} ({record['task']})"
-
-
-def drop(before: float, after: float, limit: float) -> dict[str, Any]:
-    """The relative and absolute (points) drop from `before` to `after`; PASS when the relative one is <= `limit`."""
-    rel = (before - after) / before if before > 0 else 0.0
-    return {"relative": rel, "points": 100 * (before - after), "pass": rel <= limit}
-
-
 def drop_cell(d: dict[str, Any]) -> str:
     """A drop of `drop` as a table cell: ``+12.50% (+10.00 pts) FAIL``."""
     return f"{d['relative']:+.2%} ({d['points']:+.2f} pts) {'PASS' if d['pass'] else 'FAIL'}"
-
-
-def forgetting(state: dict[str, Any], limit: float) -> dict[str, dict[str, Any]]:
-    """Per task: score right after its own stage, final score, relative and absolute drop, PASS/FAIL."""
-    stages = state["stages"]
-    final = stages[-1]["scores"]
-    out = {}
-    for s in stages:
-        for t, own in own_scores(s).items():
-            if t not in final:
-                continue
-            last = final[t][PRIMARY_METRIC[t]]
-            out[t] = {"own": own, "final": last, **drop(own, last, limit)}
-    return out
-
-
-def unlearned_stages(state: dict[str, Any]) -> list[str]:
-    """The stages (``"2 (det)"``) that kept no weights: every epoch of theirs forgot too much."""
-    return [stage_label(i, s) for i, s in enumerate(state["stages"]) if s.get("kept_weights") is False]
-
-
-@dataclass(frozen=True)
-class Unit:
-    """A column of the accuracy matrix: a task learned in one stage, or the classes one stage added to a task learned
-    over several stages (its first stage's classes included)."""
-
-    name: str  # "seg"; "det 1", "det 2" for the stages of a task learned over several
-    task: str
-    stage: int  # the stage (from 0) that learned it
-    classes: tuple[str, ...] | None = None  # None: scored by the task's primary metric; else by its classes' mean
-
-
-def units(state: dict[str, Any]) -> list[Unit]:
-    """The units of a protocol, in the order its stages learn them. Each stage of a task learned over several gives
-    the unit of the ``classes`` it brought that no earlier stage of the task had (a known class stays in its first
-    group); a stage whose record has no ``classes`` of the task gives a unit scored by the task's primary metric."""
-    stages = state["stages"]
-    learned = [(i, t) for i, s in enumerate(stages) for t in stage_tasks(s)]
-    stages_of, counted, known = Counter(t for _, t in learned), Counter(), defaultdict(set)
-    out = []
-    for i, t in learned:
-        if stages_of[t] == 1:
-            out.append(Unit(t, t, i))
-            continue
-        counted[t] += 1
-        brought = (stages[i].get("classes") or {}).get(t)
-        group = None if brought is None else tuple(dict.fromkeys(c for c in brought if c not in known[t]))
-        known[t].update(group or ())
-        out.append(Unit(f"{t} {counted[t]}", t, i, group))
-    return out
-
-
-def per_class(record: dict[str, Any], task: str) -> dict[str, float]:
-    """The per-class primary scores of `task` after the stage of `record` (empty when not recorded)."""
-    return record["scores"].get(task, {}).get("per_class") or {}
-
-
-def class_mean(scores: dict[str, float], classes: Iterable[str]) -> float:
-    """The mean of `scores` over those of `classes` it holds; NaN when it holds none."""
-    values = [scores[c] for c in classes if c in scores]
-    return float(np.mean(values)) if values else np.nan
-
-
-def unit_score(record: dict[str, Any], unit: Unit) -> float:
-    """`unit`'s score after the stage of `record`: its task's primary metric, or its classes' mean per-class score."""
-    if unit.classes is None:
-        return float(record["scores"].get(unit.task, {}).get(PRIMARY_METRIC[unit.task], np.nan))
-    return class_mean(per_class(record, unit.task), unit.classes)
-
-
-def accuracy_matrix(state: dict[str, Any]) -> tuple[list[str], np.ndarray]:
-    """The unit names and R, R[i, j] = the score of unit j after stage i (NaN before the stage that learns j)."""
-    found = units(state)
-    scores = [[unit_score(s, u) if i >= u.stage else np.nan for u in found] for i, s in enumerate(state["stages"])]
-    return [u.name for u in found], np.array(scores, dtype=float).reshape(len(state["stages"]), len(found))
-
-
-def own_unit_scores(state: dict[str, Any]) -> dict[str, float]:
-    """Each unit's score right after the stage that learned it (of a baselines run: the unit trained alone)."""
-    return {u.name: unit_score(state["stages"][u.stage], u) for u in units(state)}
-
-
-def finite_mean(values: Iterable[float]) -> float | None:
-    """The mean of the finite `values`; None when there is none."""
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
-
-
-def transfer(R: np.ndarray, learned_at: Sequence[int], baseline: Sequence[float] | None = None) -> dict[str, Any]:
-    """Backward and forward transfer of the accuracy matrix `R` (T stages x units; unit j learned at stage
-    ``s_j = learned_at[j]``):
-
-    - BWT = mean over units j with s_j < T-1 of (R[T-1, j] - R[s_j, j]), GEM's (Lopez-Paz & Ranzato, 2017) backward
-      transfer as Avalanche and Mammoth compute it; negative: forgetting.
-    - FWT = mean over units j with s_j > 0 of (R[s_j, j] - b_j), b_j = `baseline`[j], unit j's score when its stage is
-      trained alone (a baselines run). GEM compares R[s_j - 1, j] (before learning j) with a random initialisation;
-      this one compares the learned unit with the single-task model; negative: the earlier stages hinder it.
-
-    Pairs with a NaN are left out; a value is None when no pair is left (one stage; no `baseline`)."""
-    last = R.shape[0] - 1
-    bwt = [R[last, j] - R[s, j] for j, s in enumerate(learned_at) if s < last]
-    fwt = [] if baseline is None else [R[s, j] - baseline[j] for j, s in enumerate(learned_at) if s > 0]
-    return {"BWT": finite_mean(bwt), "FWT": finite_mean(fwt)}
-
-
-def protocol_transfer(state: dict[str, Any], baselines: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`transfer` of a protocol's state; FWT against the units of the `baselines` run's state (matched by name)."""
-    names, R = accuracy_matrix(state)
-    alone = own_unit_scores(baselines) if baselines else None
-    baseline = None if alone is None else [alone.get(n, np.nan) for n in names]
-    return transfer(R, [u.stage for u in units(state)], baseline)
 
 
 def cell(value: float) -> str:
@@ -186,28 +62,6 @@ def transfer_line(result: dict[str, Any], baselines: bool) -> str:
     return f"BWT: {bwt}; FWT: {fwt}"
 
 
-def class_groups(state: dict[str, Any], limit: float) -> list[dict[str, Any]]:
-    """Per stage that adds classes to a task learned before: the mean per-class score after it of the ``old`` classes
-    (the task's before the stage), the ``new`` ones and ``all`` of `per_class`; the old classes' mean after the
-    previous stage (``old_before``) and their drop from it (`drop`; ``pass`` None when a mean is missing)."""
-    stages, out, known = state["stages"], [], defaultdict(list)
-    for u in units(state):
-        if u.classes is None:
-            continue
-        if u.task in known:
-            after, old = per_class(stages[u.stage], u.task), known[u.task]
-            row = {"stage": u.stage, "task": u.task, "unit": u.name, "old": class_mean(after, old)}
-            row.update(new=class_mean(after, u.classes), all=class_mean(after, after))
-            row["old_before"] = class_mean(per_class(stages[u.stage - 1], u.task), old)
-            if np.isfinite([row["old_before"], row["old"]]).all():
-                row.update(drop(row["old_before"], row["old"], limit))
-            else:
-                row.update({"relative": np.nan, "points": np.nan, "pass": None})
-            out.append(row)
-        known[u.task] += u.classes
-    return out
-
-
 def class_group_rows(state: dict[str, Any], limit: float) -> list[list[str]]:
     """`class_groups` as a table."""
     rows = [["after stage", "unit", "old", "new", "all", "old after the previous stage", "old classes' forgetting"]]
@@ -216,14 +70,6 @@ def class_group_rows(state: dict[str, Any], limit: float) -> list[list[str]]:
         forgot = "" if g["pass"] is None else drop_cell(g)
         rows.append([stage_label(g["stage"], state["stages"][g["stage"]]), g["unit"], *values, forgot])
     return rows
-
-
-def verdict(state: dict[str, Any], limit: float) -> str:
-    """PASS when every task, and the old classes of every stage adding classes, stay within `limit` and every stage
-    kept weights, else FAIL."""
-    groups = [g["pass"] is not False for g in class_groups(state, limit)]
-    passed = all(d["pass"] for d in forgetting(state, limit).values()) and all(groups) and not unlearned_stages(state)
-    return "PASS" if passed else "FAIL"
 
 
 def table_rows(state: dict[str, Any], limit: float, baselines: dict | None = None) -> list[list[str]]:
@@ -328,8 +174,7 @@ def transfer_section(state: dict[str, Any], forget_limit: float, baselines: dict
 
 
 def write_report(root: Path, state: dict[str, Any], forget_limit: float = 0.05, baselines: str | None = None) -> str:
-    """Write forgetting.csv, forgetting.md (with the accuracy matrix, transfer and class groups), accuracy_matrix.csv
-    and the plots into `root`, print the tables; return the Markdown."""
+    """Write forgetting.csv, forgetting.md, accuracy_matrix.csv and the plots into `root`; return the Markdown."""
     base = load_baselines(baselines)
     rows = table_rows(state, forget_limit, base)
     write_csv(root / "forgetting.csv", rows)
@@ -354,17 +199,25 @@ def write_report(root: Path, state: dict[str, Any], forget_limit: float = 0.05, 
     return md + transfers
 
 
-def annotate(ax: plt.Axes, values: np.ndarray, fmt: str) -> None:
-    """Write each finite value of a heatmap in its cell (`fmt`: a format string, ``"{:+.1%}"``)."""
+def heatmap(file: Path, values: np.ndarray, labels: tuple[list, list], title: str, fmt: str, **style: Any) -> None:
+    """Save `values` as a heatmap, each finite value written in its cell with `fmt` (``style``: the figure's
+    ``size``, the colours' ``scale`` and imshow's keywords)."""
+    fig, ax = plt.subplots(figsize=style.pop("size"), tight_layout=True)
+    im = ax.imshow(values * style.pop("scale", 1), **style)
     for (r, c), v in np.ndenumerate(values):
         if np.isfinite(v):
             ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=8)
+    xlabels, ylabels = labels
+    ax.set(xticks=range(len(xlabels)), xticklabels=xlabels, yticks=range(len(ylabels)), yticklabels=ylabels)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.savefig(file, dpi=150)
+    plt.close(fig)
 
 
 @plt_settings()
 def plot_report(root: Path, state: dict[str, Any]) -> None:
-    """Task scores across stages (lines), relative change per task and stage (heatmap), the accuracy matrix
-    (heatmap), training curves per stage."""
+    """Plot task scores across stages, their relative change, the accuracy matrix and each stage's training curves."""
     stages = state["stages"]
     tasks = list(dict.fromkeys(t for s in stages for t in stage_tasks(s)))
     labels = [f"{i + 1}\n{s['task']}" for i, s in enumerate(stages)]
@@ -382,25 +235,15 @@ def plot_report(root: Path, state: dict[str, Any]) -> None:
     change = np.array(
         [[(v - own[t]) / own[t] if own[t] else np.nan for v in ys] for t, ys in zip(tasks, score, strict=True)]
     )
-    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(stages), 1 + 0.8 * len(tasks)), tight_layout=True)
-    im = ax.imshow(change * 100, cmap="RdYlGn", vmin=-20, vmax=20)
-    annotate(ax, change, "{:+.1%}")
-    ax.set(xticks=range(len(stages)), xticklabels=labels, yticks=range(len(tasks)), yticklabels=tasks)
-    ax.set_title("Change vs score after own stage (%)")
-    fig.colorbar(im, ax=ax)
-    fig.savefig(root / "forgetting_heatmap.png", dpi=150)
-    plt.close(fig)
-
+    size = (1.5 + 1.2 * len(stages), 1 + 0.8 * len(tasks))
+    title = "Change vs score after own stage (%)"
+    style = {"size": size, "scale": 100, "cmap": "RdYlGn", "vmin": -20, "vmax": 20}
+    heatmap(root / "forgetting_heatmap.png", change, (labels, tasks), title, "{:+.1%}", **style)
     names, R = accuracy_matrix(state)
-    fig, ax = plt.subplots(figsize=(2.5 + 1.1 * len(names), 1 + 0.6 * len(stages)), tight_layout=True)
-    im = ax.imshow(R, cmap="YlGn", vmin=0, vmax=1)
-    annotate(ax, R, "{:.3f}")
     ylabels = [f"after {stage_label(i, s)}" for i, s in enumerate(stages)]
-    ax.set(xticks=range(len(names)), xticklabels=names, yticks=range(len(stages)), yticklabels=ylabels)
-    ax.set_title("Accuracy matrix: score of each unit after each stage")
-    fig.colorbar(im, ax=ax)
-    fig.savefig(root / "accuracy_matrix.png", dpi=150)
-    plt.close(fig)
+    title = "Accuracy matrix: score of each unit after each stage"
+    style = {"size": (2.5 + 1.1 * len(names), 1 + 0.6 * len(stages)), "cmap": "YlGn", "vmin": 0, "vmax": 1}
+    heatmap(root / "accuracy_matrix.png", R, (names, ylabels), title, "{:.3f}", **style)
 
     fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3), tight_layout=True, squeeze=False)
     for ax, s, label in zip(axes[0], stages, labels, strict=True):

@@ -15,12 +15,9 @@ from yolo_unified.workflows.base import memory_file, run_dir, stage_memory
 
 
 def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
-    """Train one task with its unified trainer (``resume=`` a last.pt: in that run's folder); return
-    ``{"weights": best.pt, "save_dirs": {task: run dir}}``.
-
-    The strategies' memory beside the start checkpoint (``memory.pt``: replay images, EWC anchors) is theirs to read;
-    what they store at the end of the run (``replay=`` keeps some of its images) goes beside its best.pt.
-    """
+    """Train one task with its unified trainer (``resume=`` a last.pt: in that run's folder); return ``{"weights":
+    best.pt, "save_dirs": {task: run dir}}``. The strategies read the memory beside the start checkpoint and store
+    theirs beside the run's best.pt."""
     if task not in TASKS:
         raise ValueError(f"task='{task}' is not a yolo-unified task; use one of {list(TASKS)} (or omit it)")
     keys = dict(keys)
@@ -50,8 +47,7 @@ def run_args(weights: str | Path) -> dict[str, Any]:
 
 
 def resumed_task(resume: Any) -> str | None:
-    """The task of the single-task run whose checkpoint ``resume=`` names (its training arguments' Ultralytics task);
-    None for anything else (a protocol folder, a joint run's checkpoint)."""
+    """The task of the single-task run whose checkpoint ``resume=`` names; None for anything else."""
     if not (isinstance(resume, (str, Path)) and str(resume).endswith(".pt") and Path(resume).is_file()):
         return None
     args = run_args(resume)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from ultralytics.data.augment import LetterBox
 from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.engine.results import Results
 from ultralytics.models.yolo.detect import DetectionPredictor
@@ -19,36 +17,16 @@ from ultralytics.utils.plotting import Annotator, colors
 
 from yolo_unified.common import TASKS
 from yolo_unified.data.config import check_images
+from yolo_unified.data.transforms import IGNORE, RatioPad, letterbox
 from yolo_unified.defaults import unified_threads, without_unified_keys
 from yolo_unified.models.unified.val import model_task_names
 from yolo_unified.nn.modules import upsample_logits
 
-RatioPad = tuple[tuple[float, float], tuple[int, int]]  # ((gain_h, gain_w), (pad_left, pad_top)), as Ultralytics'
-IGNORE = 255  # Ultralytics' ignore id in semantic maps
 BACKGROUND = 0  # the seg class the overlay leaves untinted (class 0 of the seg names)
 
 
-def letterbox(im: np.ndarray, imgsz: list[int]) -> tuple[np.ndarray, RatioPad]:
-    """Resize and pad one BGR image exactly as Ultralytics' validation datasets do; return it and its ``ratio_pad``.
-
-    The long side goes to ``max(imgsz)`` with ``cv2.INTER_LINEAR``, sides rounded up (``BaseDataset.load_image``), then
-    ``LetterBox(imgsz, scaleup=False)`` pads it, centred, with grey 114. Predict, val and every exported model therefore
-    see the same pixels; ``ratio_pad`` maps predictions back to the original image.
-    """
-    h0, w0 = im.shape[:2]
-    side = max(imgsz)
-    if (r := side / max(h0, w0)) != 1:
-        size = min(math.ceil(w0 * r), side), min(math.ceil(h0 * r), side)
-        im = cv2.resize(im, size, interpolation=cv2.INTER_LINEAR)
-    box = LetterBox(imgsz, auto=False, scaleup=False)
-    params = box.get_params({"img": im})
-    w1, h1 = params["new_unpad"]
-    return box.apply_image({"img": im}, params)["img"], ((h1 / h0, w1 / w0), (params["left"], params["top"]))
-
-
 def tinted(im: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
-    """`im` with each pixel of `mask` blended with its class's colour in Ultralytics' palette; background and ignored
-    pixels keep their own colour."""
+    """`im` with each pixel of `mask` blended with its class's colour; background and ignored pixels kept."""
     ids = np.unique(mask)  # class ids present, ascending
     palette = np.array([colors(int(i), True) for i in ids], im.dtype)
     blend = cv2.addWeighted(im, 1 - alpha, palette[np.searchsorted(ids, mask)], alpha, 0)
@@ -58,8 +36,7 @@ def tinted(im: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def source_images(source: Any) -> list[Path]:
-    """The image files a predict `source` names: a file, a list of files, or a folder's images (not its subfolders',
-    as Ultralytics reads a folder); none for other sources (URLs, globs, streams, arrays)."""
+    """The image files a predict `source` names: a file, a list of files, or a folder's images (not its subfolders')."""
     paths = [Path(s) for s in (source if isinstance(source, (list, tuple)) else [source]) if isinstance(s, (str, Path))]
     files = [f for p in paths if p.is_dir() for f in sorted(p.glob("*.*"))] + [p for p in paths if p.is_file()]
     return [f for f in files if f.suffix[1:].lower() in IMG_FORMATS]
@@ -68,24 +45,17 @@ def source_images(source: Any) -> list[Path]:
 def semantic_map(
     seg: torch.Tensor, input_hw: tuple[int, int], shape: tuple[int, int], ratio_pad: RatioPad | None, nc: int
 ) -> torch.Tensor:
-    """Class map at the original image size from stride-8 seg logits ``(nc, h, w)`` or an exported class map ``(H, W)``.
-
-    Logits are upsampled to the model's input size `input_hw` and the argmax is taken there (where validation scores
-    it, and where an export with the argmax baked in takes it); then the map is resized nearest-neighbour to the
-    original `shape` without the letterbox padding: logits and class-map models give the same map, and a large image
-    costs a resize of ids rather than of ``nc`` logit planes.
-    """
+    """Class map at the original image size from stride-8 seg logits ``(nc, h, w)`` or an exported class map ``(H, W)``:
+    the argmax at the input size `input_hw` (where val scores it and exports bake it), then the ids resized
+    nearest-neighbour to `shape` without the letterbox padding."""
     ids = seg if seg.ndim == 2 else upsample_logits(seg[None], input_hw)[0].max(0).indices  # max(dim) streams on CPU
     ids = ops.scale_masks(ids[None, None].float(), shape, ratio_pad, mode="nearest")[0, 0]
     return ids.to(torch.uint8 if nc <= IGNORE else torch.int32)
 
 
 class UnifiedResults(Results):
-    """Ultralytics' ``Results`` holding the three outputs for one image, each with its own class names.
-
-    ``boxes`` (after NMS, original-image pixels; ``names`` are the detection names), ``semantic_mask`` (class map at
-    the original size) and ``probs`` (image-class probabilities); ``task_names`` maps seg/det/cls to class names.
-    """
+    """Ultralytics' ``Results`` with one image's three outputs: ``boxes`` (after NMS), ``semantic_mask`` (class map at
+    the original size) and ``probs``; ``task_names`` holds each task's class names."""
 
     def __init__(
         self,
@@ -155,9 +125,7 @@ class UnifiedResults(Results):
         alpha: float = 0.45,
         **kwargs,
     ) -> np.ndarray:
-        """Annotate the image: translucent semantic overlay (background left as it is) with a legend (bottom left),
-        Ultralytics' boxes and labels, then the top-1 image class with its probability (top left). Other keywords go
-        to ``Results.plot``."""
+        """Annotate the image: the semantic overlay with a legend, Ultralytics' boxes, the top-1 image class."""
         example = " ".join(n for names in self.task_names.values() for n in names.values())  # PIL for non-ASCII names
         im = np.ascontiguousarray(self.orig_img if img is None else img).copy()
         if masks and self.semantic_mask is not None:
@@ -197,24 +165,18 @@ class UnifiedResults(Results):
 
 
 class UnifiedPredictor(DetectionPredictor):
-    """Ultralytics' detection predictor extended to the unified model's three outputs, for .pt and exported models.
-
-    Sources (images, videos, folders, streams), batching, saving and video writing are Ultralytics' own. Images are
-    letterboxed as in validation (see ``letterbox``), NMS runs on the ``det`` output (``conf``, ``iou``, ``classes``,
-    ``max_det`` apply to it), and each result is a ``UnifiedResults``.
-    """
+    """Ultralytics' detection predictor for the unified model's three outputs (.pt and exports): images letterboxed as
+    in validation, NMS on ``det``, a ``UnifiedResults`` per image."""
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
-        """Ultralytics' setup (the package's own keys among `overrides` left out); the task is ``unified`` (NMS then
-        uses every detection class column)."""
+        """Ultralytics' setup without the package's keys; the task is ``unified``."""
         super().__init__(cfg, without_unified_keys(overrides), _callbacks)
         self.args.task = "unified"
         self.task_names: dict[str, dict[int, str]] = {}
         self.ratio_pads: list[RatioPad | None] = []
 
     def stream_inference(self, *args: Any, **kwargs: Any) -> Iterator[UnifiedResults]:
-        """Ultralytics' inference, on the package's CPU threads (`unified_threads`), Ultralytics' restored when the
-        stream ends."""
+        """Ultralytics' inference, on the package's CPU threads (`unified_threads`)."""
         with unified_threads():
             yield from super().stream_inference(*args, **kwargs)
 
@@ -224,8 +186,7 @@ class UnifiedPredictor(DetectionPredictor):
         self.task_names = {task: model_task_names(self.model, task) for task in TASKS}
 
     def setup_source(self, source: Any, stride: int | None = None) -> None:
-        """Ultralytics' sources, after checking the image files `source` names: an empty file or one that is not an
-        image fails with its name (Ultralytics skips it, or asks for a HEIF plugin for it)."""
+        """Ultralytics' sources; an empty or non-image file among them fails with its name (Ultralytics skips it)."""
         check_images(source_images(source))
         super().setup_source(source, stride)
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from copy import copy
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
-import numpy as np
 import torch
 from ultralytics.models.yolo.classify import ClassificationTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.semantic import SemanticSegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, WORLD_SIZE, colorstr
-from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
+from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_unified.common import learned_tasks, module_of
 from yolo_unified.continual import StageContext, build_strategies, check_strategy_settings
@@ -22,39 +20,15 @@ from yolo_unified.data.classes import class_map, grown_names, remap_labels
 from yolo_unified.data.config import load_data_config, task_data, task_names
 from yolo_unified.ddp import CpuDDP, cpu_workers, from_rank_zero, init_cpu_group, rank_zero_alone
 from yolo_unified.defaults import unified_cfg, unified_threads
-from yolo_unified.files import load_checkpoint, read_checkpoint, temporary_name
+from yolo_unified.files import load_checkpoint
 from yolo_unified.models.unified import val
+from yolo_unified.models.unified.checkpoints import CheckpointMixin
 from yolo_unified.nn.tasks import DEFAULT_MODEL_YAML, UnifiedModel, check_class_lists
 
 
-def strip_atomically(f: Path, **kwargs: Any) -> dict:
-    """Ultralytics' ``strip_optimizer`` on `f`, written to a temporary file of a unique name first and then moved
-    over `f`."""
-    tmp = temporary_name(f)
-    try:
-        ckpt = strip_optimizer(f, s=str(tmp), **kwargs)
-        os.replace(tmp, f)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return ckpt
-
-
-def drop_rows_after(csv: Path, epoch: int) -> None:
-    """Drop the rows of a per-epoch CSV (first column: the 1-based epoch) whose epoch is after `epoch`."""
-    if not csv.is_file():
-        return
-    header, *rows = csv.read_text().splitlines(keepends=True)
-    kept = [r for r in rows if float(r.split(",", 1)[0]) <= epoch]
-    if len(kept) < len(rows):
-        csv.write_text(header + "".join(kept))
-
-
-class UnifiedTrainerMixin:
-    """What the three task trainers share: multi-task data YAML, the unified model, and pretrained-weight handling.
-
-    Each subclass pairs this mixin with the Ultralytics trainer of its task, so datasets, augmentation, losses,
-    progress bars, checkpoints, plots and ``results.csv`` are Ultralytics' own.
-    """
+class UnifiedTrainerMixin(CheckpointMixin):
+    """What the three task trainers share: the multi-task data YAML, the unified model, the strategies; paired with
+    each task's Ultralytics trainer, whose datasets, losses, checkpoints and plots they keep."""
 
     task_key: str = ""  # "seg", "det" or "cls"
     validator_class: type = object
@@ -67,11 +41,8 @@ class UnifiedTrainerMixin:
         _callbacks: dict | None = None,
         context: StageContext | None = None,
     ):
-        """Default the model to the packaged unified YAML, build the stage's strategies; the rest is Ultralytics'.
-
-        `context` is what a sequential protocol tells the stage (finished tasks, their scores, the shared memory);
-        a stand-alone run is a first stage with nothing before it.
-        """
+        """Default the model to the packaged unified YAML, build the stage's strategies from `context` (what a protocol
+        tells the stage; a stand-alone run is a first stage); the rest is Ultralytics'."""
         overrides = dict(overrides or {})
         if not overrides.get("model"):
             overrides["model"] = DEFAULT_MODEL_YAML
@@ -113,8 +84,7 @@ class UnifiedTrainerMixin:
         unwrap_model(self.model).loss_terms = self.strategies
 
     def _end_strategies(self) -> None:
-        """Let the strategies store what later stages need, from the stage's best weights (DDP: on rank 0, whose
-        memory the protocol saves for every rank)."""
+        """Let the strategies store what later stages need, from the stage's best weights (DDP: on rank 0)."""
         weights = self.best if self.best.exists() else self.last
         if not self.strategies or not weights.exists():
             return
@@ -204,75 +174,6 @@ class UnifiedTrainerMixin:
         self.stop = self.stop or from_rank_zero(stop)
         return metrics, fitness
 
-    def _handle_nan_recovery(self, epoch: int) -> bool:
-        """A NaN/inf loss or fitness ends the stage: the last good checkpoints are kept, not overwritten."""
-        loss_bad = self.loss is not None and not torch.isfinite(self.loss).all()
-        if loss_bad or (self.fitness is not None and not np.isfinite(self.fitness) and self.fitness != float("-inf")):
-            LOGGER.error(
-                f"{'Loss' if loss_bad else 'Fitness'} is NaN/inf in epoch {epoch + 1}: stopping this stage and keeping "
-                f"the last good weights ({self.best if self.best.exists() else 'none saved yet'})."
-            )
-            self.nan_stopped = self.stop = True
-        return False
-
-    def resume_training(self, ckpt) -> None:
-        """Ultralytics' resume, then drop results.csv rows of epochs the checkpoint does not hold.
-
-        A kill after an epoch's row was written but before its ``last.pt`` was would otherwise leave that epoch twice.
-        """
-        super().resume_training(ckpt)
-        if ckpt is not None and self.resume:
-            drop_rows_after(self.csv, self.start_epoch)
-
-    def save_model(self) -> bool:
-        """Write checkpoints atomically (a kill mid-write never leaves a broken last.pt); none after a NaN.
-
-        Ultralytics writes them to temporary files of unique names, which then replace last.pt and best.pt: a file
-        left by a killed run can never be taken for this save's.
-        """
-        if self.nan_stopped:
-            return False
-        final = self.last, self.best
-        tmp = self.last, self.best = tuple(temporary_name(f) for f in final)
-        try:
-            saved = super().save_model()
-            for t, f in zip(tmp, final, strict=True):
-                if t.exists():
-                    os.replace(t, f)
-        finally:
-            self.last, self.best = final
-            for t in tmp:
-                t.unlink(missing_ok=True)
-        return saved
-
-    def check_resume(self, overrides: dict[str, Any]) -> None:
-        """Ultralytics' resume check, after reading the checkpoint ``resume=`` names: one that exists but cannot be
-        read is reported as such (Ultralytics says "not found" for any failure), refused ones under safe mode too."""
-        if isinstance(self.args.resume, (str, Path)) and Path(self.args.resume).is_file():
-            read_checkpoint(self.args.resume)
-        super().check_resume(overrides)
-
-    def final_eval(self):
-        """Strip the optimizer from last.pt and best.pt atomically, then validate best.pt as Ultralytics does."""
-        if RANK not in {-1, 0}:  # DDP: rank 0 strips and validates
-            return
-        (self.wdir / ".trained").touch()  # the training loop is over: a resumed protocol only finishes this stage
-        last = strip_atomically(self.last) if self.last.exists() else {}
-        with rank_zero_alone():
-            self.validate_best(last)
-
-    def validate_best(self, last: dict) -> None:
-        """Ultralytics' final validation of best.pt, its train results updated from `last` (the stripped last.pt)."""
-        if self.best.exists():
-            strip_atomically(self.best, updates={"train_results": last.get("train_results")})
-            LOGGER.info(f"\nValidating {self.best}...")
-            self.validator.args.plots = self.args.plots
-            self.metrics = self.validator(model=self.best)
-            self.metrics.pop("fitness", None)
-            self.epoch += 1  # log best metrics at step epochs+1, as Ultralytics does
-            self.run_callbacks("on_fit_epoch_end")
-            self.epoch -= 1
-
     def get_dataset(self) -> dict[str, Any]:
         """Read the multi-task data YAML and return this task's section as an Ultralytics dataset dict."""
         try:
@@ -282,13 +183,9 @@ class UnifiedTrainerMixin:
             raise RuntimeError(f"Dataset '{self.args.data}' error: {e}") from e
 
     def setup_model(self) -> dict | None:
-        """Build the unified model from a YAML or checkpoint; ``pretrained=`` adds weights from any YOLOv8 checkpoint.
-
-        A ``model=*.pt`` that is not a unified checkpoint (e.g. ``yolov8n.pt``) gives the default unified model with
-        that checkpoint's matching tensors. As in Ultralytics, ``pretrained=`` only applies to a model built from its
-        YAML (a ``model=*.pt`` already holds weights: a protocol's later stages keep theirs); a ``pretrained=`` file
-        that cannot be loaded (missing, offline) only warns.
-        """
+        """Build the unified model from a YAML or checkpoint; a YOLOv8 ``model=*.pt`` gives the default model with its
+        matching tensors. ``pretrained=`` applies to a model built from its YAML only, and only warns when it cannot
+        load."""
         if isinstance(self.model, torch.nn.Module):
             return None
         cfg, weights, ckpt = self.model, None, None
@@ -305,13 +202,8 @@ class UnifiedTrainerMixin:
         return ckpt
 
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True):
-        """Return a unified model with the class lists of `weights` and of the data YAML (`model_names`).
-
-        A task the weights learned and this run trains, on data with classes the weights lack, gets those classes
-        appended, its old outputs kept (``added_classes``). The model carries each task's image size
-        (``task_imgsz``: the sizes `weights` held, and this run's own), which val, predict and export read from its
-        checkpoints (`yolo_unified.common.task_imgsz`). ``bn_momentum`` sets its BatchNorm layers' momentum.
-        """
+        """A unified model with the class lists of `weights` and the data (`model_names`: grown tasks keep their old
+        outputs), each task's image size (``task_imgsz``, which val, predict and export read) and ``bn_momentum``."""
         names, added = self.model_names(weights)
         model = UnifiedModel(cfg or DEFAULT_MODEL_YAML, ch=self.data["channels"], task_names=names, verbose=verbose)
         if weights:
@@ -328,13 +220,9 @@ class UnifiedTrainerMixin:
         return model
 
     def model_names(self, weights: torch.nn.Module | None) -> tuple[dict[str, dict[int, str]], dict[str, dict]]:
-        """Each task's class names for the model of this run, and what the run adds to tasks `weights` learned.
-
-        A task `weights` learned (``task_imgsz``) keeps its classes; one this run trains gets the data's classes it
-        lacks appended (matched by name: `grown_names`). A task it did not learn takes the data's classes. Returns
-        the names and ``{task: {"old": classes before, "from": weights file}}`` for the tasks that grow (on resume,
-        what the run's first start added).
-        """
+        """Each task's class names for this run's model, and ``{task: {"old": classes before, "from": weights file}}``
+        for the tasks `weights` learned that grow (the data's classes they lack appended, matched by name:
+        `grown_names`)."""
         known = getattr(weights, "task_names", None) or {}
         if self.resume:  # the run's own last.pt: its classes are the run's
             return dict(known), dict(getattr(weights, "added_classes", None) or {})
@@ -350,12 +238,8 @@ class UnifiedTrainerMixin:
         return names, added
 
     def use_class_list(self, model: UnifiedModel, learned: set[str]) -> None:
-        """Renumber this run's labels to the model's class ids where the data numbers them otherwise, and tell the
-        strategies which old classes the run keeps; log what the run does to the class list.
-
-        Strategies that keep old classes (``old_labels``, ``old_distill``) on a task the start model never `learned`
-        are an error: that is a new task, with no old classes to keep.
-        """
+        """Renumber this run's labels to the model's class ids, tell the strategies which old classes the run keeps, log
+        it; strategies keeping old classes of a task the model never `learned` are an error."""
         task, data_names = self.task_key, self.data["names"]
         keepers = [s.key for s in self.strategies if s.keeps_old_classes]
         if keepers and task not in learned:
@@ -405,8 +289,7 @@ class UnifiedTrainerMixin:
             dataset.cache_images()
 
     def preprocess_batch(self, batch: dict) -> dict:
-        """Ultralytics' preprocessing, the labels in the model's class ids, then the strategies' labels (old classes
-        labelled by the model before the stage)."""
+        """Ultralytics' preprocessing, the labels in the model's class ids, then the strategies' labels."""
         batch = super().preprocess_batch(batch)
         if self.class_lut is not None:
             batch = remap_labels(batch, self.task_key, self.class_lut)
@@ -451,8 +334,4 @@ class UnifiedClassificationTrainer(UnifiedTrainerMixin, ClassificationTrainer):
     validator_class = val.UnifiedClassificationValidator
 
 
-TRAINERS = {
-    "seg": UnifiedSegmentationTrainer,
-    "det": UnifiedDetectionTrainer,
-    "cls": UnifiedClassificationTrainer,
-}
+TRAINERS = {"seg": UnifiedSegmentationTrainer, "det": UnifiedDetectionTrainer, "cls": UnifiedClassificationTrainer}

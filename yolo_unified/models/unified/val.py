@@ -36,8 +36,7 @@ def model_task_names(model: Any, task: str) -> dict[int, str]:
 
 
 def exported_tasks(model: str | Path) -> set[str]:
-    """The tasks an exported unified model was trained on, from its metadata (``task_imgsz``); none for exports made
-    before it was recorded."""
+    """The tasks an exported unified model was trained on (its metadata's ``task_imgsz``)."""
     sizes = (AutoBackend(str(model), device=torch.device("cpu"), verbose=False).metadata or {}).get("task_imgsz")
     return set(ast.literal_eval(sizes) if isinstance(sizes, str) else sizes or ())
 
@@ -51,9 +50,7 @@ def is_multitask_yaml(data: Any) -> bool:
 
 
 def class_scores(task: str, stats: Any, names: dict[int, str]) -> dict[str, float]:
-    """Each class's score by name, for the classes the validation labels hold: from processed Ultralytics metrics
-    (seg: ``SemanticMetrics``, IoU, background too; det: ``DetMetrics``, mAP50) or, for cls, the top-1 predictions and
-    targets ``(top1, targets)`` (top-1 recall)."""
+    """Each labelled class's score by name: seg IoU, det mAP50, cls top-1 recall (from ``(top1, targets)``)."""
     if task == "seg":
         iou, pixels = stats.per_class_iou, stats.nt_per_class
         return {names[c]: float(iou[c]) for c in range(len(pixels)) if pixels[c] > 0}
@@ -64,13 +61,8 @@ def class_scores(task: str, stats: Any, names: dict[int, str]) -> dict[str, floa
 
 
 class UnifiedValidatorMixin:
-    """What the three task validators share: pick the task's output, use the task's class names, read the data YAML.
-    Each validator's ``per_class()`` gives, after a validation, its score of each class the labels hold, by name.
-
-    During training the trainer hands over the dataset; a standalone run (``yolo-unified val``, the final validation
-    of ``best.pt``) turns the multi-task data YAML into the file or folder Ultralytics expects for this task, written
-    inside the validation run directory.
-    """
+    """What the three task validators share: the task's output and class names, the multi-task data YAML (a
+    standalone run writes the task's Ultralytics data YAML into its folder), ``per_class()`` scores by class name."""
 
     task_key: str = ""
     output_index: int = 0  # position of this task's output in the model's (det, seg, cls) tuple
@@ -82,8 +74,7 @@ class UnifiedValidatorMixin:
         super().__init__(dataloader, save_dir, without_unified_keys(args), _callbacks)
 
     def __call__(self, trainer=None, model=None, **kwargs):
-        """Validate during training, or standalone: on the package's CPU threads (`unified_threads`), the multi-task
-        data YAML first resolved to this task's dataset."""
+        """Validate during training, or standalone on the package's CPU threads with the task's dataset."""
         if trainer is not None:
             return super().__call__(trainer=trainer, model=model, **kwargs)
         if is_multitask_yaml(self.args.data):
@@ -100,8 +91,8 @@ class UnifiedValidatorMixin:
         return str(file)
 
     def init_metrics(self, model: torch.nn.Module) -> None:
-        """Initialise Ultralytics' metrics with the model's class names of this task; labels of the data are read in
-        the model's class ids (`class_map`: by name), those of classes the model lacks are left out."""
+        """Ultralytics' metrics with the model's class names of this task; labels in the model's ids (by name), those of
+        classes the model lacks left out."""
         names, kept = model_task_names(model, self.task_key), model.names
         data = self.data_yaml or self.args.data
         ids = class_map(names, self.data["names"], data, self.task_key)
@@ -212,15 +203,10 @@ def validate(
     per_class: bool = False,
     **overrides: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Validate every task the data YAML and the model share (or just `tasks`); log and save a summary. A checkpoint
-    or an exported model shares the tasks it was trained on (``task_imgsz``).
-
-    `model` is a checkpoint path, an exported model or a unified model in memory (a copy is validated, so a training
-    model is left as it is). Without ``imgsz`` each task of a checkpoint is scored at the size it was trained at
-    (`task_imgsz`), an exported model at its export size. Returns ``{task: {metric: value}}`` with Ultralytics'
-    metric names (with `per_class`, plus ``per_class``: the score of each class by name, see the validators'
-    ``per_class``); each task's plots go to ``save_dir/<task>/``, ``metrics.json`` and ``metrics.csv`` to `save_dir`.
-    The data's classes are matched to the model's by name: those the model lacks are left out.
+    """Validate every task the data YAML and `model` (a checkpoint, an export, or a model in memory, validated as a
+    copy) share, or just `tasks`, each at the size it was trained at unless ``imgsz`` is given. Returns
+    ``{task: {metric: value}}`` (Ultralytics' names; with `per_class`, each class's score by name too); plots go to
+    ``save_dir/<task>/``, ``metrics.json`` and ``metrics.csv`` to `save_dir`.
     """
     cfg = load_data_config(data)
     module = model if isinstance(model, torch.nn.Module) else None

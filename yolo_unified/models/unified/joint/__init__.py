@@ -1,8 +1,4 @@
-"""Joint training: one run trains every task of the data YAML, each optimizer step seeing batches of the tasks.
-
-``train``: the joint trainer, its task parts and its step; ``val``: every task's validation and the multi-task
-fitness; ``diagnostics``: the per-epoch balancing diagnostics (diagnostics.csv and its plot).
-"""
+"""Joint training: one run trains every task of the data YAML, each optimizer step seeing batches of the tasks."""
 
 from yolo_unified.models.unified.joint.diagnostics import DIAGNOSTICS, EpochMeans, plot_diagnostics
 from yolo_unified.models.unified.joint.train import JointTrainer, TaskPart, joint_tasks, task_losses

@@ -20,17 +20,10 @@ from yolo_unified.models.unified.train import TRAINERS, UnifiedTrainerMixin
 class TaskPart:
     """One task of a joint run: its data and loaders, and its Ultralytics trainer's work on them.
 
-    A part is a plain object, not a trainer. It runs, on itself and unchanged, the functions of its task's unified
-    trainer class (``trainer_class``, e.g. `UnifiedDetectionTrainer`) that the joint run needs: reading the task's
-    data, building its dataset and loader, preprocessing a batch, plotting training samples and label statistics,
-    building its validator, closing mosaic, giving its training image size. It holds what those functions read: its
-    own ``args`` (the run's, with the task's Ultralytics task and its ``task_args``), ``data``, ``save_dir`` (the
-    run's ``<task>/`` folder), loaders (set by the joint trainer as it builds them) and ``validator_class``; the run's
-    ``device``, ``callbacks`` (its validator reports to them) and ``on_plot`` (its plots are the run's), and, once the
-    run has them, its ``model`` and grid ``stride`` (set by the joint trainer). (A real task trainer, built by
-    ``BaseTrainer.__init__``, would start a run of its own: seeds, ``weights/`` and args.yaml in the task's folder,
-    and the integrations' start callbacks, e.g. TensorBoard's writer moved to that folder.)
-    """
+    A plain object, not a trainer (one would start a run of its own: seeds, folders, callbacks): it runs its task
+    trainer's functions (``trainer_class``) on itself, holding what they read: ``args`` (the run's, with the task's
+    ``task_args``), ``data``, ``save_dir`` (``<task>/``), loaders, the run's ``device``, ``callbacks``, ``on_plot``,
+    and its ``model`` and ``stride`` once the run has them."""
 
     def __init__(
         self,
@@ -42,8 +35,7 @@ class TaskPart:
         on_plot: Any,
         data: dict[str, Any] | None = None,
     ) -> None:
-        """Read this task's section of the data YAML (a clear error for a missing section or split), unless `data`
-        is given."""
+        """Read this task's section of the data YAML, unless `data` is given."""
         self.task_key, self.trainer_class = task, TRAINERS[task]
         self.validator_class = self.trainer_class.validator_class
         self.args, self.save_dir = args, save_dir
@@ -55,8 +47,7 @@ class TaskPart:
         self.data = data or self.trainer_class.get_dataset(self)
 
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Dataset:
-        """The task's dataset at `img_path` for `mode` (training augmentation or validation transforms): its
-        Ultralytics trainer's, as strategies add no images to a joint run's (``UnifiedTrainerMixin.build_dataset``)."""
+        """The task's dataset for `mode`: its Ultralytics trainer's (strategies add no images to a joint run)."""
         return super(UnifiedTrainerMixin, self.trainer_class).build_dataset(self, img_path, mode, batch)
 
     def get_dataloader(self, dataset_path: str, batch_size: int, rank: int, mode: str) -> DataLoader:
@@ -64,11 +55,7 @@ class TaskPart:
         return self.trainer_class.get_dataloader(self, dataset_path, batch_size, rank, mode)
 
     def preprocess_batch(self, batch: dict) -> dict:
-        """The task's preprocessing of a batch: on the device, images as floats in [0, 1] (multi-scale for det/seg).
-
-        Ultralytics' own, skipping the single-task trainers' relabelling: a joint run's data has the model's classes
-        (its model is checked to have heads for them).
-        """
+        """The task's preprocessing, without relabelling (a joint run's data has the model's classes)."""
         return super(UnifiedTrainerMixin, self.trainer_class).preprocess_batch(self, batch)
 
     def plot_training_samples(self, batch: dict, ni: int) -> None:
@@ -97,13 +84,8 @@ class TaskPart:
 
 
 class SharedPart(TaskPart):
-    """The tasks of a joint run labelled on shared images, as one training stream: a `SharedDataset` yields each
-    image once, with the labels it has.
-
-    It runs the detection trainer's functions (loader, preprocessing, training-sample plots, mosaic) on its ``data``:
-    the detection section with the images labelled for any of its tasks as ``train``, the masks' folder and
-    ``tasks``. Its folder is the run's ``<task>+<task>/``.
-    """
+    """The tasks of a joint run on shared images as one training stream (a `SharedDataset`: each image once, with the
+    labels it has), running the detection trainer's functions in ``<task>+<task>/``."""
 
     def __init__(self, parts: dict[str, TaskPart], data: dict[str, Any]) -> None:
         """One stream for the tasks of `parts` (det among them), on `data`."""

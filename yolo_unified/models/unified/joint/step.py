@@ -13,12 +13,8 @@ from yolo_unified.nn.tasks import UnifiedLoss, UnifiedModel, batch_task, loss_sc
 
 
 def task_batches(model: UnifiedModel, batch: dict) -> list[tuple[str, dict, dict | None]]:
-    """``(task, task batch, its outputs)`` of each task a batch has labels of.
-
-    A batch of one task's own dataset is that task's batch, its outputs left to the loss to compute. A batch of
-    shared images (`SharedDataset`) runs through the model once; each task gets the images that have its label
-    (`task_views`) and their outputs, so an image without a task's label adds nothing to that task's loss.
-    """
+    """``(task, task batch, its outputs)`` of each task a batch has labels of: a shared-images batch runs through the
+    model once, each task getting the images that have its label (`task_views`)."""
     if "tasks" not in batch:
         return [(batch_task(batch), batch, None)]
     raw = UnifiedLoss.raw(model(batch["img"]))
@@ -28,15 +24,9 @@ def task_batches(model: UnifiedModel, batch: dict) -> list[tuple[str, dict, dict
 def task_losses(
     model: UnifiedModel, batches: dict[str, list[dict]], tasks: list[str], terms: Sequence[Any] = ()
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]]]:
-    """Each task's loss on its own labelled images only, and the task's loss items (mean over its batches).
-
-    A task's loss is its Ultralytics loss plus the loss terms of `terms` (the strategies; none by default), on the
-    scale of one image, summed over its batches of the step: Ultralytics sums detection and segmentation losses over
-    a batch's images and averages classification's, so every task enters the balancing on the same footing. A batch
-    of a task's own dataset is its own forward pass (its own BatchNorm statistics); a batch of shared images is one
-    forward pass for all its tasks (`task_batches`). A task without a batch in the step gets a zero loss without a
-    graph and no items.
-    """
+    """Each task's loss on its own labelled images (plus the strategies' `terms`), on the scale of one image and
+    summed over its batches, so every task enters the balancing alike; and its loss items. A task without a batch in
+    the step gets a zero loss without a graph."""
     device = next(model.parameters()).device
     losses = {task: torch.zeros((), device=device) for task in tasks}
     sums: dict[str, dict[str, float]] = {}

@@ -1,11 +1,7 @@
 """Joint training's trainer: every task of the data YAML in one run, each optimizer step on batches of the tasks.
 
-The training loop is Ultralytics' own (``BaseTrainer._do_train``); one step of it is one joint step. Its loader
-(`JointLoader`) yields the step's batches of the tasks, `JointTrainer.preprocess_batch` runs each through its task's
-preprocessing and hands the loop one batch whose loss (the loop's ``model(batch)``, a ``STEP`` batch of
-`UnifiedModel.loss`) is `JointTrainer.step_loss`: every task's loss, combined by the balancing method. The loop
-backpropagates it and steps the optimizer as in any run: warmup, accumulation, out-of-memory retry, validation,
-checkpoints, time limit and stopping are Ultralytics'.
+The loop is Ultralytics' ``BaseTrainer._do_train``; one step of it is one joint step, whose loss
+(`JointTrainer.step_loss`) is every task's loss combined by the balancing method.
 """
 
 from __future__ import annotations
@@ -31,6 +27,7 @@ from yolo_unified.data.sampling import JointLoader, TaskSampler, check_sampling
 from yolo_unified.ddp import SameStart, average_gradients, mean_over_ranks
 from yolo_unified.defaults import train_keys
 from yolo_unified.files import read_checkpoint, save_atomically
+from yolo_unified.models.unified.checkpoints import drop_rows_after
 from yolo_unified.models.unified.joint.diagnostics import (
     DIAGNOSTICS,
     EpochMeans,
@@ -44,15 +41,14 @@ from yolo_unified.models.unified.joint.diagnostics import (
 from yolo_unified.models.unified.joint.parts import SharedPart, TaskPart
 from yolo_unified.models.unified.joint.step import task_losses
 from yolo_unified.models.unified.joint.val import JointValidator, baseline_scores
-from yolo_unified.models.unified.train import UnifiedTrainerMixin, drop_rows_after
+from yolo_unified.models.unified.train import UnifiedTrainerMixin
 from yolo_unified.nn.tasks import STEP, UnifiedModel
 
 SEQUENTIAL_ONLY = ("ewc", "replay")  # strategies that store memory of one stage's task at its end
 
 
 def joint_tasks(wanted: str | list[str] | None, data_config: dict[str, Any], data: str) -> list[str]:
-    """The tasks a joint run trains, in the model's order: ``tasks`` (a list, or ``seg,det`` on the command line), by
-    default every task of the data YAML; a task the data does not have is an error naming it."""
+    """The tasks a joint run trains, in the model's order: ``tasks``, by default every task of the data YAML."""
     have = [t for t in TASKS if t in data_config["tasks"]]
     if not wanted:
         return have
@@ -63,9 +59,7 @@ def joint_tasks(wanted: str | list[str] | None, data_config: dict[str, Any], dat
 
 
 def trained_tasks_only(key: str, value: Any, tasks: list[str]) -> dict[str, Any]:
-    """A per-task setting (``task_args``, ``task_share``: a dict keyed by task) for the `tasks` a run trains: a
-    recipe's entries for tasks the data does not have are left out with one info line, a key that is no task is an
-    error naming it."""
+    """A per-task setting (a dict keyed by task) for the `tasks` a run trains; a key that is no task is an error."""
     value = value or {}
     if not isinstance(value, dict) or not set(value) <= set(TASKS):
         raise ValueError(f"{key}={value!r}: give a dict keyed by task ({', '.join(TASKS)}), e.g. {{cls: ...}}")
@@ -77,21 +71,10 @@ def trained_tasks_only(key: str, value: Any, tasks: list[str]) -> dict[str, Any]
 class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
     """Train every task of the multi-task data YAML in one run (``joint=True``; cfg/joint.yaml).
 
-    Each task keeps its own Ultralytics dataset, loader, augmentation, preprocessing, loss and validator, held by
-    one `TaskPart` per task; tasks labelled on shared images train as one stream (`SharedPart`: each image once,
-    each task's loss on the images that have its label). Each optimizer step holds batches of the tasks
-    (``task_sampling``; an epoch is as many steps as the largest training set has batches); every task's loss comes
-    from its own images only; the ``balance`` method (yolo_unified.balancing, settings in ``balance_args``) combines
-    the losses (loss-level methods) or the task gradients on the shared backbone, neck and tower (gradient-level
-    methods). Progress bar, EMA, checkpoints (the same unified model), results.csv, resume and the strategies are the
-    unified trainers'; results.csv names every task's losses and metrics (``train/det/box_loss``,
-    ``metrics/seg/mIoU``), best.pt is chosen by the multi-task fitness of `JointValidator`, and
-    ``diagnostics.csv``/``.png`` record each epoch's task losses, balancer weights, task gradient norms and cosines.
-
-    The loop is Ultralytics' ``_do_train``, which calls the hooks below: `preprocess_batch` (the step's batches as
-    one batch), `step_loss` (through ``model(batch)``), `optimizer_step` (with several processes, the gradients
-    averaged over the ranks first), and, as callbacks, `_start_epoch` and `_end_epoch`. Nothing is attached to the
-    model.
+    Each task keeps its own Ultralytics dataset, loader, preprocessing, loss and validator (one `TaskPart` per task;
+    tasks on shared images train as one `SharedPart` stream). A step holds batches of the tasks (``task_sampling``),
+    each task's loss on its own images, combined by ``balance``. best.pt is chosen by `JointValidator`'s multi-task
+    fitness; ``diagnostics.csv`` records each epoch's task losses, balancer weights and gradient norms and cosines.
     """
 
     task_key = "joint"
@@ -127,9 +110,7 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         )
 
     def _setup_train(self) -> None:
-        """Ultralytics' setup, then the step's (`_setup_step`). With several processes the model is not wrapped in
-        DistributedDataParallel: every rank starts from rank 0's weights, and `optimizer_step` averages the
-        gradients."""
+        """Ultralytics' setup, then the step's; DDP: no wrapper, rank 0's weights (`optimizer_step` averages)."""
         with patch.object(torch.nn.parallel, "DistributedDataParallel", SameStart):
             BaseTrainer._setup_train(self)
         self._setup_step()
@@ -161,9 +142,8 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         return {"channels": 3, **dict.fromkeys(("train", self.args.split), self.args.data)}
 
     def training_streams(self, task_args: dict[str, Any]) -> dict[str, TaskPart]:
-        """What each step draws training batches from: a task's own dataset (its part), or, for the tasks labelled on
-        shared images (two or more of them in the run), one `SharedPart` named ``seg+det``. Tasks on shared images
-        train with one set of train keys: different ``task_args`` for them are an error."""
+        """What each step draws batches from: a task's part, or one `SharedPart` (``seg+det``) for the tasks on shared
+        images, which must have the same ``task_args``."""
         shared = [t for t in self.tasks if self.data_config["tasks"][t].get("shared")]
         if len(shared) < 2:
             return dict(self.parts)
@@ -189,10 +169,7 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         return get_cfg(dict(vars(self.args)), {**own, "task": ULTRALYTICS_TASK[task]})
 
     def task_shares(self) -> dict[str, float]:
-        """Each training stream's share of the steps (``task_share`` of its task; a task left out: 1; check_sampling
-        checks the values); the share of a task the run does not train (``tasks=seg,det`` with cfg/joint.yaml) is
-        ignored. Tasks on shared images are one stream: it takes the largest of their shares (one info line when
-        they differ, e.g. cfg/joint.yaml's ``det: 0.5`` on detection and segmentation sharing their images)."""
+        """Each training stream's share of the steps (``task_share``, default 1; a shared stream: its largest)."""
         given = trained_tasks_only("task_share", self.args.task_share, self.tasks)
         shares = {}
         for name in self.streams:
@@ -213,8 +190,7 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         return super().get_model(cfg, weights, verbose)
 
     def model_names(self, weights: torch.nn.Module | None) -> tuple[dict[str, dict[int, str]], dict[str, dict]]:
-        """The data's class names over those of `weights` (whose heads match them: `get_model`); a joint run adds no
-        classes."""
+        """The data's class names over those of `weights`; a joint run adds no classes."""
         return {**(getattr(weights, "task_names", None) or {}), **task_names(self.data_config)}, {}
 
     def use_class_list(self, model: UnifiedModel, learned: set[str]) -> None:
@@ -232,13 +208,8 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         return optimizer
 
     def get_dataloader(self, dataset_path: str, batch_size: int = 16, rank: int = 0, mode: str = "train"):
-        """Every task's own loader for `mode` (its trainer's, on its own split and batch size), as one JointLoader.
-
-        `batch_size` is what Ultralytics chose for the run's ``batch``; a task with its own ``batch`` in
-        ``task_args`` gets it scaled alike (an out-of-memory retry halves them all). The parts get the run's model and
-        grid size first (their datasets read the model's strides; classification's loader sets the model's inference
-        transforms).
-        """
+        """Every task's own loader for `mode` as one JointLoader; a task's own ``batch`` scales with `batch_size`
+        (an out-of-memory retry halves them all)."""
         split = "train" if mode == "train" else self.args.split
         loaders = {}
         for name, part in (self.streams if mode == "train" else self.parts).items():
@@ -266,9 +237,8 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         return loader
 
     def preprocess_batch(self, batch: dict[str, list[dict]]) -> dict[str, Any]:
-        """A step's batches (``{stream: [batch, ...]}`` from the `JointLoader`), each through its stream's own
-        preprocessing, as the one batch Ultralytics' loop handles: ``batches``, ``img`` (the first one's images: the
-        progress bar's batch and image size) and ``STEP``, `step_loss` on them (the loop's ``model(batch)``)."""
+        """A step's batches, each through its stream's preprocessing, as the loop's one batch: ``batches``, ``img``
+        (the first one's, for the progress bar) and ``STEP`` (`step_loss` on them)."""
         batches = {name: [self.streams[name].preprocess_batch(b) for b in bs] for name, bs in batch.items()}
         first = next(iter(batches.values()))[0]
         return {"img": first["img"], "batches": batches, STEP: partial(self.step_loss, batches)}
@@ -279,8 +249,7 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
             s.setup(self)
 
     def _setup_step(self) -> None:
-        """Once the model, optimizer and EMA exist: the shared parameters, the loss items' names (each task's, from one
-        validation image of it), the AMP scaler."""
+        """After Ultralytics' setup: the shared parameters, the loss items' names, the AMP scaler."""
         model = unwrap_model(self.model)
         self.shared = [p for n, p in model.named_parameters() if module_of(n) in SHARED_MODULES]
         model.eval()  # no state changed (training sets train mode)
@@ -295,18 +264,10 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
 
     def step_loss(self, batches: dict[str, list[dict]], model: UnifiedModel) -> tuple[torch.Tensor, dict[str, float]]:
-        """One joint step's loss, where Ultralytics' loop computes a batch's (``model(batch)``, in its autocast), and
-        its loss items.
-
-        Each task's loss on its own images, with the strategies' loss terms (`task_losses`), then, in full precision,
-        the balancer's combination: a loss-level method's total is what the loop backpropagates; a gradient-level
-        method has filled the gradients itself, so the loop gets the summed task losses as a leaf without a graph
-        (its backward pass adds nothing). With several processes the loop multiplies the loss by the world size (its
-        losses sum over the images, and DDP averages the ranks' gradients); a joint step's are per image, averaged
-        over the ranks by `optimizer_step`, so the loss is handed over divided by it. The items are this step's, a
-        task without a batch in it at its epoch mean so far (the progress bar); `_end_epoch` gives the epoch's row
-        each item's mean over the steps that had its task.
-        """
+        """One joint step's loss and items, where the loop calls ``model(batch)``: each task's loss, then the
+        balancer's combination in full precision. A gradient-level method fills the gradients itself, so the loop
+        gets a leaf without a graph. The loop multiplies the loss by the world size; the joint step's gradients are
+        averaged by `optimizer_step`, so it is handed over divided by it."""
         losses, items = task_losses(model, batches, self.tasks, self.strategies)
         with torch.autocast(self.device.type, enabled=False):
             stats = step_gradient_stats(self.epoch_means, losses, self.shared, self.balancer)
@@ -320,26 +281,19 @@ class JointTrainer(UnifiedTrainerMixin, BaseTrainer):
         return total / scale, {**item_means(self.epoch_means, self.loss_names), **step_items}
 
     def optimizer_step(self) -> None:
-        """The unified trainers' step; with several processes every gradient (the model's and the balancer's learnable
-        weights') is first averaged over the ranks, as DistributedDataParallel's backward would average it. A
-        gradient-level method has combined the task gradients averaged over the ranks (`yolo_unified.balancing`),
-        so its shared gradients are the same on every rank: the step equals one process whose task losses are the
-        means of the ranks' losses."""
+        """The unified trainers' step, every gradient first averaged over the ranks (as DDP's backward would)."""
         if self.world_size > 1:
             params = [*unwrap_model(self.model).parameters(), *self.balancer.parameters()]
             average_gradients(p for p in params if p.requires_grad)
         super().optimizer_step()
 
     def _start_epoch(self) -> None:
-        """At each epoch's start (a callback): new epoch means, and the training loaders at the epoch (the task sampler
-        at the epoch's first step, so a resumed run draws as an uninterrupted one; DDP samplers' shuffles)."""
+        """Epoch start (a callback): new epoch means; the loaders at the epoch (a resumed run draws as if unbroken)."""
         self.epoch_means = EpochMeans()
         self.train_loader.set_epoch(self.epoch)
 
     def _end_epoch(self) -> None:
-        """At each epoch's end (the first callback): the epoch's training loss items, each its mean over the steps that
-        had its task; the balancer's epoch end (with the task losses averaged over the ranks) and the diagnostics
-        row."""
+        """Epoch end (the first callback): the epoch's loss items, the balancer's epoch end, the diagnostics row."""
         self.tloss = item_means(self.epoch_means, self.loss_names)
         means = task_loss_means(self.epoch_means, self.tasks)
         (averaged,) = mean_over_ranks([torch.tensor(list(means.values()))])

@@ -54,13 +54,9 @@ def task_trainer(trainer: BaseTrainer, task: str, data: dict[str, Any]) -> BaseT
 
 
 class JointValidator:
-    """Every task's unified validator, one after the other: metrics and losses named per task, one fitness.
-
-    Built from each task's validator (on its own val loader, in its own folder) and data section. The fitness is
-    `multitask_fitness` of the primary metrics (``common.PRIMARY_METRIC``), relative to the single-task scores when
-    `baselines` holds them. ``metrics.keys``, ``args`` and ``dataloader`` are what Ultralytics' trainer reads and
-    sets on a validator; ``args.plots`` is handed to every task's validator for a standalone run.
-    """
+    """Every task's unified validator, one after the other: metrics and losses named per task, one fitness
+    (`multitask_fitness` of the primary metrics, relative to `baselines` when given). ``metrics.keys``, ``args`` and
+    ``dataloader`` are what Ultralytics' trainer reads and sets on a validator."""
 
     def __init__(
         self,
