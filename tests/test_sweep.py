@@ -8,6 +8,7 @@ from ultralytics.utils import YAML
 from benchmarks.sweep import main, pareto_ranks, parse_grid, rank_configs, select
 from yolo_unified.continual import STRATEGIES
 from yolo_unified.nn.tasks import CFG_DIR
+from yolo_unified.workflows.protocol import read_state
 
 GRID = {
     "stages": [
@@ -117,7 +118,7 @@ def test_quick_sweep_shares_stage_one_and_resumes(synth_yaml, tmp_path):
     assert set(results["runs"]) == {f"{n}-seed0" for n in grid_runs} | {f"{results['front'][0]}-seed1"}
     for name in ("pareto_stage2.png", "pareto_stage3.png", "summary.md", "results.json"):
         assert (out / name).is_file(), name
-    base_stage1 = json.loads((out / "base/default_seed0/protocol.json").read_text())["stages"][0]
+    base_stage1 = read_state(out / "base/default_seed0")["stages"][0]  # its paths resolved against its folder
     for name, run in results["runs"].items():
         assert (out / name / "3-cls/weights/best.pt").is_file() and not (out / name / "1-seg").exists()  # shared
         assert run["stages"][0]["weights"] == base_stage1["weights"]
