@@ -22,7 +22,7 @@ from yolo_unified.data.prepare import prepare_hw2
 from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.speed import machine_info, reset_peak_rss, rss_mb
 from yolo_unified.workflows import train
-from yolo_unified.workflows.protocol import recommended_protocol
+from yolo_unified.workflows.protocol import read_state, recommended_protocol
 from yolo_unified.workflows.report import unlearned_stages, verdict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,30 +128,6 @@ def stage_minutes(state: dict) -> list[float]:
     return [training_minutes(Path(s["save_dir"])) for s in state["stages"]]
 
 
-def run_protocol(cfg: dict, root: Path, settings: dict, force: dict) -> tuple[dict, float]:
-    """Run the protocol `cfg` with the run `settings` in `root`; return its state and this call's wall time.
-
-    The protocol itself skips the stages ``protocol.json`` records as done and resumes an interrupted one. The stage
-    paths of the returned state are absolute (a rewritten, committed ``protocol.json`` holds repository-relative ones).
-    """
-    t0 = time.time()
-    state = train(**{**cfg, **settings}, project=str(root.parent), name=root.name, exist_ok=True, force=force)
-    return {**state, "stages": with_stage_paths(state["stages"], repo_path)}, time.time() - t0
-
-
-def share_first_stage(root: Path, source: dict) -> None:
-    """Start the run in `root` with the first stage of the finished run `source` (a protocol state) already done.
-
-    Every run of the benchmark trains the same first stage (the mitigation strategies act from stage 2 on; the Fisher
-    and replay images a stage 1 leaves are simply unused by runs without EWC or replay), so it is trained once and
-    shared; the run then starts from its weights and memory as a protocol resumed after stage 1 would.
-    """
-    state_file = root / STATE_FILE
-    if not state_file.is_file():  # written as the protocol writes it: a kill never leaves half a file
-        root.mkdir(parents=True, exist_ok=True)
-        save_atomically({"stages": source["stages"][:1]}, state_file)
-
-
 def run_verdict(state: dict, limit: float) -> str:
     """The report's PASS/FAIL, naming the stages that kept no weights."""
     if unlearned := unlearned_stages(state):
@@ -163,115 +139,6 @@ def budget_text(seq: dict, imgsz: int, force: dict) -> str:
     """Epochs and image size of each stage of a protocol, as trained (after any quick-mode override)."""
     stages = [{"imgsz": imgsz, **stage, **force} for stage in seq["stages"]]
     return ", ".join(f"{s['task']} {s['epochs']} epochs at {s['imgsz']} px" for s in stages)
-
-
-def git_commit() -> str:
-    """The checked-out commit, marked when tracked files other than benchmark outputs have uncommitted changes."""
-    try:
-        git = {"cwd": REPO, "capture_output": True, "text": True}
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout
-        code = [".", f":!{RESULTS.relative_to(REPO)}"]  # committed benchmark results are outputs, not code
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code], **git).stdout
-        return rev.strip() + (" (uncommitted changes)" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
-
-
-def recorded_command(argv: list[str], module: str) -> str:
-    """The command line of `module`, its absolute paths inside the repository made relative to it."""
-    tokens = (f"{key}={repo_relative(value)}" for key, _, value in (token.partition("=") for token in argv))
-    return f"python -m {module} " + " ".join(tokens)
-
-
-def machine_text(m: dict[str, Any]) -> str:
-    """The summary line of `machine_info`."""
-    return (
-        f"machine: {m['cpu']}, {m['logical_cores']} logical cores, no GPU; torch {m['torch']}, "
-        f"ultralytics {m['ultralytics']}, Python {m['python']}"
-    )
-
-
-def invocation(t0: float, commit: str) -> dict[str, Any]:
-    """This invocation of a benchmark command: date, commit, wall time since `t0` and peak memory of the process."""
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    date, wall = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), (time.time() - t0) / 60
-    return {"date": date, "commit": commit, "wall_minutes": wall, "peak_rss_mb": peak_rss_mb}
-
-
-def invocation_text(i: dict[str, Any]) -> str:
-    """One `invocation` as the summaries list it."""
-    peak = f"{i['peak_rss_mb']:.0f} MB" if i["peak_rss_mb"] else "peak not recorded"
-    return f"{i['date']}, commit {i['commit']}: {i['wall_minutes']:.1f} min, {peak}"
-
-
-def previous_results(out: Path) -> dict[str, Any]:
-    """The ``results.json`` an earlier invocation of a benchmark wrote into `out` (empty when there is none)."""
-    file = out / "results.json"
-    return json.loads(file.read_text()) if file.is_file() else {}
-
-
-@dataclass
-class BenchmarkSetup:
-    """One invocation of a protocol benchmark (benchmarks.hw2, benchmarks.sweep): what all its sections start from."""
-
-    module: str  # the command: benchmarks.hw2 or benchmarks.sweep
-    argv: list[str]  # its key=value tokens
-    args: dict[str, Any]  # the same, parsed
-    out: Path  # the output folder
-    protocol: Path  # the regime's protocol file, as `yolo-unified train` picks it
-    seq: dict[str, Any]  # its contents
-    settings: dict[str, Any]  # data, imgsz and pretrained of every run (`run_settings`)
-    force: dict[str, Any]  # keys that win over every stage's: QUICK in quick mode
-    limit: float  # the protocol's relative forgetting limit
-    previous: dict[str, Any]  # the results.json of an earlier invocation into `out`
-    commit: str  # the code that runs (`git_commit`)
-    started: float  # time.time() at the start
-
-    @property
-    def quick(self) -> bool:
-        """Whether this is a quick run (``quick=True``: every stage shrunk to `QUICK`)."""
-        return bool(self.args.get("quick", False))
-
-
-def start_benchmark(argv: list[str], keys: set[str], module: str, default_out: str) -> BenchmarkSetup:
-    """Check the command line of `module`, pick the regime's protocol and prepare the data."""
-    args = benchmark_args(argv, keys, module)
-    started, commit = time.time(), git_commit()  # the code that runs
-    out = Path(args.get("out", default_out)).resolve()
-    protocol = recommended_protocol(args.get("pretrained"))  # as `yolo-unified train` picks it
-    seq = YAML.load(protocol)
-    force = dict(QUICK) if args.get("quick", False) else {}
-    limit = float(seq.get("forget_limit", 0.05))
-    settings = run_settings(args, seq)
-    return BenchmarkSetup(
-        module, argv, args, out, protocol, seq, settings, force, limit, previous_results(out), commit, started
-    )
-
-
-def results_header(setup: BenchmarkSetup, budget: str, record: dict[str, Any]) -> dict[str, Any]:
-    """The first keys of a benchmark's results.json: regime, command, date, commit, protocol, budget, machine, quick
-    mode and forgetting limit (`record`: this `invocation`)."""
-    settings = setup.settings
-    return {
-        "regime": f"pretrained={settings['pretrained']}" if "pretrained" in settings else "from scratch",
-        "command": recorded_command(setup.argv, setup.module),
-        "date": record["date"],
-        "commit": setup.commit,
-        "protocol": f"cfg/{setup.protocol.name}",
-        "budget": budget,
-        "machine": machine_info(),
-        "quick": setup.quick,
-        "forget_limit": setup.limit,
-    }
-
-
-def provenance_lines(results: dict[str, Any]) -> list[str]:
-    """The summary's list items of the command, date, commit and machine of `results_header`."""
-    return [
-        f"- command: `{results['command']}`",
-        f"- date: {results['date']}, commit {results['commit']}",
-        f"- {machine_text(results['machine'])}",
-    ]
 
 
 def score_text(entry: dict | None, digits: int = 4) -> str:
@@ -292,14 +159,6 @@ def write_gitignore(out: Path) -> None:
     """Write `GITIGNORE` into `out` as ``.gitignore``: git then offers only a benchmark's evidence for a commit."""
     out.mkdir(parents=True, exist_ok=True)
     (out / ".gitignore").write_text(GITIGNORE)
-
-
-def write_outputs(out: Path, results: dict, summary: str, command: str) -> None:
-    """Write a benchmark's ``results.json``, ``summary.md`` and ``.gitignore`` into `out` and say where."""
-    write_gitignore(out)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    (out / "summary.md").write_text(summary)
-    LOGGER.info(f"{colorstr('bold', command)}: {out / 'summary.md'}")
 
 
 def train_or_resume(root: Path, cfg: dict[str, Any]) -> tuple[Path, float | None]:
@@ -375,3 +234,202 @@ def execute(
         records[run.name] = record
         save(run.name, record)
     return records
+
+
+def git_commit() -> str:
+    """The checked-out commit, marked when tracked files other than benchmark outputs have uncommitted changes."""
+    try:
+        git = {"cwd": REPO, "capture_output": True, "text": True}
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout
+        code = [".", f":!{RESULTS.relative_to(REPO)}"]  # committed benchmark results are outputs, not code
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code], **git).stdout
+        return rev.strip() + (" (uncommitted changes)" if dirty.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def invocation(t0: float, commit: str) -> dict[str, Any]:
+    """This invocation of a benchmark command: date, commit, wall time since `t0` and peak memory of the process."""
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    date, wall = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), (time.time() - t0) / 60
+    return {"date": date, "commit": commit, "wall_minutes": wall, "peak_rss_mb": peak_rss_mb}
+
+
+def invocation_text(i: dict[str, Any]) -> str:
+    """One `invocation` as the summaries list it."""
+    peak = f"{i['peak_rss_mb']:.0f} MB" if i["peak_rss_mb"] else "peak not recorded"
+    return f"{i['date']}, commit {i['commit']}: {i['wall_minutes']:.1f} min, {peak}"
+
+
+def header_lines(title: str, results: dict[str, Any]) -> list[str]:
+    """The top of every summary: `title`, then the command, date, commit, machine and each invocation of
+    `results` (what `run_benchmark` writes first into results.json)."""
+    m = results["machine"]
+    return [
+        f"# {title}",
+        "",
+        f"- command: `{results['command']}`",
+        f"- date: {results['date']}, commit {results['commit']}",
+        f"- machine: {m['cpu']}, {m['logical_cores']} logical cores, no GPU; torch {m['torch']}, "
+        f"ultralytics {m['ultralytics']}, Python {m['python']}",
+        "- each invocation (a re-run skips finished work): wall time, peak memory: "
+        + "; ".join(invocation_text(i) for i in results.get("invocations", [])),
+    ]
+
+
+@dataclass
+class Report:
+    """One invocation of a benchmark: its key=value settings, output folder, results.json so far (`results`, the
+    header keys first) and the one an earlier invocation into the folder left (`previous`)."""
+
+    bench: Benchmark
+    args: dict[str, Any]
+    out: Path
+    results: dict[str, Any]
+    previous: dict[str, Any]
+
+    @property
+    def quick(self) -> bool:
+        """Whether this is a quick run (``quick=True``: every run shrunk to `QUICK`)."""
+        return bool(self.args.get("quick", False))
+
+    def save(self) -> None:
+        """Write results.json, summary.md (`header_lines`, then the benchmark's tables), the benchmark's plots and the
+        folder's ``.gitignore``: called as records are made, so that a killed invocation leaves what is done."""
+        bench, out = self.bench, self.out
+        write_gitignore(out)
+        (out / "results.json").write_text(json.dumps(self.results, indent=2, default=str))
+        if bench.plots is not None:
+            bench.plots(out, self.results)
+        (out / "summary.md").write_text(bench.summary(self.results))
+        LOGGER.info(f"{colorstr('bold', bench.module)}: {out / 'summary.md'}")
+
+    def keep(self, name: str, record: dict[str, Any]) -> None:
+        """`execute`'s `save` for benchmarks whose summary renders from any part of their runs: add and save."""
+        self.results["runs"][name] = record
+        self.save()
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark command: its module, keys, default output folder, summary title (formatted with results.json's
+    keys), `run` (fills and saves the `Report`; its runs go through `execute`), the summary's `tables` after the
+    header, and `plots` (drawn into the output folder with each save)."""
+
+    module: str
+    keys: set[str]
+    out: str
+    title: str
+    run: Callable[[Report], None]
+    tables: Callable[[dict[str, Any]], list[list[str]]]
+    plots: Callable[[Path, dict[str, Any]], None] | None = None
+
+    def summary(self, results: dict[str, Any]) -> str:
+        """summary.md of `results`: the title and `header_lines`, then the benchmark's tables."""
+        return markdown([header_lines(self.title.format(**results), results), *self.tables(results)])
+
+
+def run_benchmark(bench: Benchmark, argv: list[str]) -> dict[str, Any]:
+    """Run `bench` for command-line tokens `argv` (``key=value``): check them, start results.json with the header
+    keys (command, date, commit, machine, quick mode, invocations), run, record this invocation and save."""
+    args = benchmark_args(argv, bench.keys | {"out"}, bench.module)
+    started, commit = time.time(), git_commit()
+    out = Path(args.get("out", REPO / bench.out)).resolve()
+    previous = previous_results(out)
+    tokens = (f"{key}={repo_relative(value)}" for key, _, value in (token.partition("=") for token in argv))
+    results = {
+        "command": f"python -m {bench.module} " + " ".join(tokens),
+        "date": invocation(started, commit)["date"],
+        "commit": commit,
+        "machine": machine_info(),
+        "quick": bool(args.get("quick", False)),
+        "invocations": previous.get("invocations", []),
+    }
+    report = Report(bench, args, out, results, previous)
+    bench.run(report)
+    results["invocations"] = [*previous.get("invocations", []), invocation(started, commit)]
+    report.save()
+    return results
+
+
+def previous_results(out: Path) -> dict[str, Any]:
+    """The ``results.json`` an earlier invocation of a benchmark wrote into `out` (empty when there is none)."""
+    file = out / "results.json"
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+@dataclass
+class ProtocolSetup:
+    """What the runs of a protocol benchmark (benchmarks.hw2, benchmarks.sweep) share: the regime's protocol file
+    (as `yolo-unified train` picks it) and contents, the run settings (`run_settings`), the keys that win over every
+    stage's (`QUICK` in quick mode) and the protocol's relative forgetting limit."""
+
+    report: Report
+    protocol: Path
+    seq: dict[str, Any]
+    settings: dict[str, Any]
+    force: dict[str, Any]
+    limit: float
+
+    @classmethod
+    def start(cls, report: Report) -> ProtocolSetup:
+        """Pick the regime's protocol, prepare the data and add regime, protocol and limit to results.json."""
+        protocol = recommended_protocol(report.args.get("pretrained"))
+        seq = YAML.load(protocol)
+        settings = run_settings(report.args, seq)
+        limit = float(seq.get("forget_limit", 0.05))
+        regime = f"pretrained={settings['pretrained']}" if "pretrained" in settings else "from scratch"
+        report.results.update(regime=regime, protocol=f"cfg/{protocol.name}", forget_limit=limit)
+        return cls(report, protocol, seq, settings, dict(QUICK) if report.quick else {}, limit)
+
+
+def share_first_stage(root: Path, source: dict) -> None:
+    """Start the run in `root` with the first stage of the finished run `source` (a protocol state) already done.
+
+    Every run of the benchmark trains the same first stage (the mitigation strategies act from stage 2 on; the Fisher
+    and replay images a stage 1 leaves are simply unused by runs without EWC or replay), so it is trained once and
+    shared; the run then starts from its weights and memory as a protocol resumed after stage 1 would.
+    """
+    state_file = root / STATE_FILE
+    if not state_file.is_file():  # written as the protocol writes it: a kill never leaves half a file
+        root.mkdir(parents=True, exist_ok=True)
+        save_atomically({"stages": source["stages"][:1]}, state_file)
+
+
+def protocol_here(root: Path) -> bool:
+    """Whether the protocol run in `root` holds every stage's weights (a committed run holds its protocol.json)."""
+    return (root / STATE_FILE).is_file() and all(repo_path(s["weights"]).is_file() for s in read_state(root)["stages"])
+
+
+def protocol_run(
+    setup: ProtocolSetup,
+    name: str,
+    cfg: dict[str, Any],
+    score: Callable[[Path, dict], dict[str, Any]],
+    record: dict[str, Any],
+    first_stage: Callable[[], dict] | None = None,
+) -> Run:
+    """The `Run` of the protocol `cfg` in ``<out>/<name>``: trained by ``yolo-unified train`` with the setup's run
+    settings (its finished stages skipped, an interrupted one resumed), from the first stage of the protocol state
+    `first_stage` returns when given; `score` gets the state (stage paths absolute). The record adds the run's folder,
+    this call's wall time and the stage records with repository-relative paths. Finished or not, a run whose weights
+    are here is scored again."""
+
+    def trained(root: Path) -> tuple[dict, float]:
+        if first_stage is not None:
+            share_first_stage(root, first_stage())
+        t0 = time.time()
+        state = train(**{**cfg, **setup.settings}, project=str(root.parent), name=root.name, exist_ok=True,
+                      force=setup.force)  # fmt: skip
+        return {**state, "stages": with_stage_paths(state["stages"], repo_path)}, time.time() - t0
+
+    def scored(root: Path, state_seconds: tuple[dict, float]) -> dict[str, Any]:
+        state, seconds = state_seconds
+        return {
+            **score(root, state),
+            "root": repo_relative(root),
+            "wall_minutes_this_call": seconds / 60,
+            "stages": with_stage_paths(state["stages"], repo_relative),
+        }
+
+    return Run(name, trained, scored, record, here=protocol_here, finished=lambda _: False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +20,14 @@ from benchmarks.bootstrap import bootstrapped
 from benchmarks.common import (
     QUICK,
     REPO,
+    Benchmark,
+    Report,
     Run,
-    benchmark_args,
     execute,
-    git_commit,
-    invocation,
-    invocation_text,
-    machine_info,
-    machine_text,
-    markdown,
-    previous_results,
-    recorded_command,
+    run_benchmark,
     score_text,
     train_or_resume,
     trained_record,
-    write_outputs,
 )
 from benchmarks.joint import joint_recipe, plot_joint, task_keys
 from yolo_unified.cli import coco_names
@@ -45,7 +39,7 @@ from yolo_unified.models.unified.joint import JointTrainer
 
 MODULE = "benchmarks.shared"
 KEYS = {"coco", "hw2", "pretrained", "epochs", "imgsz", "seeds", "balance", "timing_rounds", "timing_epochs",
-        "timing_balance", "sections", "n_boot", "quick", "out"}  # fmt: skip
+        "timing_balance", "sections", "n_boot", "quick"}  # fmt: skip
 SECTIONS = ("timing", "mini_coco", "mixed", "merged")
 DATASETS = REPO / "datasets"
 
@@ -185,50 +179,33 @@ def run_keys(cfg: dict[str, Any], keys: dict[str, Any]) -> dict[str, Any]:
     return {**own, **keys, "joint": "task" not in keys}
 
 
-def main(argv: list[str]) -> dict[str, Any]:
-    args = benchmark_args(argv, KEYS, MODULE)
-    started, commit = time.time(), git_commit()
-    out = Path(args.get("out", REPO / "benchmarks/results/mini-coco")).resolve()
-    force = dict(QUICK) if args.get("quick") else {}
+def run(report: Report) -> None:
+    """The timing section, then every scored run of the sections asked for, saved as each is made."""
+    args, out, previous, results = report.args, report.out, report.previous, report.results
     sections = listed(args.get("sections", list(SECTIONS)))
     if unknown := set(sections) - set(SECTIONS):
         raise ValueError(f"sections: unknown {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
-    previous = previous_results(out)
     data = prepare_data(args, out / "data")
-    cfg = recipe(args, force)
-    results: dict[str, Any] = {
-        "command": recorded_command(argv, MODULE),
-        "regime": f"pretrained={cfg['pretrained']}" if cfg.get("pretrained") else "from scratch",
-        "recipe": {k: v for k, v in cfg.items() if k not in {"pretrained"}},
-        "machine": machine_info(),
-        "quick": bool(args.get("quick")),
-        "timing": previous.get("timing", {}),
-        "runs": {},
-        "invocations": previous.get("invocations", []),
-    }
+    cfg = recipe(args, dict(QUICK) if report.quick else {})
+    results.update(
+        regime=f"pretrained={cfg['pretrained']}" if cfg.get("pretrained") else "from scratch",
+        recipe={k: v for k, v in cfg.items() if k != "pretrained"},
+        timing=previous.get("timing", {}),
+        runs={},
+    )
     if "timing" in sections:
         results["timing"] = timing(args, cfg, data, out, previous.get("timing", {}))
-        save(out, results)
+        report.save()
     n_boot = int(args.get("n_boot", 1000))
     plan = run_plan(data, int(args.get("seeds", 2)), sections)
     runs = (planned_run(section, name, run_keys(cfg, keys), scoring, n_boot) for section, name, keys, scoring in plan)
-
-    def keep(name: str, record: dict[str, Any]) -> None:
-        results["runs"][name] = record
-        save(out, results)
-
-    execute(runs, out, previous.get("runs", {}), keep, MODULE)
-    results["invocations"].append(invocation(started, commit))
-    save(out, results)
-    return results
+    execute(runs, out, previous.get("runs", {}), report.keep, MODULE)
 
 
-def save(out: Path, results: dict[str, Any]) -> None:
-    """Write results.json, summary.md and the score plot of what is done so far: a killed invocation leaves them,
-    and a re-run keeps its timing and the runs whose folders are gone."""
+def plots(out: Path, results: dict[str, Any]) -> None:
+    """``shared_scores.png``: every run's scores, once there is one."""
     if results["runs"]:
         plot_joint(out / "shared_scores.png", results["runs"], {})
-    write_outputs(out, results, summary_markdown(results), MODULE)
 
 
 def timing_table(timing: dict[str, Any]) -> list[str]:
@@ -267,29 +244,24 @@ def runs_table(results: dict[str, Any], section: str, title: str, tasks: tuple[s
     return lines
 
 
-def summary_markdown(results: dict[str, Any]) -> str:
-    """summary.md: provenance, the timing table and one score table per section."""
-    head = [
-        "# mini_coco: tasks labelled on the same images",
-        "",
-        f"- command: `{results['command']}`",
-        f"- {machine_text(results['machine'])}",
-        f"- regime: {results['regime']}; recipe: balance {results['recipe']['balance']}, "
-        f"{results['recipe']['epochs']} epochs, imgsz {results['recipe']['imgsz']}, batch {results['recipe']['batch']}",
-        *(f"- invocation: {invocation_text(i)}" for i in results["invocations"]),
-    ]
-    return markdown(
-        [
-            head,
-            timing_table(results["timing"]),
-            runs_table(results, "mini_coco", "mini_coco val (60 images): joint on shared images, two datasets, alone",
-                       ("det", "seg")),
-            runs_table(results, "mixed", "Mixed: mini_coco det+seg shared, Imagenette cls", ("det", "seg", "cls")),
-            runs_table(results, "merged", "HW2 val: HW2 alone against HW2 + mini_coco's training images",
-                       ("det", "seg")),
-        ]
-    )  # fmt: skip
+def tables(results: dict[str, Any]) -> list[list[str]]:
+    """summary.md after its header: the recipe, the timing table and one score table per section."""
+    r = results["recipe"]
+    recipe_line = (f"- regime: {results['regime']}; recipe: balance {r['balance']}, {r['epochs']} epochs, imgsz "
+                   f"{r['imgsz']}, batch {r['batch']}")  # fmt: skip
+    return [
+        [recipe_line],
+        timing_table(results["timing"]),
+        runs_table(results, "mini_coco", "mini_coco val (60 images): joint on shared images, two datasets, alone",
+                   ("det", "seg")),
+        runs_table(results, "mixed", "Mixed: mini_coco det+seg shared, Imagenette cls", ("det", "seg", "cls")),
+        runs_table(results, "merged", "HW2 val: HW2 alone against HW2 + mini_coco's training images", ("det", "seg")),
+    ]  # fmt: skip
 
+
+TITLE = "mini_coco: tasks labelled on the same images"
+BENCHMARK = Benchmark(MODULE, KEYS, "benchmarks/results/mini-coco", TITLE, run, tables, plots)
+main = partial(run_benchmark, BENCHMARK)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

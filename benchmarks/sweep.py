@@ -8,32 +8,29 @@ import math
 import sys
 from copy import deepcopy
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import yaml
-from ultralytics.utils import LOGGER, YAML, colorstr, plt_settings
+from ultralytics.utils import YAML
 
 from benchmarks import hw2
 from benchmarks.common import (
     METRIC_NAME,
-    BenchmarkSetup,
+    Benchmark,
+    ProtocolSetup,
+    Report,
+    Run,
     budget_text,
-    invocation,
-    invocation_text,
-    markdown,
-    provenance_lines,
+    execute,
+    protocol_run,
     repo_path,
     repo_relative,
-    results_header,
-    run_protocol,
+    run_benchmark,
     run_verdict,
-    share_first_stage,
     stage_minutes,
-    start_benchmark,
     with_stage_paths,
-    write_outputs,
 )
 from yolo_unified.common import PRIMARY_METRIC, SHARED_MODULES, STATE_FILE, listed
 from yolo_unified.continual import STRATEGIES
@@ -41,7 +38,7 @@ from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.protocol import read_state
 from yolo_unified.workflows.report import forgetting, verdict
 
-KEYS = {"data", "imgsz", "pretrained", "out", "grid", "seeds", "front", "quick", "only", "base"}
+KEYS = {"data", "imgsz", "pretrained", "grid", "seeds", "front", "quick", "only", "base"}
 GRID_KEYS = {"stages", "shared", "with_shared", "strategies", "combined"}
 
 
@@ -67,8 +64,8 @@ class GridConfig:
 
 
 @dataclass
-class SweepSetup(BenchmarkSetup):
-    """One invocation of the sweep: the benchmark's settings, the grid and the base run every grid run starts from."""
+class Sweep(ProtocolSetup):
+    """One invocation of the sweep: the protocol setup, the grid and the base run every grid run starts from."""
 
     grid: Path  # the grid file
     configs: list[GridConfig]  # the configurations to run, in run order
@@ -80,12 +77,12 @@ class SweepSetup(BenchmarkSetup):
     @property
     def seeds(self) -> int:
         """Seeds of the front's configurations (the others run with seed 0 alone)."""
-        return int(self.args.get("seeds", 2))
+        return int(self.report.args.get("seeds", 2))
 
     @property
     def front_size(self) -> int:
         """How many of the best configurations after seed 0 run with the further seeds."""
-        return min(int(self.args.get("front", 3)), len(self.configs)) if self.seeds > 1 else 0
+        return min(int(self.report.args.get("front", 3)), len(self.configs)) if self.seeds > 1 else 0
 
 
 def number(value: Any) -> str:
@@ -244,25 +241,22 @@ def run_metrics(state: dict, tasks: list[str], single: dict[str, float], limit: 
     return metrics
 
 
-def run_config(config: GridConfig, seed: int, sweep: SweepSetup, label: str) -> dict:
-    """Run (or resume, or skip when finished) one configuration with one seed; return its record for results.json."""
+def config_run(config: GridConfig, seed: int, sweep: Sweep) -> Run:
+    """The `Run` of one configuration with one seed, from the base's stage 1; refuses a folder started with other
+    stage-2/3 settings."""
     name = f"{config.name}-seed{seed}"
-    root = sweep.out / name
-    LOGGER.info(f"\n{colorstr('bold', 'benchmarks.sweep')}: {name} ({label})")
     cfg = run_cfg(sweep.seq, config, seed, sweep.base / "baselines")
-    check_settings(root, cfg, sweep.force)
-    share_first_stage(root, sweep.base_state)
-    state, seconds = run_protocol(cfg, root, sweep.settings, sweep.force)
-    return {
-        "configuration": config.name,
-        "seed": seed,
-        "root": repo_relative(root),
-        "metrics": run_metrics(state, sweep.tasks, sweep.single, sweep.limit),
-        "pass": verdict(state, sweep.limit) == "PASS",
-        "verdict": run_verdict(state, sweep.limit),
-        "wall_minutes_this_call": seconds / 60,
-        "stages": with_stage_paths(state["stages"], repo_relative),
-    }
+    check_settings(sweep.report.out / name, cfg, sweep.force)
+
+    def score(_: Path, state: dict) -> dict[str, Any]:
+        return {
+            "metrics": run_metrics(state, sweep.tasks, sweep.single, sweep.limit),
+            "pass": verdict(state, sweep.limit) == "PASS",
+            "verdict": run_verdict(state, sweep.limit),
+        }
+
+    fixed = {"configuration": config.name, "seed": seed}
+    return protocol_run(sweep, name, cfg, score, fixed, lambda: sweep.base_state)
 
 
 def aggregate(runs: list[dict]) -> dict[str, dict[str, float | None]]:
@@ -320,55 +314,6 @@ def rank_configs(names: list[str], stats: dict[str, dict], limit: float) -> list
     return sorted(names, key=lambda n: (not within(n), 0 if within(n) else ranks[n], -retention(n)))
 
 
-@plt_settings()
-def plot_pareto(points: list[dict], path: Path, title: str, xlabel: str, single: float | None, limit: float) -> None:
-    """One point per configuration at its seed mean (min-max error bars over seeds), a colour per strategy family,
-    the frozen point starred, the Pareto front (max x, min y) as a step line, the single-task score and the limit.
-
-    `points`: ``{"name", "family", "frozen", "x": (mean, min, max), "y": (mean, min, max)}`` with y in %.
-    """
-    fig, ax = plt.subplots(figsize=(8, 5.5), tight_layout=True)
-    points = [p for p in points if None not in p["x"] and None not in p["y"]]
-    families = list(dict.fromkeys(p["family"] for p in points))
-    palette = plt.get_cmap("tab10")
-    for p in points:
-        (x, x0, x1), (y, y0, y1) = p["x"], p["y"]
-        i = families.index(p["family"])
-        first = p is next(q for q in points if q["family"] == p["family"])
-        ax.errorbar(
-            x, y, xerr=[[x - x0], [x1 - x]] if x1 > x0 else None, yerr=[[y - y0], [y1 - y]] if y1 > y0 else None,
-            fmt="o", ms=6, capsize=3, color=palette(i % 10), label=p["family"] if first else None,
-        )  # fmt: skip
-        if p["frozen"]:
-            ax.scatter(x, y, marker="*", s=300, facecolors="none", edgecolors="k", zorder=3, label="frozen (shared 0)")
-    ranks = pareto_ranks([(p["x"][0], -p["y"][0]) for p in points])
-    front = sorted((p for p, r in zip(points, ranks, strict=True) if r == 0), key=lambda p: p["x"][0])
-    if front:
-        xs, ys = [p["x"][0] for p in front], [p["y"][0] for p in front]
-        ax.step(xs, ys, where="pre", color="k", lw=1, alpha=0.6, label="Pareto front")
-        for p in front:
-            ax.annotate(p["name"], (p["x"][0], p["y"][0]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    if single:
-        ax.axvline(single, ls="--", color="gray", lw=1, label=f"single-task {xlabel} ({single:.4f})")
-    ax.axhline(100 * limit, ls=":", color="r", lw=1, label=f"{limit:.0%} forgetting limit")
-    ax.set(xlabel=xlabel, ylabel="worst relative forgetting of finished tasks (%)", title=title)
-    ax.legend(fontsize=7)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-
-
-def plot_points(results: dict, stage: int) -> list[dict]:
-    """The plot points of stage `stage`: new task's score against the finished tasks' worst forgetting (%)."""
-    new = results["tasks"][stage - 1]
-    points = []
-    for name, c in results["configurations"].items():
-        x, y = c["metrics"][f"{new}_stage{stage}"], c["metrics"][f"worst_forgetting_stage{stage}"]
-        scaled = tuple(None if v is None else 100 * v for v in (y["mean"], y["min"], y["max"]))
-        x = (x["mean"], x["min"], x["max"])
-        points.append({"name": name, "family": c["family"], "frozen": c["frozen"], "x": x, "y": scaled})
-    return points
-
-
 def stat_cell(stat: dict, seeds: int, kind: str = "score") -> str:
     """A table cell: the seed mean, with ``[min, max]`` over several seeds (kind: score, percent or signed %)."""
     if stat["mean"] is None:
@@ -398,7 +343,7 @@ def recommended_text(results: dict) -> str:
 
 
 def overview(results: dict) -> list[str]:
-    """The summary's title and list of settings, provenance, grid, references and training times."""
+    """The summary's budget, grid, references and training time."""
     single = results["base"]["single_task"]
     scores = ", ".join(f"{t} {METRIC_NAME[t]} {v:.4f}" for t, v in single.items() if v is not None)
     seeds = (
@@ -409,9 +354,6 @@ def overview(results: dict) -> list[str]:
         else "one seed each"
     )
     return [
-        f"# Stability/plasticity sweep ({results['regime']})",
-        "",
-        *provenance_lines(results),
         f"- budget: {results['budget']}; stage 1 trained once (`{results['base']['root']}/default_seed0`) and shared",
         f"- grid: `{results['grid']['file']}`{' (quick: reduced)' if results['quick'] else ''}, "
         f"{len(results['configurations'])} configurations at seed 0; {seeds}",
@@ -419,7 +361,7 @@ def overview(results: dict) -> list[str]:
         f"{results['forget_limit']:.0%} relative forgetting of every finished task",
         f"- scores: the validators' after each stage (each run's protocol.json, no bootstrap); several seeds: mean "
         f"[min, max]; training time of the grid runs (stages 2 and 3, every seed): {results['training_minutes']:.1f} "
-        "min; each invocation: " + "; ".join(invocation_text(i) for i in results["invocations"]),
+        "min",
     ]
 
 
@@ -457,23 +399,21 @@ def configurations_table(results: dict) -> list[str]:
     return lines
 
 
-def summary_markdown(results: dict) -> str:
-    """The sweep's summary: settings, plots, the table of every configuration and the recommendation."""
-    plots = ["![stage 2](pareto_stage2.png)", "", "![stage 3](pareto_stage3.png)"]
-    recommended = ["## Recommended", "", recommended_text(results)]
-    return markdown([overview(results), plots, configurations_table(results), recommended])
+def tables(results: dict) -> list[list[str]]:
+    """The sweep's summary after its header: settings, the table of every configuration and the recommendation."""
+    return [overview(results), configurations_table(results), ["## Recommended", "", recommended_text(results)]]
 
 
-def base_run(setup: BenchmarkSetup) -> tuple[Path, dict]:
+def base_run(setup: ProtocolSetup) -> tuple[Path, dict]:
     """The base benchmarks.hw2 output (``base=``, else ``<out>/base``, run first when missing) and the protocol state
     of its default_seed0, checked to be this sweep's stage 1."""
-    args = setup.args
-    base = repo_path(args["base"]).resolve() if "base" in args else setup.out / "base"
+    args = setup.report.args
+    base = repo_path(args["base"]).resolve() if "base" in args else setup.report.out / "base"
     if "base" in args and not (base / "results.json").is_file():
         raise FileNotFoundError(f"base={args['base']}: no benchmarks.hw2 results.json there")
     if not (base / "results.json").is_file():  # the shared stage 1 and the single-task models (resumable itself)
         passed = [f"{k}={args[k]}" for k in ("data", "imgsz", "pretrained", "quick") if k in args]
-        hw2.main([*passed, f"out={base}", "ablations=False", "seeds=1", "speed=False"])
+        hw2.main([*passed, f"out={base}", "seeds=1", "speed=False"])
     state = read_state(base / "default_seed0")
     state = {**state, "stages": with_stage_paths(state["stages"], repo_path)}
     if differ := base_mismatch(state["config"]["common"], {**setup.settings, **setup.force}):
@@ -483,36 +423,35 @@ def base_run(setup: BenchmarkSetup) -> tuple[Path, dict]:
     return base, state
 
 
-def start(argv: list[str]) -> SweepSetup:
-    """The sweep's settings for command-line tokens `argv`: its grid and its base run."""
-    setup = start_benchmark(argv, KEYS, "benchmarks.sweep", "benchmarks/results/hw2-sweep")
+def start(report: Report) -> Sweep:
+    """The sweep's setup: its grid and its base run."""
+    setup = ProtocolSetup.start(report)
     regime_grid = "sweep-pretrained.yaml" if setup.protocol.name == "seq-pretrained.yaml" else "sweep.yaml"
-    grid = Path(setup.args.get("grid", CFG_DIR / regime_grid))
-    configs = select(parse_grid(YAML.load(grid), setup.seq["stages"], setup.quick), setup.args.get("only"))
+    grid = Path(report.args.get("grid", CFG_DIR / regime_grid))
+    configs = select(parse_grid(YAML.load(grid), setup.seq["stages"], report.quick), report.args.get("only"))
     if not configs:
         raise ValueError(f"{grid}: the grid has no configuration")
     base, base_state = base_run(setup)
     tasks = [setup.seq["stages"][0]["task"], *(s["task"] for s in configs[0].stages)]
     baselines = json.loads((base / "results.json").read_text())["runs"]["baselines"]["final"]
     single = {t: baselines.get(t, {}).get("value") for t in tasks}
-    return SweepSetup(
+    return Sweep(
         **vars(setup), grid=grid, configs=configs, base=base, base_state=base_state, tasks=tasks, single=single
     )
 
 
-def grid_runs(sweep: SweepSetup) -> tuple[dict[str, dict], list[str]]:
+def grid_runs(sweep: Sweep) -> tuple[dict[str, dict], list[str]]:
     """Every configuration with seed 0, then the `front_size` best (`rank_configs`) with the further seeds; return
     the runs' records and that front."""
-    configs, n_front = sweep.configs, sweep.front_size
-    total = len(configs) + n_front * (sweep.seeds - 1)
+    configs, n_front, report = sweep.configs, sweep.front_size, sweep.report
     runs: dict[str, dict] = {}
-    for c in configs:
-        runs[f"{c.name}-seed0"] = run_config(c, 0, sweep, f"{len(runs) + 1}/{total}")
+    recorded = report.previous.get("runs", {})
+    execute([config_run(c, 0, sweep) for c in configs], report.out, recorded, runs.__setitem__, report.bench.module)
     seed0 = {c.name: aggregate([runs[f"{c.name}-seed0"]]) for c in configs}
     front = rank_configs([c.name for c in configs], seed0, sweep.limit)[:n_front]
-    for seed in range(1, sweep.seeds if n_front else 1):
-        for c in (c for c in configs if c.name in front):
-            runs[f"{c.name}-seed{seed}"] = run_config(c, seed, sweep, f"{len(runs) + 1}/{total}")
+    further = [config_run(c, seed, sweep) for seed in range(1, sweep.seeds if n_front else 1) for c in configs
+               if c.name in front]  # fmt: skip
+    execute(further, report.out, recorded, runs.__setitem__, report.bench.module)
     return runs, front
 
 
@@ -549,53 +488,30 @@ def recommended_config(configurations: dict[str, dict]) -> str | None:
     return max(eligible, key=lambda n: configurations[n]["metrics"]["mean_retention"]["mean"], default=None)
 
 
-def results_record(sweep: SweepSetup, runs: dict[str, dict], front: list[str]) -> dict:
-    """The sweep's results.json: settings, provenance, every configuration, every run and the recommendation."""
-    configurations = configuration_records(sweep.configs, runs)
-    record = invocation(sweep.started, sweep.commit)
-    protocol = {"stages": [sweep.seq["stages"][0], *sweep.configs[0].stages]}
-    return {
-        **results_header(sweep, budget_text(protocol, sweep.settings["imgsz"], sweep.force), record),
-        "tasks": sweep.tasks,
-        "seeds": sweep.seeds,
-        "front_size": sweep.front_size,
-        "grid": {"file": repo_relative(sweep.grid.resolve()), "only": sweep.args.get("only")},
-        "base": {"root": repo_relative(sweep.base), "single_task": sweep.single},
-        "training_minutes": sum(r["metrics"]["minutes"] for r in runs.values()),
-        "invocations": [*sweep.previous.get("invocations", []), record],
-        "front": front,
-        "recommended": recommended_config(configurations),
-        "configurations": configurations,
-        "runs": runs,
-    }
-
-
-def plot_stages(results: dict, out: Path) -> None:
-    """``pareto_stage2.png`` and ``pareto_stage3.png`` in `out`: every configuration after stage 2 and stage 3."""
-    out.mkdir(parents=True, exist_ok=True)
-    for stage in (2, 3):
-        new = results["tasks"][stage - 1]
-        title, xlabel = f"After stage {stage} ({new}): stability vs plasticity", f"{new} {METRIC_NAME[new]}"
-        single = results["base"]["single_task"].get(new)
-        plot_pareto(
-            plot_points(results, stage),
-            out / f"pareto_stage{stage}.png",
-            title,
-            xlabel,
-            single,
-            results["forget_limit"],
-        )
-
-
-def main(argv: list[str]) -> dict:
-    """Run the sweep for command-line tokens `argv` (``key=value``); return the results dict."""
-    sweep = start(argv)
+def run(report: Report) -> None:
+    """The sweep: every grid run, then each configuration's record and the recommendation into results.json."""
+    sweep = start(report)
     runs, front = grid_runs(sweep)
-    results = results_record(sweep, runs, front)
-    plot_stages(results, sweep.out)
-    write_outputs(sweep.out, results, summary_markdown(results), "benchmarks.sweep")
-    return results
+    configurations = configuration_records(sweep.configs, runs)
+    protocol = {"stages": [sweep.seq["stages"][0], *sweep.configs[0].stages]}
+    report.results.update(
+        budget=budget_text(protocol, sweep.settings["imgsz"], sweep.force),
+        tasks=sweep.tasks,
+        seeds=sweep.seeds,
+        front_size=sweep.front_size,
+        grid={"file": repo_relative(sweep.grid.resolve()), "only": report.args.get("only")},
+        base={"root": repo_relative(sweep.base), "single_task": sweep.single},
+        training_minutes=sum(r["metrics"]["minutes"] for r in runs.values()),
+        front=front,
+        recommended=recommended_config(configurations),
+        configurations=configurations,
+        runs=runs,
+    )
 
+
+TITLE = "Stability/plasticity sweep ({regime})"
+BENCHMARK = Benchmark("benchmarks.sweep", KEYS, "benchmarks/results/hw2-sweep", TITLE, run, tables)
+main = partial(run_benchmark, BENCHMARK)
 
 if __name__ == "__main__":
     main(sys.argv[1:])
