@@ -149,6 +149,12 @@ def score_text(entry: dict | None, digits: int = 4) -> str:
     return f"{entry['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def table(title: str, columns: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    """A summary section: ``## title`` over a Markdown table of `columns` and `rows` (cells as text)."""
+    lines = [f"## {title}", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+
+
 def markdown(blocks: Iterable[list[str]]) -> str:
     """Markdown of blocks of lines (a heading with its table, a paragraph...), a blank line between two; empty blocks
     are left out."""
@@ -294,13 +300,11 @@ class Report:
         return bool(self.args.get("quick", False))
 
     def save(self) -> None:
-        """Write results.json, summary.md (`header_lines`, then the benchmark's tables), the benchmark's plots and the
-        folder's ``.gitignore``: called as records are made, so that a killed invocation leaves what is done."""
+        """Write results.json, summary.md and the folder's ``.gitignore``: called as records are made, so that a killed
+        invocation leaves what is done."""
         bench, out = self.bench, self.out
         write_gitignore(out)
         (out / "results.json").write_text(json.dumps(self.results, indent=2, default=str))
-        if bench.plots is not None:
-            bench.plots(out, self.results)
         (out / "summary.md").write_text(bench.summary(self.results))
         LOGGER.info(f"{colorstr('bold', bench.module)}: {out / 'summary.md'}")
 
@@ -313,8 +317,8 @@ class Report:
 @dataclass(frozen=True)
 class Benchmark:
     """A benchmark command: its module, keys, default output folder, summary title (formatted with results.json's
-    keys), `run` (fills and saves the `Report`; its runs go through `execute`), the summary's `tables` after the
-    header, and `plots` (drawn into the output folder with each save)."""
+    keys), `run` (fills and saves the `Report`; its runs go through `execute`) and the summary's `tables` after the
+    header."""
 
     module: str
     keys: set[str]
@@ -322,7 +326,6 @@ class Benchmark:
     title: str
     run: Callable[[Report], None]
     tables: Callable[[dict[str, Any]], list[list[str]]]
-    plots: Callable[[Path, dict[str, Any]], None] | None = None
 
     def summary(self, results: dict[str, Any]) -> str:
         """summary.md of `results`: the title and `header_lines`, then the benchmark's tables."""

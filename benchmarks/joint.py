@@ -8,12 +8,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
-from ultralytics.utils import YAML, plt_settings
+from ultralytics.utils import YAML
 
 from benchmarks.bootstrap import bootstrapped
-from benchmarks.common import METRIC_NAME, Run, execute, train_or_resume, training_minutes
+from benchmarks.common import Run, execute, repo_relative, train_or_resume, training_minutes
 from yolo_unified.balancing import BALANCERS
 from yolo_unified.common import TASKS
 from yolo_unified.data.config import load_data_config, task_names
@@ -78,7 +77,7 @@ def joint_runs(
                 for t, names in task_names(load_data_config(data)).items()
             }
             values = {t: s["value"] for t, s in final.items()}
-            record = {"recipe": f"cfg/{recipe.name}", "default": method == default, "weights": str(weights)}
+            record = {"recipe": f"cfg/{recipe.name}", "default": method == default, "weights": repo_relative(weights)}
             scores = {"final": final, "delta_m": delta_m(values, baselines)}
             return {**record, **scores, "minutes": training_minutes(root), "peak_rss_mb": peak}
 
@@ -88,31 +87,3 @@ def joint_runs(
     results: dict[str, dict[str, Any]] = {}
     execute((planned(m, k) for m, k in plan), out, kept or {}, results.__setitem__, "benchmarks.hw2")
     return results
-
-
-@plt_settings()
-def plot_joint(file: Path, runs: dict[str, dict], references: dict[str, dict[str, float]]) -> None:
-    """Each run's scores (bars with their 95% intervals; a run without a task's score has no bar on its axis) against
-    reference rows (dashed lines)."""
-    tasks = [t for t in TASKS if any(t in r["final"] for r in runs.values())]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 0.4 * len(runs) + 2.5), tight_layout=True)
-    labels = list(runs)
-    none = {"value": float("nan"), "ci95": [float("nan")] * 2}
-    for ax, task in zip(np.atleast_1d(axes), tasks, strict=True):
-        scores = [runs[n]["final"].get(task, none) for n in labels]
-        values = [s["value"] for s in scores]
-        lo = [v - s["ci95"][0] for v, s in zip(values, scores, strict=True)]
-        hi = [s["ci95"][1] - v for v, s in zip(values, scores, strict=True)]
-        ax.barh(range(len(labels)), values, xerr=[lo, hi], color="tab:blue", alpha=0.7)
-        for (ref, scores), style in zip(references.items(), ("--", ":", "-."), strict=False):
-            if task in scores:
-                ax.axvline(scores[task], linestyle=style, color="k", label=ref)
-        ax.set(
-            yticks=range(len(labels)),
-            yticklabels=labels if task == tasks[0] else [],
-            title=f"{task} {METRIC_NAME[task]}",
-        )
-        if references:
-            ax.legend(fontsize=7)
-    fig.savefig(file, dpi=150)
-    plt.close(fig)

@@ -29,7 +29,7 @@ from benchmarks.common import (
     train_or_resume,
     trained_record,
 )
-from benchmarks.joint import joint_recipe, plot_joint, task_keys
+from benchmarks.joint import joint_recipe, task_keys
 from yolo_unified.cli import coco_names
 from yolo_unified.common import listed
 from yolo_unified.data.coco import convert_coco
@@ -202,12 +202,6 @@ def run(report: Report) -> None:
     execute(runs, out, previous.get("runs", {}), report.keep, MODULE)
 
 
-def plots(out: Path, results: dict[str, Any]) -> None:
-    """``shared_scores.png``: every run's scores, once there is one."""
-    if results["runs"]:
-        plot_joint(out / "shared_scores.png", results["runs"], {})
-
-
 def timing_table(timing: dict[str, Any]) -> list[str]:
     """The timing section: each method's epoch seconds per form and round, and the ratio."""
     if not timing:
@@ -260,7 +254,7 @@ def tables(results: dict[str, Any]) -> list[list[str]]:
 
 
 TITLE = "mini_coco: tasks labelled on the same images"
-BENCHMARK = Benchmark(MODULE, KEYS, "benchmarks/results/mini-coco", TITLE, run, tables, plots)
+BENCHMARK = Benchmark(MODULE, KEYS, "benchmarks/results/mini-coco", TITLE, run, tables)
 main = partial(run_benchmark, BENCHMARK)
 
 if __name__ == "__main__":

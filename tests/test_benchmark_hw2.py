@@ -109,7 +109,7 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path, monkeypatch):
         if name != "baselines":
             assert set(run["forgetting"]) == tasks and run["verdict"].startswith(("PASS", "FAIL"))
     summary = (out / "summary.md").read_text()
-    for heading in ("Single-task baselines", "Sequential protocol", "Final scores", "Efficiency", "report B"):
+    for heading in ("Single-task baselines", "Sequential protocol", "Final scores"):
         assert heading in summary
     assert (out / "speed" / "benchmark.md").is_file()
     assert all(not (out / n / "1-seg").exists() for n in expected - {"default_seed0"})  # stage 1 shared
@@ -141,7 +141,7 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path, monkeypatch):
     assert deployed["seg"]["value"] == pytest.approx(again["runs"]["default_seed0"]["final"]["seg"]["value"])
     assert math.isfinite(again["separate"]["det"]["deployed"]["value"]) and "separate YOLOv8n detector" in short
     joint = again["joint"]  # one run per method, scored on every task, with delta_m against the baselines
-    assert list(joint) == ["joint_fixed_seed0", "joint_pcgrad_seed0"] and (out / "joint_scores.png").is_file()
+    assert list(joint) == ["joint_fixed_seed0", "joint_pcgrad_seed0"]
     for run in joint.values():
         assert set(run["final"]) == {"seg", "det", "cls"} and math.isfinite(run["delta_m"]) and run["minutes"] > 0
     assert set(joint["joint_fixed_seed0"]["deployed"]) == {"seg", "det", "cls"}  # the regime's recipe, deployed
