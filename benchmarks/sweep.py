@@ -30,6 +30,7 @@ from benchmarks.common import (
     run_benchmark,
     run_verdict,
     stage_minutes,
+    table,
     with_stage_paths,
 )
 from yolo_unified.common import PRIMARY_METRIC, SHARED_MODULES, STATE_FILE, listed
@@ -52,37 +53,21 @@ class GridConfig:
     strategies: dict[str, dict]
     stages: list[dict]
 
-    @property
-    def family(self) -> str:
-        """The strategy keys joined by '+', 'none' without a strategy: one plot colour each."""
-        return "+".join(self.strategies) or "none"
-
-    @property
-    def frozen(self) -> bool:
-        """The frozen point: shared network not trained, no strategy."""
-        return self.shared == 0 and not self.strategies
-
 
 @dataclass
 class Sweep(ProtocolSetup):
-    """One invocation of the sweep: the protocol setup, the grid and the base run every grid run starts from."""
+    """One invocation of the sweep: the protocol setup, the grid, the base run every grid run starts from (its
+    default_seed0 state, absolute stage paths), the tasks in stage order, the base's single-task scores (for
+    retention), the seeds of the front's configurations and the front's size."""
 
-    grid: Path  # the grid file
-    configs: list[GridConfig]  # the configurations to run, in run order
-    base: Path  # the benchmarks.hw2 output whose default_seed0 stage 1 and baselines every grid run shares
-    base_state: dict[str, Any]  # the protocol state of its default_seed0 (absolute stage paths)
-    tasks: list[str]  # the tasks in stage order
-    single: dict[str, float | None]  # the base's single-task scores, for retention
-
-    @property
-    def seeds(self) -> int:
-        """Seeds of the front's configurations (the others run with seed 0 alone)."""
-        return int(self.report.args.get("seeds", 2))
-
-    @property
-    def front_size(self) -> int:
-        """How many of the best configurations after seed 0 run with the further seeds."""
-        return min(int(self.report.args.get("front", 3)), len(self.configs)) if self.seeds > 1 else 0
+    grid: Path
+    configs: list[GridConfig]
+    base: Path
+    base_state: dict[str, Any]
+    tasks: list[str]
+    single: dict[str, float | None]
+    seeds: int
+    front_size: int
 
 
 def number(value: Any) -> str:
@@ -192,30 +177,6 @@ def run_cfg(seq: dict, config: GridConfig, seed: int, baselines: Path) -> dict:
     return {**top, "seed": seed, "baselines": str(baselines), "stages": stages}
 
 
-def check_settings(root: Path, cfg: dict, force: dict) -> None:
-    """Refuse to resume a run started with other stage-2/3 settings (the grid's recipe changed since): its name and
-    scores would no longer match."""
-    state_file = root / STATE_FILE
-    config = json.loads(state_file.read_text()).get("config") if state_file.is_file() else None
-    if config and config["stages"][1:] != [{**s, **force} for s in cfg["stages"][1:]]:
-        raise ValueError(f"{root} was started with other stage-2/3 settings than the grid's: pass a new out=")
-
-
-def base_mismatch(used: dict, mine: dict) -> list[str]:
-    """The settings (data, imgsz, pretrained) the base run was trained with that differ from the sweep's."""
-
-    def norm(key: str, value: Any) -> Any:
-        return value if value is None or key == "imgsz" else repo_path(value).resolve()
-
-    keys = [k for k in ("data", "imgsz", "pretrained") if norm(k, used.get(k)) != norm(k, mine.get(k))]
-    return [f"{k}={used.get(k)} (this sweep: {mine.get(k)})" for k in keys]
-
-
-def forgetting_after(state: dict, stage: int, limit: float) -> dict[str, dict[str, Any]]:
-    """The report's forgetting as it stood after stage `stage` (1-based): the protocol state cut after it."""
-    return forgetting({**state, "stages": state["stages"][:stage]}, limit)
-
-
 def run_metrics(state: dict, tasks: list[str], single: dict[str, float], limit: float) -> dict[str, float | None]:
     """The numbers of one grid run (None where undefined).
 
@@ -228,7 +189,8 @@ def run_metrics(state: dict, tasks: list[str], single: dict[str, float], limit: 
     for k in range(2, len(tasks) + 1):
         new = tasks[k - 1]
         metrics[f"{new}_stage{k}"] = state["stages"][k - 1]["scores"][new][PRIMARY_METRIC[new]]
-        drops = {t: d["relative"] for t, d in forgetting_after(state, k, limit).items() if t != new}
+        after = forgetting({**state, "stages": state["stages"][:k]}, limit)  # the report as it stood after stage k
+        drops = {t: d["relative"] for t, d in after.items() if t != new}
         metrics.update({f"{t}_forgetting_stage{k}": v for t, v in drops.items()})
         metrics[f"worst_forgetting_stage{k}"] = max(drops.values())
     final = state["stages"][-1]["scores"]
@@ -242,11 +204,18 @@ def run_metrics(state: dict, tasks: list[str], single: dict[str, float], limit: 
 
 
 def config_run(config: GridConfig, seed: int, sweep: Sweep) -> Run:
-    """The `Run` of one configuration with one seed, from the base's stage 1; refuses a folder started with other
-    stage-2/3 settings."""
-    name = f"{config.name}-seed{seed}"
-    cfg = run_cfg(sweep.seq, config, seed, sweep.base / "baselines")
-    check_settings(sweep.report.out / name, cfg, sweep.force)
+    """The `Run` of one configuration with one seed: the recommended protocol's top-level keys and first stage (the
+    base's, shared), then the configuration's two stages; refuses a folder started with other stage-2/3 settings
+    (the grid's recipe changed since: its name and scores would no longer match)."""
+    name, top = f"{config.name}-seed{seed}", {k: v for k, v in sweep.seq.items() if k != "stages"}
+    stages = [deepcopy(sweep.seq["stages"][0]), *deepcopy(config.stages)]
+    cfg = {**top, "seed": seed, "baselines": str(sweep.base / "baselines"), "stages": stages}
+    state_file = sweep.report.out / name / STATE_FILE
+    config_was = json.loads(state_file.read_text()).get("config") if state_file.is_file() else None
+    if config_was and config_was["stages"][1:] != [{**s, **sweep.force} for s in stages[1:]]:
+        raise ValueError(
+            f"{state_file.parent} was started with other stage-2/3 settings than the grid's: pass a new out="
+        )
 
     def score(_: Path, state: dict) -> dict[str, Any]:
         return {
@@ -255,8 +224,7 @@ def config_run(config: GridConfig, seed: int, sweep: Sweep) -> Run:
             "verdict": run_verdict(state, sweep.limit),
         }
 
-    fixed = {"configuration": config.name, "seed": seed}
-    return protocol_run(sweep, name, cfg, score, fixed, lambda: sweep.base_state)
+    return protocol_run(sweep, name, cfg, score, {"configuration": config.name, "seed": seed}, lambda: sweep.base_state)
 
 
 def aggregate(runs: list[dict]) -> dict[str, dict[str, float | None]]:
@@ -272,46 +240,17 @@ def aggregate(runs: list[dict]) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def pareto_ranks(points: list[tuple[float | None, float | None]]) -> list[int]:
-    """Non-dominated sorting of points maximised in both coordinates: 0 is the Pareto front, 1 the front of the rest,
-    and so on (a missing coordinate counts as the worst)."""
-    pts = [tuple(-math.inf if v is None else v for v in p) for p in points]
-    ranks, left, rank = [0] * len(pts), set(range(len(pts))), 0
-    while left:
-        front = {i for i in left if not any(dominates(pts[j], pts[i]) for j in left)}
-        for i in front:
-            ranks[i] = rank
-        left -= front
-        rank += 1
-    return ranks
-
-
-def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    """`a` is at least as good as `b` in every coordinate and better in one (maximising)."""
-    return a != b and all(x >= y for x, y in zip(a, b, strict=True))
-
-
-def stability_plasticity(stats: dict[str, dict]) -> tuple[float | None, float | None]:
-    """A configuration's point for the front: (minus the worst forgetting after stage 3, mean retention)."""
-    worst = stats["worst_forgetting_stage3"]["mean"]
-    return (None if worst is None else -worst), stats["mean_retention"]["mean"]
-
-
 def rank_configs(names: list[str], stats: dict[str, dict], limit: float) -> list[str]:
     """`names` best first: those whose worst forgetting after stage 3 is within `limit` (the candidates for the
-    recommended protocol) by mean retention, then the rest by Pareto rank in (worst forgetting, mean retention), ties
-    by retention."""
-    ranks = dict(zip(names, pareto_ranks([stability_plasticity(stats[n]) for n in names]), strict=True))
+    recommended protocol) by mean retention, then the rest by worst forgetting (unknown last)."""
 
-    def retention(n: str) -> float:
-        value = stats[n]["mean_retention"]["mean"]
-        return -math.inf if value is None else value
+    def key(n: str) -> tuple[bool, float]:
+        worst, retention = (stats[n][k]["mean"] for k in ("worst_forgetting_stage3", "mean_retention"))
+        if worst is not None and worst <= limit:
+            return False, -math.inf if retention is None else -retention
+        return True, math.inf if worst is None else worst
 
-    def within(n: str) -> bool:
-        worst = stats[n]["worst_forgetting_stage3"]["mean"]
-        return worst is not None and worst <= limit
-
-    return sorted(names, key=lambda n: (not within(n), 0 if within(n) else ranks[n], -retention(n)))
+    return sorted(names, key=key)
 
 
 def stat_cell(stat: dict, seeds: int, kind: str = "score") -> str:
@@ -348,7 +287,7 @@ def overview(results: dict) -> list[str]:
     scores = ", ".join(f"{t} {METRIC_NAME[t]} {v:.4f}" for t, v in single.items() if v is not None)
     seeds = (
         f"the {results['front_size']} best after seed 0 (within the forgetting limit by mean retention, then the "
-        f"Pareto front in worst forgetting and mean retention after stage 3) re-run with seeds "
+        f"least worst forgetting after stage 3) re-run with seeds "
         f"1..{results['seeds'] - 1}: " + ", ".join(f"`{n}`" for n in results["front"])
         if results["front"]
         else "one seed each"
@@ -368,35 +307,33 @@ def overview(results: dict) -> list[str]:
 def configurations_table(results: dict) -> list[str]:
     """Every configuration's scores, forgetting, retention, verdict and training time, the least forgetting first."""
     first, mid, last = results["tasks"]
-    columns = [  # header, metric, kind
-        (f"{mid} {METRIC_NAME[mid]}", f"{mid}_final", "score"),
-        (f"{last} {METRIC_NAME[last]}", f"{last}_final", "score"),
-        (f"{first} forgetting", f"{first}_forgetting_stage3", "forgetting"),
-        (f"{mid} forgetting", f"{mid}_forgetting_stage3", "forgetting"),
-        (f"{first} forgetting after stage 2", f"{first}_forgetting_stage2", "forgetting"),
-        (f"{mid} retention", f"{mid}_retention", "percent"),
-        (f"{last} retention", f"{last}_retention", "percent"),
-    ]
+    columns = {  # header: (metric, format)
+        f"{mid} {METRIC_NAME[mid]}": (f"{mid}_final", "{:.4f}"),
+        f"{last} {METRIC_NAME[last]}": (f"{last}_final", "{:.4f}"),
+        f"{first} forgetting": (f"{first}_forgetting_stage3", "{:+.1%}"),
+        f"{mid} forgetting": (f"{mid}_forgetting_stage3", "{:+.1%}"),
+        f"{first} forgetting after stage 2": (f"{first}_forgetting_stage2", "{:+.1%}"),
+        f"{mid} retention": (f"{mid}_retention", "{:.1%}"),
+        f"{last} retention": (f"{last}_retention", "{:.1%}"),
+    }
     configs = results["configurations"]
 
-    def order(name: str) -> tuple[float, float]:
-        """Worst forgetting after stage 3 (unknown last), then the higher mean retention."""
+    def cell(stat: dict, form: str, seeds: int) -> str:  # the seed mean, with [min, max] over several seeds
+        spread = f" [{form.format(stat['min'])}, {form.format(stat['max'])}]" if seeds > 1 else ""
+        return "-" if stat["mean"] is None else form.format(stat["mean"]) + spread
+
+    def order(name: str) -> tuple[float, float]:  # worst forgetting after stage 3 (unknown last), then retention
         worst, retention = (configs[name]["metrics"][k]["mean"] for k in ("worst_forgetting_stage3", "mean_retention"))
         return math.inf if worst is None else worst, -(retention or 0)
 
-    lines = [
-        "## Configurations (sorted by worst forgetting after stage 3)",
-        "",
-        "| configuration | seeds | " + " | ".join(h for h, *_ in columns) + " | verdict | training (min) |",
-        "|---|---|" + "---|" * len(columns) + "---|---|",
-    ]
+    rows = []
     for name in sorted(configs, key=order):
-        c, n = configs[name], len(configs[name]["seeds"])
-        cells = [stat_cell(c["metrics"][key], n, kind) for _, key, kind in columns]
-        passes = sum(c["passes"])
+        c, n, passes = configs[name], len(configs[name]["seeds"]), sum(configs[name]["passes"])
         verdict_cell = "PASS" if passes == n else "FAIL" if not passes else f"PASS {passes}/{n}"
-        lines.append(f"| {name} | {n} | {' | '.join(cells)} | {verdict_cell} | {c['training_minutes']:.1f} |")
-    return lines
+        cells = [cell(c["metrics"][key], form, n) for key, form in columns.values()]
+        rows.append([name, n, *cells, verdict_cell, f"{c['training_minutes']:.1f}"])
+    head = ["configuration", "seeds", *columns, "verdict", "training (min)"]
+    return table("Configurations (sorted by worst forgetting after stage 3)", head, rows)
 
 
 def tables(results: dict) -> list[list[str]]:
@@ -404,11 +341,16 @@ def tables(results: dict) -> list[list[str]]:
     return [overview(results), configurations_table(results), ["## Recommended", "", recommended_text(results)]]
 
 
-def base_run(setup: ProtocolSetup) -> tuple[Path, dict]:
-    """The base benchmarks.hw2 output (``base=``, else ``<out>/base``, run first when missing) and the protocol state
-    of its default_seed0, checked to be this sweep's stage 1."""
-    args = setup.report.args
-    base = repo_path(args["base"]).resolve() if "base" in args else setup.report.out / "base"
+def start(report: Report) -> Sweep:
+    """The sweep's setup: its grid and its base benchmarks.hw2 output (``base=``, else ``<out>/base``, run first when
+    missing), whose default_seed0 must have this sweep's settings and its stage-1 weights here."""
+    setup, args = ProtocolSetup.start(report), report.args
+    regime_grid = "sweep-pretrained.yaml" if setup.protocol.name == "seq-pretrained.yaml" else "sweep.yaml"
+    grid = Path(args.get("grid", CFG_DIR / regime_grid))
+    configs = select(parse_grid(YAML.load(grid), setup.seq["stages"], report.quick), args.get("only"))
+    if not configs:
+        raise ValueError(f"{grid}: the grid has no configuration")
+    base = repo_path(args["base"]).resolve() if "base" in args else report.out / "base"
     if "base" in args and not (base / "results.json").is_file():
         raise FileNotFoundError(f"base={args['base']}: no benchmarks.hw2 results.json there")
     if not (base / "results.json").is_file():  # the shared stage 1 and the single-task models (resumable itself)
@@ -416,28 +358,23 @@ def base_run(setup: ProtocolSetup) -> tuple[Path, dict]:
         hw2.main([*passed, f"out={base}", "seeds=1", "speed=False"])
     state = read_state(base / "default_seed0")
     state = {**state, "stages": with_stage_paths(state["stages"], repo_path)}
-    if differ := base_mismatch(state["config"]["common"], {**setup.settings, **setup.force}):
+    used, mine = state["config"]["common"], {**setup.settings, **setup.force}
+
+    def norm(key: str, value: Any) -> Any:
+        return value if value is None or key == "imgsz" else repo_path(value).resolve()
+
+    if differ := [f"{k}={used.get(k)} (this sweep: {mine.get(k)})" for k in ("data", "imgsz", "pretrained")
+                  if norm(k, used.get(k)) != norm(k, mine.get(k))]:  # fmt: skip
         raise ValueError(f"{base} was trained with {', '.join(differ)}: pass the same settings or a new out=")
     if not Path(state["stages"][0]["weights"]).is_file():
         raise FileNotFoundError(f"{base}: the shared stage-1 weights are not here (a clone has only the reports)")
-    return base, state
-
-
-def start(report: Report) -> Sweep:
-    """The sweep's setup: its grid and its base run."""
-    setup = ProtocolSetup.start(report)
-    regime_grid = "sweep-pretrained.yaml" if setup.protocol.name == "seq-pretrained.yaml" else "sweep.yaml"
-    grid = Path(report.args.get("grid", CFG_DIR / regime_grid))
-    configs = select(parse_grid(YAML.load(grid), setup.seq["stages"], report.quick), report.args.get("only"))
-    if not configs:
-        raise ValueError(f"{grid}: the grid has no configuration")
-    base, base_state = base_run(setup)
     tasks = [setup.seq["stages"][0]["task"], *(s["task"] for s in configs[0].stages)]
     baselines = json.loads((base / "results.json").read_text())["runs"]["baselines"]["final"]
     single = {t: baselines.get(t, {}).get("value") for t in tasks}
-    return Sweep(
-        **vars(setup), grid=grid, configs=configs, base=base, base_state=base_state, tasks=tasks, single=single
-    )
+    seeds = int(args.get("seeds", 2))
+    front = min(int(args.get("front", 3)), len(configs)) if seeds > 1 else 0
+    return Sweep(**vars(setup), grid=grid, configs=configs, base=base, base_state=state, tasks=tasks, single=single,
+                 seeds=seeds, front_size=front)  # fmt: skip
 
 
 def grid_runs(sweep: Sweep) -> tuple[dict[str, dict], list[str]]:
@@ -456,25 +393,22 @@ def grid_runs(sweep: Sweep) -> tuple[dict[str, dict], list[str]]:
 
 
 def configuration_records(configs: list[GridConfig], runs: dict[str, dict]) -> dict[str, dict]:
-    """Per configuration: its settings, seeds and verdicts, every number over its seeds and its Pareto rank after
-    stage 3."""
+    """Per configuration: its settings (``family``: the strategy keys joined by '+'; ``frozen``: the shared network
+    not trained, no strategy), seeds and verdicts, and every number over its seeds."""
     records = {}
     for c in configs:
         mine = [r for r in runs.values() if r["configuration"] == c.name]
         records[c.name] = {
             "shared": c.shared,
             "strategies": c.strategies,
-            "family": c.family,
-            "frozen": c.frozen,
+            "family": "+".join(c.strategies) or "none",
+            "frozen": c.shared == 0 and not c.strategies,
             "stages": c.stages,
             "seeds": [r["seed"] for r in mine],
             "passes": [r["pass"] for r in mine],
             "metrics": aggregate(mine),
             "training_minutes": sum(r["metrics"]["minutes"] for r in mine),
         }
-    ranks = pareto_ranks([stability_plasticity(record["metrics"]) for record in records.values()])
-    for record, rank in zip(records.values(), ranks, strict=True):
-        record["pareto_rank_stage3"] = rank
     return records
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from ultralytics.utils import YAML
 
-from benchmarks.sweep import main, pareto_ranks, parse_grid, rank_configs, select
+from benchmarks.sweep import main, parse_grid, rank_configs, select
 from yolo_unified.continual import STRATEGIES
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.protocol import read_state
@@ -82,15 +82,15 @@ def test_grid_errors_name_the_culprit():
         parse_grid({**GRID, "stages": [GRID["stages"][0], {"task": "cls", "vary": False}]}, PROTOCOL[:2])
 
 
-def test_front_is_pareto_in_forgetting_and_retention():
-    assert pareto_ranks([(1, 1), (0, 2), (0, 0), (1, 1), (None, 3)]) == [0, 0, 1, 0, 0]
+def test_front_is_within_the_limit_by_retention_then_least_forgetting():
     stats = {  # name: (worst forgetting, mean retention)
         "frozen": (0.0, 0.3), "a": (0.02, 0.5), "b": (0.2, 0.9), "dominated": (0.3, 0.4), "c": (0.02, 0.45),
     }  # fmt: skip
     stats = {n: {"worst_forgetting_stage3": {"mean": f}, "mean_retention": {"mean": r}} for n, (f, r) in stats.items()}
-    # within the 5% limit first, by retention; then the rest by Pareto rank
+    # within the 5% limit first, by retention; then the rest by worst forgetting, unknown last
     assert rank_configs(list(stats), stats, 0.05) == ["a", "c", "frozen", "b", "dominated"]
-    assert rank_configs(list(stats), stats, 0.0) == ["frozen", "b", "a", "c", "dominated"]
+    stats["unknown"] = {"worst_forgetting_stage3": {"mean": None}, "mean_retention": {"mean": None}}
+    assert rank_configs(list(stats), stats, 0.0) == ["frozen", "a", "c", "b", "dominated", "unknown"]
 
 
 @pytest.mark.skipif(
