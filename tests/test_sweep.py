@@ -5,7 +5,7 @@ import json
 import pytest
 from ultralytics.utils import YAML
 
-from benchmarks.sweep import main, parse_grid, rank_configs, select
+from benchmarks.sweep import configuration_records, main, parse_grid, rank_configs, select
 from yolo_unified.continual import STRATEGIES
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.protocol import read_state
@@ -37,14 +37,19 @@ def test_grid_names_and_stage_settings():
     per_shared = ["ewc1", "ewc10", "lwf0.3", "replay4", "ewc1+lwf0.3"]
     assert list(configs) == ["shared0", "shared0.1", *(f"shared{m}-{s}" for m in ("0.1", "0.03") for s in per_shared)]
     frozen, both = configs["shared0"], configs["shared0.03-ewc1+lwf0.3"]
-    assert frozen.frozen and frozen.family == "none" and not configs["shared0.1"].frozen
+    chosen = [frozen, configs["shared0.1"], both]
+    runs = {c.name: {"configuration": c.name, "seed": 0, "pass": True, "metrics": {"minutes": 2.0}} for c in chosen}
+    records = configuration_records(chosen, runs)
+    assert records["shared0"]["frozen"] and records["shared0"]["family"] == "none"
+    assert not records["shared0.1"]["frozen"] and records[both.name]["family"] == "ewc+lwf"
+    assert records["shared0"]["metrics"]["minutes"] == {"mean": 2.0, "min": 2.0, "max": 2.0}
     for stage, own in zip(both.stages, GRID["stages"], strict=True):  # the shared multiplier and the strategies in both
         assert stage["lr_mult"] == {"backbone": 0.03, "neck": 0.03, "tower": 0.03, **own["lr_mult"]}
         assert stage["ewc"] == {"samples": 8, "lam": 1.0} and stage["lwf"] == {"temperature": 2.0, "weight": 0.3}
         assert {k: v for k, v in stage.items() if k not in {"lr_mult", "ewc", "lwf"}} == {
             k: v for k, v in own.items() if k != "lr_mult"
         }
-    assert both.family == "ewc+lwf" and both.shared == 0.03
+    assert both.shared == 0.03
     ewc10 = configs["shared0.1-ewc10"].stages
     assert ewc10[0]["ewc"]["lam"] == ewc10[1]["ewc"]["lam"] == 10.0 and "lwf" not in ewc10[1]
     assert all("ewc" not in s for s in frozen.stages) and frozen.stages[0]["lr_mult"]["backbone"] == 0.0
