@@ -29,6 +29,7 @@ from benchmarks.common import (
     repo_relative,
     run_benchmark,
     score_text,
+    table,
     train_or_resume,
     trained_record,
 )
@@ -197,22 +198,14 @@ def grouped_scores(
     return {"final": final, "per_class": per_class, "n_images": len(records)}
 
 
-def scoring_data(task: str, method: str, data: dict[str, Any]) -> str:
-    """The data a run is scored on: the scoring data (the full data, or the larger val of ``synth_val``); the old
-    classification model on its stage-1 subset, which holds the same val images the full split leaves it (validation
-    leaves out the images of classes a model lacks, and at batch 1 such an image is an empty batch, which
-    Ultralytics' AutoBackend fails on)."""
-    if (task, method) == ("cls", "old"):
-        return data["scored_old"] or data["old"]
-    return data["scored"]
-
-
 def planned_run(plan: tuple[str, str, str, int], cfg: dict, data: dict[str, Any], n_boot: int) -> Run:
     """One run of the plan: trained with `cfg` (a stage-2 run once its old run's weights are there), scored per
-    class and group on the val split of its `scoring_data`; a finished run scored on the same data with the same
-    `n_boot` is kept as recorded."""
+    class and group on the scoring data's val split (the full data, or the larger val of ``synth_val``; the old
+    classification model on its stage-1 subset of it: validation leaves out the images of classes a model lacks, and
+    at batch 1 such an image is an empty batch, which Ultralytics' AutoBackend fails on); a finished run scored on the
+    same data with the same `n_boot` is kept as recorded."""
     section, task, method, seed = plan
-    scoring = scoring_data(task, method, data)
+    scoring = (data["scored_old"] or data["old"]) if (task, method) == ("cls", "old") else data["scored"]
 
     def trained(root: Path) -> tuple[Path, float | None]:
         if "model" in cfg and not Path(cfg["model"]).is_file():
@@ -285,76 +278,57 @@ def seed_runs(results: dict[str, Any], section: str, task: str, method: str) -> 
     return sorted(runs, key=lambda r: r["seed"])
 
 
-def seed_mean(runs: list[dict[str, Any]], group: str) -> float | None:
-    """The mean over seeds of a group's score (None when no run has it)."""
-    values = [r["final"][group]["value"] for r in runs if r["final"].get(group)]
-    return statistics.mean(values) if values else None
-
-
 def cell(runs: list[dict[str, Any]], group: str) -> str:
     """A table cell: each seed's ``value [lo, hi]``, and with more than one seed their mean ± half their range
     (min-max) first."""
     scores = [r["final"][group] for r in runs if r["final"].get(group)]
-    if not scores:
-        return "-"
-    each = "; ".join(score_text(s, 3) for s in scores)
-    if len(scores) == 1:
-        return each
-    values = [s["value"] for s in scores]
+    each, values = "; ".join(score_text(s, 3) for s in scores), [s["value"] for s in scores]
+    if len(scores) < 2:
+        return each or "-"
     return f"**{statistics.mean(values):.3f} ± {(max(values) - min(values)) / 2:.3f}** ({each})"
 
 
-def verdicts(old: float | None, kept: float | None, recipe_all: float | None, joint_all: float | None) -> dict:
-    """The two verdict numbers, in percent: the relative drop of the old classes' score from the old model's
-    (`old`) to the recipe's (`kept`), and the recipe's all-class score as a share of the joint run's."""
-    loss = 100 * (old - kept) / old if old and kept is not None else None
-    reach = 100 * recipe_all / joint_all if joint_all and recipe_all is not None else None
-    return {"loss": loss, "reach": reach}
-
-
 def verdict_lines(results: dict[str, Any], section: str, task: str) -> list[str]:
-    """The two verdicts of a task (seed means), against their targets for the synth section."""
-    mean = {m: {g: seed_mean(seed_runs(results, section, task, m), g) for g in GROUPS} for m in METHODS}
-    v = verdicts(mean["old"]["old"], mean["recipe"]["old"], mean["recipe"]["all"], mean["joint"]["all"])
-    texts = {
-        "loss": ("old classes lose {:.1f}%", "target <= {:.0f}%", lambda x, t: x <= t),
-        "reach": ("all classes reach {:.1f}% of training all at once", "target >= {:.0f}%", lambda x, t: x >= t),
-    }
+    """The two verdicts of a task from seed means: the relative drop of the old classes' score from the old model's
+    to the recipe's, and the recipe's all-class score as a share of the joint run's; with targets for synth."""
+
+    def mean(method: str, group: str) -> float | None:
+        runs = seed_runs(results, section, task, method)
+        values = [r["final"][group]["value"] for r in runs if r["final"].get(group)]
+        return statistics.mean(values) if values else None
+
+    old, kept = mean("old", "old"), mean("recipe", "old")
+    recipe_all, joint_all = mean("recipe", "all"), mean("joint", "all")
+    verdicts = []
+    if old and kept is not None:
+        loss = 100 * (old - kept) / old
+        verdicts.append((f"old classes lose {loss:.1f}%", f"<= {TARGETS['loss']:.0f}%", loss <= TARGETS["loss"]))
+    if joint_all and recipe_all is not None:
+        reach = 100 * recipe_all / joint_all
+        text = f"all classes reach {reach:.1f}% of training all at once"
+        verdicts.append((text, f">= {TARGETS['reach']:.0f}%", reach >= TARGETS["reach"]))
     lines = []
-    for key, (text, target, met) in texts.items():
-        if v[key] is None:
-            continue
-        line = f"- {text.format(v[key])}"
-        if section == "synth":
-            line += f" ({target.format(TARGETS[key])}): {'met' if met(v[key], TARGETS[key]) else 'missed'}"
-        lines.append(line)
+    for text, goal, met in verdicts:
+        lines.append(f"- {text}" + (f" (target {goal}): {'met' if met else 'missed'}" if section == "synth" else ""))
     return lines
 
 
-def group_label(classes: list[str]) -> str:
-    """A column heading's list of classes: their names, or their number when there are many."""
-    return ", ".join(classes) if len(classes) <= 5 else f"{len(classes)} classes"
-
-
 def task_table(results: dict[str, Any], section: str, task: str) -> list[str]:
-    """One task of a section: each method's group scores, and the verdicts."""
+    """One task of a section: each method's group scores (a heading lists a group's classes, or their number when
+    there are many), the trivial scores and the verdicts."""
     rows = {m: seed_runs(results, section, task, m) for m in METHODS}
     if not any(rows.values()):
         return []
     groups = results["classes"].get(section, {}).get(task) or {}
-    heads = [f"{g} ({group_label(groups[g])})" if g in groups and g != "all" else g for g in GROUPS]
+    label = {g: ", ".join(groups[g]) if len(groups[g]) <= 5 else f"{len(groups[g])} classes" for g in groups}
+    heads = [f"{g} ({label[g]})" if g in groups and g != "all" else g for g in GROUPS]
     n_images = max(r["n_images"] for runs in rows.values() for r in runs)
-    lines = [
-        f"## {section} {task}: {METRIC_NAME[task]} of each class, averaged per group ({n_images} val images)",
-        "",
-        "| run | " + " | ".join(heads) + " |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {m} | " + " | ".join(cell(runs, g) for g in GROUPS) + " |" for m, runs in rows.items() if runs]
+    cells = [[m, *(cell(runs, g) for g in GROUPS)] for m, runs in rows.items() if runs]
     if trivial := results.get("trivial", {}).get(section, {}).get(task):
-        values = " | ".join("-" if trivial[g] is None else f"{trivial[g]:.3f}" for g in GROUPS)
-        lines.append(f"| trivial: {TRIVIAL[task]} | {values} |")
-    return [*lines, "", *verdict_lines(results, section, task)]
+        values = ("-" if trivial[g] is None else f"{trivial[g]:.3f}" for g in GROUPS)
+        cells.append([f"trivial: {TRIVIAL[task]}", *values])
+    title = f"{section} {task}: {METRIC_NAME[task]} of each class, averaged per group ({n_images} val images)"
+    return [*table(title, ["run", *heads], cells), "", *verdict_lines(results, section, task)]
 
 
 def tables(results: dict[str, Any]) -> list[list[str]]:

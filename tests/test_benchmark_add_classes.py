@@ -57,9 +57,6 @@ def test_group_scores_cells_and_verdicts_on_hand_made_numbers():
     assert scores == pytest.approx({"old": 0.6, "new": 0.2, "all": 0.5})
     assert add_classes.group_scores({"background": 0.9, "a": 0.6}, groups) == {"old": 0.75, "new": None, "all": None}
 
-    v = add_classes.verdicts(old=0.8, kept=0.76, recipe_all=0.45, joint_all=0.5)
-    assert v == pytest.approx({"loss": 5.0, "reach": 90.0})
-
     def run(method, seed, old, new=None, all_=None):
         final = {g: {"value": x, "ci95": [x - 0.1, x + 0.1]} if x is not None else None
                  for g, x in zip(add_classes.GROUPS, (old, new, all_), strict=True)}  # fmt: skip
