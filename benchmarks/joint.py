@@ -12,9 +12,8 @@ import numpy as np
 from ultralytics.utils import YAML
 
 from benchmarks.bootstrap import bootstrapped
-from benchmarks.common import Run, execute, repo_relative, train_or_resume, training_minutes
+from benchmarks.common import Run, execute, train_or_resume, trained_record
 from yolo_unified.balancing import BALANCERS
-from yolo_unified.common import TASKS
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.nn.tasks import CFG_DIR
 
@@ -34,6 +33,25 @@ def delta_m(scores: dict[str, float], baselines: dict[str, float]) -> float:
     """Mean relative change (%) of each task's primary metric against its single-task score (higher is better)."""
     changes = [(scores[t] - baselines[t]) / baselines[t] for t in scores if baselines.get(t)]
     return 100 * float(np.mean(changes)) if changes else float("nan")
+
+
+def unified_run(
+    name: str, cfg: dict, scoring: dict[str, str], n_boot: int, record: dict, baselines: dict | None = None
+) -> Run:
+    """A unified run (joint, or one task with ``task=``) trained with `cfg` by `train_or_resume`, each task of
+    `scoring` (task -> data YAML) scored on that data's val split with its 95% interval; its record adds
+    `trained_record`'s entries, and delta_m against the single-task scores `baselines` when given."""
+
+    def score(root: Path, trained: tuple[Path, float | None]) -> dict[str, Any]:
+        weights, peak = trained
+        final = {}
+        for task, data in scoring.items():
+            names, imgsz = load_data_config(data)["tasks"][task]["names"], task_keys(cfg, task)["imgsz"]
+            final[task] = bootstrapped(str(weights), data, task, imgsz, names, n_boot, root / "bootstrap" / task)
+        change = {"delta_m": delta_m({t: s["value"] for t, s in final.items()}, baselines)} if baselines else {}
+        return {**trained_record(root, cfg, weights, peak), "final": final, **change}
+
+    return Run(name, partial(train_or_resume, cfg=cfg), score, record)
 
 
 def joint_runs(
@@ -60,7 +78,7 @@ def joint_runs(
     default = joint["balance"]  # the recipe's runs first (its seeds measure the noise), then the other methods
     plan = [(default, 0)] * (default in methods) + [(default, k) for k in range(1, seeds)]
     plan += [(m, 0) for m in methods if m != default]
-    data = settings["data"]
+    scoring = dict.fromkeys(task_names(load_data_config(settings["data"])), settings["data"])
 
     def planned(method: str, seed: int) -> Run:
         cfg = {**joint, **settings, "balance": method, "seed": seed, **force}
@@ -68,21 +86,8 @@ def joint_runs(
             cfg["balance_args"] = None
         if all(baselines.values()):  # best.pt by the mean retention (a zero baseline leaves the plain mean)
             cfg["baselines"] = str(out / "baselines")
-
-        def score(root: Path, trained: tuple[Path, float | None]) -> dict[str, Any]:
-            weights, peak = trained
-            sizes = {t: task_keys(cfg, t)["imgsz"] for t in TASKS}
-            final = {
-                t: bootstrapped(str(weights), data, t, sizes[t], names, n_boot, root / "bootstrap" / t)
-                for t, names in task_names(load_data_config(data)).items()
-            }
-            values = {t: s["value"] for t, s in final.items()}
-            record = {"recipe": f"cfg/{recipe.name}", "default": method == default, "weights": repo_relative(weights)}
-            scores = {"final": final, "delta_m": delta_m(values, baselines)}
-            return {**record, **scores, "minutes": training_minutes(root), "peak_rss_mb": peak}
-
-        trained = partial(train_or_resume, cfg=cfg)
-        return Run(f"joint_{method}_seed{seed}", trained, score, {"method": method, "seed": seed})
+        record = {"method": method, "seed": seed, "recipe": f"cfg/{recipe.name}", "default": method == default}
+        return unified_run(f"joint_{method}_seed{seed}", cfg, scoring, n_boot, record, baselines)
 
     results: dict[str, dict[str, Any]] = {}
     execute((planned(m, k) for m, k in plan), out, kept or {}, results.__setitem__, "benchmarks.hw2")

@@ -16,20 +16,16 @@ from typing import Any
 
 from ultralytics.utils import LOGGER, YAML, colorstr
 
-from benchmarks.bootstrap import bootstrapped
 from benchmarks.common import (
     QUICK,
     REPO,
     Benchmark,
     Report,
-    Run,
     execute,
     run_benchmark,
     score_text,
-    train_or_resume,
-    trained_record,
 )
-from benchmarks.joint import joint_recipe, task_keys
+from benchmarks.joint import joint_recipe, task_keys, unified_run
 from yolo_unified.cli import coco_names
 from yolo_unified.common import listed
 from yolo_unified.data.coco import convert_coco
@@ -128,22 +124,6 @@ def timing(args: dict[str, Any], cfg: dict[str, Any], data: dict[str, str], out:
     return results
 
 
-def planned_run(section: str, name: str, cfg: dict[str, Any], scoring: dict[str, str], n_boot: int) -> Run:
-    """One run of the plan: trained with `cfg`, each task of `scoring` (task -> data YAML) scored on that data's val
-    split with its 95% interval."""
-
-    def score(root: Path, trained: tuple[Path, float | None]) -> dict[str, Any]:
-        weights, peak = trained
-        final = {}
-        for task, data in scoring.items():
-            names, imgsz = load_data_config(data)["tasks"][task]["names"], task_keys(cfg, task)["imgsz"]
-            final[task] = bootstrapped(str(weights), data, task, imgsz, names, n_boot, root / "bootstrap" / task)
-        record = trained_record(root, cfg, weights, peak)
-        return {**record, "task": cfg.get("task") or "joint", "seed": cfg["seed"], "final": final}
-
-    return Run(name, lambda root: train_or_resume(root, cfg), score, {"section": section})
-
-
 def run_plan(data: dict[str, str], seeds: int, sections: list[str]) -> list[tuple[str, str, dict, dict[str, str]]]:
     """Every scored run: (section, name, keys over the recipe, task -> data YAML it is scored on), seed 0 of every
     section first, so that a cut-short invocation has one of each."""
@@ -198,7 +178,11 @@ def run(report: Report) -> None:
         report.save()
     n_boot = int(args.get("n_boot", 1000))
     plan = run_plan(data, int(args.get("seeds", 2)), sections)
-    runs = (planned_run(section, name, run_keys(cfg, keys), scoring, n_boot) for section, name, keys, scoring in plan)
+    runs = (
+        unified_run(name, run_keys(cfg, keys), scoring, n_boot, {"section": section, "task": keys.get("task", "joint"),
+                                                                 "seed": keys["seed"]})
+        for section, name, keys, scoring in plan
+    )  # fmt: skip
     execute(runs, out, previous.get("runs", {}), report.keep, MODULE)
 
 

@@ -165,9 +165,9 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path, monkeypatch):
     )
 
 
-def test_joint_runs_keep_the_records_given(tmp_path):
+def test_joint_runs_keep_the_records_given(synth_yaml, tmp_path):
     record = {"method": "fixed", "seed": 0, "final": {}, "weights": "gone/best.pt"}
-    kept = joint_runs(tmp_path, {"data": "unused.yaml"}, {}, ["fixed"], 1, {}, 10, {"joint_fixed_seed0": record})
+    kept = joint_runs(tmp_path, {"data": synth_yaml}, {}, ["fixed"], 1, {}, 10, {"joint_fixed_seed0": record})
     assert kept == {"joint_fixed_seed0": record} and not any(tmp_path.iterdir())  # nothing trained
 
 
