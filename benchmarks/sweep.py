@@ -253,15 +253,6 @@ def rank_configs(names: list[str], stats: dict[str, dict], limit: float) -> list
     return sorted(names, key=key)
 
 
-def stat_cell(stat: dict, seeds: int, kind: str = "score") -> str:
-    """A table cell: the seed mean, with ``[min, max]`` over several seeds (kind: score, percent or signed %)."""
-    if stat["mean"] is None:
-        return "-"
-    form = {"score": "{:.4f}", "percent": "{:.1%}", "forgetting": "{:+.1%}"}[kind]
-    text = form.format(stat["mean"])
-    return text + (f" [{form.format(stat['min'])}, {form.format(stat['max'])}]" if seeds > 1 else "")
-
-
 def recommended_text(results: dict) -> str:
     """The recommendation as Markdown: a snippet of its two stages for the protocol swept, or why there is none."""
     name, protocol = results["recommended"], results.get("protocol", "cfg/seq.yaml")
