@@ -13,7 +13,7 @@ from typing import Any
 from ultralytics.utils import LOGGER, colorstr
 
 from benchmarks.bootstrap import bootstrapped
-from benchmarks.common import Benchmark, Report, repo_relative, run_benchmark, score_text
+from benchmarks.common import METRIC_NAME, Benchmark, Report, repo_relative, run_benchmark, score_text, table
 from yolo_unified.common import TASKS
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.models.unified.model import UnifiedYOLO
@@ -69,19 +69,17 @@ def runtimes_table(results: dict, title: str = "the default protocol's final mod
     """The scores per runtime of `results` (its ``runtimes``, when they ran) of `title`'s model."""
     if not (runtimes := results.get("runtimes")):
         return []
+    rows = (
+        [label, *(score_text(s.get(t)) for t in TASKS)]
+        for label, s in runtimes.items()
+        if label != "openvino_precision"
+    )
     return [
-        f"## Accuracy per runtime ({title}; INT8 calibrated on the val images of every task)",
-        "",
-        "| runtime | mIoU | mAP50 | top-1 |",
-        "|---|---|---|---|",
-        *(
-            f"| {label} | {' | '.join(score_text(scores.get(t)) for t in TASKS)} |"
-            for label, scores in runtimes.items()
-            if label != "openvino_precision"
-        ),
+        *table(f"Accuracy per runtime ({title}; INT8 calibrated on the val images of every task)",
+               ["runtime", *(METRIC_NAME[t] for t in TASKS)], rows),
         "",
         f"OpenVINO runs its fp32 model at its CPU plugin's default precision: {runtimes['openvino_precision']}.",
-    ]
+    ]  # fmt: skip
 
 
 def run(report: Report) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from ultralytics.utils import LOGGER, YAML, colorstr
 
 from benchmarks.common import (
+    METRIC_NAME,
     QUICK,
     REPO,
     Benchmark,
@@ -24,6 +25,7 @@ from benchmarks.common import (
     execute,
     run_benchmark,
     score_text,
+    table,
 )
 from benchmarks.joint import joint_recipe, task_keys, unified_run
 from yolo_unified.cli import coco_names
@@ -188,21 +190,17 @@ def run(report: Report) -> None:
 
 def timing_table(timing: dict[str, Any]) -> list[str]:
     """The timing section: each method's epoch seconds per form and round, and the ratio."""
-    if not timing:
-        return []
-    lines = [
-        "## Seconds per epoch: shared images against two datasets",
-        "",
-        "| balance | shared: s/epoch per round | two datasets: s/epoch per round | two / shared per round | median |",
-        "|---|---|---|---|---|",
-    ]
-    for method, t in timing.items():
-        cells = [
-            "; ".join(", ".join(f"{s:.1f}" for s in r) for r in t["epoch_seconds"][form]) for form in ("shared", "two")
-        ]
-        ratios = ", ".join(f"{r:.2f}x" for r in t["ratios"])
-        lines.append(f"| {method} | {cells[0]} | {cells[1]} | {ratios} | **{t['ratio']:.2f}x** |")
-    return lines
+
+    def rounds(seconds: list[list[float]]) -> str:
+        return "; ".join(", ".join(f"{s:.1f}" for s in r) for r in seconds)
+
+    rows = [
+        [method, rounds(t["epoch_seconds"]["shared"]), rounds(t["epoch_seconds"]["two"]),
+         ", ".join(f"{r:.2f}x" for r in t["ratios"]), f"**{t['ratio']:.2f}x**"]
+        for method, t in timing.items()
+    ]  # fmt: skip
+    columns = ["balance", "shared: s/epoch per round", "two datasets: s/epoch per round", "two / shared per round"]
+    return table("Seconds per epoch: shared images against two datasets", [*columns, "median"], rows) if rows else []
 
 
 def runs_table(results: dict[str, Any], section: str, title: str, tasks: tuple[str, ...]) -> list[str]:
@@ -210,13 +208,9 @@ def runs_table(results: dict[str, Any], section: str, title: str, tasks: tuple[s
     runs = {n: r for n, r in results["runs"].items() if r["section"] == section}
     if not runs:
         return []
-    columns = {"det": "det mAP50", "seg": "seg mIoU", "cls": "cls top-1"}
-    lines = [f"## {title}", "", "| run | " + " | ".join(columns[t] for t in tasks) + " | s/epoch | peak MB |"]
-    lines.append("|---" * (len(tasks) + 3) + "|")
-    for name, r in runs.items():
-        scores = " | ".join(score_text(r["final"].get(t)) for t in tasks)
-        peak = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "n/a"
-        lines.append(f"| {name} | {scores} | {r['seconds_per_epoch']:.1f} | {peak} |")
+    rows = ([name, *(score_text(r["final"].get(t)) for t in tasks), f"{r['seconds_per_epoch']:.1f}",
+             f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "n/a"] for name, r in runs.items())  # fmt: skip
+    lines = table(title, ["run", *(f"{t} {METRIC_NAME[t]}" for t in tasks), "s/epoch", "peak MB"], rows)
     if background := {f"{r['final']['seg']['all_background']:.4f}" for r in runs.values() if "seg" in r["final"]}:
         lines += ["", f"All-background prediction (the trivial one): seg mIoU {', '.join(sorted(background))}."]
     return lines
