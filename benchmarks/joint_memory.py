@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from ultralytics.utils import LOGGER, TQDM
 
-from benchmarks.common import Benchmark, Report, run_benchmark
+from benchmarks.common import Benchmark, Report, run_benchmark, table
 from yolo_unified.balancing import BALANCERS, build_balancer
 from yolo_unified.common import SHARED_MODULES, listed, module_of
 from yolo_unified.data.prepare import DET_NAMES, SEG_NAMES
@@ -71,17 +71,15 @@ def measure(method: str, imgsz: int, batch: int, steps: int, threads: int = 1) -
 def tables(results: dict[str, Any]) -> list[list[str]]:
     """The summary after its header: the settings and the table of every method."""
     s = results["settings"]
-    rows = [
-        f"| {m} | {r['kind']} | {r['peak_mb']:.0f} | {r['added_mb']:.0f} | {r['step_s']:.2f} |"
-        for m, r in results["methods"].items()
-    ]
+    rows = ([m, r["kind"], f"{r['peak_mb']:.0f}", f"{r['added_mb']:.0f}", f"{r['step_s']:.2f}"]
+            for m, r in results["methods"].items())  # fmt: skip
     return [
         [
             f"- one random batch per task of {s['batch']} images at {s['imgsz']} px, {s['steps']} steps on "
             f"{s['threads']} threads, each method in a fresh process; peak: the process's peak resident memory; "
             "added: over the model and batches; step: median time of a step (losses, combination, backward)"
         ],
-        ["| method | kind | peak (MB) | added by the steps (MB) | step (s) |", "|---|---|---:|---:|---:|", *rows],
+        table("Steps", ["method", "kind", "peak (MB)", "added by the steps (MB)", "step (s)"], rows),
     ]
 
 
