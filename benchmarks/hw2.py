@@ -170,8 +170,11 @@ def sections(bench: Hw2, runs: dict[str, dict], states: dict[str, dict]) -> dict
     args, out, previous = bench.report.args, bench.report.out, bench.report.previous
     data, n_boot = bench.settings["data"], bench.n_boot
     final = states["default_seed0"]["stages"][-1]["weights"] if "default_seed0" in states else None
-    found = {name: previous.get(name, {}) if name in bench.recorded else {} for name in ("separate", "joint")}
-    found["runtimes"] = previous.get("runtimes", {}) if final is None else {}
+    found = {  # a section kept as recorded: the separate models without weights, the runtimes of a recorded seed 0
+        "separate": previous["separate"] if "separate" in bench.recorded else {},
+        "joint": {},
+        "runtimes": previous.get("runtimes", {}) if final is None else {},
+    }
     if args.get("separate", False) and "separate" not in bench.recorded:
         settings = {k: v for k, v in bench.settings.items() if k != "data"}
         found["separate"] = train_separate(data, out / "separate", settings, bench.force, n_boot)
@@ -182,7 +185,7 @@ def sections(bench: Hw2, runs: dict[str, dict], states: dict[str, dict]) -> dict
         kept = previous.get("joint", {})
         found["joint"] = joint_runs(out, bench.settings, force, methods, seeds, single, n_boot, kept)
     if args.get("deployed", False):
-        recipe = [n for n, r in found.get("joint", {}).items() if r["seed"] == 0 and r["default"]][:1]
+        recipe = [n for n, r in found["joint"].items() if r["seed"] == 0 and r["default"]][:1]
         scored = {n: runs[n] for n in runs if n.startswith("default")} | {n: found["joint"][n] for n in recipe}
         for name, run in ((n, r) for n, r in scored.items() if n not in bench.recorded):
             weights = repo_path(run.get("weights") or out / name / "weights" / "best.pt")
