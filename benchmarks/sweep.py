@@ -310,8 +310,10 @@ def configurations_table(results: dict) -> list[str]:
     configs = results["configurations"]
 
     def cell(stat: dict, form: str, seeds: int) -> str:  # the seed mean, with [min, max] over several seeds
-        spread = f" [{form.format(stat['min'])}, {form.format(stat['max'])}]" if seeds > 1 else ""
-        return "-" if stat["mean"] is None else form.format(stat["mean"]) + spread
+        if stat["mean"] is None:
+            return "-"
+        text = form.format(stat["mean"])
+        return text + f" [{form.format(stat['min'])}, {form.format(stat['max'])}]" if seeds > 1 else text
 
     def order(name: str) -> tuple[float, float]:  # worst forgetting after stage 3 (unknown last), then retention
         worst, retention = (configs[name]["metrics"][k]["mean"] for k in ("worst_forgetting_stage3", "mean_retention"))
