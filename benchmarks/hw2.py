@@ -228,11 +228,12 @@ def forgetting_text(d: dict | None) -> str:
 def overview(results: dict) -> list[str]:
     """The summary's budget, training time, runs kept as recorded and score references."""
     kept, references = results.get("recorded"), results["references"]
+    recorded = f"- kept as recorded by earlier invocations (their weights were not here): {', '.join(kept or [])}"
     return [
         f"- budget: {results['budget']}",
         f"- training time of the protocol runs and baselines: {results['training_minutes']:.1f} min (every stage once, "
         "from Ultralytics' results.csv; the separate and joint runs' are in their tables)",
-        *([f"- kept as recorded by earlier invocations (weights not here): {', '.join(kept)}"] if kept else []),
+        *([recorded] if kept else []),
         f"- scores: final value [95% bootstrap interval over the val images, {results['bootstrap']} resamples]; "
         f"references: all-background mIoU {references['seg_all_background']:.4f}, chance top-1 "
         f"{references['cls_chance']:.4f}, chance mAP50 ~0",
@@ -247,7 +248,7 @@ def protocol_tables(results: dict) -> list[list[str]]:
         "Single-task baselines (each task alone, same epochs and image size)", ["task", "score"],
         ([f"{t} {METRIC_NAME[t]}", score_text(s)] for t, s in runs["baselines"]["final"].items()),
     )  # fmt: skip
-    reports = [f"## Sequential protocol ({results['protocol']})"]
+    reports = [f"## Sequential protocol ({results.get('protocol', 'cfg/seq.yaml')})"]  # older records: no protocol
     for name in (n for n in runs if n.startswith("default")):
         report = (repo_path(runs[name]["root"]) / "forgetting.md").read_text()
         reports += ["", f"### {name}", "", report.split("\n\n", 2)[2]]
