@@ -10,36 +10,28 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
-from ultralytics.utils import LOGGER, YAML, plt_settings
+from ultralytics.utils import LOGGER, YAML
 
 from benchmarks.bootstrap import per_image_records, percentiles, record_class_scores, resamples
 from benchmarks.common import (
     METRIC_NAME,
     QUICK,
     REPO,
-    RESULTS,
+    Benchmark,
+    Report,
     Run,
-    benchmark_args,
     execute,
-    git_commit,
-    invocation,
-    invocation_text,
-    machine_info,
-    machine_text,
-    markdown,
-    previous_results,
-    recorded_command,
     repo_relative,
+    run_benchmark,
     score_text,
+    table,
     train_or_resume,
     trained_record,
-    write_outputs,
 )
 from yolo_unified.common import listed
 from yolo_unified.data.class_split import read_class_mask, split_classes
@@ -50,7 +42,7 @@ from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.base import default_data
 
 MODULE = "benchmarks.add_classes"
-KEYS = {"sections", "tasks", "seeds", "quick", "out", "n_boot", "pretrained", "synth", "synth_val", "hw2", "recipe"}
+KEYS = {"sections", "tasks", "seeds", "quick", "n_boot", "pretrained", "synth", "synth_val", "hw2", "recipe"}
 SECTIONS = {"synth": ("det", "seg", "cls"), "hw2": ("seg", "det")}  # section -> its tasks
 METHODS = ("old", "finetune", "recipe", "joint")
 GROUPS = ("old", "new", "all")
@@ -206,22 +198,14 @@ def grouped_scores(
     return {"final": final, "per_class": per_class, "n_images": len(records)}
 
 
-def scoring_data(task: str, method: str, data: dict[str, Any]) -> str:
-    """The data a run is scored on: the scoring data (the full data, or the larger val of ``synth_val``); the old
-    classification model on its stage-1 subset, which holds the same val images the full split leaves it (validation
-    leaves out the images of classes a model lacks, and at batch 1 such an image is an empty batch, which
-    Ultralytics' AutoBackend fails on)."""
-    if (task, method) == ("cls", "old"):
-        return data["scored_old"] or data["old"]
-    return data["scored"]
-
-
 def planned_run(plan: tuple[str, str, str, int], cfg: dict, data: dict[str, Any], n_boot: int) -> Run:
     """One run of the plan: trained with `cfg` (a stage-2 run once its old run's weights are there), scored per
-    class and group on the val split of its `scoring_data`; a finished run scored on the same data with the same
-    `n_boot` is kept as recorded."""
+    class and group on the scoring data's val split (the full data, or the larger val of ``synth_val``; the old
+    classification model on its stage-1 subset of it: validation leaves out the images of classes a model lacks, and
+    at batch 1 such an image is an empty batch, which Ultralytics' AutoBackend fails on); a finished run scored on the
+    same data with the same `n_boot` is kept as recorded."""
     section, task, method, seed = plan
-    scoring = scoring_data(task, method, data)
+    scoring = (data["scored_old"] or data["old"]) if (task, method) == ("cls", "old") else data["scored"]
 
     def trained(root: Path) -> tuple[Path, float | None]:
         if "model" in cfg and not Path(cfg["model"]).is_file():
@@ -237,21 +221,19 @@ def planned_run(plan: tuple[str, str, str, int], cfg: dict, data: dict[str, Any]
     return Run(run_name(*plan), trained, score, fixed, {"scored_on": repo_relative(scoring), "n_boot": n_boot})
 
 
-def main(argv: list[str]) -> dict[str, Any]:
-    """Run the sections the command line names; return what results.json holds."""
-    args = benchmark_args(argv, KEYS, MODULE)
-    started, commit = time.time(), git_commit()
-    out = Path(args.get("out", RESULTS / "add-classes")).resolve()
+def run(report: Report) -> None:
+    """The sections the command line names: their data, classes and trivial scores, then every run, saved as each
+    is made."""
+    args, out, previous = report.args, report.out, report.previous
     sections = listed(args.get("sections", list(SECTIONS)))
     if unknown := set(sections) - set(SECTIONS):
         raise ValueError(f"sections: unknown {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
     chosen = listed(args.get("tasks", "det,seg,cls"))
     if unknown := set(chosen) - {"det", "seg", "cls"}:
         raise ValueError(f"tasks: unknown {sorted(unknown)}; valid: det, seg, cls")
-    force = {k: v for k, v in QUICK.items() if k != "fraction"} if args.get("quick") else {}  # tiny data: every image
+    force = {k: v for k, v in QUICK.items() if k != "fraction"} if report.quick else {}  # tiny data: every image
     pretrained = str(args["pretrained"]) if args.get("pretrained") else None
     recipe = YAML.load(args.get("recipe") or RECIPE)
-    previous = previous_results(out)
     data = {}
     for section in (s for s in SECTIONS if s in sections):
         tasks = [t for t in SECTIONS[section] if t in chosen]
@@ -259,43 +241,30 @@ def main(argv: list[str]) -> dict[str, Any]:
             data[section] = found
     plan = run_plan({s: list(tasks) for s, tasks in data.items()}, int(args.get("seeds", 2)))
     names = {run_name(*p) for p in plan}
-    results: dict[str, Any] = {
-        "command": recorded_command(argv, MODULE),
-        "date": invocation(started, commit)["date"],
-        "commit": commit,
-        "machine": machine_info(),
-        "quick": bool(args.get("quick")),
-        "settings": {
+    report.results.update(
+        settings={
             **{s: {**SETTINGS[s], **force} for s in SECTIONS},
             "epochs": {m: force.get("epochs", e) for m, e in EPOCHS.items()},
             "recipe": recipe,
         },
-        "pretrained": repo_relative(pretrained) if pretrained else None,
-        "skipped": [s for s in sections if s not in data],
-        "classes": per_task(
+        pretrained=repo_relative(pretrained) if pretrained else None,
+        skipped=[s for s in sections if s not in data],
+        classes=per_task(
             previous.get("classes", {}), {s: {t: d["groups"] for t, d in ts.items()} for s, ts in data.items()}
         ),
-        "trivial": per_task(
+        trivial=per_task(
             previous.get("trivial", {}),
             {s: {t: trivial_scores(t, d["scored"], d["groups"]) for t, d in ts.items()} for s, ts in data.items()},
         ),
-        "runs": {n: r for n, r in previous.get("runs", {}).items() if n not in names},  # other sections' runs
-        "invocations": previous.get("invocations", []),
-    }
+        runs={n: r for n, r in previous.get("runs", {}).items() if n not in names},  # other sections' runs
+    )
     n_boot = int(args.get("n_boot", 1000))
 
     def run_of(p: tuple[str, str, str, int]) -> Run:
         cfg = run_cfg(p, data[p[0]][p[1]], out, pretrained if p[0] == "hw2" else None, recipe)
         return planned_run(p, {**cfg, **force}, data[p[0]][p[1]], n_boot)
 
-    def keep(name: str, record: dict[str, Any]) -> None:
-        results["runs"][name] = record
-        save(out, results)
-
-    execute(map(run_of, plan), out, previous.get("runs", {}), keep, MODULE)
-    results["invocations"].append(invocation(started, commit))
-    save(out, results)
-    return results
+    execute(map(run_of, plan), out, previous.get("runs", {}), report.keep, MODULE)
 
 
 def per_task(previous: dict[str, dict], new: dict[str, dict]) -> dict[str, dict]:
@@ -309,94 +278,69 @@ def seed_runs(results: dict[str, Any], section: str, task: str, method: str) -> 
     return sorted(runs, key=lambda r: r["seed"])
 
 
-def seed_mean(runs: list[dict[str, Any]], group: str) -> float | None:
-    """The mean over seeds of a group's score (None when no run has it)."""
-    values = [r["final"][group]["value"] for r in runs if r["final"].get(group)]
-    return statistics.mean(values) if values else None
-
-
 def cell(runs: list[dict[str, Any]], group: str) -> str:
     """A table cell: each seed's ``value [lo, hi]``, and with more than one seed their mean ± half their range
     (min-max) first."""
     scores = [r["final"][group] for r in runs if r["final"].get(group)]
-    if not scores:
-        return "-"
-    each = "; ".join(score_text(s, 3) for s in scores)
-    if len(scores) == 1:
-        return each
-    values = [s["value"] for s in scores]
+    each, values = "; ".join(score_text(s, 3) for s in scores), [s["value"] for s in scores]
+    if len(scores) < 2:
+        return each or "-"
     return f"**{statistics.mean(values):.3f} ± {(max(values) - min(values)) / 2:.3f}** ({each})"
 
 
-def verdicts(old: float | None, kept: float | None, recipe_all: float | None, joint_all: float | None) -> dict:
-    """The two verdict numbers, in percent: the relative drop of the old classes' score from the old model's
-    (`old`) to the recipe's (`kept`), and the recipe's all-class score as a share of the joint run's."""
-    loss = 100 * (old - kept) / old if old and kept is not None else None
-    reach = 100 * recipe_all / joint_all if joint_all and recipe_all is not None else None
-    return {"loss": loss, "reach": reach}
-
-
 def verdict_lines(results: dict[str, Any], section: str, task: str) -> list[str]:
-    """The two verdicts of a task (seed means), against their targets for the synth section."""
-    mean = {m: {g: seed_mean(seed_runs(results, section, task, m), g) for g in GROUPS} for m in METHODS}
-    v = verdicts(mean["old"]["old"], mean["recipe"]["old"], mean["recipe"]["all"], mean["joint"]["all"])
-    texts = {
-        "loss": ("old classes lose {:.1f}%", "target <= {:.0f}%", lambda x, t: x <= t),
-        "reach": ("all classes reach {:.1f}% of training all at once", "target >= {:.0f}%", lambda x, t: x >= t),
-    }
+    """The two verdicts of a task from seed means: the relative drop of the old classes' score from the old model's
+    to the recipe's, and the recipe's all-class score as a share of the joint run's; with targets for synth."""
+
+    def mean(method: str, group: str) -> float | None:
+        runs = seed_runs(results, section, task, method)
+        values = [r["final"][group]["value"] for r in runs if r["final"].get(group)]
+        return statistics.mean(values) if values else None
+
+    old, kept = mean("old", "old"), mean("recipe", "old")
+    recipe_all, joint_all = mean("recipe", "all"), mean("joint", "all")
+    verdicts = []
+    if old and kept is not None:
+        loss = 100 * (old - kept) / old
+        verdicts.append((f"old classes lose {loss:.1f}%", f"<= {TARGETS['loss']:.0f}%", loss <= TARGETS["loss"]))
+    if joint_all and recipe_all is not None:
+        reach = 100 * recipe_all / joint_all
+        text = f"all classes reach {reach:.1f}% of training all at once"
+        verdicts.append((text, f">= {TARGETS['reach']:.0f}%", reach >= TARGETS["reach"]))
     lines = []
-    for key, (text, target, met) in texts.items():
-        if v[key] is None:
-            continue
-        line = f"- {text.format(v[key])}"
-        if section == "synth":
-            line += f" ({target.format(TARGETS[key])}): {'met' if met(v[key], TARGETS[key]) else 'missed'}"
-        lines.append(line)
+    for text, goal, met in verdicts:
+        lines.append(f"- {text}" + (f" (target {goal}): {'met' if met else 'missed'}" if section == "synth" else ""))
     return lines
 
 
-def group_label(classes: list[str]) -> str:
-    """A column heading's list of classes: their names, or their number when there are many."""
-    return ", ".join(classes) if len(classes) <= 5 else f"{len(classes)} classes"
-
-
 def task_table(results: dict[str, Any], section: str, task: str) -> list[str]:
-    """One task of a section: each method's group scores, and the verdicts."""
+    """One task of a section: each method's group scores (a heading lists a group's classes, or their number when
+    there are many), the trivial scores and the verdicts."""
     rows = {m: seed_runs(results, section, task, m) for m in METHODS}
     if not any(rows.values()):
         return []
     groups = results["classes"].get(section, {}).get(task) or {}
-    heads = [f"{g} ({group_label(groups[g])})" if g in groups and g != "all" else g for g in GROUPS]
+    label = {g: ", ".join(groups[g]) if len(groups[g]) <= 5 else f"{len(groups[g])} classes" for g in groups}
+    heads = [f"{g} ({label[g]})" if g in groups and g != "all" else g for g in GROUPS]
     n_images = max(r["n_images"] for runs in rows.values() for r in runs)
-    lines = [
-        f"## {section} {task}: {METRIC_NAME[task]} of each class, averaged per group ({n_images} val images)",
-        "",
-        "| run | " + " | ".join(heads) + " |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {m} | " + " | ".join(cell(runs, g) for g in GROUPS) + " |" for m, runs in rows.items() if runs]
+    cells = [[m, *(cell(runs, g) for g in GROUPS)] for m, runs in rows.items() if runs]
     if trivial := results.get("trivial", {}).get(section, {}).get(task):
-        values = " | ".join("-" if trivial[g] is None else f"{trivial[g]:.3f}" for g in GROUPS)
-        lines.append(f"| trivial: {TRIVIAL[task]} | {values} |")
-    return [*lines, "", *verdict_lines(results, section, task)]
+        values = ("-" if trivial[g] is None else f"{trivial[g]:.3f}" for g in GROUPS)
+        cells.append([f"trivial: {TRIVIAL[task]}", *values])
+    title = f"{section} {task}: {METRIC_NAME[task]} of each class, averaged per group ({n_images} val images)"
+    return [*table(title, ["run", *heads], cells), "", *verdict_lines(results, section, task)]
 
 
-def summary_markdown(results: dict[str, Any]) -> str:
-    """summary.md: provenance, settings and a table per section and task."""
+def tables(results: dict[str, Any]) -> list[list[str]]:
+    """summary.md after its header: settings, then a table per section and task."""
     synth, hw2 = results["settings"]["synth"], results["settings"]["hw2"]
     head = [
-        "# Adding classes to a task: old classes kept, new ones learned",
-        "",
-        f"- command: `{results['command']}`",
-        f"- date: {results['date']}, commit {results['commit']}",
-        f"- {machine_text(results['machine'])}",
         f"- epochs: {', '.join(f'{m} {e}' for m, e in results['settings']['epochs'].items())}; recipe: "
         + ", ".join(f"{k} {v}" for k, v in results["settings"]["recipe"].items()),
         f"- synth: {synth['imgsz']} px, batch {synth['batch']}; hw2: {hw2['imgsz']} px, batch {hw2['batch']}, "
         f"pretrained {results['pretrained'] or 'none'}; both {synth['optimizer']} lr0 {synth['lr0']}, cosine"
         + ("; **quick mode**" if results["quick"] else ""),
         *(f"- section {s} skipped: its data is not there" for s in results["skipped"]),
-        *(f"- invocation: {invocation_text(i)}" for i in results["invocations"]),
         "",
         "Runs: old = stage 1 alone; finetune = from old on the stage-2 data, nothing keeping the old classes (lower "
         "bound); recipe = the same with cfg/add-classes.yaml; joint = every class at once (upper bound). Groups: old "
@@ -404,46 +348,12 @@ def summary_markdown(results: dict[str, Any]) -> str:
         "per-class scores with its 95% bootstrap interval over the val images. A cell gives each seed's "
         "`value [lo, hi]`, and first, in bold, the seeds' mean ± half their range (min-max). Verdicts: seed means.",
     ]
-    tables = [task_table(results, s, t) for s, tasks in SECTIONS.items() for t in tasks]
-    return markdown([head, *tables])
+    return [head, *(task_table(results, s, t) for s, tasks in SECTIONS.items() for t in tasks)]
 
 
-@plt_settings()
-def plot_groups(file: Path, results: dict[str, Any]) -> None:
-    """Bars of each group's score (mean over seeds) per method, one panel per section and task, scaled to its
-    scores; error bars span the seeds' 95% intervals (lowest lo to highest hi); a dashed line: the trivial score of
-    all classes."""
-    panels = [
-        (s, t) for s, tasks in SECTIONS.items() for t in tasks if any(seed_runs(results, s, t, m) for m in METHODS)
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), tight_layout=True, squeeze=False)
-    x, width = np.arange(len(METHODS)), 0.27
-    for ax, (section, task) in zip(axes[0], panels, strict=True):
-        top = 0.0
-        for k, group in enumerate(GROUPS):
-            runs = [seed_runs(results, section, task, m) for m in METHODS]
-            scores = [[r["final"][group] for r in rs if r["final"].get(group)] for rs in runs]
-            means = np.array([statistics.mean(s["value"] for s in ss) if ss else np.nan for ss in scores])
-            lows = np.array([min(s["ci95"][0] for s in ss) if ss else np.nan for ss in scores])
-            highs = np.array([max(s["ci95"][1] for s in ss) if ss else np.nan for ss in scores])
-            yerr = np.nan_to_num(np.clip([means - lows, highs - means], 0, None))  # an interval may miss the value
-            ax.bar(x + (k - 1) * width, means, width, yerr=yerr, capsize=2, label=group)
-            top = max(top, np.nanmax([*means, *highs, 0.0]))
-        if trivial := results.get("trivial", {}).get(section, {}).get(task):
-            ax.axhline(trivial["all"], color="gray", linestyle="--", linewidth=0.8, label="trivial (all)")
-        ylim = (0, min(1.2, 1.45 * top) or 1.2)  # low scores (HW2) get a scale that shows them
-        ax.set(xticks=x, xticklabels=METHODS, ylim=ylim, title=f"{section} {task} {METRIC_NAME[task]}")
-        ax.legend(fontsize=7, loc="upper center", ncol=4, title="classes", title_fontsize=7)  # above the bars
-    fig.savefig(file, dpi=150)
-    plt.close(fig)
-
-
-def save(out: Path, results: dict[str, Any]) -> None:
-    """Write results.json, summary.md and add_classes.png of what is done so far."""
-    if results["runs"]:
-        plot_groups(out / "add_classes.png", results)
-    write_outputs(out, results, summary_markdown(results), MODULE)
-
+TITLE = "Adding classes to a task: old classes kept, new ones learned"
+BENCHMARK = Benchmark(MODULE, KEYS, "benchmarks/results/add-classes", TITLE, run, tables)
+main = partial(run_benchmark, BENCHMARK)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

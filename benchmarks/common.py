@@ -1,5 +1,6 @@
-"""What the benchmarks share: the run planner (`Run`, `execute`), paths, quick mode, protocol runs, provenance and
-output files. With benchmarks.bootstrap the bottom of benchmarks/: it imports no other benchmark module."""
+"""What the benchmarks share: the command and output step (`Benchmark`, `run_benchmark`, `Report`), the run planner
+(`Run`, `execute`, `protocol_run`), paths, quick mode and table helpers. With benchmarks.bootstrap the bottom of
+benchmarks/: it imports no other benchmark module."""
 
 from __future__ import annotations
 
@@ -22,20 +23,15 @@ from yolo_unified.data.prepare import prepare_hw2
 from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.speed import machine_info, reset_peak_rss, rss_mb
 from yolo_unified.workflows import train
-from yolo_unified.workflows.protocol import recommended_protocol
+from yolo_unified.workflows.protocol import read_state, recommended_protocol
 from yolo_unified.workflows.report import unlearned_stages, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 QUICK = {"imgsz": 64, "epochs": 1, "batch": 8, "nbs": 8, "fraction": 0.05, "workers": 0, "plots": False}
 GITIGNORE = """\
-# Written by benchmarks.common.write_gitignore: a benchmark's folder commits its evidence, not its working files.
-# Kept: summary.md, results.json, the plots at the top (joint_scores.png, pareto_stage*.png), the speed tables
-# (speed/benchmark.md) and each protocol run's report and record (<run>/forgetting.md, <run>/protocol.json: the summary
-# quotes the default runs' reports, a re-run with recorded=True scores new runs against baselines/protocol.json and a
-# sweep reads its base's default_seed0/protocol.json), and a run's scores.json.
-# Not kept: weights, exported models (*_openvino_model/, *.onnx), each run's stage, bootstrap/, deployed/ and eval/
-# folders, args.yaml, per-epoch results.csv and Ultralytics' plots: results.json holds every number.
+# Written by benchmarks.common.Report: a benchmark's folder commits its evidence (summary.md, results.json, plots,
+# the speed table, each protocol run's forgetting.md and protocol.json, a run's scores.json), not its working files.
 *
 !*/
 !.gitignore
@@ -51,14 +47,6 @@ METRIC_NAME = {  # task -> its primary metric as the tables name it (mIoU, mAP50
     task: next(column for column, metric in info.report_columns if metric == info.primary_metric)
     for task, info in TASK_TABLE.items()
 }
-
-
-def benchmark_args(argv: list[str], keys: set[str], module: str) -> dict[str, Any]:
-    """The ``key=value`` tokens `argv` of the command `module` as a dict, refusing keys other than `keys`."""
-    args = parse_args(argv)
-    if unknown := set(args) - keys:
-        raise SyntaxError(f"unknown key(s) {sorted(unknown)} for {module}; valid: {sorted(keys)}")
-    return args
 
 
 def repo_relative(path: str | Path) -> str:
@@ -77,19 +65,6 @@ def with_stage_paths(stages: list[dict], convert: Callable[[str | Path], str | P
     return [{**s, "weights": str(convert(s["weights"])), "save_dir": str(convert(s["save_dir"]))} for s in stages]
 
 
-def run_settings(args: dict, seq: dict) -> dict[str, Any]:
-    """The keys every run of a benchmark gets: ``data`` (a raw HW2 folder is converted into datasets/hw2 first, as
-    ``yolo-unified data prepare`` does), ``imgsz`` (default: the protocol's) and ``pretrained`` when given."""
-    data = str(args.get("data", "../shared/data/hw2"))
-    if not data.endswith((".yaml", ".yml")):
-        prepare_hw2(data, REPO / "datasets/hw2")
-        data = str(REPO / "datasets/hw2.yaml")
-    settings = {"data": data, "imgsz": int(args.get("imgsz", seq.get("imgsz", 320)))}
-    if args.get("pretrained"):
-        settings["pretrained"] = str(args["pretrained"])
-    return settings
-
-
 def ultralytics_data(data: str, task: str, out: Path) -> str:
     """The task's data as Ultralytics' own trainer reads it: a dataset YAML written into `out` (seg, det), or the
     classification root folder that holds the ``train`` and ``val`` folders (cls)."""
@@ -100,9 +75,8 @@ def ultralytics_data(data: str, task: str, out: Path) -> str:
             raise ValueError(f"{data}: Ultralytics' classifier needs cls train and val folders in one root folder")
         return str(root)
     out.mkdir(parents=True, exist_ok=True)
-    keys = ("path", "train", "val", "names", "masks_dir")
     file = out / f"data-{task}.yaml"
-    YAML.save(file, {k: section[k] for k in keys if k in section})
+    YAML.save(file, {k: section[k] for k in ("path", "train", "val", "names", "masks_dir") if k in section})
     return str(file)
 
 
@@ -128,150 +102,16 @@ def stage_minutes(state: dict) -> list[float]:
     return [training_minutes(Path(s["save_dir"])) for s in state["stages"]]
 
 
-def run_protocol(cfg: dict, root: Path, settings: dict, force: dict) -> tuple[dict, float]:
-    """Run the protocol `cfg` with the run `settings` in `root`; return its state and this call's wall time.
-
-    The protocol itself skips the stages ``protocol.json`` records as done and resumes an interrupted one. The stage
-    paths of the returned state are absolute (a rewritten, committed ``protocol.json`` holds repository-relative ones).
-    """
-    t0 = time.time()
-    state = train(**{**cfg, **settings}, project=str(root.parent), name=root.name, exist_ok=True, force=force)
-    return {**state, "stages": with_stage_paths(state["stages"], repo_path)}, time.time() - t0
-
-
-def share_first_stage(root: Path, source: dict) -> None:
-    """Start the run in `root` with the first stage of the finished run `source` (a protocol state) already done.
-
-    Every run of the benchmark trains the same first stage (the mitigation strategies act from stage 2 on; the Fisher
-    and replay images a stage 1 leaves are simply unused by runs without EWC or replay), so it is trained once and
-    shared; the run then starts from its weights and memory as a protocol resumed after stage 1 would.
-    """
-    state_file = root / STATE_FILE
-    if not state_file.is_file():  # written as the protocol writes it: a kill never leaves half a file
-        root.mkdir(parents=True, exist_ok=True)
-        save_atomically({"stages": source["stages"][:1]}, state_file)
-
-
 def run_verdict(state: dict, limit: float) -> str:
     """The report's PASS/FAIL, naming the stages that kept no weights."""
-    if unlearned := unlearned_stages(state):
-        return f"{verdict(state, limit)} (stage {', '.join(unlearned)} kept no weights)"
-    return verdict(state, limit)
+    unlearned = unlearned_stages(state)
+    return verdict(state, limit) + (f" (stage {', '.join(unlearned)} kept no weights)" if unlearned else "")
 
 
 def budget_text(seq: dict, imgsz: int, force: dict) -> str:
     """Epochs and image size of each stage of a protocol, as trained (after any quick-mode override)."""
     stages = [{"imgsz": imgsz, **stage, **force} for stage in seq["stages"]]
     return ", ".join(f"{s['task']} {s['epochs']} epochs at {s['imgsz']} px" for s in stages)
-
-
-def git_commit() -> str:
-    """The checked-out commit, marked when tracked files other than benchmark outputs have uncommitted changes."""
-    try:
-        git = {"cwd": REPO, "capture_output": True, "text": True}
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout
-        code = [".", f":!{RESULTS.relative_to(REPO)}"]  # committed benchmark results are outputs, not code
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code], **git).stdout
-        return rev.strip() + (" (uncommitted changes)" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
-
-
-def recorded_command(argv: list[str], module: str) -> str:
-    """The command line of `module`, its absolute paths inside the repository made relative to it."""
-    tokens = (f"{key}={repo_relative(value)}" for key, _, value in (token.partition("=") for token in argv))
-    return f"python -m {module} " + " ".join(tokens)
-
-
-def machine_text(m: dict[str, Any]) -> str:
-    """The summary line of `machine_info`."""
-    return (
-        f"machine: {m['cpu']}, {m['logical_cores']} logical cores, no GPU; torch {m['torch']}, "
-        f"ultralytics {m['ultralytics']}, Python {m['python']}"
-    )
-
-
-def invocation(t0: float, commit: str) -> dict[str, Any]:
-    """This invocation of a benchmark command: date, commit, wall time since `t0` and peak memory of the process."""
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    date, wall = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), (time.time() - t0) / 60
-    return {"date": date, "commit": commit, "wall_minutes": wall, "peak_rss_mb": peak_rss_mb}
-
-
-def invocation_text(i: dict[str, Any]) -> str:
-    """One `invocation` as the summaries list it."""
-    peak = f"{i['peak_rss_mb']:.0f} MB" if i["peak_rss_mb"] else "peak not recorded"
-    return f"{i['date']}, commit {i['commit']}: {i['wall_minutes']:.1f} min, {peak}"
-
-
-def previous_results(out: Path) -> dict[str, Any]:
-    """The ``results.json`` an earlier invocation of a benchmark wrote into `out` (empty when there is none)."""
-    file = out / "results.json"
-    return json.loads(file.read_text()) if file.is_file() else {}
-
-
-@dataclass
-class BenchmarkSetup:
-    """One invocation of a protocol benchmark (benchmarks.hw2, benchmarks.sweep): what all its sections start from."""
-
-    module: str  # the command: benchmarks.hw2 or benchmarks.sweep
-    argv: list[str]  # its key=value tokens
-    args: dict[str, Any]  # the same, parsed
-    out: Path  # the output folder
-    protocol: Path  # the regime's protocol file, as `yolo-unified train` picks it
-    seq: dict[str, Any]  # its contents
-    settings: dict[str, Any]  # data, imgsz and pretrained of every run (`run_settings`)
-    force: dict[str, Any]  # keys that win over every stage's: QUICK in quick mode
-    limit: float  # the protocol's relative forgetting limit
-    previous: dict[str, Any]  # the results.json of an earlier invocation into `out`
-    commit: str  # the code that runs (`git_commit`)
-    started: float  # time.time() at the start
-
-    @property
-    def quick(self) -> bool:
-        """Whether this is a quick run (``quick=True``: every stage shrunk to `QUICK`)."""
-        return bool(self.args.get("quick", False))
-
-
-def start_benchmark(argv: list[str], keys: set[str], module: str, default_out: str) -> BenchmarkSetup:
-    """Check the command line of `module`, pick the regime's protocol and prepare the data."""
-    args = benchmark_args(argv, keys, module)
-    started, commit = time.time(), git_commit()  # the code that runs
-    out = Path(args.get("out", default_out)).resolve()
-    protocol = recommended_protocol(args.get("pretrained"))  # as `yolo-unified train` picks it
-    seq = YAML.load(protocol)
-    force = dict(QUICK) if args.get("quick", False) else {}
-    limit = float(seq.get("forget_limit", 0.05))
-    settings = run_settings(args, seq)
-    return BenchmarkSetup(
-        module, argv, args, out, protocol, seq, settings, force, limit, previous_results(out), commit, started
-    )
-
-
-def results_header(setup: BenchmarkSetup, budget: str, record: dict[str, Any]) -> dict[str, Any]:
-    """The first keys of a benchmark's results.json: regime, command, date, commit, protocol, budget, machine, quick
-    mode and forgetting limit (`record`: this `invocation`)."""
-    settings = setup.settings
-    return {
-        "regime": f"pretrained={settings['pretrained']}" if "pretrained" in settings else "from scratch",
-        "command": recorded_command(setup.argv, setup.module),
-        "date": record["date"],
-        "commit": setup.commit,
-        "protocol": f"cfg/{setup.protocol.name}",
-        "budget": budget,
-        "machine": machine_info(),
-        "quick": setup.quick,
-        "forget_limit": setup.limit,
-    }
-
-
-def provenance_lines(results: dict[str, Any]) -> list[str]:
-    """The summary's list items of the command, date, commit and machine of `results_header`."""
-    return [
-        f"- command: `{results['command']}`",
-        f"- date: {results['date']}, commit {results['commit']}",
-        f"- {machine_text(results['machine'])}",
-    ]
 
 
 def score_text(entry: dict | None, digits: int = 4) -> str:
@@ -282,24 +122,10 @@ def score_text(entry: dict | None, digits: int = 4) -> str:
     return f"{entry['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def markdown(blocks: Iterable[list[str]]) -> str:
-    """Markdown of blocks of lines (a heading with its table, a paragraph...), a blank line between two; empty blocks
-    are left out."""
-    return "\n\n".join("\n".join(block) for block in blocks if block) + "\n"
-
-
-def write_gitignore(out: Path) -> None:
-    """Write `GITIGNORE` into `out` as ``.gitignore``: git then offers only a benchmark's evidence for a commit."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ".gitignore").write_text(GITIGNORE)
-
-
-def write_outputs(out: Path, results: dict, summary: str, command: str) -> None:
-    """Write a benchmark's ``results.json``, ``summary.md`` and ``.gitignore`` into `out` and say where."""
-    write_gitignore(out)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    (out / "summary.md").write_text(summary)
-    LOGGER.info(f"{colorstr('bold', command)}: {out / 'summary.md'}")
+def table(title: str, columns: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    """A summary section: ``## title`` over a Markdown table of `columns` and `rows` (cells as text)."""
+    lines = [f"## {title}", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
 
 
 def train_or_resume(root: Path, cfg: dict[str, Any]) -> tuple[Path, float | None]:
@@ -333,18 +159,14 @@ def trained_record(root: Path, cfg: dict[str, Any], weights: Path, peak: float |
     }
 
 
-def weights_here(root: Path) -> bool:
-    """Whether a run folder holds its weights (a committed folder holds reports only)."""
-    return (root / "weights" / "last.pt").is_file()
-
-
 @dataclass
 class Run:
     """One planned run of a benchmark, in ``<out>/<name>``.
 
     `train` trains it (resumes it, or skips it when finished) and returns what `score` needs; `score` returns its
     record (the fixed `record` entries and `scored_as` are added). `scored_as`: the entries a finished run's record
-    must have for it to be kept rather than scored again; `here`: whether the folder holds the run's weights.
+    must have for it to be kept rather than scored again; `here`: whether the folder holds the run's weights (a
+    committed folder holds reports only).
     """
 
     name: str
@@ -352,26 +174,193 @@ class Run:
     score: Callable[[Path, Any], dict[str, Any]]
     record: dict[str, Any] = field(default_factory=dict)
     scored_as: dict[str, Any] = field(default_factory=dict)
-    here: Callable[[Path], bool] = weights_here
+    here: Callable[[Path], bool] = lambda root: (root / "weights" / "last.pt").is_file()
     finished: Callable[[Path], bool] = lambda root: finished_run(root / "weights" / "last.pt")
 
 
 def execute(
     runs: Iterable[Run], out: Path, recorded: dict[str, dict], save: Callable[[str, dict], None], module: str
-) -> dict[str, dict]:
+) -> None:
     """The run planner every benchmark uses: each run in order is kept as `recorded` (by an earlier invocation into
     `out`) when its weights are not here, or when it is finished and was scored alike; else trained (resumed, or
     skipped when finished) and scored. `save` gets each record as it is made: a killed invocation leaves what is done,
     and a re-run with the same command continues."""
-    records = {}
     for run in runs:
         root, kept = out / run.name, recorded.get(run.name)
         alike = kept is not None and all(kept.get(k) == v for k, v in run.scored_as.items())
         if kept is not None and (not run.here(root) or (alike and run.finished(root))):
-            record = kept
+            save(run.name, kept)
         else:
             LOGGER.info(f"\n{colorstr('bold', module)}: {run.name}")
-            record = {**run.record, **run.score(root, run.train(root)), **run.scored_as}
-        records[run.name] = record
-        save(run.name, record)
-    return records
+            save(run.name, {**run.record, **run.score(root, run.train(root)), **run.scored_as})
+
+
+def git_commit() -> str:
+    """The checked-out commit, marked when tracked files other than benchmark outputs have uncommitted changes."""
+    try:
+        git = {"cwd": REPO, "capture_output": True, "text": True}
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout
+        code = [".", f":!{RESULTS.relative_to(REPO)}"]  # committed benchmark results are outputs, not code
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code], **git).stdout
+        return rev.strip() + (" (uncommitted changes)" if dirty.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def invocation(t0: float, commit: str) -> dict[str, Any]:
+    """This invocation of a benchmark command: date, commit, wall time since `t0` and peak memory of the process."""
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    date, wall = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), (time.time() - t0) / 60
+    return {"date": date, "commit": commit, "wall_minutes": wall, "peak_rss_mb": peak_rss_mb}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark command: its module, keys (``out`` besides), default output folder, summary title (formatted
+    with results.json's keys), `run` (fills and saves the `Report`; its runs go through `execute`) and the summary's
+    `tables` after the header."""
+
+    module: str
+    keys: set[str]
+    out: str
+    title: str
+    run: Callable[[Report], None]
+    tables: Callable[[dict[str, Any]], list[list[str]]]
+
+    def summary(self, results: dict[str, Any]) -> str:
+        """summary.md of `results`: the title, the command, date, commit, machine and each invocation, the tables."""
+        m, invocations = results["machine"], []
+        for i in results.get("invocations", []):
+            peak = f"{i['peak_rss_mb']:.0f} MB" if i["peak_rss_mb"] else "peak not recorded"
+            invocations.append(f"{i['date']}, commit {i['commit']}: {i['wall_minutes']:.1f} min, {peak}")
+        header = [
+            f"# {self.title.format(**results)}",
+            "",
+            f"- command: `{results['command']}`",
+            f"- date: {results['date']}, commit {results['commit']}",
+            f"- machine: {m['cpu']}, {m['logical_cores']} logical cores, no GPU; torch {m['torch']}, "
+            f"ultralytics {m['ultralytics']}, Python {m['python']}",
+            "- each invocation (a re-run skips finished work): wall time, peak memory: " + "; ".join(invocations),
+        ]
+        return "\n\n".join("\n".join(block) for block in [header, *self.tables(results)] if block) + "\n"
+
+
+@dataclass
+class Report:
+    """One invocation of a benchmark: its key=value settings, output folder, results.json so far (`results`, the
+    header keys first) and the one an earlier invocation into the folder left (`previous`)."""
+
+    bench: Benchmark
+    args: dict[str, Any]
+    out: Path
+    results: dict[str, Any]
+    previous: dict[str, Any]
+
+    @property
+    def quick(self) -> bool:
+        """Whether this is a quick run (``quick=True``: every run shrunk to `QUICK`)."""
+        return bool(self.args.get("quick", False))
+
+    def save(self) -> None:
+        """Write results.json, summary.md and the folder's ``.gitignore``: called as records are made, so that a killed
+        invocation leaves what is done."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / ".gitignore").write_text(GITIGNORE)
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=2, default=str))
+        (self.out / "summary.md").write_text(self.bench.summary(self.results))
+        LOGGER.info(f"{colorstr('bold', self.bench.module)}: {self.out / 'summary.md'}")
+
+    def keep(self, name: str, record: dict[str, Any]) -> None:
+        """`execute`'s `save` for benchmarks whose summary renders from any part of their runs: add and save."""
+        self.results["runs"][name] = record
+        self.save()
+
+
+def run_benchmark(bench: Benchmark, argv: list[str]) -> dict[str, Any]:
+    """Run `bench` for command-line tokens `argv` (``key=value``): check them, start results.json with the header
+    keys (command, date, commit, machine, quick mode, invocations), run, record this invocation and save."""
+    args = parse_args(argv)
+    if unknown := set(args) - bench.keys - {"out"}:
+        raise SyntaxError(f"unknown key(s) {sorted(unknown)} for {bench.module}; valid: {sorted(bench.keys)}")
+    started, commit = time.time(), git_commit()
+    out = Path(args.get("out", REPO / bench.out)).resolve()
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    tokens = (f"{key}={repo_relative(value)}" for key, _, value in (token.partition("=") for token in argv))
+    results = {
+        "command": f"python -m {bench.module} " + " ".join(tokens),
+        "date": invocation(started, commit)["date"],
+        "commit": commit,
+        "machine": machine_info(),
+        "quick": bool(args.get("quick", False)),
+        "invocations": previous.get("invocations", []),
+    }
+    report = Report(bench, args, out, results, previous)
+    bench.run(report)
+    results["invocations"] = [*previous.get("invocations", []), invocation(started, commit)]
+    report.save()
+    return results
+
+
+@dataclass
+class ProtocolSetup:
+    """What the runs of a protocol benchmark (benchmarks.hw2, benchmarks.sweep) share: the regime's protocol file
+    (as `yolo-unified train` picks it) and contents, the keys every run gets (data, imgsz, pretrained), the keys that
+    win over every stage's (`QUICK` in quick mode) and the protocol's relative forgetting limit."""
+
+    report: Report
+    protocol: Path
+    seq: dict[str, Any]
+    settings: dict[str, Any]
+    force: dict[str, Any]
+    limit: float
+
+    @classmethod
+    def start(cls, report: Report) -> ProtocolSetup:
+        """Pick the regime's protocol, prepare the data (a raw HW2 folder is converted into datasets/hw2 first, as
+        ``yolo-unified data prepare`` does) and add regime, protocol and limit to results.json."""
+        args = report.args
+        protocol = recommended_protocol(args.get("pretrained"))
+        seq, data = YAML.load(protocol), str(args.get("data", "../shared/data/hw2"))
+        if not data.endswith((".yaml", ".yml")):
+            prepare_hw2(data, REPO / "datasets/hw2")
+            data = str(REPO / "datasets/hw2.yaml")
+        settings = {"data": data, "imgsz": int(args.get("imgsz", seq.get("imgsz", 320)))}
+        settings |= {"pretrained": str(args["pretrained"])} if args.get("pretrained") else {}
+        limit = float(seq.get("forget_limit", 0.05))
+        regime = f"pretrained={settings['pretrained']}" if "pretrained" in settings else "from scratch"
+        report.results.update(regime=regime, protocol=f"cfg/{protocol.name}", forget_limit=limit)
+        return cls(report, protocol, seq, settings, dict(QUICK) if report.quick else {}, limit)
+
+
+def protocol_run(
+    setup: ProtocolSetup,
+    name: str,
+    cfg: dict[str, Any],
+    score: Callable[[Path, dict], dict[str, Any]],
+    record: dict[str, Any],
+    first_stage: Callable[[], dict] | None = None,
+) -> Run:
+    """The `Run` of the protocol `cfg` in ``<out>/<name>``: trained by ``yolo-unified train`` with the setup's run
+    settings (its finished stages skipped, an interrupted one resumed), from the first stage of the finished protocol
+    state `first_stage` returns when given (every run of a benchmark trains the same stage 1: trained once, shared);
+    `score` gets the state (stage paths absolute). The record adds the run's folder, this call's wall time and the
+    stages with repository-relative paths. A run whose weights are here is scored again, finished or not."""
+
+    def trained(root: Path) -> tuple[dict, float]:
+        if first_stage is not None and not (root / STATE_FILE).is_file():  # a kill never leaves half a file
+            root.mkdir(parents=True, exist_ok=True)
+            save_atomically({"stages": first_stage()["stages"][:1]}, root / STATE_FILE)
+        t0, keys = time.time(), {**cfg, **setup.settings}
+        state = train(**keys, project=str(root.parent), name=root.name, exist_ok=True, force=setup.force)
+        return {**state, "stages": with_stage_paths(state["stages"], repo_path)}, time.time() - t0
+
+    def scored(root: Path, state_seconds: tuple[dict, float]) -> dict[str, Any]:
+        state, seconds = state_seconds
+        record = {"root": repo_relative(root), "wall_minutes_this_call": seconds / 60}
+        return {**score(root, state), **record, "stages": with_stage_paths(state["stages"], repo_relative)}
+
+    def here(root: Path) -> bool:
+        stages = read_state(root)["stages"] if (root / STATE_FILE).is_file() else []
+        return bool(stages) and all(repo_path(s["weights"]).is_file() for s in stages)
+
+    return Run(name, trained, scored, record, here=here, finished=lambda _: False)

@@ -1,73 +1,48 @@
-"""The HW2 benchmark: single-task baselines, the sequential protocol, its ablations and the optional sections
-(separate models, runtimes, deployed path, joint training), resumable; commands and outputs: benchmarks/README.md."""
+"""The HW2 benchmark: single-task baselines, the sequential protocol and the optional sections (separate models,
+runtimes, deployed path, joint training), resumable; commands and outputs: benchmarks/README.md."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 import sys
-from copy import deepcopy
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ultralytics.utils import LOGGER, YAML, colorstr
+from ultralytics.utils import LOGGER, YAML
 
 from benchmarks.bootstrap import bootstrapped
 from benchmarks.common import (
     METRIC_NAME,
-    BenchmarkSetup,
+    Benchmark,
+    ProtocolSetup,
+    Report,
     budget_text,
-    invocation,
-    invocation_text,
-    markdown,
-    provenance_lines,
+    execute,
+    protocol_run,
     repo_path,
     repo_relative,
-    results_header,
-    run_protocol,
+    run_benchmark,
     run_verdict,
     score_text,
-    share_first_stage,
     stage_minutes,
-    start_benchmark,
-    with_stage_paths,
-    write_outputs,
+    table,
 )
 from benchmarks.deployed import deployed_scores, separate_deployed_detection
-from benchmarks.joint import joint_runs, plot_joint
+from benchmarks.joint import joint_runs
 from benchmarks.runtimes import runtime_scores, runtimes_table
 from benchmarks.separate import train_separate
 from yolo_unified.balancing import BALANCERS
 from yolo_unified.common import TASKS, listed
-from yolo_unified.continual import STRATEGIES
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.models.unified.model import UnifiedYOLO
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.report import forgetting, write_report
 
-KEYS = {"data", "imgsz", "out", "quick", "pretrained", "seeds", "bootstrap", "speed_imgsz", "ablations", "separate"}
-KEYS |= {"runtimes", "deployed", "joint", "joint_methods", "joint_seeds", "recorded", "speed"}
-LATER_STAGES = {  # settings of the strategies the default combination leaves out after stage 1, for their own rows
-    "ewc": {"lam": 10.0, "samples": 64},  # mean-normalised Fisher (the committed ablations used lam 1000 on raw ones)
-    "lwf": {"weight": 1.0, "temperature": 2.0},
-    "replay": {"size": 10, "batch": 2, "weight": 1.0},
-    "pseudo_label": {"weight": 1.0, "conf": 0.25},
-    "feat_distill": {"weight": 10.0},
-    "bn_freeze": True,
-}
-ABLATIONS = [  # name, row label, strategy keys kept from cfg/seq.yaml, staged (per-stage) learning rates
-    ("finetune", "no mitigation (plain fine-tuning)", (), False),
-    ("staged_lr", "+ staged LR", (), True),
-    ("clip", "+ gradient clipping", ("clip_grad",), True),
-    ("module_lr", "+ per-module LR", ("clip_grad", "lr_mult"), True),
-    ("bn_freeze", "+ BN freezing", ("clip_grad", "lr_mult", "bn_freeze"), True),
-    ("ewc", "EWC alone", ("ewc",), False),
-    ("lwf", "LwF alone", ("lwf",), False),
-    ("replay", "replay alone", ("replay",), False),
-    ("pseudo_label", "pseudo-labels alone", ("pseudo_label",), False),
-    ("feat_distill", "feature distillation alone", ("feat_distill",), False),
-]
+KEYS = {"data", "imgsz", "quick", "pretrained", "seeds", "bootstrap", "speed_imgsz", "separate", "runtimes"}
+KEYS |= {"deployed", "joint", "joint_methods", "joint_seeds", "recorded", "speed"}
 SPEED_TARGETS = {  # the homework's latency targets, on the ratios `yolo-unified benchmark` measures: (goal, met)
     "full model / backbone latency (PyTorch eager, timed in alternation)": ("<= 1.3", lambda v: v <= 1.3),
     "ONNX Runtime / PyTorch eager latency": ("< 1", lambda v: v < 1),
@@ -75,28 +50,36 @@ SPEED_TARGETS = {  # the homework's latency targets, on the ratios `yolo-unified
     "ONNX Runtime fp32 / fastest INT8 latency (timed in alternation)": (">= 1.5", lambda v: v >= 1.5),
     "fastest INT8 / three separate models summed (ONNX Runtime fp32)": ("<= 0.2", lambda v: v <= 0.2),
 }
-PUBLISHED = """Published figures for this protocol (not re-run here; pretrained backbones on a GPU):
-- report A (MobileNetV3-S, 4.39M params): after stage 3 mIoU 30.01, mAP 47.05, top-1 15.00; forgetting 4.78% / 0.00% /
-  0.00%; 1.90 ms on a T4;
-- report B (YOLOv8n layers 0-9 + FPN + EWC, 1.01M params): mIoU 13.41, mAP 0.000004, top-1 36.67; 18 s per sample."""
 
 
 @dataclass
-class Hw2Setup(BenchmarkSetup):
-    """One invocation of benchmarks.hw2: the benchmark's settings, the data's class names and the runs kept as
-    recorded."""
+class Hw2(ProtocolSetup):
+    """One invocation of benchmarks.hw2: the protocol setup, the data's class names, the runs and sections kept as
+    recorded (their weights are not here: `runs_without_weights`) and the bootstrap resamples per score."""
 
-    names: dict[str, dict[int, str]]  # class names per task of the data
-    recorded: set[str]  # runs and sections kept from results.json: their weights are not here (`runs_without_weights`)
-    n_boot: int  # bootstrap resamples per score
+    names: dict[str, dict[int, str]]
+    recorded: set[str]
+    n_boot: int
+
+    @classmethod
+    def start(cls, report: Report) -> Hw2:
+        """The setup; refuses to extend a benchmark whose weights are not here without ``recorded=True``."""
+        setup = ProtocolSetup.start(report)
+        recorded = runs_without_weights(report.previous)
+        if recorded and not report.args.get("recorded", False):
+            raise FileNotFoundError(
+                f"{report.out} holds a benchmark whose weights are not here ({', '.join(sorted(recorded))}; a clone "
+                "of the repository has only the reports): pass recorded=True to keep those runs as recorded and "
+                "train only the rest, or a new out= to run it all again"
+            )
+        names = task_names(load_data_config(setup.settings["data"]))
+        n_boot = int(report.args.get("bootstrap", 50 if report.quick else 1000))
+        return cls(**vars(setup), names=names, recorded=recorded, n_boot=n_boot)
 
 
 def runs_without_weights(results: dict) -> set[str]:
-    """The runs and sections of a benchmark's `results` whose weights are not in this checkout.
-
-    Names: a protocol run's (``default_seed0``, ``baselines``, ...), a joint run's, ``separate`` for the separate
-    Ultralytics models.
-    """
+    """The runs of `results` whose weights are not in this checkout: protocol and joint runs by name, ``separate``
+    for the separate Ultralytics models."""
     files = {name: [s["weights"] for s in run["stages"]] for name, run in results.get("runs", {}).items()}
     files |= {name: [run["weights"]] for name, run in results.get("joint", {}).items()}
     if separate := results.get("separate"):
@@ -104,48 +87,10 @@ def runs_without_weights(results: dict) -> set[str]:
     return {name for name, paths in files.items() if not all(repo_path(p).is_file() for p in paths)}
 
 
-def start(argv: list[str]) -> Hw2Setup:
-    """The benchmark's settings for command-line tokens `argv`; refuses to extend a benchmark whose weights are not
-    here without ``recorded=True``."""
-    setup = start_benchmark(argv, KEYS, "benchmarks.hw2", "benchmarks/results/hw2-320")
-    names = task_names(load_data_config(setup.settings["data"]))
-    recorded = runs_without_weights(setup.previous)
-    if recorded and not setup.args.get("recorded", False):
-        raise FileNotFoundError(
-            f"{setup.out} holds a benchmark whose weights are not here ({', '.join(sorted(recorded))}; a clone of the "
-            "repository has only the reports): pass recorded=True to keep those runs as recorded and train only the "
-            "rest, or a new out= to run it all again"
-        )
-    n_boot = int(setup.args.get("bootstrap", 50 if setup.quick else 1000))
-    return Hw2Setup(**vars(setup), names=names, recorded=recorded, n_boot=n_boot)
-
-
-def ablation_cfg(seq: dict, keep: tuple[str, ...], staged: bool) -> dict:
-    """cfg/seq.yaml with only the strategies in `keep`; without `staged`, every stage uses the first stage's LR."""
-    cfg = deepcopy(seq)
-    first = cfg["stages"][0]
-    for i, stage in enumerate(cfg["stages"]):
-        for key in STRATEGIES:
-            if key not in keep:
-                stage.pop(key, None)
-        if "clip_grad" not in keep:
-            stage["clip_grad"] = 10.0  # Ultralytics' own fixed clipping
-        for key, settings in LATER_STAGES.items():
-            if key in keep and i > 0 and not stage.get(key):
-                stage[key] = settings
-        if not staged:
-            stage["lr0"], stage["lrf"] = first["lr0"], first["lrf"]
-    return cfg
-
-
 def final_scores(state: dict, data: str, names: dict, out: Path, n_boot: int) -> dict[str, dict[str, Any]]:
-    """Each learned task's final score with its bootstrap interval (validated at the task's own image size).
-
-    A chained run is scored with its last weights; a run of separate models (``chain: False``, the baselines) scores
-    each task with the weights of its own stage.
-    """
-    config = state["config"]
-    weights = {s["task"]: s["weights"] for s in state["stages"]}
+    """Each learned task's final score with its bootstrap interval, at the task's own image size: a chained run's
+    last weights, or (``chain: False``, the baselines) the weights of the task's own stage."""
+    config, weights = state["config"], {s["task"]: s["weights"] for s in state["stages"]}
     if config.get("chain", True):
         weights = dict.fromkeys(weights, state["stages"][-1]["weights"])
     return {
@@ -158,99 +103,59 @@ def final_scores(state: dict, data: str, names: dict, out: Path, n_boot: int) ->
     }  # fmt: skip
 
 
-def protocol_run(
-    bench: Hw2Setup, name: str, label: str, cfg: dict, states: dict[str, dict], from_seed0_stage1: bool = False
-) -> dict[str, Any]:
-    """Run (or resume, or skip when finished) the protocol `cfg` in ``<out>/<name>`` and score it; return its record.
+def protocol_runs(bench: Hw2, states: dict[str, dict]) -> dict[str, dict]:
+    """The default protocol at seed 0, the single-task baselines (cfg/baselines.yaml, from seed 0's first stage),
+    then the further seeds (their reports with the baselines' retention row; seed 0's report is rewritten with it);
+    `states` gets the protocol state of every run trained, resumed or skipped as finished here."""
+    out = bench.report.out
 
-    With `from_seed0_stage1` the run starts from the first stage of ``default_seed0`` (its state in `states`, where
-    this run's state is added). A run that `bench` keeps as recorded is returned as results.json recorded it.
-    """
-    LOGGER.info(f"\n{colorstr('bold', 'benchmarks.hw2')}: {name} ({label})")
-    if name in bench.recorded:
-        return bench.previous["runs"][name]
-    root = bench.out / name
-    if from_seed0_stage1:
-        if "default_seed0" in bench.recorded:
-            raise FileNotFoundError(f"{name} starts from default_seed0's first stage, whose weights are not here")
-        share_first_stage(root, states["default_seed0"])
-    state, seconds = run_protocol(cfg, root, bench.settings, bench.force)
-    states[name] = state
-    sequential = name != "baselines"  # the baselines are separate models: no forgetting, no verdict
-    return {
-        "label": label,
-        "root": repo_relative(root),
-        "final": final_scores(state, bench.settings["data"], bench.names, root, bench.n_boot),
-        "forgetting": forgetting(state, bench.limit) if sequential else {},
-        "verdict": run_verdict(state, bench.limit) if sequential else "",
-        "stage_minutes": stage_minutes(state),
-        "wall_minutes_this_call": seconds / 60,
-        "stages": with_stage_paths(state["stages"], repo_relative),
-    }
+    def score(root: Path, state: dict) -> dict[str, Any]:
+        states[root.name] = state
+        sequential = root.name != "baselines"  # the baselines are separate models: no forgetting, no verdict
+        if not sequential and "default_seed0" in states:
+            write_report(out / "default_seed0", states["default_seed0"], bench.limit, baselines=str(root))
+        return {
+            "final": final_scores(state, bench.settings["data"], bench.names, root, bench.n_boot),
+            "forgetting": forgetting(state, bench.limit) if sequential else {},
+            "verdict": run_verdict(state, bench.limit) if sequential else "",
+            "stage_minutes": stage_minutes(state),
+        }
 
+    def seed0() -> dict:
+        if "default_seed0" not in states:
+            raise FileNotFoundError("baselines start from default_seed0's first stage, whose weights are not here")
+        return states["default_seed0"]
 
-def default_runs(bench: Hw2Setup, seeds: range, states: dict[str, dict]) -> dict[str, dict]:
-    """The default protocol at each of `seeds`; from seed 1 on its report has the baselines' retention row (seed 0's
-    gets it once the baselines exist, `baseline_runs`)."""
-    runs = {}
-    for seed in seeds:
-        cfg = {**bench.seq, "seed": seed}
-        if seed:
-            cfg["baselines"] = str(bench.out / "baselines")
-        label = f"default combination (cfg/{bench.protocol.name}), seed {seed}"
-        runs[f"default_seed{seed}"] = protocol_run(bench, f"default_seed{seed}", label, cfg, states)
+    later = str(out / "baselines")  # the seeds after 0 start once the baselines exist
+    plan = [
+        protocol_run(
+            bench, f"default_seed{seed}", {**bench.seq, "seed": seed, "baselines": later if seed else None},
+            score, {"label": f"default combination (cfg/{bench.protocol.name}), seed {seed}"},
+        )
+        for seed in range(int(bench.report.args.get("seeds", 2)))
+    ]  # fmt: skip
+    baselines = YAML.load(CFG_DIR / "baselines.yaml")
+    plan.insert(1, protocol_run(bench, "baselines", baselines, score, {"label": "single-task baselines"}, seed0))
+    runs: dict[str, dict] = {}
+    execute(plan, out, bench.report.previous.get("runs", {}), runs.__setitem__, bench.report.bench.module)
     return runs
 
 
-def baseline_runs(bench: Hw2Setup, states: dict[str, dict]) -> dict[str, dict]:
-    """The single-task baselines (cfg/baselines.yaml, from seed 0's first stage); then seed 0's report is rewritten
-    with its retention row."""
-    cfg = YAML.load(CFG_DIR / "baselines.yaml")
-    run = protocol_run(bench, "baselines", "single-task baselines", cfg, states, from_seed0_stage1=True)
-    if "baselines" in states and "default_seed0" in states:
-        baselines = str(bench.out / "baselines")
-        write_report(bench.out / "default_seed0", states["default_seed0"], bench.limit, baselines=baselines)
-    return {"baselines": run}
-
-
-def ablation_runs(bench: Hw2Setup, states: dict[str, dict]) -> dict[str, dict]:
-    """The ablation runs of `ABLATIONS` (from seed 0's first stage), unless ``ablations=False``."""
-    if not bench.args.get("ablations", True):
-        return {}
-    return {
-        name: protocol_run(bench, name, label, ablation_cfg(bench.seq, keep, staged), states, from_seed0_stage1=True)
-        for name, label, keep, staged in ABLATIONS
-    }
-
-
-def separate_models(bench: Hw2Setup) -> dict[str, dict]:
-    """With ``separate=True``, the three Ultralytics models a user would otherwise train (benchmarks.separate)."""
-    if "separate" in bench.recorded:
-        return bench.previous["separate"]
-    if not bench.args.get("separate", False):
-        return {}
-    settings = {k: v for k, v in bench.settings.items() if k != "data"}
-    return train_separate(bench.settings["data"], bench.out / "separate", settings, bench.force, bench.n_boot)
-
-
-def final_model_speed(bench: Hw2Setup, states: dict[str, dict]) -> dict[str, Any]:
-    """``speed`` (rows, ratios, machine) and ``speed_table`` of `yolo-unified benchmark` on seed 0's final model; a
-    re-run keeps the ones an earlier invocation measured on the same weights file with the same settings."""
-    if "default_seed0" in bench.recorded:  # its final model is not here to time
-        return {"speed": bench.previous["speed"], "speed_table": bench.previous["speed_table"]}
-    if not bench.args.get("speed", True):
+def final_model_speed(bench: Hw2, weights: str | None) -> dict[str, Any]:
+    """``speed`` (rows, ratios, machine) and ``speed_table`` of `yolo-unified benchmark` on seed 0's final model
+    (`weights`; None: kept as recorded); a re-run keeps what was timed on the same weights file alike."""
+    previous, quick = bench.report.previous, bench.report.quick
+    if weights is None:
+        return {"speed": previous["speed"], "speed_table": previous["speed_table"]}
+    if not bench.report.args.get("speed", True):
         return {"speed": {}, "speed_table": ""}
-    weights = states["default_seed0"]["stages"][-1]["weights"]
-    settings = {
-        "imgsz": int(bench.args.get("speed_imgsz", 64 if bench.quick else 512)),
-        "runs": 3 if bench.quick else 50,
-        "warmup": 1 if bench.quick else 10,
-    }
+    imgsz = int(bench.report.args.get("speed_imgsz", 64 if quick else 512))
+    settings = {"imgsz": imgsz, "runs": 3 if quick else 50, "warmup": 1 if quick else 10}
     timed = {"weights_sha256": hashlib.sha256(Path(weights).read_bytes()).hexdigest(), **settings}
-    if bench.previous.get("speed", {}).get("timed") == timed:
-        LOGGER.info(f"{colorstr('benchmarks.hw2:')} speed of seed 0's final model as timed before (same weights)")
-        return {"speed": bench.previous["speed"], "speed_table": bench.previous["speed_table"]}
-    speed = UnifiedYOLO(weights).benchmark(**settings, project=str(bench.out), name="speed", exist_ok=True)
+    if previous.get("speed", {}).get("timed") == timed:
+        LOGGER.info("benchmarks.hw2: speed of seed 0's final model as timed before (same weights)")
+        return {"speed": previous["speed"], "speed_table": previous["speed_table"]}
+    speed = UnifiedYOLO(weights).benchmark(**settings, project=str(bench.report.out), name="speed", exist_ok=True)
     machine = {**speed["machine"], "model": repo_relative(speed["machine"]["model"])}
     return {
         "speed": {"rows": speed["rows"], "ratios": speed["ratios"], "machine": machine, "timed": timed},
@@ -258,73 +163,61 @@ def final_model_speed(bench: Hw2Setup, states: dict[str, dict]) -> dict[str, Any
     }
 
 
-def joint_training(bench: Hw2Setup, runs: dict[str, dict], separate: dict[str, dict]) -> dict[str, dict]:
-    """With ``joint=True``, every task trained at once per balancing method (benchmarks.joint) and their plot."""
-    if not bench.args.get("joint", False):
-        return {}
-    methods = listed(bench.args.get("joint_methods") or list(BALANCERS))
-    force = {**bench.force, "task_args": {"cls": {"imgsz": bench.force["imgsz"]}}} if bench.quick else bench.force
-    single = {t: s["value"] for t, s in runs["baselines"]["final"].items()}
-    seeds = int(bench.args.get("joint_seeds", 2))
-    recorded = bench.previous.get("joint", {})
-    joint = joint_runs(bench.out, bench.settings, force, methods, seeds, single, bench.n_boot, recorded)
-    references = {"single-task": single}
-    references["sequential (seed 0)"] = {t: s["value"] for t, s in runs["default_seed0"]["final"].items()}
-    if separate:
-        references["separate Ultralytics"] = {t: r["final"]["value"] for t, r in separate.items()}
-    plot_joint(bench.out / "joint_scores.png", joint, references)
-    return {n: {**r, "weights": repo_relative(r["weights"])} for n, r in joint.items()}
-
-
-def add_deployed_scores(bench: Hw2Setup, runs: dict[str, dict], joint: dict, separate: dict) -> None:
-    """With ``deployed=True``, add each task's score as the predictor serves it (benchmarks.deployed) as ``deployed``
-    to the default runs, the recipe's seed-0 joint run and the separate detector trained (not recorded) here."""
-    if not bench.args.get("deployed", False):
-        return
+def sections(bench: Hw2, runs: dict[str, dict], states: dict[str, dict]) -> dict[str, Any]:
+    """The optional sections asked for (``separate``, ``joint``, ``deployed``, ``runtimes``; what was kept as
+    recorded stays so) and the speed section. The deployed path scores the default runs, the recipe's seed-0 joint
+    run and the separate detector trained here."""
+    args, out, previous = bench.report.args, bench.report.out, bench.report.previous
     data, n_boot = bench.settings["data"], bench.n_boot
-    for name in [n for n in runs if n.startswith("default") and n not in bench.recorded]:
-        weights = bench.out / name / "weights" / "best.pt"
-        runs[name]["deployed"] = deployed_scores(str(weights), data, bench.out / name / "deployed", n_boot=n_boot)
-    recipe_runs = (n for n, r in joint.items() if r["seed"] == 0 and r["default"] and n not in bench.recorded)
-    if recipe_run := next(recipe_runs, None):
-        weights = repo_path(joint[recipe_run]["weights"])
-        folder = bench.out / recipe_run / "deployed"
-        joint[recipe_run]["deployed"] = deployed_scores(str(weights), data, folder, n_boot=n_boot)
-    if "det" in separate and "separate" not in bench.recorded:
-        det = separate["det"]
-        det["deployed"] = separate_deployed_detection(repo_path(det["weights"]), data, bench.out / "separate", n_boot)
+    final = states["default_seed0"]["stages"][-1]["weights"] if "default_seed0" in states else None
+    found = {  # a section kept as recorded: the separate models without weights, the runtimes of a recorded seed 0
+        "separate": previous["separate"] if "separate" in bench.recorded else {},
+        "joint": {},
+        "runtimes": previous.get("runtimes", {}) if final is None else {},
+    }
+    if args.get("separate", False) and "separate" not in bench.recorded:
+        settings = {k: v for k, v in bench.settings.items() if k != "data"}
+        found["separate"] = train_separate(data, out / "separate", settings, bench.force, n_boot)
+    if args.get("joint", False):
+        force = bench.force | ({"task_args": {"cls": {"imgsz": bench.force["imgsz"]}}} if bench.report.quick else {})
+        single = {t: s["value"] for t, s in runs["baselines"]["final"].items()}
+        methods, seeds = listed(args.get("joint_methods") or list(BALANCERS)), int(args.get("joint_seeds", 2))
+        kept = previous.get("joint", {})
+        found["joint"] = joint_runs(out, bench.settings, force, methods, seeds, single, n_boot, kept)
+    if args.get("deployed", False):
+        recipe = [n for n, r in found["joint"].items() if r["seed"] == 0 and r["default"]][:1]
+        scored = {n: runs[n] for n in runs if n.startswith("default")} | {n: found["joint"][n] for n in recipe}
+        for name, run in ((n, r) for n, r in scored.items() if n not in bench.recorded):
+            weights = repo_path(run.get("weights") or out / name / "weights" / "best.pt")
+            run["deployed"] = deployed_scores(str(weights), data, out / name / "deployed", n_boot=n_boot)
+        if (det := found["separate"].get("det")) and "separate" not in bench.recorded:
+            det["deployed"] = separate_deployed_detection(repo_path(det["weights"]), data, out / "separate", n_boot)
+    if args.get("runtimes", False) and final is not None:
+        config = states["default_seed0"]["config"]
+        imgsz = {s["task"]: {**config["common"], **s}.get("imgsz", 640) for s in config["stages"]}
+        found["runtimes"] = runtime_scores(final, data, imgsz, out / "runtimes", n_boot)
+    return {**{k: v for k, v in found.items() if v}, **final_model_speed(bench, final)}
 
 
-def runtime_accuracy(bench: Hw2Setup, states: dict[str, dict]) -> dict[str, Any]:
-    """With ``runtimes=True``, seed 0's final model's scores in every runtime, fp32 and INT8 (benchmarks.runtimes)."""
-    runtimes = bench.previous.get("runtimes", {}) if "default_seed0" in bench.recorded else {}
-    if runtimes or not bench.args.get("runtimes", False):
-        return runtimes
-    config = states["default_seed0"]["config"]
-    imgsz = {s["task"]: {**config["common"], **s}.get("imgsz", 640) for s in config["stages"]}
-    final_weights = states["default_seed0"]["stages"][-1]["weights"]
-    return runtime_scores(final_weights, bench.settings["data"], imgsz, bench.out / "runtimes", bench.n_boot)
-
-
-def results_record(bench: Hw2Setup, runs: dict[str, dict], sections: dict[str, dict], speed: dict) -> dict:
-    """The benchmark's results.json: settings, provenance, every run, the `sections` that ran (separate, runtimes,
-    joint) and the speed of the final model."""
-    record = invocation(bench.started, bench.commit)
+def run(report: Report) -> None:
+    """The benchmark: the protocol runs, then the sections asked for; their records join results.json."""
+    bench = Hw2.start(report)
+    states: dict[str, dict] = {}  # the protocol state of every run this call trained, resumed or skipped as finished
+    runs = protocol_runs(bench, states)
+    found = sections(bench, runs, states)
     minutes = {s["save_dir"]: m for r in runs.values() for s, m in zip(r["stages"], r["stage_minutes"], strict=True)}
-    return {
-        **results_header(bench, budget_text(bench.seq, bench.settings["imgsz"], bench.force), record),
-        "bootstrap": bench.n_boot,
-        "training_minutes": sum(minutes.values()),  # a stage shared by several runs counted once
-        "invocations": [*bench.previous.get("invocations", []), record],
-        "recorded": sorted(bench.recorded),  # kept from the earlier results.json: their weights were not here
-        "references": {
+    report.results.update(
+        budget=budget_text(bench.seq, bench.settings["imgsz"], bench.force),
+        bootstrap=bench.n_boot,
+        training_minutes=sum(minutes.values()),  # a stage shared by several runs counted once
+        recorded=sorted(bench.recorded),
+        references={
             "seg_all_background": runs["baselines"]["final"].get("seg", {}).get("all_background", math.nan),
             "cls_chance": 1 / len(bench.names["cls"]) if "cls" in bench.names else math.nan,
         },
-        "runs": runs,
-        **{name: section for name, section in sections.items() if section},
-        **speed,
-    }
+        runs=runs,
+        **found,
+    )
 
 
 def forgetting_text(d: dict | None) -> str:
@@ -333,68 +226,45 @@ def forgetting_text(d: dict | None) -> str:
 
 
 def overview(results: dict) -> list[str]:
-    """The summary's title and list of settings, provenance, training times and score references."""
+    """The summary's budget, training time, runs kept as recorded and score references."""
     kept, references = results.get("recorded"), results["references"]
-    recorded = (
-        [f"- kept as recorded by earlier invocations (their weights were not here): {', '.join(kept)}"] if kept else []
-    )
+    recorded = f"- kept as recorded by earlier invocations (their weights were not here): {', '.join(kept or [])}"
     return [
-        f"# HW2 benchmark ({results['regime']})",
-        "",
-        *provenance_lines(results),
         f"- budget: {results['budget']}",
         f"- training time of the protocol runs and baselines: {results['training_minutes']:.1f} min (every stage once, "
-        "from Ultralytics' results.csv; the separate and joint runs' are in their tables)"
-        "; each invocation of the command (a re-run skips finished training): wall time, peak memory: "
-        + "; ".join(invocation_text(i) for i in results["invocations"]),
-        *recorded,
+        "from Ultralytics' results.csv; the separate and joint runs' are in their tables)",
+        *([recorded] if kept else []),
         f"- scores: final value [95% bootstrap interval over the val images, {results['bootstrap']} resamples]; "
         f"references: all-background mIoU {references['seg_all_background']:.4f}, chance top-1 "
         f"{references['cls_chance']:.4f}, chance mAP50 ~0",
     ]
 
 
-def baselines_table(results: dict) -> list[str]:
-    """The single-task baselines' scores."""
-    return [
-        "## Single-task baselines (each task alone, same epochs and image size)",
-        "",
-        "| task | score |",
-        "|---|---|",
-        *(f"| {t} {METRIC_NAME[t]} | {score_text(s)} |" for t, s in results["runs"]["baselines"]["final"].items()),
-    ]
-
-
-def protocol_reports(results: dict) -> list[str]:
-    """The forgetting report of each default run, as the protocol wrote it (its title and first line left out)."""
-    lines = [f"## Sequential protocol ({results.get('protocol', 'cfg/seq.yaml')})"]
-    for name in [n for n in results["runs"] if n.startswith("default")]:
-        report = (repo_path(results["runs"][name]["root"]) / "forgetting.md").read_text()
-        lines += ["", f"### {name}", "", report.split("\n\n", 2)[2]]
-    return lines
-
-
-def final_scores_table(results: dict) -> list[str]:
-    """Final scores, forgetting, verdict and training time of every sequential run (the ablations when they ran)."""
+def protocol_tables(results: dict) -> list[list[str]]:
+    """The baselines' scores, each default run's forgetting report as the protocol wrote it (title and first line
+    left out), and the final scores, forgetting, verdict and training time of every sequential run."""
     runs = results["runs"]
-    table = "Ablations" if any(n in runs for n, *_ in ABLATIONS) else "Final scores"  # ablations=False: no ablation
-    lines = [
-        f"## {table} (each a full seg -> det -> cls run; limit {results['forget_limit']:.0%} relative forgetting)",
-        "",
-        "| run | mIoU | mAP50 | top-1 | seg forgetting | det forgetting | verdict | minutes |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for run in (run for name, run in runs.items() if name != "baselines"):
-        f, d = run["final"], run["forgetting"]
-        cells = [*(score_text(f.get(t)) for t in TASKS), forgetting_text(d.get("seg")), forgetting_text(d.get("det"))]
-        lines.append(f"| {run['label']} | {' | '.join(cells)} | {run['verdict']} | {sum(run['stage_minutes']):.1f} |")
-    return lines
+    baselines = table(
+        "Single-task baselines (each task alone, same epochs and image size)", ["task", "score"],
+        ([f"{t} {METRIC_NAME[t]}", score_text(s)] for t, s in runs["baselines"]["final"].items()),
+    )  # fmt: skip
+    reports = [f"## Sequential protocol ({results.get('protocol', 'cfg/seq.yaml')})"]  # older records: no protocol
+    for name in (n for n in runs if n.startswith("default")):
+        report = (repo_path(runs[name]["root"]) / "forgetting.md").read_text()
+        reports += ["", f"### {name}", "", report.split("\n\n", 2)[2]]
+    final = table(
+        f"Final scores (each a full seg -> det -> cls run; limit {results['forget_limit']:.0%} relative forgetting)",
+        ["run", "mIoU", "mAP50", "top-1", "seg forgetting", "det forgetting", "verdict", "minutes"],
+        ([r["label"], *(score_text(r["final"].get(t)) for t in TASKS), forgetting_text(r["forgetting"].get("seg")),
+          forgetting_text(r["forgetting"].get("det")), r["verdict"], f"{sum(r['stage_minutes']):.1f}"]
+         for name, r in runs.items() if name != "baselines"),
+    )  # fmt: skip
+    return [baselines, reports, final]
 
 
 def separate_table(results: dict) -> list[str]:
     """The separate Ultralytics models against the unified model's single-task baselines (when they ran); with
-    pretrained weights two runs per task (all layers trained, pretrained layers frozen) in a "run" column, the kept
-    one marked."""
+    pretrained weights two runs per task (all layers trained, pretrained layers frozen), the kept one marked."""
     if not (separate := results.get("separate")):
         return []
     baselines, speed_rows = results["runs"]["baselines"]["final"], results["speed"].get("rows")
@@ -402,49 +272,42 @@ def separate_table(results: dict) -> list[str]:
     rows = []
     for t, r in separate.items():
         for name, run in r.get("runs", {"trained": r}).items():  # a record from before the frozen runs: one run
-            label = f"{run['label']}{' (kept)' if name == r['kept'] else ''} | " if two_runs else ""
+            label = [f"{run['label']}{' (kept)' if name == r['kept'] else ''}"] if two_runs else []
             minutes = f"{run['minutes']:.1f}" if "minutes" in run else "n/a"  # older records: the call's time only
-            rows.append(
-                f"| {t} {METRIC_NAME[t]} | {r['model']} | {r['params'] / 1e6:.2f} | {label}"
-                f"{score_text(run['final'])} | {score_text(baselines.get(t))} | {minutes} |"
-            )
-    note = (
+            rows.append([f"{t} {METRIC_NAME[t]}", r["model"], f"{r['params'] / 1e6:.2f}", *label,
+                         score_text(run["final"]), score_text(baselines.get(t)), minutes])  # fmt: skip
+    kept = (
         " With pretrained weights each separate model is also trained with its pretrained layers frozen (the unified "
         "model's pretrained backbone learns at a tenth of the rate); the better run by the task's score is kept, "
         "and is the one the other sections compare."
     )
-    column, rule, kept = ("run | ", "---|", note) if two_runs else ("", "", "")
     unified = f"; the unified model: {speed_rows[0]['params'] / 1e6:.2f} M for all three tasks" if speed_rows else ""
+    summed = sum(r["params"] for r in separate.values()) / 1e6
     return [
-        "## Separate Ultralytics models (one per task: what a user would otherwise train, same budgets and starting "
-        "weights (pretrained or not) as the single-task baselines)",
+        *table(
+            "Separate Ultralytics models (one per task: what a user would otherwise train, same budgets and starting "
+            "weights (pretrained or not) as the single-task baselines)",
+            ["task", "Ultralytics model", "params (M)", *(["run"] if two_runs else []), "score",
+             "unified model, this task alone", "minutes"],
+            rows,
+        ),
         "",
-        f"| task | Ultralytics model | params (M) | {column}score | unified model, this task alone | minutes |",
-        f"|---|---|---:|{rule}---|---|---:|",
-        *rows,
-        "",
-        f"Summed parameters of the separate models: {sum(r['params'] for r in separate.values()) / 1e6:.2f} M{unified}."
-        f"{kept}",
-    ]
+        f"Summed parameters of the separate models: {summed:.2f} M{unified}.{kept if two_runs else ''}",
+    ]  # fmt: skip
 
 
 def joint_table(results: dict) -> list[str]:
-    """The joint runs' scores, delta_m, training time and memory, and their plot (when they ran)."""
+    """The joint runs' scores, delta_m, training time and memory (when they ran)."""
     if not (joint := results.get("joint")):
         return []
-    lines = [
-        f"## Joint training ({next(iter(joint.values()))['recipe']}, the protocol's optimizer steps per task; one run "
+    return table(
+        f"Joint training ({next(iter(joint.values()))['recipe']}, the protocol's optimizer steps per task; one run "
         "per balancing method at seed 0, the recipe's own method with more seeds; delta_m: mean relative change "
         "against the single-task baselines)",
-        "",
-        "| run | balance | mIoU | mAP50 | top-1 | delta_m vs single-task | minutes | peak RSS (MB) |",
-        "|---|---|---|---|---|---:|---:|---:|",
-    ]
-    for name, r in joint.items():
-        peak = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "-"
-        cells = " | ".join(score_text(r["final"].get(t)) for t in TASKS)
-        lines.append(f"| {name} | {r['method']} | {cells} | {r['delta_m']:+.1f}% | {r['minutes']:.1f} | {peak} |")
-    return [*lines, "", "![joint](joint_scores.png)"]
+        ["run", "balance", "mIoU", "mAP50", "top-1", "delta_m vs single-task", "minutes", "peak RSS (MB)"],
+        ([name, r["method"], *(score_text(r["final"].get(t)) for t in TASKS), f"{r['delta_m']:+.1f}%",
+          f"{r['minutes']:.1f}", f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "-"] for name, r in joint.items()),
+    )  # fmt: skip
 
 
 def deployed_table(results: dict) -> list[str]:
@@ -453,16 +316,13 @@ def deployed_table(results: dict) -> list[str]:
     deployed |= {name: run for name, run in results.get("joint", {}).items() if run.get("deployed")}
     if not deployed:
         return []
-    lines = [
-        "## Deployed path (each task as `yolo-unified predict` serves it: one letterboxed pass at the model's image "
+    lines = table(
+        "Deployed path (each task as `yolo-unified predict` serves it: one letterboxed pass at the model's image "
         "size, the predictor's NMS with one class per box at conf 0.25; benchmarks.deployed)",
-        "",
-        "| run | mIoU: validator / deployed | mAP50: validator / deployed | top-1: validator / deployed |",
-        "|---|---|---|---|",
-    ]
-    for label, run in deployed.items():
-        cells = (f"{score_text(run['final'].get(t))} / {score_text(run['deployed'].get(t))}" for t in TASKS)
-        lines.append(f"| {label} | {' | '.join(cells)} |")
+        ["run", *(f"{METRIC_NAME[t]}: validator / deployed" for t in TASKS)],
+        ([label, *(f"{score_text(r['final'].get(t))} / {score_text(r['deployed'].get(t))}" for t in TASKS)]
+         for label, r in deployed.items()),
+    )  # fmt: skip
     if (det := results.get("separate", {}).get("det", {})).get("deployed"):
         lines += [
             "",
@@ -473,51 +333,25 @@ def deployed_table(results: dict) -> list[str]:
     return lines
 
 
-def efficiency(results: dict) -> list[str]:
-    """Training time per stage of the default protocol (seed 0)."""
-    default = results["runs"]["default_seed0"]
-    stages = zip(default["stages"], default["stage_minutes"], strict=True)
-    stage_times = ", ".join(f"{s['task']} {m:.1f} min" for s, m in stages)
-    return ["## Efficiency", "", f"Training time per stage of the default protocol (seed 0): {stage_times}."]
-
-
 def targets_table(results: dict) -> list[str]:
     """The homework's latency targets against the ratios of the speed section (a record from before the product
     measured ratios has its targets in its speed table)."""
     if not (ratios := results.get("speed", {}).get("ratios")):
         return []
-    lines = ["| target | value | met |", "|---|---:|:---:|"]
-    for name, value in ratios.items():
-        goal, met = SPEED_TARGETS[name]
-        lines.append(f"| {name} {goal} | {value} | {'yes' if met(value) else 'NO'} |")
-    return lines
+    rows = ([f"{name} {SPEED_TARGETS[name][0]}", value, "yes" if SPEED_TARGETS[name][1](value) else "NO"]
+            for name, value in ratios.items())  # fmt: skip
+    return table("The homework's latency targets", ["target", "value", "met"], rows)
 
 
-def summary_markdown(results: dict) -> str:
-    """All tables of the benchmark as Markdown."""
-    tables = (baselines_table, protocol_reports, final_scores_table, separate_table, runtimes_table, joint_table)
-    blocks = [overview(results), *(table(results) for table in tables), deployed_table(results), efficiency(results)]
+def tables(results: dict) -> list[list[str]]:
+    """The summary after its header: overview, every table and the speed section."""
     speed = [results["speed_table"]] if results["speed_table"] else []
-    return markdown([*blocks, speed, targets_table(results), [PUBLISHED]])
+    return [overview(results), *protocol_tables(results), separate_table(results), runtimes_table(results),
+            joint_table(results), deployed_table(results), speed, targets_table(results)]  # fmt: skip
 
 
-def main(argv: list[str]) -> dict:
-    """Run the benchmark for command-line tokens `argv` (``key=value``); return the results dict."""
-    bench = start(argv)
-    states: dict[str, dict] = {}  # the protocol state of every run this call trained, resumed or skipped as finished
-    runs = default_runs(bench, range(1), states)  # seed 0 first: the baselines and ablations share its first stage
-    runs |= baseline_runs(bench, states)
-    runs |= default_runs(bench, range(1, int(bench.args.get("seeds", 2))), states)
-    runs |= ablation_runs(bench, states)
-    separate = separate_models(bench)
-    speed = final_model_speed(bench, states)
-    joint = joint_training(bench, runs, separate)
-    add_deployed_scores(bench, runs, joint, separate)
-    runtimes = runtime_accuracy(bench, states)
-    results = results_record(bench, runs, {"separate": separate, "runtimes": runtimes, "joint": joint}, speed)
-    write_outputs(bench.out, results, summary_markdown(results), "benchmarks.hw2")
-    return results
-
+BENCHMARK = Benchmark("benchmarks.hw2", KEYS, "benchmarks/results/hw2-320", "HW2 benchmark ({regime})", run, tables)
+main = partial(run_benchmark, BENCHMARK)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -8,14 +8,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
-from ultralytics.utils import YAML, plt_settings
+from ultralytics.utils import YAML
 
 from benchmarks.bootstrap import bootstrapped
-from benchmarks.common import METRIC_NAME, Run, execute, train_or_resume, training_minutes
+from benchmarks.common import Run, execute, train_or_resume, trained_record
 from yolo_unified.balancing import BALANCERS
-from yolo_unified.common import TASKS
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.nn.tasks import CFG_DIR
 
@@ -35,6 +33,25 @@ def delta_m(scores: dict[str, float], baselines: dict[str, float]) -> float:
     """Mean relative change (%) of each task's primary metric against its single-task score (higher is better)."""
     changes = [(scores[t] - baselines[t]) / baselines[t] for t in scores if baselines.get(t)]
     return 100 * float(np.mean(changes)) if changes else float("nan")
+
+
+def unified_run(
+    name: str, cfg: dict, scoring: dict[str, str], n_boot: int, record: dict, baselines: dict | None = None
+) -> Run:
+    """A unified run (joint, or one task with ``task=``) trained with `cfg` by `train_or_resume`, each task of
+    `scoring` (task -> data YAML) scored on that data's val split with its 95% interval; its record adds
+    `trained_record`'s entries, and delta_m against the single-task scores `baselines` when given."""
+
+    def score(root: Path, trained: tuple[Path, float | None]) -> dict[str, Any]:
+        weights, peak = trained
+        final = {}
+        for task, data in scoring.items():
+            names, imgsz = load_data_config(data)["tasks"][task]["names"], task_keys(cfg, task)["imgsz"]
+            final[task] = bootstrapped(str(weights), data, task, imgsz, names, n_boot, root / "bootstrap" / task)
+        change = {"delta_m": delta_m({t: s["value"] for t, s in final.items()}, baselines)} if baselines else {}
+        return {**trained_record(root, cfg, weights, peak), "final": final, **change}
+
+    return Run(name, partial(train_or_resume, cfg=cfg), score, record)
 
 
 def joint_runs(
@@ -61,7 +78,7 @@ def joint_runs(
     default = joint["balance"]  # the recipe's runs first (its seeds measure the noise), then the other methods
     plan = [(default, 0)] * (default in methods) + [(default, k) for k in range(1, seeds)]
     plan += [(m, 0) for m in methods if m != default]
-    data = settings["data"]
+    scoring = dict.fromkeys(task_names(load_data_config(settings["data"])), settings["data"])
 
     def planned(method: str, seed: int) -> Run:
         cfg = {**joint, **settings, "balance": method, "seed": seed, **force}
@@ -69,50 +86,9 @@ def joint_runs(
             cfg["balance_args"] = None
         if all(baselines.values()):  # best.pt by the mean retention (a zero baseline leaves the plain mean)
             cfg["baselines"] = str(out / "baselines")
-
-        def score(root: Path, trained: tuple[Path, float | None]) -> dict[str, Any]:
-            weights, peak = trained
-            sizes = {t: task_keys(cfg, t)["imgsz"] for t in TASKS}
-            final = {
-                t: bootstrapped(str(weights), data, t, sizes[t], names, n_boot, root / "bootstrap" / t)
-                for t, names in task_names(load_data_config(data)).items()
-            }
-            values = {t: s["value"] for t, s in final.items()}
-            record = {"recipe": f"cfg/{recipe.name}", "default": method == default, "weights": str(weights)}
-            scores = {"final": final, "delta_m": delta_m(values, baselines)}
-            return {**record, **scores, "minutes": training_minutes(root), "peak_rss_mb": peak}
-
-        trained = partial(train_or_resume, cfg=cfg)
-        return Run(f"joint_{method}_seed{seed}", trained, score, {"method": method, "seed": seed})
+        record = {"method": method, "seed": seed, "recipe": f"cfg/{recipe.name}", "default": method == default}
+        return unified_run(f"joint_{method}_seed{seed}", cfg, scoring, n_boot, record, baselines)
 
     results: dict[str, dict[str, Any]] = {}
     execute((planned(m, k) for m, k in plan), out, kept or {}, results.__setitem__, "benchmarks.hw2")
     return results
-
-
-@plt_settings()
-def plot_joint(file: Path, runs: dict[str, dict], references: dict[str, dict[str, float]]) -> None:
-    """Each run's scores (bars with their 95% intervals; a run without a task's score has no bar on its axis) against
-    reference rows (dashed lines)."""
-    tasks = [t for t in TASKS if any(t in r["final"] for r in runs.values())]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 0.4 * len(runs) + 2.5), tight_layout=True)
-    labels = list(runs)
-    none = {"value": float("nan"), "ci95": [float("nan")] * 2}
-    for ax, task in zip(np.atleast_1d(axes), tasks, strict=True):
-        scores = [runs[n]["final"].get(task, none) for n in labels]
-        values = [s["value"] for s in scores]
-        lo = [v - s["ci95"][0] for v, s in zip(values, scores, strict=True)]
-        hi = [s["ci95"][1] - v for v, s in zip(values, scores, strict=True)]
-        ax.barh(range(len(labels)), values, xerr=[lo, hi], color="tab:blue", alpha=0.7)
-        for (ref, scores), style in zip(references.items(), ("--", ":", "-."), strict=False):
-            if task in scores:
-                ax.axvline(scores[task], linestyle=style, color="k", label=ref)
-        ax.set(
-            yticks=range(len(labels)),
-            yticklabels=labels if task == tasks[0] else [],
-            title=f"{task} {METRIC_NAME[task]}",
-        )
-        if references:
-            ax.legend(fontsize=7)
-    fig.savefig(file, dpi=150)
-    plt.close(fig)

@@ -7,23 +7,15 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from multiprocessing import get_context
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from ultralytics.utils import LOGGER, TQDM
 
-from benchmarks.common import (
-    benchmark_args,
-    git_commit,
-    machine_info,
-    machine_text,
-    markdown,
-    recorded_command,
-    write_outputs,
-)
+from benchmarks.common import Benchmark, Report, run_benchmark, table
 from yolo_unified.balancing import BALANCERS, build_balancer
 from yolo_unified.common import SHARED_MODULES, listed, module_of
 from yolo_unified.data.prepare import DET_NAMES, SEG_NAMES
@@ -31,7 +23,7 @@ from yolo_unified.models.unified.joint import task_losses
 from yolo_unified.nn import UnifiedModel
 from yolo_unified.speed import reset_peak_rss, rss_mb
 
-KEYS = {"methods", "imgsz", "batch", "steps", "threads", "out"}
+KEYS = {"methods", "imgsz", "batch", "steps", "threads"}
 CLS_CLASSES = 10  # Imagenette
 TASKS = ["seg", "det", "cls"]
 
@@ -76,54 +68,43 @@ def measure(method: str, imgsz: int, batch: int, steps: int, threads: int = 1) -
     return {"peak_mb": peak, "added_mb": None if base is None else peak - base, "step_s": float(np.median(times))}
 
 
-def summary_markdown(results: dict[str, Any]) -> str:
-    """The table of every method, with the command and machine."""
+def tables(results: dict[str, Any]) -> list[list[str]]:
+    """The summary after its header: the settings and the table of every method."""
     s = results["settings"]
-    rows = [
-        f"| {m} | {r['kind']} | {r['peak_mb']:.0f} | {r['added_mb']:.0f} | {r['step_s']:.2f} |"
-        for m, r in results["methods"].items()
-    ]
-    return markdown(
+    rows = ([m, r["kind"], f"{r['peak_mb']:.0f}", f"{r['added_mb']:.0f}", f"{r['step_s']:.2f}"]
+            for m, r in results["methods"].items())  # fmt: skip
+    return [
         [
-            ["# Peak memory of a joint step, per balancing method"],
-            [
-                f"- command: `{results['command']}`",
-                f"- commit {results['commit']}; {machine_text(results['machine'])}",
-                f"- one random batch per task of {s['batch']} images at {s['imgsz']} px, {s['steps']} steps on "
-                f"{s['threads']} threads, each method in a fresh process; peak: the process's peak resident "
-                "memory; added: over the model and batches; step: median time of a step (losses, combination, "
-                "backward)",
-            ],
-            ["| method | kind | peak (MB) | added by the steps (MB) | step (s) |", "|---|---|---:|---:|---:|", *rows],
-        ]
-    )
+            f"- one random batch per task of {s['batch']} images at {s['imgsz']} px, {s['steps']} steps on "
+            f"{s['threads']} threads, each method in a fresh process; peak: the process's peak resident memory; "
+            "added: over the model and batches; step: median time of a step (losses, combination, backward)"
+        ],
+        table("Steps", ["method", "kind", "peak (MB)", "added by the steps (MB)", "step (s)"], rows),
+    ]
 
 
-def main(argv: list[str]) -> dict[str, Any]:
-    """Measure every method of ``methods`` (default: all) and write the results."""
-    args = benchmark_args(argv, KEYS, "benchmarks.joint_memory")
+def run(report: Report) -> None:
+    """Measure every method of ``methods`` (default: all), each in a fresh process."""
+    args = report.args
     methods = listed(args.get("methods") or list(BALANCERS))
     if unknown := [m for m in methods if m not in BALANCERS]:
         raise ValueError(f"methods: unknown {unknown}; the balancing methods are {', '.join(BALANCERS)}")
     imgsz, batch, steps = int(args.get("imgsz", 320)), int(args.get("batch", 16)), int(args.get("steps", 2))
     threads = int(args.get("threads", os.cpu_count() or 1))
-    out = Path(args.get("out", "benchmarks/results/joint-memory")).resolve()
     measured = {}
     for method in TQDM(methods, desc="joint step memory"):
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:  # a fresh process: its own peak
             step = pool.submit(measure, method, imgsz, batch, steps, threads).result()
         measured[method] = {"kind": BALANCERS[method].kind, **step}
         LOGGER.info(f"{method}: {measured[method]}")
-    results = {
-        "command": recorded_command(argv, "benchmarks.joint_memory"),
-        "commit": git_commit(),
-        "machine": machine_info(),
-        "settings": {"imgsz": imgsz, "batch": batch, "steps": steps, "threads": threads},
-        "methods": measured,
-    }
-    write_outputs(out, results, summary_markdown(results), "benchmarks.joint_memory")
-    return results
+    report.results.update(
+        settings={"imgsz": imgsz, "batch": batch, "steps": steps, "threads": threads}, methods=measured
+    )
 
+
+TITLE = "Peak memory of a joint step, per balancing method"
+BENCHMARK = Benchmark("benchmarks.joint_memory", KEYS, "benchmarks/results/joint-memory", TITLE, run, tables)
+main = partial(run_benchmark, BENCHMARK)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

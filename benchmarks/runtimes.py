@@ -6,25 +6,14 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ultralytics.utils import LOGGER, colorstr
 
 from benchmarks.bootstrap import bootstrapped
-from benchmarks.common import (
-    benchmark_args,
-    git_commit,
-    invocation,
-    machine_info,
-    markdown,
-    provenance_lines,
-    recorded_command,
-    repo_relative,
-    score_text,
-    write_outputs,
-)
+from benchmarks.common import METRIC_NAME, Benchmark, Report, repo_relative, run_benchmark, score_text, table
 from yolo_unified.common import TASKS
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.models.unified.model import UnifiedYOLO
@@ -80,44 +69,34 @@ def runtimes_table(results: dict, title: str = "the default protocol's final mod
     """The scores per runtime of `results` (its ``runtimes``, when they ran) of `title`'s model."""
     if not (runtimes := results.get("runtimes")):
         return []
+    rows = (
+        [label, *(score_text(s.get(t)) for t in TASKS)]
+        for label, s in runtimes.items()
+        if label != "openvino_precision"
+    )
     return [
-        f"## Accuracy per runtime ({title}; INT8 calibrated on the val images of every task)",
-        "",
-        "| runtime | mIoU | mAP50 | top-1 |",
-        "|---|---|---|---|",
-        *(
-            f"| {label} | {' | '.join(score_text(scores.get(t)) for t in TASKS)} |"
-            for label, scores in runtimes.items()
-            if label != "openvino_precision"
-        ),
+        *table(f"Accuracy per runtime ({title}; INT8 calibrated on the val images of every task)",
+               ["runtime", *(METRIC_NAME[t] for t in TASKS)], rows),
         "",
         f"OpenVINO runs its fp32 model at its CPU plugin's default precision: {runtimes['openvino_precision']}.",
-    ]
+    ]  # fmt: skip
 
 
-def main(argv: list[str]) -> dict[str, Any]:
-    """Score a checkpoint in every runtime for command-line tokens `argv` (``key=value``); write ``results.json``
-    and ``summary.md`` into ``out``."""
-    keys = {"model", "data", "imgsz", "cls_imgsz", "out", "bootstrap"}
-    args = benchmark_args(argv, keys, "benchmarks.runtimes")
-    started, commit = time.time(), git_commit()
+def run(report: Report) -> None:
+    """Score the checkpoint ``model=`` in every runtime."""
+    args = report.args
     data = str(args.get("data", "datasets/hw2.yaml"))
     size = int(args.get("imgsz", 320))
     imgsz = {t: int(args.get("cls_imgsz", 160)) if t == "cls" else size for t in load_data_config(data)["tasks"]}
-    out = Path(args.get("out", "runs/unified/runtimes")).resolve()
-    scores = runtime_scores(str(args["model"]), data, imgsz, out, int(args.get("bootstrap", 1000)))
-    results = {
-        "command": recorded_command(argv, "benchmarks.runtimes"),
-        **invocation(started, commit),
-        "machine": machine_info(),
-        "model": repo_relative(args["model"]),
-        "runtimes": scores,
-    }
-    title = f"# Accuracy per runtime of {results['model']}"
-    summary = markdown([[title, "", *provenance_lines(results)], runtimes_table(results, results["model"])])
-    write_outputs(out, results, summary, "benchmarks.runtimes")
-    return results
+    scores = runtime_scores(str(args["model"]), data, imgsz, report.out, int(args.get("bootstrap", 1000)))
+    report.results.update(model=repo_relative(args["model"]), runtimes=scores)
 
+
+KEYS = {"model", "data", "imgsz", "cls_imgsz", "bootstrap"}
+TITLE = "Accuracy per runtime of {model}"
+BENCHMARK = Benchmark("benchmarks.runtimes", KEYS, "runs/unified/runtimes", TITLE, run,
+                      lambda results: [runtimes_table(results, results["model"])])  # fmt: skip
+main = partial(run_benchmark, BENCHMARK)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -58,17 +58,6 @@ def backbone_weights(pretrained: str, out: Path) -> str:
     return str(file)
 
 
-def train_one(task: str, root: Path, data: str, args: dict[str, Any]) -> str:
-    """Train (or resume, or skip when finished) the separate model of `task` in `root`; return its best.pt."""
-    best, last = root / "weights" / "best.pt", root / "weights" / "last.pt"
-    if last.is_file() and not finished_run(last):
-        YOLO(str(last)).train(resume=True)
-    elif not last.is_file():
-        model = YOLO(MODELS[task][0], task=ULTRALYTICS_TASK[task])
-        model.train(data=data, project=str(root.parent), name=root.name, exist_ok=True, **args)
-    return str(best if best.is_file() else last)
-
-
 def trained_params(model: torch.nn.Module, freeze: int) -> int:
     """Parameters of `model` that training with Ultralytics' ``freeze=<freeze>`` updates (layers from `freeze` on)."""
     return get_num_params(model) - sum(get_num_params(layer) for layer in model.model[:freeze])
@@ -93,7 +82,16 @@ def variant_run(task: str, variant: str, data: str, args: dict[str, Any], n_boot
             "final": final,
         }
 
-    return Run(task + suffix, lambda root: train_one(task, root, data, args), score, {"label": label})
+    def trained(root: Path) -> str:  # trained, resumed, or skipped when finished
+        best, last = root / "weights" / "best.pt", root / "weights" / "last.pt"
+        if last.is_file() and not finished_run(last):
+            YOLO(str(last)).train(resume=True)
+        elif not last.is_file():
+            model = YOLO(MODELS[task][0], task=ULTRALYTICS_TASK[task])
+            model.train(data=data, project=str(root.parent), name=root.name, exist_ok=True, **args)
+        return str(best if best.is_file() else last)
+
+    return Run(task + suffix, trained, score, {"label": label})
 
 
 def train_separate(

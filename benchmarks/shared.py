@@ -10,32 +10,24 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ultralytics.utils import LOGGER, YAML, colorstr
 
-from benchmarks.bootstrap import bootstrapped
 from benchmarks.common import (
+    METRIC_NAME,
     QUICK,
     REPO,
-    Run,
-    benchmark_args,
+    Benchmark,
+    Report,
     execute,
-    git_commit,
-    invocation,
-    invocation_text,
-    machine_info,
-    machine_text,
-    markdown,
-    previous_results,
-    recorded_command,
+    run_benchmark,
     score_text,
-    train_or_resume,
-    trained_record,
-    write_outputs,
+    table,
 )
-from benchmarks.joint import joint_recipe, plot_joint, task_keys
+from benchmarks.joint import joint_recipe, task_keys, unified_run
 from yolo_unified.cli import coco_names
 from yolo_unified.common import listed
 from yolo_unified.data.coco import convert_coco
@@ -45,7 +37,7 @@ from yolo_unified.models.unified.joint import JointTrainer
 
 MODULE = "benchmarks.shared"
 KEYS = {"coco", "hw2", "pretrained", "epochs", "imgsz", "seeds", "balance", "timing_rounds", "timing_epochs",
-        "timing_balance", "sections", "n_boot", "quick", "out"}  # fmt: skip
+        "timing_balance", "sections", "n_boot", "quick"}  # fmt: skip
 SECTIONS = ("timing", "mini_coco", "mixed", "merged")
 DATASETS = REPO / "datasets"
 
@@ -134,22 +126,6 @@ def timing(args: dict[str, Any], cfg: dict[str, Any], data: dict[str, str], out:
     return results
 
 
-def planned_run(section: str, name: str, cfg: dict[str, Any], scoring: dict[str, str], n_boot: int) -> Run:
-    """One run of the plan: trained with `cfg`, each task of `scoring` (task -> data YAML) scored on that data's val
-    split with its 95% interval."""
-
-    def score(root: Path, trained: tuple[Path, float | None]) -> dict[str, Any]:
-        weights, peak = trained
-        final = {}
-        for task, data in scoring.items():
-            names, imgsz = load_data_config(data)["tasks"][task]["names"], task_keys(cfg, task)["imgsz"]
-            final[task] = bootstrapped(str(weights), data, task, imgsz, names, n_boot, root / "bootstrap" / task)
-        record = trained_record(root, cfg, weights, peak)
-        return {**record, "task": cfg.get("task") or "joint", "seed": cfg["seed"], "final": final}
-
-    return Run(name, lambda root: train_or_resume(root, cfg), score, {"section": section})
-
-
 def run_plan(data: dict[str, str], seeds: int, sections: list[str]) -> list[tuple[str, str, dict, dict[str, str]]]:
     """Every scored run: (section, name, keys over the recipe, task -> data YAML it is scored on), seed 0 of every
     section first, so that a cut-short invocation has one of each."""
@@ -185,69 +161,46 @@ def run_keys(cfg: dict[str, Any], keys: dict[str, Any]) -> dict[str, Any]:
     return {**own, **keys, "joint": "task" not in keys}
 
 
-def main(argv: list[str]) -> dict[str, Any]:
-    args = benchmark_args(argv, KEYS, MODULE)
-    started, commit = time.time(), git_commit()
-    out = Path(args.get("out", REPO / "benchmarks/results/mini-coco")).resolve()
-    force = dict(QUICK) if args.get("quick") else {}
+def run(report: Report) -> None:
+    """The timing section, then every scored run of the sections asked for, saved as each is made."""
+    args, out, previous, results = report.args, report.out, report.previous, report.results
     sections = listed(args.get("sections", list(SECTIONS)))
     if unknown := set(sections) - set(SECTIONS):
         raise ValueError(f"sections: unknown {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
-    previous = previous_results(out)
     data = prepare_data(args, out / "data")
-    cfg = recipe(args, force)
-    results: dict[str, Any] = {
-        "command": recorded_command(argv, MODULE),
-        "regime": f"pretrained={cfg['pretrained']}" if cfg.get("pretrained") else "from scratch",
-        "recipe": {k: v for k, v in cfg.items() if k not in {"pretrained"}},
-        "machine": machine_info(),
-        "quick": bool(args.get("quick")),
-        "timing": previous.get("timing", {}),
-        "runs": {},
-        "invocations": previous.get("invocations", []),
-    }
+    cfg = recipe(args, dict(QUICK) if report.quick else {})
+    results.update(
+        regime=f"pretrained={cfg['pretrained']}" if cfg.get("pretrained") else "from scratch",
+        recipe={k: v for k, v in cfg.items() if k != "pretrained"},
+        timing=previous.get("timing", {}),
+        runs={},
+    )
     if "timing" in sections:
         results["timing"] = timing(args, cfg, data, out, previous.get("timing", {}))
-        save(out, results)
+        report.save()
     n_boot = int(args.get("n_boot", 1000))
     plan = run_plan(data, int(args.get("seeds", 2)), sections)
-    runs = (planned_run(section, name, run_keys(cfg, keys), scoring, n_boot) for section, name, keys, scoring in plan)
-
-    def keep(name: str, record: dict[str, Any]) -> None:
-        results["runs"][name] = record
-        save(out, results)
-
-    execute(runs, out, previous.get("runs", {}), keep, MODULE)
-    results["invocations"].append(invocation(started, commit))
-    save(out, results)
-    return results
-
-
-def save(out: Path, results: dict[str, Any]) -> None:
-    """Write results.json, summary.md and the score plot of what is done so far: a killed invocation leaves them,
-    and a re-run keeps its timing and the runs whose folders are gone."""
-    if results["runs"]:
-        plot_joint(out / "shared_scores.png", results["runs"], {})
-    write_outputs(out, results, summary_markdown(results), MODULE)
+    runs = (
+        unified_run(name, run_keys(cfg, keys), scoring, n_boot, {"section": section, "task": keys.get("task", "joint"),
+                                                                 "seed": keys["seed"]})
+        for section, name, keys, scoring in plan
+    )  # fmt: skip
+    execute(runs, out, previous.get("runs", {}), report.keep, MODULE)
 
 
 def timing_table(timing: dict[str, Any]) -> list[str]:
     """The timing section: each method's epoch seconds per form and round, and the ratio."""
-    if not timing:
-        return []
-    lines = [
-        "## Seconds per epoch: shared images against two datasets",
-        "",
-        "| balance | shared: s/epoch per round | two datasets: s/epoch per round | two / shared per round | median |",
-        "|---|---|---|---|---|",
-    ]
-    for method, t in timing.items():
-        cells = [
-            "; ".join(", ".join(f"{s:.1f}" for s in r) for r in t["epoch_seconds"][form]) for form in ("shared", "two")
-        ]
-        ratios = ", ".join(f"{r:.2f}x" for r in t["ratios"])
-        lines.append(f"| {method} | {cells[0]} | {cells[1]} | {ratios} | **{t['ratio']:.2f}x** |")
-    return lines
+
+    def rounds(seconds: list[list[float]]) -> str:
+        return "; ".join(", ".join(f"{s:.1f}" for s in r) for r in seconds)
+
+    rows = [
+        [method, rounds(t["epoch_seconds"]["shared"]), rounds(t["epoch_seconds"]["two"]),
+         ", ".join(f"{r:.2f}x" for r in t["ratios"]), f"**{t['ratio']:.2f}x**"]
+        for method, t in timing.items()
+    ]  # fmt: skip
+    columns = ["balance", "shared: s/epoch per round", "two datasets: s/epoch per round", "two / shared per round"]
+    return table("Seconds per epoch: shared images against two datasets", [*columns, "median"], rows) if rows else []
 
 
 def runs_table(results: dict[str, Any], section: str, title: str, tasks: tuple[str, ...]) -> list[str]:
@@ -255,41 +208,32 @@ def runs_table(results: dict[str, Any], section: str, title: str, tasks: tuple[s
     runs = {n: r for n, r in results["runs"].items() if r["section"] == section}
     if not runs:
         return []
-    columns = {"det": "det mAP50", "seg": "seg mIoU", "cls": "cls top-1"}
-    lines = [f"## {title}", "", "| run | " + " | ".join(columns[t] for t in tasks) + " | s/epoch | peak MB |"]
-    lines.append("|---" * (len(tasks) + 3) + "|")
-    for name, r in runs.items():
-        scores = " | ".join(score_text(r["final"].get(t)) for t in tasks)
-        peak = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "n/a"
-        lines.append(f"| {name} | {scores} | {r['seconds_per_epoch']:.1f} | {peak} |")
+    rows = ([name, *(score_text(r["final"].get(t)) for t in tasks), f"{r['seconds_per_epoch']:.1f}",
+             f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "n/a"] for name, r in runs.items())  # fmt: skip
+    lines = table(title, ["run", *(f"{t} {METRIC_NAME[t]}" for t in tasks), "s/epoch", "peak MB"], rows)
     if background := {f"{r['final']['seg']['all_background']:.4f}" for r in runs.values() if "seg" in r["final"]}:
         lines += ["", f"All-background prediction (the trivial one): seg mIoU {', '.join(sorted(background))}."]
     return lines
 
 
-def summary_markdown(results: dict[str, Any]) -> str:
-    """summary.md: provenance, the timing table and one score table per section."""
-    head = [
-        "# mini_coco: tasks labelled on the same images",
-        "",
-        f"- command: `{results['command']}`",
-        f"- {machine_text(results['machine'])}",
-        f"- regime: {results['regime']}; recipe: balance {results['recipe']['balance']}, "
-        f"{results['recipe']['epochs']} epochs, imgsz {results['recipe']['imgsz']}, batch {results['recipe']['batch']}",
-        *(f"- invocation: {invocation_text(i)}" for i in results["invocations"]),
-    ]
-    return markdown(
-        [
-            head,
-            timing_table(results["timing"]),
-            runs_table(results, "mini_coco", "mini_coco val (60 images): joint on shared images, two datasets, alone",
-                       ("det", "seg")),
-            runs_table(results, "mixed", "Mixed: mini_coco det+seg shared, Imagenette cls", ("det", "seg", "cls")),
-            runs_table(results, "merged", "HW2 val: HW2 alone against HW2 + mini_coco's training images",
-                       ("det", "seg")),
-        ]
-    )  # fmt: skip
+def tables(results: dict[str, Any]) -> list[list[str]]:
+    """summary.md after its header: the recipe, the timing table and one score table per section."""
+    r = results["recipe"]
+    recipe_line = (f"- regime: {results['regime']}; recipe: balance {r['balance']}, {r['epochs']} epochs, imgsz "
+                   f"{r['imgsz']}, batch {r['batch']}")  # fmt: skip
+    return [
+        [recipe_line],
+        timing_table(results["timing"]),
+        runs_table(results, "mini_coco", "mini_coco val (60 images): joint on shared images, two datasets, alone",
+                   ("det", "seg")),
+        runs_table(results, "mixed", "Mixed: mini_coco det+seg shared, Imagenette cls", ("det", "seg", "cls")),
+        runs_table(results, "merged", "HW2 val: HW2 alone against HW2 + mini_coco's training images", ("det", "seg")),
+    ]  # fmt: skip
 
+
+TITLE = "mini_coco: tasks labelled on the same images"
+BENCHMARK = Benchmark(MODULE, KEYS, "benchmarks/results/mini-coco", TITLE, run, tables)
+main = partial(run_benchmark, BENCHMARK)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

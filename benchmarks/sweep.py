@@ -8,32 +8,30 @@ import math
 import sys
 from copy import deepcopy
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import yaml
-from ultralytics.utils import LOGGER, YAML, colorstr, plt_settings
+from ultralytics.utils import YAML
 
 from benchmarks import hw2
 from benchmarks.common import (
     METRIC_NAME,
-    BenchmarkSetup,
+    Benchmark,
+    ProtocolSetup,
+    Report,
+    Run,
     budget_text,
-    invocation,
-    invocation_text,
-    markdown,
-    provenance_lines,
+    execute,
+    protocol_run,
     repo_path,
     repo_relative,
-    results_header,
-    run_protocol,
+    run_benchmark,
     run_verdict,
-    share_first_stage,
     stage_minutes,
-    start_benchmark,
+    table,
     with_stage_paths,
-    write_outputs,
 )
 from yolo_unified.common import PRIMARY_METRIC, SHARED_MODULES, STATE_FILE, listed
 from yolo_unified.continual import STRATEGIES
@@ -41,7 +39,7 @@ from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.protocol import read_state
 from yolo_unified.workflows.report import forgetting, verdict
 
-KEYS = {"data", "imgsz", "pretrained", "out", "grid", "seeds", "front", "quick", "only", "base"}
+KEYS = {"data", "imgsz", "pretrained", "grid", "seeds", "front", "quick", "only", "base"}
 GRID_KEYS = {"stages", "shared", "with_shared", "strategies", "combined"}
 
 
@@ -55,37 +53,21 @@ class GridConfig:
     strategies: dict[str, dict]
     stages: list[dict]
 
-    @property
-    def family(self) -> str:
-        """The strategy keys joined by '+', 'none' without a strategy: one plot colour each."""
-        return "+".join(self.strategies) or "none"
-
-    @property
-    def frozen(self) -> bool:
-        """The frozen point: shared network not trained, no strategy."""
-        return self.shared == 0 and not self.strategies
-
 
 @dataclass
-class SweepSetup(BenchmarkSetup):
-    """One invocation of the sweep: the benchmark's settings, the grid and the base run every grid run starts from."""
+class Sweep(ProtocolSetup):
+    """One invocation of the sweep: the protocol setup, the grid, the base run every grid run starts from (its
+    default_seed0 state, absolute stage paths), the tasks in stage order, the base's single-task scores (for
+    retention), the seeds of the front's configurations and the front's size."""
 
-    grid: Path  # the grid file
-    configs: list[GridConfig]  # the configurations to run, in run order
-    base: Path  # the benchmarks.hw2 output whose default_seed0 stage 1 and baselines every grid run shares
-    base_state: dict[str, Any]  # the protocol state of its default_seed0 (absolute stage paths)
-    tasks: list[str]  # the tasks in stage order
-    single: dict[str, float | None]  # the base's single-task scores, for retention
-
-    @property
-    def seeds(self) -> int:
-        """Seeds of the front's configurations (the others run with seed 0 alone)."""
-        return int(self.args.get("seeds", 2))
-
-    @property
-    def front_size(self) -> int:
-        """How many of the best configurations after seed 0 run with the further seeds."""
-        return min(int(self.args.get("front", 3)), len(self.configs)) if self.seeds > 1 else 0
+    grid: Path
+    configs: list[GridConfig]
+    base: Path
+    base_state: dict[str, Any]
+    tasks: list[str]
+    single: dict[str, float | None]
+    seeds: int
+    front_size: int
 
 
 def number(value: Any) -> str:
@@ -195,30 +177,6 @@ def run_cfg(seq: dict, config: GridConfig, seed: int, baselines: Path) -> dict:
     return {**top, "seed": seed, "baselines": str(baselines), "stages": stages}
 
 
-def check_settings(root: Path, cfg: dict, force: dict) -> None:
-    """Refuse to resume a run started with other stage-2/3 settings (the grid's recipe changed since): its name and
-    scores would no longer match."""
-    state_file = root / STATE_FILE
-    config = json.loads(state_file.read_text()).get("config") if state_file.is_file() else None
-    if config and config["stages"][1:] != [{**s, **force} for s in cfg["stages"][1:]]:
-        raise ValueError(f"{root} was started with other stage-2/3 settings than the grid's: pass a new out=")
-
-
-def base_mismatch(used: dict, mine: dict) -> list[str]:
-    """The settings (data, imgsz, pretrained) the base run was trained with that differ from the sweep's."""
-
-    def norm(key: str, value: Any) -> Any:
-        return value if value is None or key == "imgsz" else repo_path(value).resolve()
-
-    keys = [k for k in ("data", "imgsz", "pretrained") if norm(k, used.get(k)) != norm(k, mine.get(k))]
-    return [f"{k}={used.get(k)} (this sweep: {mine.get(k)})" for k in keys]
-
-
-def forgetting_after(state: dict, stage: int, limit: float) -> dict[str, dict[str, Any]]:
-    """The report's forgetting as it stood after stage `stage` (1-based): the protocol state cut after it."""
-    return forgetting({**state, "stages": state["stages"][:stage]}, limit)
-
-
 def run_metrics(state: dict, tasks: list[str], single: dict[str, float], limit: float) -> dict[str, float | None]:
     """The numbers of one grid run (None where undefined).
 
@@ -231,7 +189,8 @@ def run_metrics(state: dict, tasks: list[str], single: dict[str, float], limit: 
     for k in range(2, len(tasks) + 1):
         new = tasks[k - 1]
         metrics[f"{new}_stage{k}"] = state["stages"][k - 1]["scores"][new][PRIMARY_METRIC[new]]
-        drops = {t: d["relative"] for t, d in forgetting_after(state, k, limit).items() if t != new}
+        after = forgetting({**state, "stages": state["stages"][:k]}, limit)  # the report as it stood after stage k
+        drops = {t: d["relative"] for t, d in after.items() if t != new}
         metrics.update({f"{t}_forgetting_stage{k}": v for t, v in drops.items()})
         metrics[f"worst_forgetting_stage{k}"] = max(drops.values())
     final = state["stages"][-1]["scores"]
@@ -244,25 +203,28 @@ def run_metrics(state: dict, tasks: list[str], single: dict[str, float], limit: 
     return metrics
 
 
-def run_config(config: GridConfig, seed: int, sweep: SweepSetup, label: str) -> dict:
-    """Run (or resume, or skip when finished) one configuration with one seed; return its record for results.json."""
-    name = f"{config.name}-seed{seed}"
-    root = sweep.out / name
-    LOGGER.info(f"\n{colorstr('bold', 'benchmarks.sweep')}: {name} ({label})")
-    cfg = run_cfg(sweep.seq, config, seed, sweep.base / "baselines")
-    check_settings(root, cfg, sweep.force)
-    share_first_stage(root, sweep.base_state)
-    state, seconds = run_protocol(cfg, root, sweep.settings, sweep.force)
-    return {
-        "configuration": config.name,
-        "seed": seed,
-        "root": repo_relative(root),
-        "metrics": run_metrics(state, sweep.tasks, sweep.single, sweep.limit),
-        "pass": verdict(state, sweep.limit) == "PASS",
-        "verdict": run_verdict(state, sweep.limit),
-        "wall_minutes_this_call": seconds / 60,
-        "stages": with_stage_paths(state["stages"], repo_relative),
-    }
+def config_run(config: GridConfig, seed: int, sweep: Sweep) -> Run:
+    """The `Run` of one configuration with one seed: the recommended protocol's top-level keys and first stage (the
+    base's, shared), then the configuration's two stages; refuses a folder started with other stage-2/3 settings
+    (the grid's recipe changed since: its name and scores would no longer match)."""
+    name, top = f"{config.name}-seed{seed}", {k: v for k, v in sweep.seq.items() if k != "stages"}
+    stages = [deepcopy(sweep.seq["stages"][0]), *deepcopy(config.stages)]
+    cfg = {**top, "seed": seed, "baselines": str(sweep.base / "baselines"), "stages": stages}
+    state_file = sweep.report.out / name / STATE_FILE
+    config_was = json.loads(state_file.read_text()).get("config") if state_file.is_file() else None
+    if config_was and config_was["stages"][1:] != [{**s, **sweep.force} for s in stages[1:]]:
+        raise ValueError(
+            f"{state_file.parent} was started with other stage-2/3 settings than the grid's: pass a new out="
+        )
+
+    def score(_: Path, state: dict) -> dict[str, Any]:
+        return {
+            "metrics": run_metrics(state, sweep.tasks, sweep.single, sweep.limit),
+            "pass": verdict(state, sweep.limit) == "PASS",
+            "verdict": run_verdict(state, sweep.limit),
+        }
+
+    return protocol_run(sweep, name, cfg, score, {"configuration": config.name, "seed": seed}, lambda: sweep.base_state)
 
 
 def aggregate(runs: list[dict]) -> dict[str, dict[str, float | None]]:
@@ -278,104 +240,17 @@ def aggregate(runs: list[dict]) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def pareto_ranks(points: list[tuple[float | None, float | None]]) -> list[int]:
-    """Non-dominated sorting of points maximised in both coordinates: 0 is the Pareto front, 1 the front of the rest,
-    and so on (a missing coordinate counts as the worst)."""
-    pts = [tuple(-math.inf if v is None else v for v in p) for p in points]
-    ranks, left, rank = [0] * len(pts), set(range(len(pts))), 0
-    while left:
-        front = {i for i in left if not any(dominates(pts[j], pts[i]) for j in left)}
-        for i in front:
-            ranks[i] = rank
-        left -= front
-        rank += 1
-    return ranks
-
-
-def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    """`a` is at least as good as `b` in every coordinate and better in one (maximising)."""
-    return a != b and all(x >= y for x, y in zip(a, b, strict=True))
-
-
-def stability_plasticity(stats: dict[str, dict]) -> tuple[float | None, float | None]:
-    """A configuration's point for the front: (minus the worst forgetting after stage 3, mean retention)."""
-    worst = stats["worst_forgetting_stage3"]["mean"]
-    return (None if worst is None else -worst), stats["mean_retention"]["mean"]
-
-
 def rank_configs(names: list[str], stats: dict[str, dict], limit: float) -> list[str]:
     """`names` best first: those whose worst forgetting after stage 3 is within `limit` (the candidates for the
-    recommended protocol) by mean retention, then the rest by Pareto rank in (worst forgetting, mean retention), ties
-    by retention."""
-    ranks = dict(zip(names, pareto_ranks([stability_plasticity(stats[n]) for n in names]), strict=True))
+    recommended protocol) by mean retention, then the rest by worst forgetting (unknown last)."""
 
-    def retention(n: str) -> float:
-        value = stats[n]["mean_retention"]["mean"]
-        return -math.inf if value is None else value
+    def key(n: str) -> tuple[bool, float]:
+        worst, retention = (stats[n][k]["mean"] for k in ("worst_forgetting_stage3", "mean_retention"))
+        if worst is not None and worst <= limit:
+            return False, -math.inf if retention is None else -retention
+        return True, math.inf if worst is None else worst
 
-    def within(n: str) -> bool:
-        worst = stats[n]["worst_forgetting_stage3"]["mean"]
-        return worst is not None and worst <= limit
-
-    return sorted(names, key=lambda n: (not within(n), 0 if within(n) else ranks[n], -retention(n)))
-
-
-@plt_settings()
-def plot_pareto(points: list[dict], path: Path, title: str, xlabel: str, single: float | None, limit: float) -> None:
-    """One point per configuration at its seed mean (min-max error bars over seeds), a colour per strategy family,
-    the frozen point starred, the Pareto front (max x, min y) as a step line, the single-task score and the limit.
-
-    `points`: ``{"name", "family", "frozen", "x": (mean, min, max), "y": (mean, min, max)}`` with y in %.
-    """
-    fig, ax = plt.subplots(figsize=(8, 5.5), tight_layout=True)
-    points = [p for p in points if None not in p["x"] and None not in p["y"]]
-    families = list(dict.fromkeys(p["family"] for p in points))
-    palette = plt.get_cmap("tab10")
-    for p in points:
-        (x, x0, x1), (y, y0, y1) = p["x"], p["y"]
-        i = families.index(p["family"])
-        first = p is next(q for q in points if q["family"] == p["family"])
-        ax.errorbar(
-            x, y, xerr=[[x - x0], [x1 - x]] if x1 > x0 else None, yerr=[[y - y0], [y1 - y]] if y1 > y0 else None,
-            fmt="o", ms=6, capsize=3, color=palette(i % 10), label=p["family"] if first else None,
-        )  # fmt: skip
-        if p["frozen"]:
-            ax.scatter(x, y, marker="*", s=300, facecolors="none", edgecolors="k", zorder=3, label="frozen (shared 0)")
-    ranks = pareto_ranks([(p["x"][0], -p["y"][0]) for p in points])
-    front = sorted((p for p, r in zip(points, ranks, strict=True) if r == 0), key=lambda p: p["x"][0])
-    if front:
-        xs, ys = [p["x"][0] for p in front], [p["y"][0] for p in front]
-        ax.step(xs, ys, where="pre", color="k", lw=1, alpha=0.6, label="Pareto front")
-        for p in front:
-            ax.annotate(p["name"], (p["x"][0], p["y"][0]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    if single:
-        ax.axvline(single, ls="--", color="gray", lw=1, label=f"single-task {xlabel} ({single:.4f})")
-    ax.axhline(100 * limit, ls=":", color="r", lw=1, label=f"{limit:.0%} forgetting limit")
-    ax.set(xlabel=xlabel, ylabel="worst relative forgetting of finished tasks (%)", title=title)
-    ax.legend(fontsize=7)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-
-
-def plot_points(results: dict, stage: int) -> list[dict]:
-    """The plot points of stage `stage`: new task's score against the finished tasks' worst forgetting (%)."""
-    new = results["tasks"][stage - 1]
-    points = []
-    for name, c in results["configurations"].items():
-        x, y = c["metrics"][f"{new}_stage{stage}"], c["metrics"][f"worst_forgetting_stage{stage}"]
-        scaled = tuple(None if v is None else 100 * v for v in (y["mean"], y["min"], y["max"]))
-        x = (x["mean"], x["min"], x["max"])
-        points.append({"name": name, "family": c["family"], "frozen": c["frozen"], "x": x, "y": scaled})
-    return points
-
-
-def stat_cell(stat: dict, seeds: int, kind: str = "score") -> str:
-    """A table cell: the seed mean, with ``[min, max]`` over several seeds (kind: score, percent or signed %)."""
-    if stat["mean"] is None:
-        return "-"
-    form = {"score": "{:.4f}", "percent": "{:.1%}", "forgetting": "{:+.1%}"}[kind]
-    text = form.format(stat["mean"])
-    return text + (f" [{form.format(stat['min'])}, {form.format(stat['max'])}]" if seeds > 1 else "")
+    return sorted(names, key=key)
 
 
 def recommended_text(results: dict) -> str:
@@ -398,20 +273,17 @@ def recommended_text(results: dict) -> str:
 
 
 def overview(results: dict) -> list[str]:
-    """The summary's title and list of settings, provenance, grid, references and training times."""
+    """The summary's budget, grid, references and training time."""
     single = results["base"]["single_task"]
     scores = ", ".join(f"{t} {METRIC_NAME[t]} {v:.4f}" for t, v in single.items() if v is not None)
     seeds = (
         f"the {results['front_size']} best after seed 0 (within the forgetting limit by mean retention, then the "
-        f"Pareto front in worst forgetting and mean retention after stage 3) re-run with seeds "
+        f"least worst forgetting after stage 3) re-run with seeds "
         f"1..{results['seeds'] - 1}: " + ", ".join(f"`{n}`" for n in results["front"])
         if results["front"]
         else "one seed each"
     )
     return [
-        f"# Stability/plasticity sweep ({results['regime']})",
-        "",
-        *provenance_lines(results),
         f"- budget: {results['budget']}; stage 1 trained once (`{results['base']['root']}/default_seed0`) and shared",
         f"- grid: `{results['grid']['file']}`{' (quick: reduced)' if results['quick'] else ''}, "
         f"{len(results['configurations'])} configurations at seed 0; {seeds}",
@@ -419,123 +291,117 @@ def overview(results: dict) -> list[str]:
         f"{results['forget_limit']:.0%} relative forgetting of every finished task",
         f"- scores: the validators' after each stage (each run's protocol.json, no bootstrap); several seeds: mean "
         f"[min, max]; training time of the grid runs (stages 2 and 3, every seed): {results['training_minutes']:.1f} "
-        "min; each invocation: " + "; ".join(invocation_text(i) for i in results["invocations"]),
+        "min",
     ]
 
 
 def configurations_table(results: dict) -> list[str]:
     """Every configuration's scores, forgetting, retention, verdict and training time, the least forgetting first."""
     first, mid, last = results["tasks"]
-    columns = [  # header, metric, kind
-        (f"{mid} {METRIC_NAME[mid]}", f"{mid}_final", "score"),
-        (f"{last} {METRIC_NAME[last]}", f"{last}_final", "score"),
-        (f"{first} forgetting", f"{first}_forgetting_stage3", "forgetting"),
-        (f"{mid} forgetting", f"{mid}_forgetting_stage3", "forgetting"),
-        (f"{first} forgetting after stage 2", f"{first}_forgetting_stage2", "forgetting"),
-        (f"{mid} retention", f"{mid}_retention", "percent"),
-        (f"{last} retention", f"{last}_retention", "percent"),
-    ]
+    columns = {  # header: (metric, format)
+        f"{mid} {METRIC_NAME[mid]}": (f"{mid}_final", "{:.4f}"),
+        f"{last} {METRIC_NAME[last]}": (f"{last}_final", "{:.4f}"),
+        f"{first} forgetting": (f"{first}_forgetting_stage3", "{:+.1%}"),
+        f"{mid} forgetting": (f"{mid}_forgetting_stage3", "{:+.1%}"),
+        f"{first} forgetting after stage 2": (f"{first}_forgetting_stage2", "{:+.1%}"),
+        f"{mid} retention": (f"{mid}_retention", "{:.1%}"),
+        f"{last} retention": (f"{last}_retention", "{:.1%}"),
+    }
     configs = results["configurations"]
 
-    def order(name: str) -> tuple[float, float]:
-        """Worst forgetting after stage 3 (unknown last), then the higher mean retention."""
+    def cell(stat: dict, form: str, seeds: int) -> str:  # the seed mean, with [min, max] over several seeds
+        if stat["mean"] is None:
+            return "-"
+        text = form.format(stat["mean"])
+        return text + f" [{form.format(stat['min'])}, {form.format(stat['max'])}]" if seeds > 1 else text
+
+    def order(name: str) -> tuple[float, float]:  # worst forgetting after stage 3 (unknown last), then retention
         worst, retention = (configs[name]["metrics"][k]["mean"] for k in ("worst_forgetting_stage3", "mean_retention"))
         return math.inf if worst is None else worst, -(retention or 0)
 
-    lines = [
-        "## Configurations (sorted by worst forgetting after stage 3)",
-        "",
-        "| configuration | seeds | " + " | ".join(h for h, *_ in columns) + " | verdict | training (min) |",
-        "|---|---|" + "---|" * len(columns) + "---|---|",
-    ]
+    rows = []
     for name in sorted(configs, key=order):
-        c, n = configs[name], len(configs[name]["seeds"])
-        cells = [stat_cell(c["metrics"][key], n, kind) for _, key, kind in columns]
-        passes = sum(c["passes"])
+        c, n, passes = configs[name], len(configs[name]["seeds"]), sum(configs[name]["passes"])
         verdict_cell = "PASS" if passes == n else "FAIL" if not passes else f"PASS {passes}/{n}"
-        lines.append(f"| {name} | {n} | {' | '.join(cells)} | {verdict_cell} | {c['training_minutes']:.1f} |")
-    return lines
+        cells = [cell(c["metrics"][key], form, n) for key, form in columns.values()]
+        rows.append([name, n, *cells, verdict_cell, f"{c['training_minutes']:.1f}"])
+    head = ["configuration", "seeds", *columns, "verdict", "training (min)"]
+    return table("Configurations (sorted by worst forgetting after stage 3)", head, rows)
 
 
-def summary_markdown(results: dict) -> str:
-    """The sweep's summary: settings, plots, the table of every configuration and the recommendation."""
-    plots = ["![stage 2](pareto_stage2.png)", "", "![stage 3](pareto_stage3.png)"]
-    recommended = ["## Recommended", "", recommended_text(results)]
-    return markdown([overview(results), plots, configurations_table(results), recommended])
+def tables(results: dict) -> list[list[str]]:
+    """The sweep's summary after its header: settings, the table of every configuration and the recommendation."""
+    return [overview(results), configurations_table(results), ["## Recommended", "", recommended_text(results)]]
 
 
-def base_run(setup: BenchmarkSetup) -> tuple[Path, dict]:
-    """The base benchmarks.hw2 output (``base=``, else ``<out>/base``, run first when missing) and the protocol state
-    of its default_seed0, checked to be this sweep's stage 1."""
-    args = setup.args
-    base = repo_path(args["base"]).resolve() if "base" in args else setup.out / "base"
+def start(report: Report) -> Sweep:
+    """The sweep's setup: its grid and its base benchmarks.hw2 output (``base=``, else ``<out>/base``, run first when
+    missing), whose default_seed0 must have this sweep's settings and its stage-1 weights here."""
+    setup, args = ProtocolSetup.start(report), report.args
+    regime_grid = "sweep-pretrained.yaml" if setup.protocol.name == "seq-pretrained.yaml" else "sweep.yaml"
+    grid = Path(args.get("grid", CFG_DIR / regime_grid))
+    configs = select(parse_grid(YAML.load(grid), setup.seq["stages"], report.quick), args.get("only"))
+    if not configs:
+        raise ValueError(f"{grid}: the grid has no configuration")
+    base = repo_path(args["base"]).resolve() if "base" in args else report.out / "base"
     if "base" in args and not (base / "results.json").is_file():
         raise FileNotFoundError(f"base={args['base']}: no benchmarks.hw2 results.json there")
     if not (base / "results.json").is_file():  # the shared stage 1 and the single-task models (resumable itself)
         passed = [f"{k}={args[k]}" for k in ("data", "imgsz", "pretrained", "quick") if k in args]
-        hw2.main([*passed, f"out={base}", "ablations=False", "seeds=1", "speed=False"])
+        hw2.main([*passed, f"out={base}", "seeds=1", "speed=False"])
     state = read_state(base / "default_seed0")
     state = {**state, "stages": with_stage_paths(state["stages"], repo_path)}
-    if differ := base_mismatch(state["config"]["common"], {**setup.settings, **setup.force}):
+    used, mine = state["config"]["common"], {**setup.settings, **setup.force}
+
+    def norm(key: str, value: Any) -> Any:
+        return value if value is None or key == "imgsz" else repo_path(value).resolve()
+
+    if differ := [f"{k}={used.get(k)} (this sweep: {mine.get(k)})" for k in ("data", "imgsz", "pretrained")
+                  if norm(k, used.get(k)) != norm(k, mine.get(k))]:  # fmt: skip
         raise ValueError(f"{base} was trained with {', '.join(differ)}: pass the same settings or a new out=")
     if not Path(state["stages"][0]["weights"]).is_file():
         raise FileNotFoundError(f"{base}: the shared stage-1 weights are not here (a clone has only the reports)")
-    return base, state
-
-
-def start(argv: list[str]) -> SweepSetup:
-    """The sweep's settings for command-line tokens `argv`: its grid and its base run."""
-    setup = start_benchmark(argv, KEYS, "benchmarks.sweep", "benchmarks/results/hw2-sweep")
-    regime_grid = "sweep-pretrained.yaml" if setup.protocol.name == "seq-pretrained.yaml" else "sweep.yaml"
-    grid = Path(setup.args.get("grid", CFG_DIR / regime_grid))
-    configs = select(parse_grid(YAML.load(grid), setup.seq["stages"], setup.quick), setup.args.get("only"))
-    if not configs:
-        raise ValueError(f"{grid}: the grid has no configuration")
-    base, base_state = base_run(setup)
     tasks = [setup.seq["stages"][0]["task"], *(s["task"] for s in configs[0].stages)]
     baselines = json.loads((base / "results.json").read_text())["runs"]["baselines"]["final"]
     single = {t: baselines.get(t, {}).get("value") for t in tasks}
-    return SweepSetup(
-        **vars(setup), grid=grid, configs=configs, base=base, base_state=base_state, tasks=tasks, single=single
-    )
+    seeds = int(args.get("seeds", 2))
+    front = min(int(args.get("front", 3)), len(configs)) if seeds > 1 else 0
+    return Sweep(**vars(setup), grid=grid, configs=configs, base=base, base_state=state, tasks=tasks, single=single,
+                 seeds=seeds, front_size=front)  # fmt: skip
 
 
-def grid_runs(sweep: SweepSetup) -> tuple[dict[str, dict], list[str]]:
+def grid_runs(sweep: Sweep) -> tuple[dict[str, dict], list[str]]:
     """Every configuration with seed 0, then the `front_size` best (`rank_configs`) with the further seeds; return
     the runs' records and that front."""
-    configs, n_front = sweep.configs, sweep.front_size
-    total = len(configs) + n_front * (sweep.seeds - 1)
+    configs, n_front, report = sweep.configs, sweep.front_size, sweep.report
     runs: dict[str, dict] = {}
-    for c in configs:
-        runs[f"{c.name}-seed0"] = run_config(c, 0, sweep, f"{len(runs) + 1}/{total}")
+    recorded = report.previous.get("runs", {})
+    execute([config_run(c, 0, sweep) for c in configs], report.out, recorded, runs.__setitem__, report.bench.module)
     seed0 = {c.name: aggregate([runs[f"{c.name}-seed0"]]) for c in configs}
     front = rank_configs([c.name for c in configs], seed0, sweep.limit)[:n_front]
-    for seed in range(1, sweep.seeds if n_front else 1):
-        for c in (c for c in configs if c.name in front):
-            runs[f"{c.name}-seed{seed}"] = run_config(c, seed, sweep, f"{len(runs) + 1}/{total}")
+    further = [config_run(c, seed, sweep) for seed in range(1, sweep.seeds if n_front else 1) for c in configs
+               if c.name in front]  # fmt: skip
+    execute(further, report.out, recorded, runs.__setitem__, report.bench.module)
     return runs, front
 
 
 def configuration_records(configs: list[GridConfig], runs: dict[str, dict]) -> dict[str, dict]:
-    """Per configuration: its settings, seeds and verdicts, every number over its seeds and its Pareto rank after
-    stage 3."""
+    """Per configuration: its settings (``family``: the strategy keys joined by '+'; ``frozen``: the shared network
+    not trained, no strategy), seeds and verdicts, and every number over its seeds."""
     records = {}
     for c in configs:
         mine = [r for r in runs.values() if r["configuration"] == c.name]
         records[c.name] = {
             "shared": c.shared,
             "strategies": c.strategies,
-            "family": c.family,
-            "frozen": c.frozen,
+            "family": "+".join(c.strategies) or "none",
+            "frozen": c.shared == 0 and not c.strategies,
             "stages": c.stages,
             "seeds": [r["seed"] for r in mine],
             "passes": [r["pass"] for r in mine],
             "metrics": aggregate(mine),
             "training_minutes": sum(r["metrics"]["minutes"] for r in mine),
         }
-    ranks = pareto_ranks([stability_plasticity(record["metrics"]) for record in records.values()])
-    for record, rank in zip(records.values(), ranks, strict=True):
-        record["pareto_rank_stage3"] = rank
     return records
 
 
@@ -549,53 +415,30 @@ def recommended_config(configurations: dict[str, dict]) -> str | None:
     return max(eligible, key=lambda n: configurations[n]["metrics"]["mean_retention"]["mean"], default=None)
 
 
-def results_record(sweep: SweepSetup, runs: dict[str, dict], front: list[str]) -> dict:
-    """The sweep's results.json: settings, provenance, every configuration, every run and the recommendation."""
-    configurations = configuration_records(sweep.configs, runs)
-    record = invocation(sweep.started, sweep.commit)
-    protocol = {"stages": [sweep.seq["stages"][0], *sweep.configs[0].stages]}
-    return {
-        **results_header(sweep, budget_text(protocol, sweep.settings["imgsz"], sweep.force), record),
-        "tasks": sweep.tasks,
-        "seeds": sweep.seeds,
-        "front_size": sweep.front_size,
-        "grid": {"file": repo_relative(sweep.grid.resolve()), "only": sweep.args.get("only")},
-        "base": {"root": repo_relative(sweep.base), "single_task": sweep.single},
-        "training_minutes": sum(r["metrics"]["minutes"] for r in runs.values()),
-        "invocations": [*sweep.previous.get("invocations", []), record],
-        "front": front,
-        "recommended": recommended_config(configurations),
-        "configurations": configurations,
-        "runs": runs,
-    }
-
-
-def plot_stages(results: dict, out: Path) -> None:
-    """``pareto_stage2.png`` and ``pareto_stage3.png`` in `out`: every configuration after stage 2 and stage 3."""
-    out.mkdir(parents=True, exist_ok=True)
-    for stage in (2, 3):
-        new = results["tasks"][stage - 1]
-        title, xlabel = f"After stage {stage} ({new}): stability vs plasticity", f"{new} {METRIC_NAME[new]}"
-        single = results["base"]["single_task"].get(new)
-        plot_pareto(
-            plot_points(results, stage),
-            out / f"pareto_stage{stage}.png",
-            title,
-            xlabel,
-            single,
-            results["forget_limit"],
-        )
-
-
-def main(argv: list[str]) -> dict:
-    """Run the sweep for command-line tokens `argv` (``key=value``); return the results dict."""
-    sweep = start(argv)
+def run(report: Report) -> None:
+    """The sweep: every grid run, then each configuration's record and the recommendation into results.json."""
+    sweep = start(report)
     runs, front = grid_runs(sweep)
-    results = results_record(sweep, runs, front)
-    plot_stages(results, sweep.out)
-    write_outputs(sweep.out, results, summary_markdown(results), "benchmarks.sweep")
-    return results
+    configurations = configuration_records(sweep.configs, runs)
+    protocol = {"stages": [sweep.seq["stages"][0], *sweep.configs[0].stages]}
+    report.results.update(
+        budget=budget_text(protocol, sweep.settings["imgsz"], sweep.force),
+        tasks=sweep.tasks,
+        seeds=sweep.seeds,
+        front_size=sweep.front_size,
+        grid={"file": repo_relative(sweep.grid.resolve()), "only": report.args.get("only")},
+        base={"root": repo_relative(sweep.base), "single_task": sweep.single},
+        training_minutes=sum(r["metrics"]["minutes"] for r in runs.values()),
+        front=front,
+        recommended=recommended_config(configurations),
+        configurations=configurations,
+        runs=runs,
+    )
 
+
+TITLE = "Stability/plasticity sweep ({regime})"
+BENCHMARK = Benchmark("benchmarks.sweep", KEYS, "benchmarks/results/hw2-sweep", TITLE, run, tables)
+main = partial(run_benchmark, BENCHMARK)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

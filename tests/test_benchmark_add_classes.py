@@ -51,14 +51,11 @@ def test_stage_classes_of_voc_15_plus_5_and_det_5_plus_5():
     )
 
 
-def test_group_scores_cells_and_verdicts_on_hand_made_numbers(tmp_path):
+def test_group_scores_cells_and_verdicts_on_hand_made_numbers():
     groups = {"old": ["background", "a", "b"], "new": ["c"], "all": ["background", "a", "b", "c"]}
     scores = add_classes.group_scores({"background": 0.9, "a": 0.6, "b": 0.3, "c": 0.2}, groups)
     assert scores == pytest.approx({"old": 0.6, "new": 0.2, "all": 0.5})
     assert add_classes.group_scores({"background": 0.9, "a": 0.6}, groups) == {"old": 0.75, "new": None, "all": None}
-
-    v = add_classes.verdicts(old=0.8, kept=0.76, recipe_all=0.45, joint_all=0.5)
-    assert v == pytest.approx({"loss": 5.0, "reach": 90.0})
 
     def run(method, seed, old, new=None, all_=None):
         final = {g: {"value": x, "ci95": [x - 0.1, x + 0.1]} if x is not None else None
@@ -78,10 +75,6 @@ def test_group_scores_cells_and_verdicts_on_hand_made_numbers(tmp_path):
     assert add_classes.cell(old_runs, "new") == "-" and add_classes.cell(old_runs[:1], "old") == "0.900 [0.800, 1.000]"
     table = "\n".join(add_classes.task_table(results, "synth", "det"))
     assert "| old (background, a, b) | new (c) | all |" in table and "| finetune |" not in table
-    results["runs"]["x"] = run("finetune", 0, 0.0, 0.3, 0.1)
-    results["runs"]["x"]["final"]["all"]["ci95"] = [0.12, 0.2]  # a percentile interval may miss the point value
-    add_classes.plot_groups(tmp_path / "groups.png", results)
-    assert (tmp_path / "groups.png").stat().st_size > 0
 
 
 def test_trivial_scores_on_a_hand_made_mask(tmp_path):
@@ -124,7 +117,7 @@ def test_quick_synth_section_of_one_task_end_to_end(tmp_path, monkeypatch):
             assert 0 <= lo <= hi <= 1
     summary = (out / "summary.md").read_text()
     assert "| old (circle, rectangle) | new (triangle) | all |" in summary and "| recipe |" in summary
-    assert "old classes lose" in summary and (out / "add_classes.png").is_file()
+    assert "old classes lose" in summary and "- command: `python -m benchmarks.add_classes quick=True" in summary
     assert "| trivial: chance | 0.333 | 0.333 | 0.333 |" in summary
 
     # a re-run keeps the finished, scored runs as recorded, and a run whose folder is gone

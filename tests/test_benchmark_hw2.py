@@ -1,4 +1,4 @@
-"""The HW2 benchmark: ablation configs, bootstrap intervals that reproduce the validators, quick mode end to end."""
+"""The HW2 benchmark: the latency targets, bootstrap intervals that reproduce the validators, quick mode end to end."""
 
 import json
 import math
@@ -7,31 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from ultralytics.utils import YAML
 
-from benchmarks import hw2
 from benchmarks.bootstrap import background_miou, interval, per_image_records, score
 from benchmarks.common import GITIGNORE, REPO, RESULTS, repo_path, repo_relative, training_minutes
-from benchmarks.hw2 import ABLATIONS, ablation_cfg, main, summary_markdown, targets_table
+from benchmarks.hw2 import BENCHMARK, main, targets_table
 from benchmarks.joint import joint_runs
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.model import UnifiedYOLO
 from yolo_unified.nn import UnifiedModel
-from yolo_unified.nn.tasks import CFG_DIR
-
-
-def test_ablation_cfgs_change_one_thing_each():
-    seq = YAML.load(CFG_DIR / "seq.yaml")
-    plain = ablation_cfg(seq, (), staged=False)
-    for stage in plain["stages"]:
-        assert not any(stage.get(k) for k in ("ewc", "lr_mult", "bn_freeze", "lwf", "replay", "forget_stop"))
-        assert stage["clip_grad"] == 10.0 and stage["lr0"] == seq["stages"][0]["lr0"]
-    staged = ablation_cfg(seq, (), staged=True)
-    assert [s["lr0"] for s in staged["stages"]] == [s["lr0"] for s in seq["stages"]]
-    lwf = ablation_cfg(seq, ("lwf",), staged=False)
-    assert "lwf" not in lwf["stages"][0] and all(s["lwf"] for s in lwf["stages"][1:])
-    ewc = ablation_cfg(seq, ("ewc",), staged=False)["stages"]
-    assert ewc[0]["ewc"] == seq["stages"][0]["ewc"] and all(s["ewc"]["lam"] > 0 for s in ewc[1:])
 
 
 def test_the_homework_latency_targets_are_the_benchmarks_not_the_products():
@@ -62,19 +45,19 @@ def test_repo_relative_paths_are_read_back_from_any_directory(tmp_path, monkeypa
         out = REPO / "benchmarks/results" / name
         text = (out / "results.json").read_text()
         assert str(REPO) not in text and str(REPO) not in (out / "default_seed0/protocol.json").read_text()
-        assert summary_markdown(json.loads(text)) == (out / "summary.md").read_text()
+        assert BENCHMARK.summary(json.loads(text)) == (out / "summary.md").read_text()
 
 
 def test_every_committed_hw2_summary_renders_from_its_results():
     """Older records lack keys newer code writes (a separate model's ``minutes``): the tables still render."""
     records = [json.loads(f.read_text()) for f in RESULTS.glob("*/results.json")]
     hw2 = [r for r in records if r["command"].startswith("python -m benchmarks.hw2")]
-    assert len(hw2) >= 2 and all(summary_markdown(r).startswith("# ") for r in hw2)
+    assert len(hw2) >= 2 and all(BENCHMARK.summary(r).startswith("# ") for r in hw2)
     pretrained = next(r for r in hw2 if r["regime"].startswith("pretrained="))
     older = json.loads(json.dumps(pretrained))  # a record from before the separate models' minutes were kept
     for run in (run for model in older["separate"].values() for run in model["runs"].values()):
         del run["minutes"]
-    assert "| n/a |" in summary_markdown(older) and "| n/a |" not in summary_markdown(pretrained)
+    assert "| n/a |" in BENCHMARK.summary(older) and "| n/a |" not in BENCHMARK.summary(pretrained)
 
 
 def ignored_files(root: Path, files: list[str]) -> list[str]:
@@ -111,12 +94,10 @@ def timed_once(monkeypatch) -> list[dict]:
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path, monkeypatch):
-    kept = {"finetune"}  # one of the ablations: each is the same protocol run with other keys
-    monkeypatch.setattr(hw2, "ABLATIONS", [a for a in ABLATIONS if a[0] in kept])
     speed_calls = timed_once(monkeypatch)
     out = tmp_path / "quick"
     results = main([f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}"])
-    expected = {"baselines", "default_seed0", *kept}
+    expected = {"baselines", "default_seed0"}
     assert set(results["runs"]) == expected
     saved = json.loads((out / "results.json").read_text())
     for name, run in saved["runs"].items():
@@ -128,23 +109,22 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path, monkeypatch):
         if name != "baselines":
             assert set(run["forgetting"]) == tasks and run["verdict"].startswith(("PASS", "FAIL"))
     summary = (out / "summary.md").read_text()
-    for heading in ("Single-task baselines", "Sequential protocol", "Ablations", "Efficiency", "report B"):
+    for heading in ("Single-task baselines", "Sequential protocol", "Final scores"):
         assert heading in summary
-    assert summary.count("| no mitigation") == 1 and "| replay alone |" not in summary  # only the kept ones
     assert (out / "speed" / "benchmark.md").is_file()
     assert all(not (out / n / "1-seg").exists() for n in expected - {"default_seed0"})  # stage 1 shared
     assert "retention vs single-task" in (out / "default_seed0/forgetting.md").read_text()
     for stage in results["runs"]["baselines"]["stages"]:  # each baseline scored with its own model
         assert results["runs"]["baselines"]["final"][stage["task"]]["value"] == pytest.approx(stage["own_score"])
     assert "budget: seg 1 epochs at 64 px, det 1 epochs at 64 px, cls 1 epochs at 64 px" in summary
-    argv = [f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}", "bootstrap=10", "ablations=False"]
+    argv = [f"data={synth_yaml}", "quick=True", "seeds=1", f"out={out}", "bootstrap=10"]
     sections = ["separate=True", "runtimes=True", "deployed=True", "joint=True", "joint_methods=fixed,pcgrad"]
     again = main([*argv, *sections, "joint_seeds=1"])
-    assert set(again["runs"]) == {"default_seed0", "baselines"}  # the second regime's shorter run
+    assert set(again["runs"]) == {"default_seed0", "baselines"}  # the same runs, finished: kept
     assert again["speed"] == results["speed"] and len(speed_calls) == 1  # the same final model: timed once
     short = (out / "summary.md").read_text()
     assert speed_calls[0]["imgsz"] == 64 and "| unified model | PyTorch eager |" in short  # the speed table
-    assert "## Final scores" in short and "## Ablations" not in short
+    assert "## Final scores" in short
     separate = again["separate"]  # the three Ultralytics models, each scored by its own validator
     assert [r["model"] for r in separate.values()] == ["yolov8n-sem.yaml", "yolov8n.yaml", "yolov8n-cls.yaml"]
     assert all(r["params"] > 1e6 and repo_path(r["weights"]).is_file() for r in separate.values())
@@ -161,7 +141,7 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path, monkeypatch):
     assert deployed["seg"]["value"] == pytest.approx(again["runs"]["default_seed0"]["final"]["seg"]["value"])
     assert math.isfinite(again["separate"]["det"]["deployed"]["value"]) and "separate YOLOv8n detector" in short
     joint = again["joint"]  # one run per method, scored on every task, with delta_m against the baselines
-    assert list(joint) == ["joint_fixed_seed0", "joint_pcgrad_seed0"] and (out / "joint_scores.png").is_file()
+    assert list(joint) == ["joint_fixed_seed0", "joint_pcgrad_seed0"]
     for run in joint.values():
         assert set(run["final"]) == {"seg", "det", "cls"} and math.isfinite(run["delta_m"]) and run["minutes"] > 0
     assert set(joint["joint_fixed_seed0"]["deployed"]) == {"seg", "det", "cls"}  # the regime's recipe, deployed
@@ -185,9 +165,9 @@ def test_quick_benchmark_writes_every_table(synth_yaml, tmp_path, monkeypatch):
     )
 
 
-def test_joint_runs_keep_the_records_given(tmp_path):
+def test_joint_runs_keep_the_records_given(synth_yaml, tmp_path):
     record = {"method": "fixed", "seed": 0, "final": {}, "weights": "gone/best.pt"}
-    kept = joint_runs(tmp_path, {"data": "unused.yaml"}, {}, ["fixed"], 1, {}, 10, {"joint_fixed_seed0": record})
+    kept = joint_runs(tmp_path, {"data": synth_yaml}, {}, ["fixed"], 1, {}, 10, {"joint_fixed_seed0": record})
     assert kept == {"joint_fixed_seed0": record} and not any(tmp_path.iterdir())  # nothing trained
 
 

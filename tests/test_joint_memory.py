@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.joint_memory import main, measure, random_batches, summary_markdown
+from benchmarks.joint_memory import BENCHMARK, main, measure, random_batches
 
 
 def test_random_batches_have_every_tasks_labels():
@@ -20,13 +20,15 @@ def test_a_gradient_level_step_is_measured_and_tabled():
     assert step["added_mb"] is None or 0 <= step["added_mb"] <= step["peak_mb"]  # None: no /proc to reset
     results = {
         "command": "python -m benchmarks.joint_memory",
+        "date": "2026-12-07 20:00 UTC",
         "commit": "abc",
         "machine": {"cpu": "x", "logical_cores": 2, "torch": "t", "ultralytics": "u", "python": "p"},
         "settings": {"imgsz": 32, "batch": 2, "steps": 1, "threads": 1},
         "methods": {"upgrad": {"kind": "gradient", **step}},
     }
-    table = summary_markdown(results)
+    table = BENCHMARK.summary(results)
     assert "| upgrad | gradient |" in table and "2 images at 32 px, 1 steps on 1 threads" in table
+    assert table.startswith("# Peak memory of a joint step") and "- date: 2026-12-07 20:00 UTC, commit abc" in table
 
 
 def test_an_unknown_method_is_named():

@@ -5,9 +5,10 @@ import json
 import pytest
 from ultralytics.utils import YAML
 
-from benchmarks.sweep import main, pareto_ranks, parse_grid, rank_configs, select
+from benchmarks.sweep import configuration_records, main, parse_grid, rank_configs, select
 from yolo_unified.continual import STRATEGIES
 from yolo_unified.nn.tasks import CFG_DIR
+from yolo_unified.workflows.protocol import read_state
 
 GRID = {
     "stages": [
@@ -36,14 +37,19 @@ def test_grid_names_and_stage_settings():
     per_shared = ["ewc1", "ewc10", "lwf0.3", "replay4", "ewc1+lwf0.3"]
     assert list(configs) == ["shared0", "shared0.1", *(f"shared{m}-{s}" for m in ("0.1", "0.03") for s in per_shared)]
     frozen, both = configs["shared0"], configs["shared0.03-ewc1+lwf0.3"]
-    assert frozen.frozen and frozen.family == "none" and not configs["shared0.1"].frozen
+    chosen = [frozen, configs["shared0.1"], both]
+    runs = {c.name: {"configuration": c.name, "seed": 0, "pass": True, "metrics": {"minutes": 2.0}} for c in chosen}
+    records = configuration_records(chosen, runs)
+    assert records["shared0"]["frozen"] and records["shared0"]["family"] == "none"
+    assert not records["shared0.1"]["frozen"] and records[both.name]["family"] == "ewc+lwf"
+    assert records["shared0"]["metrics"]["minutes"] == {"mean": 2.0, "min": 2.0, "max": 2.0}
     for stage, own in zip(both.stages, GRID["stages"], strict=True):  # the shared multiplier and the strategies in both
         assert stage["lr_mult"] == {"backbone": 0.03, "neck": 0.03, "tower": 0.03, **own["lr_mult"]}
         assert stage["ewc"] == {"samples": 8, "lam": 1.0} and stage["lwf"] == {"temperature": 2.0, "weight": 0.3}
         assert {k: v for k, v in stage.items() if k not in {"lr_mult", "ewc", "lwf"}} == {
             k: v for k, v in own.items() if k != "lr_mult"
         }
-    assert both.family == "ewc+lwf" and both.shared == 0.03
+    assert both.shared == 0.03
     ewc10 = configs["shared0.1-ewc10"].stages
     assert ewc10[0]["ewc"]["lam"] == ewc10[1]["ewc"]["lam"] == 10.0 and "lwf" not in ewc10[1]
     assert all("ewc" not in s for s in frozen.stages) and frozen.stages[0]["lr_mult"]["backbone"] == 0.0
@@ -81,15 +87,15 @@ def test_grid_errors_name_the_culprit():
         parse_grid({**GRID, "stages": [GRID["stages"][0], {"task": "cls", "vary": False}]}, PROTOCOL[:2])
 
 
-def test_front_is_pareto_in_forgetting_and_retention():
-    assert pareto_ranks([(1, 1), (0, 2), (0, 0), (1, 1), (None, 3)]) == [0, 0, 1, 0, 0]
+def test_front_is_within_the_limit_by_retention_then_least_forgetting():
     stats = {  # name: (worst forgetting, mean retention)
         "frozen": (0.0, 0.3), "a": (0.02, 0.5), "b": (0.2, 0.9), "dominated": (0.3, 0.4), "c": (0.02, 0.45),
     }  # fmt: skip
     stats = {n: {"worst_forgetting_stage3": {"mean": f}, "mean_retention": {"mean": r}} for n, (f, r) in stats.items()}
-    # within the 5% limit first, by retention; then the rest by Pareto rank
+    # within the 5% limit first, by retention; then the rest by worst forgetting, unknown last
     assert rank_configs(list(stats), stats, 0.05) == ["a", "c", "frozen", "b", "dominated"]
-    assert rank_configs(list(stats), stats, 0.0) == ["frozen", "b", "a", "c", "dominated"]
+    stats["unknown"] = {"worst_forgetting_stage3": {"mean": None}, "mean_retention": {"mean": None}}
+    assert rank_configs(list(stats), stats, 0.0) == ["frozen", "a", "c", "b", "dominated", "unknown"]
 
 
 @pytest.mark.skipif(
@@ -115,9 +121,9 @@ def test_quick_sweep_shares_stage_one_and_resumes(synth_yaml, tmp_path):
     assert set(results["configurations"]) == set(grid_runs)
     assert len(results["front"]) == 1 and results["configurations"][results["front"][0]]["seeds"] == [0, 1]
     assert set(results["runs"]) == {f"{n}-seed0" for n in grid_runs} | {f"{results['front'][0]}-seed1"}
-    for name in ("pareto_stage2.png", "pareto_stage3.png", "summary.md", "results.json"):
+    for name in ("summary.md", "results.json"):
         assert (out / name).is_file(), name
-    base_stage1 = json.loads((out / "base/default_seed0/protocol.json").read_text())["stages"][0]
+    base_stage1 = read_state(out / "base/default_seed0")["stages"][0]  # its paths resolved against its folder
     for name, run in results["runs"].items():
         assert (out / name / "3-cls/weights/best.pt").is_file() and not (out / name / "1-seg").exists()  # shared
         assert run["stages"][0]["weights"] == base_stage1["weights"]
