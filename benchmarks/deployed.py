@@ -19,8 +19,8 @@ from benchmarks.bootstrap import bootstrapped
 from benchmarks.common import ultralytics_data
 from yolo_unified.common import task_imgsz
 from yolo_unified.data.config import load_data_config, task_names
+from yolo_unified.data.transforms import letterbox
 from yolo_unified.files import load_checkpoint
-from yolo_unified.models.unified.predict import letterbox
 from yolo_unified.models.unified.val import (
     UnifiedClassificationValidator,
     UnifiedDetectionValidator,

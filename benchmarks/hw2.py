@@ -37,7 +37,7 @@ from benchmarks.separate import train_separate
 from yolo_unified.balancing import BALANCERS
 from yolo_unified.common import TASKS, listed
 from yolo_unified.data.config import load_data_config, task_names
-from yolo_unified.models.unified.model import UnifiedYOLO
+from yolo_unified.model import UnifiedYOLO
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.report import forgetting, write_report
 

@@ -16,7 +16,7 @@ from benchmarks.bootstrap import bootstrapped
 from benchmarks.common import METRIC_NAME, Benchmark, Report, repo_relative, run_benchmark, score_text, table
 from yolo_unified.common import TASKS
 from yolo_unified.data.config import load_data_config, task_names
-from yolo_unified.models.unified.model import UnifiedYOLO
+from yolo_unified.model import UnifiedYOLO
 
 RUNTIMES = {  # label -> (export format, quantize); PyTorch runs the checkpoint itself
     "PyTorch": (None, None),
