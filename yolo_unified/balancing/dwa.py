@@ -19,6 +19,7 @@ class DWA(Balancer):
     """
 
     key = "dwa"
+    meanings = {"temp": "softmax temperature of the loss ratios (2 in the paper; larger is more uniform)"}
 
     def __init__(self, tasks: Sequence[str], *, temp: float = 2.0) -> None:
         """Start with no loss history."""

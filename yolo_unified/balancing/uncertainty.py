@@ -26,6 +26,7 @@ class Uncertainty(Balancer):
     """
 
     key = "uncertainty"
+    meanings = {"init": "initial log-variance of every task (0: every weight starts at 1)"}
 
     def __init__(self, tasks: Sequence[str], *, init: float = 0.0) -> None:
         """One log-variance per task, all at `init`."""
