@@ -4,6 +4,7 @@ declares it, shown alike by cfg/default.yaml (the comment lines under each key),
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from yolo_unified.settings import SUB_KEY_PREFIX, Entry, read_keys, yaml_value
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_YAML = ROOT / "cfg" / "default.yaml"
 REFERENCE = ROOT / "docs" / "reference.md"
+LINK = re.compile(r"\]\(([^)\s]+)\)")  # a markdown link's target
 REWRITE = "python tests/test_reference.py rewrites it from the code"
 PAGE_HEAD = """# Settings reference
 
@@ -131,6 +133,27 @@ def test_read_keys_refuses_an_undeclared_line():
     assert keys == {"Model": [Entry("bn_freeze", "bool", False, "hold the statistics")]}
     with pytest.raises(ValueError, match="'ewc: True' is not"):
         read_keys("ewc: True\n")
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors of a markdown page's headings, as GitHub makes them (lower case, punctuation dropped, spaces to
+    hyphens)."""
+    titles = re.findall(r"^#+ (.+)$", page.read_text(), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-") for title in titles}
+
+
+@pytest.mark.parametrize("page", ["docs/reference.md", "docs/recipes.md", "docs/export.md", "README.md"])
+def test_links_of_the_reference_pages_resolve(page):
+    """Every relative link of the reference pages names a file of the repository, and its anchor a heading there."""
+    broken = []
+    for target in LINK.findall((ROOT / page).read_text()):
+        if "://" in target:
+            continue
+        path, _, anchor = target.partition("#")
+        file = (ROOT / page).parent / path if path else ROOT / page
+        if not file.exists() or (anchor and anchor not in anchors(file)):
+            broken.append(target)
+    assert not broken, f"{page}: links to nothing: {broken}"
 
 
 if __name__ == "__main__":
