@@ -4,14 +4,17 @@ declares it, shown alike by cfg/default.yaml (the comment lines under each key),
 
 from __future__ import annotations
 
+import importlib
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from yolo_unified.cli import key_settings, keys_help, package_keys, run
 from yolo_unified.continual import STRATEGIES
-from yolo_unified.settings import SUB_KEY_PREFIX, Entry, read_keys, yaml_value
+from yolo_unified.defaults import UNIFIED_KEYS
+from yolo_unified.settings import SUB_KEY_PREFIX, Entry, read_keys, settings_entries, yaml_value
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_YAML = ROOT / "cfg" / "default.yaml"
@@ -124,6 +127,18 @@ def test_every_key_and_setting_has_a_meaning_and_every_strategy_a_key():
     declared = {e.key for entries in package_keys().values() for e in entries}
     built_in = {key for key, cls in STRATEGIES.items() if cls.__module__.startswith("yolo_unified.")}
     assert built_in <= declared, f"strategies without a key in cfg/default.yaml: {sorted(built_in - declared)}"
+
+
+def test_help_shows_a_strategy_registered_from_outside():
+    """A strategy registered from outside the package is listed with its settings, its docstring's first line the
+    meaning of its key."""
+    ToyPull = importlib.import_module("plugins.toy_strategy").ToyPull  # registers it, as a user's import would
+    try:
+        text = " ".join(keys_help([]).split())
+        assert f"toy_pull=null (dict, optional) {ToyPull.__doc__.strip().splitlines()[0]}" in text
+        assert all(f"{e.key}: {yaml_value(e.default)} ({e.type})" in text for e in settings_entries(ToyPull.Settings))
+    finally:
+        STRATEGIES.pop(ToyPull.key), UNIFIED_KEYS.pop(ToyPull.key), sys.modules.pop("plugins.toy_strategy")
 
 
 def test_read_keys_refuses_an_undeclared_line():

@@ -73,16 +73,24 @@ other    any Ultralytics train/val/predict/export argument: epochs, imgsz, batch
 
 
 def package_keys() -> dict[str, list[Entry]]:
-    """The package's top-level train keys by section, as cfg/default.yaml declares them (type, default, meaning)."""
-    return read_keys((files("yolo_unified.cfg") / "default.yaml").read_text())
+    """The package's top-level train keys by section, as cfg/default.yaml declares them (type, default, meaning),
+    and the keys of the strategies registered from outside the package (`register_strategy`), each meaning the first
+    line of its docstring."""
+    sections = read_keys((files("yolo_unified.cfg") / "default.yaml").read_text())
+    declared = {entry.key for entries in sections.values() for entry in entries}
+    if added := [key for key in STRATEGIES if key not in declared]:
+        doc = {key: (STRATEGIES[key].__doc__ or "").strip().split("\n")[0] for key in added}
+        sections["Strategies registered from outside the package"] = [
+            Entry(key, "dict, optional", None, doc[key] or "(no docstring)") for key in added
+        ]
+    return sections
 
 
 def key_settings() -> dict[str, dict[str, list[Entry]]]:
-    """The settings under a top-level key, by the case they apply in: a built-in strategy's (its ``Settings``, under
-    ``""``), and ``balance_args``' under each ``balance=`` method (the methods without settings under one case)."""
-    keys = {entry.key for entries in package_keys().values() for entry in entries}
+    """The settings under a top-level key, by the case they apply in: a strategy's (its ``Settings``, under ``""``),
+    and ``balance_args``' under each ``balance=`` method (the methods without settings under one case)."""
     found: dict[str, dict[str, list[Entry]]] = {
-        key: {"": settings_entries(cls.Settings)} for key, cls in STRATEGIES.items() if key in keys
+        key: {"": settings_entries(cls.Settings)} for key, cls in STRATEGIES.items()
     }
     methods = {name: described(*method_settings(cls)) for name, cls in BALANCERS.items()}
     found["balance_args"] = {f"balance={name}": entries for name, entries in methods.items() if entries}
