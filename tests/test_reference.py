@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from yolo_unified.cli import key_settings, keys_help, package_keys, run
+from yolo_unified.cli import HELP, key_settings, keys_help, package_keys, run
 from yolo_unified.continual import STRATEGIES
 from yolo_unified.defaults import UNIFIED_KEYS
 from yolo_unified.settings import SUB_KEY_PREFIX, Entry, read_keys, settings_entries, yaml_value
@@ -29,12 +29,14 @@ balancing method's (`balance_args`). Ultralytics' own keys (`epochs`, `imgsz`, `
 meaning: [Ultralytics' configuration reference](https://docs.ultralytics.com/usage/cfg/). The keys work on the command
 line (`key=value`, a mapping as `replay="{size: 20}"`), in `cfg=` files and, in a protocol, per stage.
 
-This page is generated from the code: the top-level keys from [cfg/default.yaml](../cfg/default.yaml), where each is
-declared, the settings from the strategies' `Settings` dataclasses (`yolo_unified/continual/`) and the balancing
-methods' keyword arguments (`yolo_unified/balancing/`). `yolo-unified help` prints the same (`yolo-unified help replay`:
-one key); `tests/test_reference.py` fails when this page, the help or cfg/default.yaml differ from the code, and
-`python tests/test_reference.py` rewrites this page and cfg/default.yaml's setting lines. An unknown key or setting
-fails naming the closest one; a value of another type fails naming the setting and the type it takes.
+This page is generated from the code: the modes and their own keys (`seg_argmax` of export, `runs` of benchmark, ...)
+from the usage text of `yolo-unified help` ([yolo_unified/cli.py](../yolo_unified/cli.py)), the train keys from
+[cfg/default.yaml](../cfg/default.yaml), where each is declared, the settings from the strategies' `Settings`
+dataclasses (`yolo_unified/continual/`) and the balancing methods' keyword arguments (`yolo_unified/balancing/`).
+`yolo-unified help` prints the same (`yolo-unified help replay`: one key); `tests/test_reference.py` fails when this
+page, the help or cfg/default.yaml differ from the code, and `python tests/test_reference.py` rewrites this page and
+cfg/default.yaml's setting lines. An unknown key or setting fails naming the closest one; a value of another type fails
+naming the setting and the type it takes.
 """
 
 
@@ -50,9 +52,10 @@ def row(key: str, entry: Entry, case: str = "") -> str:
 
 
 def reference_page() -> str:
-    """docs/reference.md as the code declares the keys: one table per section of cfg/default.yaml, each key followed
-    by its settings (``replay.size``; ``balance_args.temp`` with the ``balance=`` method it belongs to)."""
-    settings, lines = key_settings(), [PAGE_HEAD]
+    """docs/reference.md as the code declares the keys: the modes and their own keys (the first part of ``yolo-unified
+    help``), then one table per section of cfg/default.yaml, each key followed by its settings (``replay.size``;
+    ``balance_args.temp`` with the ``balance=`` method it belongs to)."""
+    settings, lines = key_settings(), [PAGE_HEAD, "## Modes and their own keys", "", "```text", HELP.strip(), "```", ""]
     for title, entries in package_keys().items():
         lines += [f"## {title or 'Keys'}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         for entry in entries:
