@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+import textwrap
+from difflib import get_close_matches
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +14,14 @@ from ultralytics.cfg import smart_value
 from ultralytics.utils import LOGGER
 
 import yolo_unified
+from yolo_unified.balancing import BALANCERS, method_settings
 from yolo_unified.common import listed
+from yolo_unified.continual import STRATEGIES
 from yolo_unified.data.class_split import split_classes
 from yolo_unified.data.coco import convert_coco
 from yolo_unified.data.prepare import DET_NAMES, SEG_NAMES, VOC_IN_COCO, prepare_hw2
-from yolo_unified.models.unified.model import UnifiedYOLO
+from yolo_unified.model import UnifiedYOLO
+from yolo_unified.settings import Entry, described, read_keys, settings_entries, yaml_value
 from yolo_unified.workflows.base import check_keys, run_dir, split_cfg
 
 BENCHMARK_KEYS = {"model", "imgsz", "data", "runs", "warmup", "threads", "project", "name", "exist_ok"}
@@ -38,7 +44,7 @@ Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml load
   yolo-unified train task=det data=datasets/hw2.yaml model=runs/unified/train/weights/best.pt
   yolo-unified val model=runs/unified/seq/weights/best.pt data=datasets/hw2.yaml
   yolo-unified predict model=runs/unified/seq/weights/best.pt source=images/or/video.mp4/or/dir   # save=True
-  yolo-unified export model=runs/unified/seq/weights/best.pt format=onnx imgsz=512 dynamic=True half=True
+  yolo-unified export model=runs/unified/seq/weights/best.pt format=onnx imgsz=512 dynamic=True quantize=16
   yolo-unified export model=runs/unified/seq/weights/best.pt format=torchscript
   yolo-unified export model=runs/unified/seq/weights/best.pt format=onnx quantize=8   # INT8 for ONNX Runtime
   yolo-unified export model=runs/unified/seq/weights/best.pt format=openvino [quantize=8]   # OpenVINO fp32 / INT8
@@ -47,11 +53,12 @@ Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml load
   yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2
   yolo-unified data coco src=../shared/data/mini_coco dst=datasets/mini_coco names=hw2   # or voc, or person,car
   yolo-unified data split data=datasets/hw2.yaml task=det classes=person,car,dog,cat,chair dst=datasets/hw2-det-first5
+  yolo-unified help replay balance_args                  # those keys only, with their settings
 
-MODE     one of {", ".join(MODES)}, or help, --version
+MODE     one of {", ".join(MODES)}, or help [KEY ...], --version
 task     seg | det | cls (train only: one task; omitted: the protocol of cfg=, else cfg/seq.yaml, or
          cfg/seq-pretrained.yaml when pretrained= names weights: seg, det, cls)
-joint    train: True trains every task of the data YAML in one run (cfg/joint.yaml; keys in cfg/default.yaml)
+joint    train: True trains every task of the data YAML in one run (cfg/joint.yaml; its keys below)
 data     multi-task data YAML (default: the built-in synthetic data, generated into ./datasets)
 model    unified model YAML or checkpoint (*.pt); a YOLOv8 detection/classification checkpoint gives its backbone
 source   predict: image, video, folder, glob or stream; annotated copies go to runs/unified/predict*/ (save=False: off)
@@ -63,6 +70,62 @@ runs, warmup, threads   benchmark: timed runs (default 50), warm-up runs (10), C
          calibrates the INT8 rows (default: the checkpoint's training data; without any, those rows are left out)
 other    any Ultralytics train/val/predict/export argument: epochs, imgsz, batch, lr0, conf, iou, dynamic, ...
 """
+
+
+def package_keys() -> dict[str, list[Entry]]:
+    """The package's top-level train keys by section, as cfg/default.yaml declares them (type, default, meaning),
+    and the keys of the strategies registered from outside the package (`register_strategy`), each meaning the first
+    line of its docstring."""
+    sections = read_keys((files("yolo_unified.cfg") / "default.yaml").read_text())
+    declared = {entry.key for entries in sections.values() for entry in entries}
+    if added := [key for key in STRATEGIES if key not in declared]:
+        doc = {key: (STRATEGIES[key].__doc__ or "").strip().split("\n")[0] for key in added}
+        sections["Strategies registered from outside the package"] = [
+            Entry(key, "dict, optional", None, doc[key] or "(no docstring)") for key in added
+        ]
+    return sections
+
+
+def key_settings() -> dict[str, dict[str, list[Entry]]]:
+    """The settings under a top-level key, by the case they apply in: a strategy's (its ``Settings``, under ``""``),
+    and ``balance_args``' under each ``balance=`` method (the methods without settings under one case)."""
+    found: dict[str, dict[str, list[Entry]]] = {
+        key: {"": settings_entries(cls.Settings)} for key, cls in STRATEGIES.items()
+    }
+    methods = {name: described(*method_settings(cls)) for name, cls in BALANCERS.items()}
+    found["balance_args"] = {f"balance={name}": entries for name, entries in methods.items() if entries}
+    if bare := [name for name, entries in methods.items() if not entries]:
+        found["balance_args"]["balance=" + ", ".join(bare)] = []
+    return found
+
+
+def keys_help(keys: list[str]) -> str:
+    """The package's keys with their type, default and meaning, and the settings under each (`key_settings`), as
+    ``yolo-unified help`` prints them: all of them, or the `keys` named (an unknown one fails naming a close one)."""
+    sections, settings = package_keys(), key_settings()
+    known = [entry.key for entries in sections.values() for entry in entries]
+    for key in keys:
+        if key not in known:
+            close = "".join(f" (did you mean {c!r}?)" for c in get_close_matches(key, known, n=1))
+            raise SyntaxError(f"'{key}' is not a key of yolo-unified{close}; 'yolo-unified help' lists them")
+    lines = ["Keys of yolo-unified (cfg/default.yaml; docs/reference.md), with their settings:"]
+    for title, entries in sections.items():
+        shown = [entry for entry in entries if not keys or entry.key in keys]
+        lines += [f"\n{title}"] if shown and title else []
+        for entry in shown:
+            lines += wrapped(f"{entry.key}={yaml_value(entry.default)}  ({entry.type}) {entry.meaning}", 2)
+            for case, case_entries in settings.get(entry.key, {}).items():
+                depth = 6 if case else 4
+                lines += [f"    with {case}:{'' if case_entries else ' no settings'}"] if case else []
+                for sub in case_entries:
+                    lines += wrapped(f"{sub.key}: {yaml_value(sub.default)}  ({sub.type}) {sub.meaning}", depth)
+    return "\n".join(lines)
+
+
+def wrapped(text: str, indent: int) -> list[str]:
+    """`text` in lines of at most 120 characters, indented by `indent` spaces (continued lines by 4 more)."""
+    pad = " " * indent
+    return textwrap.wrap(text, 120, initial_indent=pad, subsequent_indent=pad + "    ", break_on_hyphens=False)
 
 
 def parse_tokens(tokens: list[str]) -> dict[str, Any]:
@@ -165,7 +228,7 @@ def predict(model: UnifiedYOLO, **args: Any) -> Path:
 def run(argv: list[str]) -> Any:
     """Dispatch one command line to ``getattr(UnifiedYOLO(model), mode)``; return what the mode returns."""
     if not argv or argv[0] in {"help", "-h", "--help"}:
-        print(HELP)
+        print(keys_help(argv[1:]) if argv[1:] else f"{HELP}\n{keys_help([])}")
         return None
     if argv[0] in {"--version", "-V", "version"}:
         print(yolo_unified.__version__)

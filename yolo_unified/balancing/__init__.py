@@ -30,10 +30,10 @@ def register_balancer(cls: type[Balancer]) -> type[Balancer]:
     return cls
 
 
-def method_settings(cls: type[Balancer]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The settings a balancing method takes, as type hints by name, and their defaults: the keyword arguments of the
-    method (``tasks`` aside), or, for a gradient-level method, of its TorchJD aggregator (the task count aside, which
-    it is given)."""
+def method_settings(cls: type[Balancer]) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """The settings a balancing method takes, as type hints by name, their defaults and their meanings: the keyword
+    arguments of the method (``tasks`` aside), or, for a gradient-level method, of its TorchJD aggregator (the task
+    count aside, which it is given)."""
     gradient = issubclass(cls, JacobianBalancer)
     target = cls.aggregator_type if gradient else cls.__init__
     kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -44,7 +44,8 @@ def method_settings(cls: type[Balancer]) -> tuple[dict[str, Any], dict[str, Any]
     except (NameError, TypeError):  # annotations that do not resolve: the values are not type-checked
         hints = {}
     defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-    return {p.name: hints.get(p.name, Any) for p in params}, {**defaults, **getattr(cls, "defaults", {})}
+    hints = {p.name: hints.get(p.name, Any) for p in params}
+    return hints, {**defaults, **getattr(cls, "defaults", {})}, {name: cls.meanings.get(name, "") for name in hints}
 
 
 def build_balancer(name: str, tasks: Sequence[str], **settings: Any) -> Balancer:
@@ -52,8 +53,8 @@ def build_balancer(name: str, tasks: Sequence[str], **settings: Any) -> Balancer
     strategy's are: an unknown one fails naming a close one, a value of another type fails naming the setting."""
     if name not in BALANCERS:
         raise ValueError(f"unknown loss-balancing method '{name}'; valid methods: {', '.join(BALANCERS)}")
-    hints, defaults = method_settings(BALANCERS[name])
-    return BALANCERS[name](tasks, **check_settings(name, settings, hints, defaults))
+    hints, defaults, meanings = method_settings(BALANCERS[name])
+    return BALANCERS[name](tasks, **check_settings(name, settings, hints, defaults, meanings))
 
 
 __all__ = (

@@ -19,6 +19,7 @@ class Balancer(torch.nn.Module):
 
     key: ClassVar[str] = ""
     kind: ClassVar[str] = "loss"
+    meanings: ClassVar[dict[str, str]] = {}  # setting (keyword argument) -> what it means, for the settings reference
 
     def __init__(self, tasks: Sequence[str]) -> None:
         """Balance the losses of `tasks` (names, in a fixed order)."""

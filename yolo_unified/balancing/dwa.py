@@ -14,6 +14,7 @@ class DWA(Balancer):
     the last two epochs (1 in the first two): a task whose loss fell slower gets more weight. Setting ``temp`` (2)."""
 
     key = "dwa"
+    meanings = {"temp": "softmax temperature of the loss ratios (2 in the paper; larger is more uniform)"}
 
     def __init__(self, tasks: Sequence[str], *, temp: float = 2.0) -> None:
         """Start with no loss history."""

@@ -16,6 +16,7 @@ class Fixed(Balancer):
     """
 
     key = "fixed"
+    meanings = {"weights": "loss weight per task, e.g. {seg: 2.0} (a task left out: 1.0; 0 leaves it out of training)"}
 
     def __init__(self, tasks: Sequence[str], *, weights: dict[str, float] | None = None) -> None:
         """Check and keep the per-task weights."""

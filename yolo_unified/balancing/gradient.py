@@ -57,6 +57,19 @@ METHODS: dict[str, tuple[type[WeightedAggregator], dict[str, Any], str]] = {
     ),
 }
 
+AGGREGATOR_MEANINGS = {  # setting of a TorchJD aggregator -> what it means (TorchJD's documentation)
+    "c": "scale of the radius of the ball around the mean gradient the update is sought in",
+    "norm_eps": "small value that avoids a division by zero when normalizing",
+    "max_norm": "largest norm of the update (0: not clipped)",
+    "update_weights_every": "steps between two computations of the weights (reused in between)",
+    "optim_niter": "iterations of the optimization that finds the weights",
+    "pref_vector": "preference of the tasks, a torch tensor (Python only; null: equal)",
+    "scale_mode": "eigenvalue of the task Gramian that scales the aligned gradients (rmse: the mean)",
+    "projector": "the dual-cone projector object (Python only; null: TorchJD's default)",
+    "epsilon": "the min-norm solver stops once its step size falls below this",
+    "max_iters": "most iterations of the min-norm solver",
+}
+
 
 class JacobianBalancer(Balancer):
     """Aggregate the task gradients on the shared parameters with a TorchJD aggregator (one subclass per method;
@@ -67,6 +80,7 @@ class JacobianBalancer(Balancer):
     changes Nash-MTL's weights)."""
 
     kind = "gradient"
+    meanings = AGGREGATOR_MEANINGS
     aggregator_type: ClassVar[type[WeightedAggregator]]
     defaults: ClassVar[dict[str, Any]] = {}
 

@@ -22,6 +22,7 @@ class GradNorm(Balancer):
     task leaves the weights as they are."""
 
     key = "gradnorm"
+    meanings = {"alpha": "asymmetry: how strongly a task whose loss fell less is pushed (0: equal gradient norms)"}
 
     def __init__(self, tasks: Sequence[str], *, alpha: float = 1.5) -> None:
         """Weights start at 1; the initial losses are taken at the first step."""

@@ -19,6 +19,7 @@ class Uncertainty(Balancer):
     without a batch in the step adds no regulariser (``s_t`` would sink with nothing to hold it)."""
 
     key = "uncertainty"
+    meanings = {"init": "initial log-variance of every task (0: every weight starts at 1)"}
 
     def __init__(self, tasks: Sequence[str], *, init: float = 0.0) -> None:
         """One log-variance per task, all at `init`."""

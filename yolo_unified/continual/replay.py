@@ -116,7 +116,9 @@ class Replay(Strategy):
         weight: float = setting(1.0, "weight of the replayed losses")
         mix: bool = setting(False, "stored classification images join a stage adding classes as its own data")
         oversample: bool = setting(False, "with mix, each drawn as often as an old class needs")
-        tasks: list[Literal["seg", "det", "cls"]] = setting(list(TASKS), "the tasks it replays")
+        tasks: list[Literal["seg", "det", "cls"]] = setting(
+            list(TASKS), "the tasks it replays (every run still stores its own images)"
+        )
         augment: bool = setting(False, "replayed images flipped, zoomed and shifted, their labels with them")
         distill: float = setting(0.0, "weight of the starting model's outputs on the replayed images as targets")
         temperature: float = setting(2.0, "softmax temperature of distill")
