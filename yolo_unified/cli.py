@@ -30,7 +30,7 @@ DATA_KEYS = {  # data ACTION -> its keys
     "coco": {"src", "dst", "yaml", "names", "others"},
     "split": {"data", "task", "classes", "dst", "yaml"},
 }
-MODES = ("train", "val", "predict", "export", "benchmark", "data")
+MODES = ("train", "val", "predict", "export", "benchmark", "info", "data")
 HELP = f"""yolo-unified {yolo_unified.__version__}: one YOLOv8n model, one head, three tasks (det, seg, cls).
 
 Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml loads keys, the command line wins)
@@ -50,6 +50,7 @@ Usage: yolo-unified MODE key=value ...   (Ultralytics syntax; cfg=file.yaml load
   yolo-unified export model=runs/unified/seq/weights/best.pt format=openvino [quantize=8]   # OpenVINO fp32 / INT8
   yolo-unified val model=runs/unified/seq/weights/best.onnx data=datasets/hw2.yaml   # and *_openvino_model/, INT8
   yolo-unified benchmark model=runs/unified/seq/weights/best.pt imgsz=512 threads=2
+  yolo-unified info model=runs/unified/seq/weights/best.pt   # what it knows: tasks, classes, scores, lineage
   yolo-unified data prepare src=../shared/data/hw2 dst=datasets/hw2
   yolo-unified data coco src=../shared/data/mini_coco dst=datasets/mini_coco names=hw2   # or voc, or person,car
   yolo-unified data split data=datasets/hw2.yaml task=det classes=person,car,dog,cat,chair dst=datasets/hw2-det-first5

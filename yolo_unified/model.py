@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ultralytics.engine.model import Model
-from ultralytics.utils import RANK
+from ultralytics.utils import LOGGER, RANK
 
 from yolo_unified import speed, workflows
 from yolo_unified.common import TASKS, task_imgsz
@@ -17,6 +17,7 @@ from yolo_unified.models.unified.predict import UnifiedPredictor
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import DEFAULT_MODEL_YAML, UnifiedModel, model_yaml_path
 from yolo_unified.workflows.base import check_keys, default_data, run_dir, split_cfg
+from yolo_unified.workflows.knowledge import describe
 
 
 class UnifiedYOLO(Model):
@@ -90,6 +91,14 @@ class UnifiedYOLO(Model):
         defaults = {"imgsz": task_imgsz(self.model), "batch": 1, "data": None, "device": None, "verbose": False}
         args = {**self.overrides, **defaults, **kwargs, "mode": "export"}
         return UnifiedExporter(overrides=args, _callbacks=self.callbacks, seg_argmax=seg_argmax)(model=self.model)
+
+    def info(self, detailed: bool = False, verbose: bool = True, imgsz: int | list[int] = 640) -> Any:
+        """Ultralytics' layer summary, then what the checkpoint knows (`workflows.knowledge.describe`: tasks, classes,
+        scores, the commands that trained it, stored images); returns Ultralytics' summary."""
+        summary = super().info(detailed=detailed, verbose=verbose, imgsz=imgsz)
+        if verbose and self.ckpt_path:
+            LOGGER.info(describe(self.ckpt_path))
+        return summary
 
     def benchmark(self, **kwargs: Any) -> dict[str, Any]:
         """Size, latency and memory of this checkpoint, its exports and the separate models (`yolo_unified.speed`)."""

@@ -139,6 +139,7 @@ OVERRIDES: tuple[Override, ...] = (
     Override(MODEL, "val", "UnifiedYOLO", "every task of a multi-task data YAML"),
     Override(MODEL, "export", "UnifiedYOLO", "UnifiedExporter, seg_argmax"),
     Override(MODEL, "benchmark", "UnifiedYOLO", "the unified model against separate ones"),
+    Override(MODEL, "info", "UnifiedYOLO", "then what the checkpoint knows (tasks, classes, lineage, memory)"),
     Override(MODEL, "_check_is_pytorch_model", "UnifiedYOLO.train, export", "an export cannot train or export",
              "self", kind="call"),
     # the network (nn/)

@@ -3,6 +3,7 @@ tasks sharing one image list (each image with any of their labels)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from difflib import get_close_matches
@@ -137,6 +138,19 @@ def task_data(cfg: dict[str, Any], task: str, splits: tuple[str, ...] = ("train"
             data[split] = str(write_image_list(cfg, split, [task], labelled_images(cfg, split, images)[task]))
     data.update(path=str(cfg["path"]), nc=len(data["names"]), channels=3, yaml_file=cfg["yaml_file"])
     return data
+
+
+def val_fingerprint(cfg: dict[str, Any], task: str) -> str:
+    """A short hash of `task`'s val split: its images' folder/name and size, and its label files' bytes (the folder
+    of a classification image is its class), so that a changed or relabelled val set is told apart from a moved one."""
+    section = task_data(cfg, task, ("val",))
+    digest = hashlib.sha256()
+    for image in sorted(image_files(section["val"])):
+        digest.update(f"{image.parent.name}/{image.name}:{image.stat().st_size};".encode())
+        if task != "cls":
+            label = label_file(image, task, section)
+            digest.update(label.read_bytes() if label.is_file() else b"-")
+    return digest.hexdigest()[:16]
 
 
 def label_file(image: str | Path, task: str, section: dict[str, Any]) -> Path:

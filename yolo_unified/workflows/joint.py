@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ultralytics.utils import LOGGER
+from ultralytics.utils import LOGGER, RANK
 
+from yolo_unified.common import PRIMARY_METRIC
 from yolo_unified.data.config import load_data_config
 from yolo_unified.models.unified.joint import JointTrainer, joint_tasks
+from yolo_unified.models.unified.joint.val import task_metric
 from yolo_unified.workflows.base import run_dir
-from yolo_unified.workflows.single import run_args, train_task
+from yolo_unified.workflows.knowledge import command_line, remember
+from yolo_unified.workflows.single import run_args, start_model, train_task
 
 
 def resumes_joint_run(resume: Any) -> bool:
@@ -37,16 +40,21 @@ def train_joint(task: str | None, keys: dict[str, Any]) -> dict[str, Any]:
         return train_task(tasks[0], {**keys, "joint": False, "tasks": None})
     keys = dict(keys)
     save_dir = run_dir(keys.pop("project", None), keys.pop("name", None), "joint", keys.get("exist_ok"))
-    return finished(JointTrainer(overrides={**keys, "save_dir": str(save_dir)}))
+    return finished(JointTrainer(overrides={**keys, "save_dir": str(save_dir)}), keys.get("model"), command_line(keys))
 
 
 def resume_joint(keys: dict[str, Any]) -> dict[str, Any]:
     """Continue the joint run whose ``last.pt`` is ``resume=``, with its own data and settings."""
-    return finished(JointTrainer(overrides=keys))
+    return finished(JointTrainer(overrides=keys), start_model(keys), command_line(keys))
 
 
-def finished(trainer: JointTrainer) -> dict[str, Any]:
-    """Train `trainer`; return ``{"weights": best.pt (else last.pt), "save_dirs": {task: its run dir}}``."""
+def finished(trainer: JointTrainer, start: str | None, command: str) -> dict[str, Any]:
+    """Train `trainer` (started from `start`, by `command`); record what the model learned in it; return
+    ``{"weights": best.pt (else last.pt), "save_dirs": {task: its run dir}}``."""
     trainer.train()
     weights = trainer.best if trainer.best.exists() else trainer.last
+    metrics = trainer.metrics or {}
+    scores = {t: float(metrics[k]) for t in trainer.tasks if (k := task_metric(PRIMARY_METRIC[t], t)) in metrics}
+    if RANK in {-1, 0} and scores:
+        remember(start, weights, trainer.args.data, scores, scores, command)
     return {"weights": str(weights), "save_dirs": dict.fromkeys(trainer.tasks, str(trainer.save_dir))}

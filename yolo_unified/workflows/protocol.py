@@ -22,6 +22,7 @@ from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.base import memory_budget, memory_file, run_dir, stage_memory
+from yolo_unified.workflows.knowledge import command_line, remember
 from yolo_unified.workflows.report import run_summary, write_report
 from yolo_unified.workflows.scores import own_scores, stage_tasks
 
@@ -78,10 +79,11 @@ def train_protocol(keys: dict[str, Any], force: dict[str, Any], given: dict[str,
     keys = dict(keys)
     stages = [{**stage, **stage_force} for stage in keys.pop("stages")]
     hint = "".join(f" {k}={v}" for k, v in (given or {}).items() if k != "name")
-    return run_protocol(stages, compare=f"yolo-unified train cfg=cfg/chain.yaml{hint}" if recommended else None, **keys)
+    compare = f"yolo-unified train cfg=cfg/chain.yaml{hint}" if recommended else None
+    return run_protocol(stages, compare=compare, command=command_line(given or keys), **keys)
 
 
-def run_protocol(stages: list[dict], compare: str | None = None, **keys: Any) -> dict[str, Any]:
+def run_protocol(stages: list[dict], compare: str | None = None, command: str = "", **keys: Any) -> dict[str, Any]:
     """Run a sequential protocol's `stages` in order with the common `keys` (``chain=False``: every stage from the
     initial model, single-task baselines); returns `finished`'s dict."""
     chain, baselines = keys.pop("chain", True), keys.pop("baselines", None)
@@ -89,7 +91,7 @@ def run_protocol(stages: list[dict], compare: str | None = None, **keys: Any) ->
         raise FileNotFoundError(f"resume={resume}: no protocol run directory or checkpoint there")
     default = "seq" if chain else "baselines"
     root = run_dir(keys.pop("project", None), keys.pop("name", None), default, keys.get("exist_ok"))
-    return finished(Protocol(stages, root, keys, chain=chain, baselines=baselines), compare)
+    return finished(Protocol(stages, root, keys, chain=chain, baselines=baselines), compare, command)
 
 
 def resumes_protocol(resume: Any) -> bool:
@@ -106,12 +108,19 @@ def resume_protocol(root: str | Path, given: dict[str, Any] | None = None) -> di
     saved = {**config["common"], "stages": config["stages"], "chain": config["chain"], "baselines": config["baselines"]}
     if ignored := sorted(k for k, v in (given or {}).items() if k not in saved or saved[k] != v):
         LOGGER.warning(f"resume={root}: continuing with the run's own settings; ignoring {', '.join(ignored)}")
-    return finished(Protocol(config["stages"], Path(root), config["common"], config["chain"], config["baselines"]))
+    protocol = Protocol(config["stages"], Path(root), config["common"], config["chain"], config["baselines"])
+    return finished(protocol, command=command_line({"resume": root}))
 
 
-def finished(protocol: Protocol, compare: str | None = None) -> dict[str, Any]:
-    """Run (or resume) `protocol` and print its summary; return its state plus ``weights`` (the final best.pt)."""
+def finished(protocol: Protocol, compare: str | None = None, command: str = "") -> dict[str, Any]:
+    """Run (or resume) `protocol`, record what its final model knows (`command` trained it) and print its summary;
+    return its state plus ``weights`` (the final best.pt)."""
     state = protocol.run()
+    if RANK in {-1, 0} and protocol.chain:
+        final, done = protocol.root / "weights" / "best.pt", state["stages"]
+        trained = {t: score for s in done for t, score in own_scores(s).items()}
+        last = {t: v[PRIMARY_METRIC[t]] for t, v in done[-1]["scores"].items()}
+        remember(protocol.common.get("model"), final, protocol.common["data"], trained, last, command)
     if RANK in {-1, 0}:
         images = example_images(protocol.common["data"])
         memory = memory_budget(protocol.root / "weights" / "best.pt")

@@ -7,11 +7,12 @@ from typing import Any
 
 from ultralytics.utils import RANK
 
-from yolo_unified.common import TASKS, ULTRALYTICS_TASK
+from yolo_unified.common import PRIMARY_METRIC, TASKS, ULTRALYTICS_TASK
 from yolo_unified.continual import StageContext
 from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.workflows.base import memory_file, run_dir, stage_memory
+from yolo_unified.workflows.knowledge import command_line, remember
 
 
 def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
@@ -29,6 +30,9 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     weights = trainer.best if trainer.best.exists() else trainer.last
     if context.memory and RANK in {-1, 0}:
         save_atomically(context.memory, memory_file(weights))
+    if RANK in {-1, 0} and (score := (trainer.metrics or {}).get(PRIMARY_METRIC[task])) is not None:
+        scores = {task: float(score)}
+        remember(start_model(keys), weights, trainer.args.data, scores, scores, command_line({"task": task, **keys}))
     return {"weights": str(weights), "save_dirs": {task: str(trainer.save_dir)}}
 
 

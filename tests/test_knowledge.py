@@ -1,0 +1,85 @@
+"""What a model knows, carried in its checkpoint: written by every kind of training, kept across commands, shown by
+``yolo-unified info``."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from ultralytics.utils.torch_utils import strip_optimizer
+
+from yolo_unified import UnifiedYOLO, workflows
+from yolo_unified.common import STATE_FILE
+from yolo_unified.data.config import image_files, label_file, load_data_config
+from yolo_unified.files import read_checkpoint
+from yolo_unified.workflows.knowledge import KNOWLEDGE, describe, knowledge_of
+
+TINY = {"imgsz": 64, "batch": 4, "workers": 0, "plots": False, "epochs": 1, "exist_ok": True}
+
+
+@pytest.fixture(scope="module")
+def two_commands(synth_yaml, tmp_path_factory) -> tuple[Path, Path]:
+    """A seg model, then a det model trained from it by a second command: their best.pt."""
+    root = tmp_path_factory.mktemp("knowledge")
+    seg = workflows.train(task="seg", data=synth_yaml, project=str(root), name="seg", **TINY)["weights"]
+    det = workflows.train(task="det", data=synth_yaml, model=seg, project=str(root), name="det", **TINY)["weights"]
+    return Path(seg), Path(det)
+
+
+def test_each_command_adds_what_it_trained_and_keeps_what_the_model_knew(two_commands, synth_yaml):
+    seg, det = (knowledge_of(w) for w in two_commands)
+    assert list(seg["tasks"]) == ["seg"] and len(seg["commands"]) == 1
+    assert seg["tasks"]["seg"]["classes"] == ["background", "circle", "rectangle", "triangle"]
+    assert seg["tasks"]["seg"]["data"] == str(Path(synth_yaml).resolve()) and seg["tasks"]["seg"]["metric"]
+    assert set(det["tasks"]) == {"seg", "det"} and det["tasks"]["seg"] == seg["tasks"]["seg"]
+    assert [c["trained"] for c in det["commands"]] == [["seg"], ["det"]]
+    assert f"model={two_commands[0]}" in det["commands"][1]["command"]
+    assert det["commands"][1]["scores"]["det"] == det["tasks"]["det"]["score"]  # scored right after its training
+
+
+def test_the_record_survives_stripping_and_loading(two_commands, tmp_path):
+    copy = tmp_path / "best.pt"
+    shutil.copy(two_commands[1], copy)
+    strip_optimizer(copy)
+    assert read_checkpoint(copy)[KNOWLEDGE] == knowledge_of(two_commands[1])
+    assert describe(copy).splitlines()[1:] == describe(two_commands[1]).splitlines()[1:]  # the same but for its path
+    UnifiedYOLO(copy).info()  # Ultralytics' layer summary, then the record
+
+
+def test_info_says_what_the_model_knows_and_whether_its_data_is_still_there(two_commands, synth_yaml, tmp_path):
+    text = describe(two_commands[1])
+    assert "seg   mIoU" in text and "det   mAP50" in text and text.count("(found)") == 2
+    assert "1. " in text and "2. " in text and "trained det" in text
+    section = load_data_config(synth_yaml)["tasks"]["det"]
+    label = label_file(image_files(section["val"])[0], "det", section)
+    kept = label.read_text()
+    try:
+        label.write_text("0 0.5 0.5 0.1 0.1\n")  # a relabelled val set is not the data the score was measured on
+        assert "(changed)" in describe(two_commands[1])
+    finally:
+        label.write_text(kept)
+    moved = tmp_path / "moved.pt"
+    record = read_checkpoint(two_commands[1])
+    record[KNOWLEDGE]["tasks"]["seg"]["data"] = str(tmp_path / "gone.yaml")
+    torch.save(record, moved)
+    assert "gone.yaml (missing)" in describe(moved)
+
+
+def test_a_protocol_records_each_tasks_own_score_and_the_final_scores(synth_yaml, tmp_path):
+    stages = [{"task": "seg"}, {"task": "cls"}]
+    workflows.train(data=synth_yaml, stages=stages, project=str(tmp_path), name="p", **TINY)
+    state = json.loads((tmp_path / "p" / STATE_FILE).read_text())
+    record = knowledge_of(tmp_path / "p" / "weights" / "best.pt")
+    assert {t: e["score"] for t, e in record["tasks"].items()} == {s["task"]: s["own_score"] for s in state["stages"]}
+    (command,) = record["commands"]
+    assert command["trained"] == ["seg", "cls"] and set(command["scores"]) == {"seg", "cls"}
+
+
+def test_a_checkpoint_without_a_record_says_so(two_commands, tmp_path):
+    old = tmp_path / "old.pt"
+    ckpt = read_checkpoint(two_commands[0])
+    ckpt.pop(KNOWLEDGE)
+    torch.save(ckpt, old)
+    assert knowledge_of(old) == {"tasks": {}, "commands": []}
+    assert "no record of what it learned" in describe(old)
