@@ -2,12 +2,14 @@
 functions stay short."""
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 from conftest import REPO
 
 PACKAGES = ("yolo_unified", "benchmarks")
@@ -23,13 +25,37 @@ def functions(package: str):
                 yield file.relative_to(REPO), node
 
 
-def test_import_contracts_hold():
-    """A new upward import or cycle fails here with the line that made it (lint-imports prints it)."""
+def lint_imports(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run import-linter's ``lint-imports`` in `cwd`."""
     lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     if lint is None:
         pytest.fail("lint-imports not found: install the dev extras (pip install -e '.[dev]')")
-    res = subprocess.run([lint, "--no-cache"], cwd=REPO, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    return subprocess.run([lint, "--no-cache", *args], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def test_import_contracts_hold():
+    """A new upward import or cycle fails here with the line that made it (lint-imports prints it)."""
+    res = lint_imports(REPO)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_contracts_count_type_checking_imports(tmp_path):
+    """An upward import under ``if TYPE_CHECKING:`` breaks a contract too (the settings the project's use)."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    assert not config.get("exclude_type_checking_imports")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "top.py").write_text("from pkg import low\n")
+    (tmp_path / "pkg" / "low.py").write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from pkg import top\n"
+    )
+    (tmp_path / ".importlinter").write_text(
+        "[importlinter]\nroot_package = pkg\n\n[importlinter:contract:1]\nname = layers\ntype = layers\n"
+        "layers =\n    pkg.top\n    pkg.low\n"
+    )
+    res = lint_imports(tmp_path)
+    assert res.returncode == 1 and "pkg.low -> pkg.top" in res.stdout, res.stdout + res.stderr
 
 
 def test_imports_sit_at_module_level():
