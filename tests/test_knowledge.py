@@ -13,7 +13,7 @@ from yolo_unified import UnifiedYOLO, workflows
 from yolo_unified.common import STATE_FILE
 from yolo_unified.data.config import image_files, label_file, load_data_config
 from yolo_unified.files import read_checkpoint
-from yolo_unified.workflows.knowledge import KNOWLEDGE, describe, knowledge_of
+from yolo_unified.workflows.knowledge import KNOWLEDGE, describe, knowledge_of, known_lines
 
 TINY = {"imgsz": 64, "batch": 4, "workers": 0, "plots": False, "epochs": 1, "exist_ok": True}
 
@@ -83,3 +83,40 @@ def test_a_checkpoint_without_a_record_says_so(two_commands, tmp_path):
     torch.save(ckpt, old)
     assert knowledge_of(old) == {"tasks": {}, "commands": []}
     assert "no record of what it learned" in describe(old)
+
+
+def test_a_later_command_scores_what_the_model_knew_on_its_recorded_data(two_commands):
+    second = knowledge_of(two_commands[1])["commands"][1]
+    assert set(second["scores"]) == {"seg", "det"}  # seg, which it did not train, scored on the data it was learned on
+    assert 0 <= second["scores"]["seg"] <= 1
+
+
+BEFORE = {"tasks": {"seg": {"score": 0.8, "metric": "metrics/mIoU", "data": "/data/a.yaml"},
+                    "det": {"score": 0.5, "metric": "metrics/mAP50(B)", "data": "/data/b.yaml"}}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "now, held, shown",
+    [
+        ({"seg": 0.79, "det": 0.5}, True, ["seg  mIoU   0.790  forgetting  +1.2%  PASS"]),
+        ({"seg": 0.2, "det": 0.5}, False, ["seg  mIoU   0.200  forgetting +75.0%  FAIL"]),
+        ({"seg": 0.8, "det": "missing"}, False, ["det  not scored: its val data /data/b.yaml is missing"]),
+    ],
+)
+def test_a_known_task_passes_only_when_scored_and_held(now, held, shown):
+    lines, ok = known_lines(BEFORE, now, 0.05)
+    assert ok is held and all(any(s in line for line in lines) for s in shown), lines
+
+
+def test_a_protocol_from_a_model_that_knows_more_scores_it_too(two_commands, synth_yaml, tmp_path, logged):
+    stages = [{"task": "cls"}]
+    workflows.train(data=synth_yaml, stages=stages, model=str(two_commands[1]), project=str(tmp_path), name="p", **TINY)
+    summary = next(r.message for r in logged.records if "Summary" in r.message)
+    rows = [line.split()[0] for line in summary.splitlines() if "forgetting " in line]
+    assert rows == ["cls", "seg", "det"] and "learned before this command" in summary  # and the tasks it knew
+    record = knowledge_of(tmp_path / "p" / "weights" / "best.pt")
+    assert set(record["tasks"]) == {"seg", "det", "cls"} and set(record["commands"][-1]["scores"]) == {
+        "seg",
+        "det",
+        "cls",
+    }

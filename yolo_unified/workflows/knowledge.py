@@ -9,10 +9,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ultralytics.utils import LOGGER, colorstr
+
 from yolo_unified.common import PRIMARY_METRIC, TASKS
 from yolo_unified.data.config import load_data_config, val_fingerprint
 from yolo_unified.files import read_checkpoint, save_atomically
+from yolo_unified.models.unified.val import validate
 from yolo_unified.workflows.base import memory_budget
+from yolo_unified.workflows.report import PRIMARY
 
 KNOWLEDGE = "knowledge"  # the checkpoint key
 
@@ -77,6 +81,59 @@ def data_status(entry: dict[str, Any], task: str) -> str:
     return "found" if same else "changed"
 
 
+def known_scores(weights: str | Path, before: dict[str, Any], trained: list[str], save_dir: Path) -> dict[str, Any]:
+    """Each task the start model knew (its record `before`) that this command did not train: its score now on its
+    recorded val data, or, when that data is gone or changed, why it was not scored (`data_status`)."""
+    found: dict[str, Any] = {}
+    for task, entry in before["tasks"].items():
+        if task in trained:
+            continue
+        if (status := data_status(entry, task)) != "found":
+            found[task] = status
+            continue
+        scored = validate(str(weights), entry["data"], save_dir / task, tasks=[task], plots=False)
+        found[task] = float(scored[task][entry["metric"]])
+    return found
+
+
+def known_lines(before: dict[str, Any], now: dict[str, Any], limit: float) -> tuple[list[str], bool]:
+    """Summary lines for the tasks the model knew before this command (`now`: `known_scores`), and whether every one
+    of them was scored and held within `limit`."""
+    lines, held = [], True
+    for task, score in now.items():
+        entry = before["tasks"][task]
+        if isinstance(score, str):
+            lines.append(f"  {task}  not scored: its val data {entry['data']} is {score} (learned before this command)")
+            held = False
+            continue
+        lost = 1 - score / entry["score"] if entry["score"] else 0.0
+        ok = lost <= limit
+        held = held and ok
+        lines.append(f"  {task}  {PRIMARY[task]:<6} {score:.3f}  forgetting {lost:+6.1%}  {'PASS' if ok else 'FAIL'}"
+                     f"  (learned before this command: {entry['score']:.3f})")  # fmt: skip
+    return lines, held
+
+
+def after_training(
+    start: str | None, weights: str | Path, data: str, trained: dict[str, float], command: str, limit: float
+) -> None:
+    """After a one-task or joint run: score every task the start model knew and this run did not train, record what
+    `weights` knows, and, when it knew any, print a summary that says PASS only if every one of them held."""
+    before = knowledge_of(start)
+    known = known_scores(weights, before, list(trained), Path(weights).parent.parent / "known")
+    scored = {t: v for t, v in known.items() if isinstance(v, float)}
+    remember(start, weights, data, trained, {**trained, **scored}, command)
+    if not known:
+        return
+    lines, held = known_lines(before, known, limit)
+    verdict = "PASS" if held else "FAIL"
+    head = f"{colorstr('bold', 'Summary')}: {verdict} (a task may lose at most {limit:.0%} of its score)"
+    done = [f"  {t}  {PRIMARY[t]:<6} {v:.3f}  trained now" for t, v in trained.items()]
+    note = ("  a run of one task (or a joint run) does not protect what the model knew: docs/recipes.md shows how to "
+            "keep it")  # fmt: skip
+    LOGGER.info("\n".join([head, *done, *lines, note]))
+
+
 def describe(weights: str | Path) -> str:
     """What `weights` knows, as ``yolo-unified info`` prints it: tasks, the commands that trained it with their
     scores, the stored images, the file's size."""
@@ -86,11 +143,11 @@ def describe(weights: str | Path) -> str:
         lines.append("  no record of what it learned (trained before yolo-unified kept one): later training cannot"
                      " protect its tasks; train it again, or validate it with yolo-unified val")  # fmt: skip
         return "\n".join(lines)
-    lines.append("  task  score           classes  data")
+    lines.append("  task  score         classes  data")
     for task in [t for t in TASKS if t in record["tasks"]]:
         e = record["tasks"][task]
         classes = ", ".join(e["classes"][:6]) + (f" (+{len(e['classes']) - 6})" if len(e["classes"]) > 6 else "")
-        lines.append(f"  {task:4}  {e['metric'].split('/')[-1]:8} {e['score']:.3f}  {classes}  "
+        lines.append(f"  {task:4}  {PRIMARY[task]:6} {e['score']:.3f}  {classes}  "
                      f"{e['data']} ({data_status(e, task)})")  # fmt: skip
     known = [t for t in TASKS if t in record["tasks"]]
     lines.append("  commands (scores each ended with):")

@@ -109,16 +109,20 @@ def run_summary(
     images: str | None = None,
     compare: str | None = None,
     memory: str | None = None,
+    known: tuple[list[str], bool] | None = None,
 ) -> str:
     """The lines a protocol run ends with: each task's final score and forgetting, the verdict, BWT (and FWT with the
     run's ``baselines``), what the model's memory keeps (`memory`, in words), where the report and the weights are,
-    the comparison command (`compare`) and the commands to try next (predict on `images`)."""
+    the comparison command (`compare`) and the commands to try next (predict on `images`). `known`: the lines of the
+    tasks the start model knew beyond the protocol's and whether they held (PASS needs them too)."""
     weights = shown(root / "weights" / "best.pt")
-    head = f"{colorstr('bold', 'Summary')}: {verdict(state, limit)}"
+    passed = verdict(state, limit) == "PASS" and (known is None or known[1])
+    head = f"{colorstr('bold', 'Summary')}: {'PASS' if passed else 'FAIL'}"
     lines = [f"{head} (a task may lose at most {limit:.0%} of its score)"]
     for t, d in forgetting(state, limit).items():
         result = "PASS" if d["pass"] else "FAIL"
         lines.append(f"  {t}  {PRIMARY[t]:<6} {d['final']:.3f}  forgetting {d['relative']:+6.1%}  {result}")
+    lines += known[0] if known else []
     for g in class_groups(state, limit):
         if g["pass"] is not None:
             result = "PASS" if g["pass"] else "FAIL"

@@ -12,7 +12,7 @@ from yolo_unified.continual import StageContext
 from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.workflows.base import memory_file, run_dir, stage_memory
-from yolo_unified.workflows.knowledge import command_line, remember
+from yolo_unified.workflows.knowledge import after_training, command_line
 
 
 def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
@@ -31,8 +31,8 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     if context.memory and RANK in {-1, 0}:
         save_atomically(context.memory, memory_file(weights))
     if RANK in {-1, 0} and (score := (trainer.metrics or {}).get(PRIMARY_METRIC[task])) is not None:
-        scores = {task: float(score)}
-        remember(start_model(keys), weights, trainer.args.data, scores, scores, command_line({"task": task, **keys}))
+        command, limit = command_line({"task": task, **keys}), float(keys.get("forget_limit") or 0.05)
+        after_training(start_model(keys), weights, trainer.args.data, {task: float(score)}, command, limit)
     return {"weights": str(weights), "save_dirs": {task: str(trainer.save_dir)}}
 
 
