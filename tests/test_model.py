@@ -57,18 +57,21 @@ def test_class_counts_follow_the_data():
     assert m.names == {0: "x"} and m.task_names["cls"] == {0: "p", 1: "q", 2: "r"}
 
 
-def test_parameter_and_latency_budget(model):
-    params = sum(p.numel() for p in model.parameters())
-    assert params < 2_000_000  # issue goal: well under the 8M budget
-    x = torch.rand(1, 3, 512, 512)
-    times = []
+def test_parameters_and_latency_against_ultralytics_detector(model):
+    """Under 2M parameters, and one forward pass for three tasks no slower than Ultralytics' YOLOv8n detector alone
+    (medians of runs in alternation at 512 px, so that the machine's load hits both alike)."""
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
+    detector = DetectionModel("yolov8n.yaml", nc=80, verbose=False).eval()
+    x, times = torch.rand(1, 3, 512, 512), {"unified": [], "detector": []}
     with torch.no_grad():
-        model(x)
+        model(x), detector(x)
         for _ in range(5):
-            t = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t)
-    assert sorted(times)[2] < 0.150  # median under the 150 ms budget
+            for name, m in (("unified", model), ("detector", detector)):
+                t = time.perf_counter()
+                m(x)
+                times[name].append(time.perf_counter() - t)
+    median = {name: sorted(t)[2] for name, t in times.items()}
+    assert median["unified"] < median["detector"], median  # measured here: about 0.6x
 
 
 def test_backbone_is_yolov8n_layers_0_to_9(model):
