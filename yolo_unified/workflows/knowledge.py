@@ -33,32 +33,6 @@ def command_line(keys: dict[str, Any]) -> str:
     return " ".join(["yolo-unified train", *(f"{k}={v}" for k, v in keys.items() if v is not None)])
 
 
-def learned(
-    start: str | Path | None,
-    weights: str | Path,
-    data: str,
-    trained: dict[str, float],
-    scores: dict[str, float],
-    command: str,
-) -> dict[str, Any]:
-    """The record of `weights`, which a command trained from `start`: the start model's record, with each task in
-    `trained` (task -> its score right after its training on `data`, its classes the model's) entered anew, and the
-    command appended with the `scores` the tasks it scored ended with."""
-    record, cfg = knowledge_of(start), load_data_config(data)
-    names = read_checkpoint(weights)["model"].task_names
-    for task, score in trained.items():
-        record["tasks"][task] = {
-            "classes": list(names[task].values()),
-            "data": str(Path(cfg["yaml_file"]).resolve()),
-            "fingerprint": val_fingerprint(cfg, task),
-            "score": float(score),
-            "metric": PRIMARY_METRIC[task],
-        }
-    when = datetime.now().isoformat(timespec="seconds")
-    record["commands"].append({"command": command, "date": when, "trained": list(trained), "scores": scores})
-    return record
-
-
 def remember(
     start: str | Path | None,
     weights: str | Path,
@@ -67,9 +41,21 @@ def remember(
     scores: dict[str, float],
     command: str,
 ) -> None:
-    """Write what `weights` knows (`learned`) into it, atomically."""
-    record = learned(start, weights, data, trained, scores, command)
-    save_atomically({**read_checkpoint(weights), KNOWLEDGE: record}, Path(weights))
+    """Write into `weights`, which `command` trained from `start`, what it knows: the start model's record, with each
+    task in `trained` (task -> its score right after its training on `data`, its classes the model's) entered anew,
+    and the command appended with the `scores` the tasks it scored ended with."""
+    record, cfg, ckpt = knowledge_of(start), load_data_config(data), read_checkpoint(weights)
+    for task, score in trained.items():
+        record["tasks"][task] = {
+            "classes": list(ckpt["model"].task_names[task].values()),
+            "data": str(Path(cfg["yaml_file"]).resolve()),
+            "fingerprint": val_fingerprint(cfg, task),
+            "score": float(score),
+            "metric": PRIMARY_METRIC[task],
+        }
+    when = datetime.now().isoformat(timespec="seconds")
+    record["commands"].append({"command": command, "date": when, "trained": list(trained), "scores": scores})
+    save_atomically({**ckpt, KNOWLEDGE: record}, Path(weights))
 
 
 def data_status(entry: dict[str, Any], task: str) -> str:
