@@ -101,10 +101,17 @@ def known_lines(before: dict[str, Any], now: dict[str, Any], limit: float) -> tu
 
 
 def after_training(
-    start: str | None, weights: str | Path, data: str, trained: dict[str, float], command: str, limit: float
+    start: str | None,
+    weights: str | Path,
+    data: str,
+    trained: dict[str, float],
+    command: str,
+    limit: float,
+    protected: bool = False,
 ) -> None:
     """After a one-task or joint run: score every task the start model knew and this run did not train, record what
-    `weights` knows, and, when it knew any, print a summary that says PASS only if every one of them held."""
+    `weights` knows, and, when it knew any, print a summary that says PASS only if every one of them held (and that
+    they were not protected, unless `protected`)."""
     before = knowledge_of(start)
     known = known_scores(weights, before, list(trained), Path(weights).parent.parent / "known")
     scored = {t: v for t, v in known.items() if isinstance(v, float)}
@@ -115,9 +122,8 @@ def after_training(
     verdict = "PASS" if held else "FAIL"
     head = f"{colorstr('bold', 'Summary')}: {verdict} (a task may lose at most {limit:.0%} of its score)"
     done = [f"  {t}  {PRIMARY[t]:<6} {v:.3f}  trained now" for t, v in trained.items()]
-    note = ("  a run of one task (or a joint run) does not protect what the model knew: docs/recipes.md shows how to "
-            "keep it")  # fmt: skip
-    LOGGER.info("\n".join([head, *done, *lines, note]))
+    note = [] if protected else ["  this run did not protect what the model knew (protect=False, or a joint run)"]
+    LOGGER.info("\n".join([head, *done, *lines, *note]))
 
 
 def describe(weights: str | Path) -> str:

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ultralytics.utils import RANK
+from ultralytics.utils import LOGGER, RANK, YAML
 
 from yolo_unified.common import PRIMARY_METRIC, TASKS, ULTRALYTICS_TASK
 from yolo_unified.continual import StageContext
 from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.models.unified.train import TRAINERS
+from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.base import memory_file, run_dir, stage_memory
-from yolo_unified.workflows.knowledge import after_training, command_line
+from yolo_unified.workflows.knowledge import after_training, command_line, knowledge_of
 
 
 def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
@@ -23,7 +24,16 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"task='{task}' is not a yolo-unified task; use one of {list(TASKS)} (or omit it)")
     keys = dict(keys)
     save_dir = run_dir(keys.pop("project", None), keys.pop("name", None), "train", keys.get("exist_ok", False))
-    context = StageContext(index=0, task=task, memory=stage_memory(start_model(keys)))
+    start = start_model(keys)
+    context = StageContext(index=0, task=task, memory=stage_memory(start))
+    given, known = dict(keys), {t: e for t, e in knowledge_of(start)["tasks"].items() if t != task}
+    kept = bool(known) and keys.get("protect", True)
+    if keys.get("protect", True) and not keys.get("resume"):  # what later runs from this model will keep it by
+        keys = {"replay": YAML.load(CFG_DIR / "protect.yaml")["replay"], **keys}
+    if kept:
+        keys = protected(known, start, keys, context)
+    elif known:
+        LOGGER.warning(f"protect=False: a plain fine-tune; {', '.join(known)}, which the model knows, are not kept")
     overrides = keys if keys.get("resume") else {**keys, "save_dir": str(save_dir)}
     trainer = TRAINERS[task](overrides=overrides, context=context)
     trainer.train()
@@ -31,9 +41,20 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     if context.memory and RANK in {-1, 0}:
         save_atomically(context.memory, memory_file(weights))
     if RANK in {-1, 0} and (score := (trainer.metrics or {}).get(PRIMARY_METRIC[task])) is not None:
-        command, limit = command_line({"task": task, **keys}), float(keys.get("forget_limit") or 0.05)
-        after_training(start_model(keys), weights, trainer.args.data, {task: float(score)}, command, limit)
+        command, limit = command_line({"task": task, **given}), float(keys.get("forget_limit") or 0.05)
+        after_training(start, weights, trainer.args.data, {task: float(score)}, command, limit, kept)
     return {"weights": str(weights), "save_dirs": {task: str(trainer.save_dir)}}
+
+
+def protected(known: dict[str, dict], start: str, keys: dict[str, Any], context: StageContext) -> dict[str, Any]:
+    """The keys of a one-task run from a model that knows other tasks (`known`, its record's): cfg/protect.yaml's
+    under the given ones, those tasks' heads held; `context` made that of a later stage (the known tasks finished,
+    their scores, the start model as the teacher)."""
+    context.previous, context.prev_weights = list(known), start
+    context.own_scores = {t: e["score"] for t, e in known.items()}
+    recipe = {**YAML.load(CFG_DIR / "protect.yaml"), "lr_mult": dict.fromkeys(known, 0.0)}
+    LOGGER.info(f"protect: keeping {', '.join(known)} (cfg/protect.yaml; protect=False for a plain fine-tune)")
+    return {**recipe, **keys}
 
 
 def start_model(keys: dict[str, Any]) -> str | None:
