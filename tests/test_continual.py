@@ -112,8 +112,6 @@ OLD_DEFAULTS = {  # each strategy's defaults, as its cfg.get(...) calls had them
     "clip_grad": {"max_norm": 10.0},
     "lr_mult": dict.fromkeys(["backbone", "neck", "tower", "det", "seg", "cls"]),
     "bn_freeze": {},
-    "forget_guard": {"tolerance": 0.02, "every": 10, "images": 16, "factor": 2.0, "floor": 0.01,
-                     "groups": ["backbone", "neck", "tower"]},
 }  # fmt: skip
 
 

@@ -4,21 +4,18 @@ import copy
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from ultralytics.cfg import get_cfg
 
 from yolo_unified import workflows
-from yolo_unified.common import SHARED_MODULES, STATE_FILE, module_of
+from yolo_unified.common import STATE_FILE
 from yolo_unified.continual import StageContext
 from yolo_unified.continual.base import memory_size
-from yolo_unified.continual.forget_guard import ForgetGuard, det_score, seg_score
 from yolo_unified.continual.replay import Replay
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.data.synthetic import make_synthetic
-from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.nn import UnifiedModel
 from yolo_unified.workflows.base import stage_memory
 
@@ -129,83 +126,3 @@ def test_rehearsal_keeps_the_first_task_better_than_training_without_it(classifi
     assert own > 0.5  # above chance (1/3): there is something to keep
     assert plain < own - 0.15  # the full-rate detection stage forgets it without rehearsal
     assert kept > plain + 0.1, (own, plain, kept)
-
-
-def scripted_guard(scores: list[float], **settings) -> tuple[ForgetGuard, list[float]]:
-    """A forget_guard whose checks find the finished seg task's score on its stored images at `scores` in turn
-    (start: 1.0), and the share of their rate it gives the shared groups at each step."""
-    settings = {"every": 1, "tolerance": 0.02, "factor": 2.0, "floor": 0.25, **settings}
-    guard = ForgetGuard(settings, StageContext(1, "det"))
-    found = iter(scores)
-    guard.scores = lambda model: {"seg": next(found)}
-    guard.samples, guard.start, guard.scale, guard.steps, guard.scales = {"seg": {}}, {"seg": 1.0}, 1.0, 0, []
-    return guard, [guard.lr_scales(SimpleNamespace(model=None))["backbone"] for _ in scores]
-
-
-def test_forget_guard_slows_the_shared_network_while_a_stored_score_falls_and_lets_it_learn_again():
-    _, scales = scripted_guard([1.0, 0.96, 0.95, 0.9, 0.985, 0.995, 1.0, 1.1])
-    assert scales == [1.0, 0.5, 0.25, 0.25, 0.25, 0.5, 1.0, 1.0]  # held at the floor; -1.5% holds, -0.5% recovers
-    guard, scales = scripted_guard([0.9, 0.9, 0.9, 0.9], every=2)
-    assert scales == [1.0, 0.5, 0.5, 0.25]
-    assert set(guard.lr_scales(SimpleNamespace(model=None))) == {"backbone", "neck", "tower"}
-
-
-def test_stored_scores_on_known_outputs():
-    mask = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 255, 255], [2, 2, 255, 255]]], dtype=torch.uint8)
-    perfect = torch.nn.functional.one_hot(mask.clamp(max=2).long(), 3).permute(0, 3, 1, 2).float() * 10
-    assert seg_score(perfect, mask) == 1.0
-    assert seg_score(perfect.roll(1, dims=1), mask) == 0.0  # every pixel another class
-    boxes = {"img": torch.zeros(1, 3, 64, 64), "bboxes": torch.tensor([[0.25, 0.25, 0.25, 0.25]]),
-             "cls": torch.tensor([[1.0]]), "batch_idx": torch.zeros(1)}  # fmt: skip
-    det = torch.zeros(1, 4 + 2, 3)  # (xywh + class scores, anchors) in pixels
-    det[0, :4, 0] = torch.tensor([16.0, 16.0, 16.0, 16.0])  # the labelled box, class 1 at 0.9
-    det[0, 5, 0] = 0.9
-    det[0, :4, 1] = torch.tensor([48.0, 48.0, 16.0, 16.0])  # a box where none is labelled
-    det[0, 5, 1] = 0.8
-    assert det_score(det, boxes) == pytest.approx(2 * 1 / (2 + 1))
-    det[0, 4:, 0] = torch.tensor([0.9, 0.0])  # the right box with the wrong class
-    assert det_score(det, boxes) == 0.0
-
-
-def test_forget_guard_scales_the_shared_networks_steps_and_leaves_the_schedule_and_statistics(synth_yaml, tmp_path):
-    seg = TRAINERS["seg"](
-        overrides={
-            **TINY,
-            "data": synth_yaml,
-            "epochs": 1,
-            "val": False,
-            "replay": {"size": 4},
-            "save_dir": str(tmp_path / "seg"),
-        }
-    )
-    seg.train()
-    memory = seg.context.memory
-    context = StageContext(1, "det", previous=["seg"], data=synth_yaml, memory=memory)
-    stopped = {"every": 1, "tolerance": -1.0, "factor": 1e9, "floor": 0.0}  # every check finds a rise: rate 0 at once
-    det = TRAINERS["det"](
-        overrides={
-            **TINY,
-            "data": synth_yaml,
-            "epochs": 1,
-            "val": False,
-            "model": str(seg.best),
-            "forget_guard": stopped,
-            "save_dir": str(tmp_path / "det"),
-        },
-        context=context,
-    )
-    start = {}
-    det.add_callback("on_train_start", lambda t: start.update({k: v.clone() for k, v in t.model.state_dict().items()}))
-    det.train()
-    end = dict(det.model.named_parameters())
-    shared = [k for k in end if module_of(k) in SHARED_MODULES]
-    assert shared and all(torch.allclose(end[k], start[k], atol=1e-7) for k in shared)  # at rate 0 (1e-9 steps)
-    assert any(not torch.equal(p, start[k]) for k, p in end.items() if module_of(k) == "det")  # the head learns
-    assert {g["module"] for g in det.optimizer.param_groups} >= {"backbone", "neck", "tower", "det"}
-    assert all(g["lr"] == pytest.approx(g["initial_lr"] * det.lf(det.epoch)) for g in det.optimizer.param_groups)
-    guard = next(s for s in det.strategies if s.key == "forget_guard")
-    stats = {k: v.clone() for k, v in det.model.state_dict().items() if k.endswith("running_mean")}
-    det.model.train()
-    scores = guard.scores(det.model)  # in eval mode, as validation scores: statistics and modes stay
-    assert set(scores) == {"seg"} and 0 <= scores["seg"] <= 1 and det.model.training
-    assert all(torch.equal(v, det.model.state_dict()[k]) for k, v in stats.items())

@@ -12,7 +12,6 @@ from yolo_unified.continual.base import StageContext, Strategy, stage_samples
 from yolo_unified.continual.bn_freeze import BNFreeze
 from yolo_unified.continual.ewc import EWC, diagonal_fisher
 from yolo_unified.continual.feat_distill import FeatDistill
-from yolo_unified.continual.forget_guard import ForgetGuard
 from yolo_unified.continual.forget_stop import ForgetStop
 from yolo_unified.continual.grad_clip import GradClip
 from yolo_unified.continual.lr_mult import LRMult
@@ -29,7 +28,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     s.key: s
     for s in (
         LRMult, GradClip, BNFreeze, EWC, LwF, OutputReg, PseudoLabel, FeatDistill, Replay, ForgetStop, OldLabels,
-        OldDistill, ForgetGuard,
+        OldDistill,
     )
 }  # fmt: skip
 

@@ -95,10 +95,6 @@ class Strategy:
         of a group multiply)."""
         return {}
 
-    def lr_scales(self, trainer) -> dict[str, float]:
-        """A share of its rate per module group for this optimizer step (on top of the multipliers), or none."""
-        return {}
-
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
         """An extra term for the batch's training loss, with its named parts for the progress bar (None: no term).
 

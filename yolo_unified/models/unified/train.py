@@ -140,16 +140,7 @@ class UnifiedTrainerMixin(CheckpointMixin):
         self.scaler.unscale_(self.optimizer)
         for s in self.strategies:
             s.before_optimizer_step(self)
-        scales: dict[str, float] = {}
-        for s in self.strategies:
-            for group, share in s.lr_scales(self).items():
-                scales[group] = scales.get(group, 1.0) * share
-        scaled = [(g, g["lr"]) for g in self.optimizer.param_groups if scales.get(g.get("module"), 1.0) != 1.0]
-        for group, lr in scaled:  # this step only: the schedule keeps setting the rates it owns
-            group["lr"] = lr * scales[group["module"]]
         self.scaler.step(self.optimizer)
-        for group, lr in scaled:
-            group["lr"] = lr
         self.scaler.update()
         self.optimizer.zero_grad()
         if self.ema:
