@@ -69,7 +69,7 @@ def memory_budget(weights: str | Path) -> str | None:
         if images
     ]
     size = memory_file(weights).stat().st_size / 1e6
-    return f"{', '.join(counts)} training images stored ({size:.1f} MB, {memory_file(weights).name})"
+    return f"{', '.join(counts)} training images stored ({memory_file(weights).name}: {size:.1f} MB)"
 
 
 def split_cfg(keys: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -80,7 +80,7 @@ def train_protocol(keys: dict[str, Any], force: dict[str, Any], given: dict[str,
     stages = [{**stage, **stage_force} for stage in keys.pop("stages")]
     hint = "".join(f" {k}={v}" for k, v in (given or {}).items() if k != "name")
     compare = f"yolo-unified train cfg=cfg/chain.yaml{hint}" if recommended else None
-    return run_protocol(stages, compare=compare, command=command_line(given or keys), **keys)
+    return run_protocol(stages, compare=compare, command=command_line(given or {}), **keys)
 
 
 def run_protocol(stages: list[dict], compare: str | None = None, command: str = "", **keys: Any) -> dict[str, Any]:
