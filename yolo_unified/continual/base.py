@@ -91,8 +91,7 @@ class Strategy:
         """Once the model, optimizer and EMA exist (Ultralytics' ``on_pretrain_routine_end``)."""
 
     def lr_multipliers(self) -> dict[str, float]:
-        """Learning-rate multiplier per module group; applied when the optimizer is built (two strategies' multipliers
-        of a group multiply)."""
+        """Learning-rate multiplier per module group; applied when the optimizer is built."""
         return {}
 
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:

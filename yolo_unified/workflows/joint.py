@@ -12,7 +12,7 @@ from yolo_unified.data.config import load_data_config
 from yolo_unified.models.unified.joint import JointTrainer, joint_tasks
 from yolo_unified.models.unified.joint.val import task_metric
 from yolo_unified.workflows.base import run_dir
-from yolo_unified.workflows.knowledge import after_training, command_line
+from yolo_unified.workflows.knowledge import after_training, command_line, knowledge_of
 from yolo_unified.workflows.single import run_args, start_model, train_task
 
 
@@ -56,5 +56,6 @@ def finished(trainer: JointTrainer, start: str | None, command: str) -> dict[str
     metrics = trainer.metrics or {}
     scores = {t: float(metrics[k]) for t in trainer.tasks if (k := task_metric(PRIMARY_METRIC[t], t)) in metrics}
     if RANK in {-1, 0} and scores:
-        after_training(start, weights, trainer.args.data, scores, command, float(trainer.args.forget_limit or 0.05))
+        limit = float(trainer.args.forget_limit)
+        after_training(knowledge_of(start), weights, trainer.args.data, scores, command, limit)
     return {"weights": str(weights), "save_dirs": dict.fromkeys(trainer.tasks, str(trainer.save_dir))}

@@ -25,7 +25,7 @@ def knowledge_of(weights: str | Path | None) -> dict[str, Any]:
     """The record in checkpoint `weights` (empty for none, a model YAML, or a checkpoint written before records)."""
     if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
         return {"tasks": {}, "commands": []}
-    return copy.deepcopy(read_checkpoint(weights).get(KNOWLEDGE)) or {"tasks": {}, "commands": []}
+    return read_checkpoint(weights).get(KNOWLEDGE) or {"tasks": {}, "commands": []}
 
 
 def command_line(keys: dict[str, Any]) -> str:
@@ -33,18 +33,21 @@ def command_line(keys: dict[str, Any]) -> str:
     return " ".join(["yolo-unified train", *(f"{k}={v}" for k, v in keys.items() if v is not None)])
 
 
-def remember(
-    start: str | Path | None,
+def record_command(
+    before: dict[str, Any],
     weights: str | Path,
     data: str,
     trained: dict[str, float],
     scores: dict[str, float],
     command: str,
-) -> None:
-    """Write into `weights`, which `command` trained from `start`, what it knows: the start model's record, with each
-    task in `trained` (task -> its score right after its training on `data`, its classes the model's) entered anew,
-    and the command appended with the `scores` the tasks it scored ended with."""
-    record, cfg, ckpt = knowledge_of(start), load_data_config(data), read_checkpoint(weights)
+    save_dir: Path,
+) -> dict[str, Any]:
+    """Score the tasks the start model knew (its record `before`) that `command` did not train (`known_scores`, plots
+    in `save_dir`); write into `weights` what it knows: `before`, with each task in `trained` (task -> its score right
+    after its training on `data`, its classes the model's) entered anew, and the command appended with the scores it
+    ended with (`scores` and the known tasks'). Returns the known tasks' scores."""
+    known = known_scores(weights, before, list(trained), save_dir)
+    record, cfg, ckpt = copy.deepcopy(before), load_data_config(data), read_checkpoint(weights)
     for task, score in trained.items():
         record["tasks"][task] = {
             "classes": list(ckpt["model"].task_names[task].values()),
@@ -53,9 +56,11 @@ def remember(
             "score": float(score),
             "metric": PRIMARY_METRIC[task],
         }
+    ended = {**scores, **{t: v for t, v in known.items() if isinstance(v, float)}}
     when = datetime.now().isoformat(timespec="seconds")
-    record["commands"].append({"command": command, "date": when, "trained": list(trained), "scores": scores})
+    record["commands"].append({"command": command, "date": when, "trained": list(trained), "scores": ended})
     save_atomically({**ckpt, KNOWLEDGE: record}, Path(weights))
+    return known
 
 
 def data_status(entry: dict[str, Any], task: str) -> str:
@@ -101,7 +106,7 @@ def known_lines(before: dict[str, Any], now: dict[str, Any], limit: float) -> tu
 
 
 def after_training(
-    start: str | None,
+    before: dict[str, Any],
     weights: str | Path,
     data: str,
     trained: dict[str, float],
@@ -109,13 +114,10 @@ def after_training(
     limit: float,
     protected: bool = False,
 ) -> None:
-    """After a one-task or joint run: score every task the start model knew and this run did not train, record what
-    `weights` knows, and, when it knew any, print a summary that says PASS only if every one of them held (and that
-    they were not protected, unless `protected`)."""
-    before = knowledge_of(start)
-    known = known_scores(weights, before, list(trained), Path(weights).parent.parent / "known")
-    scored = {t: v for t, v in known.items() if isinstance(v, float)}
-    remember(start, weights, data, trained, {**trained, **scored}, command)
+    """After a one-task or joint run from a model whose record is `before`: `record_command`, and, when the model knew
+    other tasks, print a summary that says PASS only if every one of them held (and that they were not protected,
+    unless `protected`)."""
+    known = record_command(before, weights, data, trained, trained, command, Path(weights).parent.parent / "known")
     if not known:
         return
     lines, held = known_lines(before, known, limit)
@@ -135,13 +137,13 @@ def describe(weights: str | Path) -> str:
         lines.append("  no record of what it learned (trained before yolo-unified kept one): later training cannot"
                      " protect its tasks; train it again, or validate it with yolo-unified val")  # fmt: skip
         return "\n".join(lines)
+    known = [t for t in TASKS if t in record["tasks"]]
     lines.append("  task  score         classes  data")
-    for task in [t for t in TASKS if t in record["tasks"]]:
+    for task in known:
         e = record["tasks"][task]
         classes = ", ".join(e["classes"][:6]) + (f" (+{len(e['classes']) - 6})" if len(e["classes"]) > 6 else "")
         lines.append(f"  {task:4}  {PRIMARY[task]:6} {e['score']:.3f}  {classes}  "
                      f"{e['data']} ({data_status(e, task)})")  # fmt: skip
-    known = [t for t in TASKS if t in record["tasks"]]
     lines.append("  commands (scores each ended with):")
     for i, c in enumerate(record["commands"], 1):
         scores = "  ".join(f"{t} {c['scores'][t]:.3f}" if t in c["scores"] else f"{t}   -  " for t in known)

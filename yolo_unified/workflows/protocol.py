@@ -22,7 +22,7 @@ from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.base import memory_budget, memory_file, run_dir, stage_memory
-from yolo_unified.workflows.knowledge import command_line, knowledge_of, known_lines, known_scores, remember
+from yolo_unified.workflows.knowledge import command_line, knowledge_of, known_lines, record_command
 from yolo_unified.workflows.report import run_summary, write_report
 from yolo_unified.workflows.scores import own_scores, stage_tasks
 
@@ -122,10 +122,10 @@ def finished(protocol: Protocol, compare: str | None = None, command: str = "") 
         trained = {t: score for s in done for t, score in own_scores(s).items()}
         last = {t: v[PRIMARY_METRIC[t]] for t, v in done[-1]["scores"].items()}
         before = knowledge_of(start)
-        if now := known_scores(final, before, list(trained), protocol.root / "known"):
+        if now := record_command(
+            before, final, protocol.common["data"], trained, last, command, protocol.root / "known"
+        ):
             known = known_lines(before, now, protocol.forget_limit)
-            last.update((t, v) for t, v in now.items() if isinstance(v, float))
-        remember(start, final, protocol.common["data"], trained, last, command)
     if RANK in {-1, 0}:
         images = example_images(protocol.common["data"])
         memory = memory_budget(protocol.root / "weights" / "best.pt")

@@ -26,12 +26,14 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     save_dir = run_dir(keys.pop("project", None), keys.pop("name", None), "train", keys.get("exist_ok", False))
     start = start_model(keys)
     context = StageContext(index=0, task=task, memory=stage_memory(start))
-    given, known = dict(keys), {t: e for t, e in knowledge_of(start)["tasks"].items() if t != task}
-    kept = bool(known) and keys.get("protect", True)
-    if keys.get("protect", True) and not keys.get("resume"):  # what later runs from this model will keep it by
-        keys = {"replay": YAML.load(CFG_DIR / "protect.yaml")["replay"], **keys}
+    given, before = dict(keys), knowledge_of(start)
+    known = {t: e for t, e in before["tasks"].items() if t != task}
+    recipe = YAML.load(CFG_DIR / "protect.yaml") if keys.get("protect", True) else {}
+    kept = bool(known and recipe)
+    if recipe and not keys.get("resume"):  # what later runs from this model will keep it by
+        keys = {"replay": recipe["replay"], **keys}
     if kept:
-        keys = protected(known, start, keys, context)
+        keys = protected(known, start, recipe, keys, context)
     elif known:
         LOGGER.warning(f"protect=False: a plain fine-tune; {', '.join(known)}, which the model knows, are not kept")
     overrides = keys if keys.get("resume") else {**keys, "save_dir": str(save_dir)}
@@ -41,20 +43,21 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     if context.memory and RANK in {-1, 0}:
         save_atomically(context.memory, memory_file(weights))
     if RANK in {-1, 0} and (score := (trainer.metrics or {}).get(PRIMARY_METRIC[task])) is not None:
-        command, limit = command_line({"task": task, **given}), float(keys.get("forget_limit") or 0.05)
-        after_training(start, weights, trainer.args.data, {task: float(score)}, command, limit, kept)
+        command, limit = command_line({"task": task, **given}), float(trainer.args.forget_limit)
+        after_training(before, weights, trainer.args.data, {task: float(score)}, command, limit, kept)
     return {"weights": str(weights), "save_dirs": {task: str(trainer.save_dir)}}
 
 
-def protected(known: dict[str, dict], start: str, keys: dict[str, Any], context: StageContext) -> dict[str, Any]:
-    """The keys of a one-task run from a model that knows other tasks (`known`, its record's): cfg/protect.yaml's
-    under the given ones, those tasks' heads held; `context` made that of a later stage (the known tasks finished,
-    their scores, the start model as the teacher)."""
+def protected(
+    known: dict[str, dict], start: str, recipe: dict[str, Any], keys: dict[str, Any], context: StageContext
+) -> dict[str, Any]:
+    """The keys of a one-task run from a model that knows other tasks (`known`, its record's): `recipe`
+    (cfg/protect.yaml) under the given ones, those tasks' heads held; `context` made that of a later stage (the known
+    tasks finished, their scores, the start model as the teacher)."""
     context.previous, context.prev_weights = list(known), start
     context.own_scores = {t: e["score"] for t, e in known.items()}
-    recipe = {**YAML.load(CFG_DIR / "protect.yaml"), "lr_mult": dict.fromkeys(known, 0.0)}
     LOGGER.info(f"protect: keeping {', '.join(known)} (cfg/protect.yaml; protect=False for a plain fine-tune)")
-    return {**recipe, **keys}
+    return {**recipe, "lr_mult": dict.fromkeys(known, 0.0), **keys}
 
 
 def start_model(keys: dict[str, Any]) -> str | None:

@@ -105,10 +105,7 @@ class UnifiedTrainerMixin(CheckpointMixin):
         A multiplier of 0 leaves the module's parameters out of the optimizer and stops their gradients.
         """
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
-        mult: dict[str, float] = {}
-        for s in self.strategies:
-            for group, m in s.lr_multipliers().items():
-                mult[group] = mult.get(group, 1.0) * m
+        mult = {k: v for s in self.strategies for k, v in s.lr_multipliers().items()}
         if not mult:
             return optimizer
         names = {id(p): n for n, p in unwrap_model(model).named_parameters()}
