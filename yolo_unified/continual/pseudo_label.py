@@ -59,7 +59,7 @@ class PseudoLabel(Strategy):
     def loss(self, model: torch.nn.Module, preds: dict, batch: dict) -> tuple[torch.Tensor, dict] | None:
         """Weighted sum of the finished tasks' losses on the teacher's labels of this batch."""
         img = batch["img"]
-        if self.context.teacher(img.device) is None:
+        if not self.context.previous or self.context.teacher(img.device) is None:  # no finished task to label
             return None
         outputs = self.context.teacher_outputs(img)
         conf = self.settings.conf

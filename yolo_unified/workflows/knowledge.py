@@ -1,6 +1,7 @@
-"""What a model knows, carried in its checkpoint (``ckpt["knowledge"]``): each task it learned with its classes, the
-data it learned it on (path and a fingerprint of the val split) and its score right after that training; and the
-commands that trained it, each with the scores it ended with (the accuracy matrix across the model's lineage)."""
+"""What a model knows, carried in its checkpoint (``ckpt["knowledge"]``): each task and class group it learned (a
+group: the classes of a task that one data file taught it) with the data it learned it on (path and a fingerprint of
+the val split) and its score right after that training; and the commands that trained it, each with the scores it
+ended with (the accuracy matrix across the model's lineage)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from ultralytics.utils import LOGGER, colorstr
 
-from yolo_unified.common import PRIMARY_METRIC, TASKS
+from yolo_unified.common import PRIMARY_METRIC, TASKS, learned_tasks
 from yolo_unified.data.config import load_data_config, val_fingerprint
 from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.models.unified.val import validate
@@ -22,10 +23,44 @@ KNOWLEDGE = "knowledge"  # the checkpoint key
 
 
 def knowledge_of(weights: str | Path | None) -> dict[str, Any]:
-    """The record in checkpoint `weights` (empty for none, a model YAML, or a checkpoint written before records)."""
+    """The record in checkpoint `weights`: ``{"learned": [group, ...], "commands": [...]}`` (empty for none, a model
+    YAML, or a checkpoint written before records)."""
     if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
-        return {"tasks": {}, "commands": []}
-    return read_checkpoint(weights).get(KNOWLEDGE) or {"tasks": {}, "commands": []}
+        return {"learned": [], "commands": []}
+    record = read_checkpoint(weights).get(KNOWLEDGE) or {"learned": [], "commands": []}
+    if "tasks" in record:  # the first records (0.x, one entry per task, scores by task)
+        learned = [{"task": t, **e} for t, e in record["tasks"].items()]
+        keys = {e["task"]: key(e) for e in learned}
+        commands = [{**c, "scores": {keys.get(t, t): v for t, v in c["scores"].items()}} for c in record["commands"]]
+        record = {"learned": learned, "commands": commands}
+    return record
+
+
+def unrecorded_tasks(weights: str | Path | None) -> list[str]:
+    """The tasks checkpoint `weights` learned (``task_imgsz``) that its record does not name: a model trained before
+    records were kept."""
+    if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
+        return []
+    recorded = {g["task"] for g in knowledge_of(weights)["learned"]}
+    return [t for t in TASKS if t in learned_tasks(read_checkpoint(weights).get("model")) - recorded]
+
+
+def key(group: dict[str, Any]) -> str:
+    """How a learned group is named in the record's command scores: its task and data file."""
+    return f"{group['task']} {group['data']}"
+
+
+def label(group: dict[str, Any], learned: list[dict[str, Any]]) -> str:
+    """How summaries name a group: its task, and its classes where the model learned that task in several groups."""
+    if sum(g["task"] == group["task"] for g in learned) < 2:
+        return group["task"]
+    classes = group["classes"]
+    return f"{group['task']} [{', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''}]"
+
+
+def known_classes(record: dict[str, Any], task: str) -> set[str]:
+    """Every class of `task` the record's groups learned."""
+    return {c for g in record["learned"] if g["task"] == task for c in g["classes"]}
 
 
 def command_line(keys: dict[str, Any]) -> str:
@@ -36,72 +71,84 @@ def command_line(keys: dict[str, Any]) -> str:
 def record_command(
     before: dict[str, Any],
     weights: str | Path,
-    data: str,
-    trained: dict[str, float],
+    trained: list[tuple[str, str, float]],
     scores: dict[str, float],
     command: str,
     save_dir: Path,
-) -> dict[str, Any]:
-    """Score the tasks the start model knew (its record `before`) that `command` did not train (`known_scores`, plots
-    in `save_dir`); write into `weights` what it knows: `before`, with each task in `trained` (task -> its score right
-    after its training on `data`, its classes the model's) entered anew, and the command appended with the scores it
-    ended with (`scores` and the known tasks'). Returns the known tasks' scores."""
-    known = known_scores(weights, before, list(trained), save_dir)
-    record, cfg, ckpt = copy.deepcopy(before), load_data_config(data), read_checkpoint(weights)
-    for task, score in trained.items():
-        record["tasks"][task] = {
-            "classes": list(ckpt["model"].task_names[task].values()),
-            "data": str(Path(cfg["yaml_file"]).resolve()),
-            "fingerprint": val_fingerprint(cfg, task),
-            "score": float(score),
-            "metric": PRIMARY_METRIC[task],
-        }
-    ended = {**scores, **{t: v for t, v in known.items() if isinstance(v, float)}}
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score the groups the start model knew (its record `before`) that `command` did not train again (`known_scores`,
+    plots in `save_dir`); write into `weights` what it knows: those groups, and a group for each ``(task, data,
+    score right after its training)`` in `trained` (the data's classes of that task), with the command appended and
+    the scores it ended with (`scores`, by task, and the known groups'). Returns the known groups' scores and the
+    record written."""
+    learned = list({key(g): g for g in (group_of(*t) for t in trained)}.values())  # a task trained twice: the last
+    retrained = {key(g) for g in learned}
+    kept = [g for g in before["learned"] if key(g) not in retrained]
+    known = known_scores(weights, kept, save_dir)
+    ended = {key(g): scores[g["task"]] for g in learned if g["task"] in scores}
+    ended.update({k: v for k, v in known.items() if isinstance(v, float)})
+    record = copy.deepcopy(before)
+    record["learned"] = [*copy.deepcopy(kept), *learned]
     when = datetime.now().isoformat(timespec="seconds")
-    record["commands"].append({"command": command, "date": when, "trained": list(trained), "scores": ended})
-    save_atomically({**ckpt, KNOWLEDGE: record}, Path(weights))
-    return known
+    record["commands"].append({"command": command, "date": when, "trained": [t for t, *_ in trained], "scores": ended})
+    save_atomically({**read_checkpoint(weights), KNOWLEDGE: record}, Path(weights))
+    return known, record
 
 
-def data_status(entry: dict[str, Any], task: str) -> str:
-    """Whether a task's recorded val data is still there as it was: ``found``, ``changed`` or ``missing``."""
+def group_of(task: str, data: str, score: float) -> dict[str, Any]:
+    """The record of a task learned on `data` (its classes there, the val split's fingerprint) scoring `score`."""
+    cfg = load_data_config(data)
+    return {
+        "task": task,
+        "classes": list(cfg["tasks"][task]["names"].values()),
+        "data": str(Path(cfg["yaml_file"]).resolve()),
+        "fingerprint": val_fingerprint(cfg, task),
+        "score": float(score),
+        "metric": PRIMARY_METRIC[task],
+    }
+
+
+def data_status(group: dict[str, Any]) -> str:
+    """Whether a group's recorded val data is still there as it was: ``found``, ``changed`` or ``missing``."""
     try:
-        same = val_fingerprint(load_data_config(entry["data"]), task) == entry["fingerprint"]
+        same = val_fingerprint(load_data_config(group["data"]), group["task"]) == group["fingerprint"]
     except (FileNotFoundError, KeyError, ValueError):
         return "missing"
     return "found" if same else "changed"
 
 
-def known_scores(weights: str | Path, before: dict[str, Any], trained: list[str], save_dir: Path) -> dict[str, Any]:
-    """Each task the start model knew (its record `before`) that this command did not train: its score now on its
-    recorded val data, or, when that data is gone or changed, why it was not scored (`data_status`)."""
+def known_scores(weights: str | Path, groups: list[dict[str, Any]], save_dir: Path) -> dict[str, Any]:
+    """Each of `groups` (learned before this command): its score now on its recorded val data (the model's classes
+    matched to the data's by name), or, when that data is gone or changed, why it was not scored (`data_status`)."""
     found: dict[str, Any] = {}
-    for task, entry in before["tasks"].items():
-        if task in trained:
+    for i, group in enumerate(groups):
+        if (status := data_status(group)) != "found":
+            found[key(group)] = status
             continue
-        if (status := data_status(entry, task)) != "found":
-            found[task] = status
-            continue
-        scored = validate(str(weights), entry["data"], save_dir / task, tasks=[task], plots=False)
-        found[task] = float(scored[task][entry["metric"]])
+        task = group["task"]
+        scored = validate(str(weights), group["data"], save_dir / f"{task}-{i}", tasks=[task], plots=False)
+        found[key(group)] = float(scored[task][group["metric"]])
     return found
 
 
-def known_lines(before: dict[str, Any], now: dict[str, Any], limit: float) -> tuple[list[str], bool]:
-    """Summary lines for the tasks the model knew before this command (`now`: `known_scores`), and whether every one
-    of them was scored and held within `limit`."""
+def known_lines(record: dict[str, Any], now: dict[str, Any], limit: float) -> tuple[list[str], bool]:
+    """Summary lines for the groups the model knew before this command (`now`: `known_scores`; `record`: what it
+    knows after it), and whether every one of them was scored and held within `limit`."""
     lines, held = [], True
-    for task, score in now.items():
-        entry = before["tasks"][task]
+    groups = {key(g): g for g in record["learned"]}
+    for name, score in now.items():
+        group = groups[name]
+        shown = label(group, record["learned"])
         if isinstance(score, str):
-            lines.append(f"  {task}  not scored: its val data {entry['data']} is {score} (learned before this command)")
+            gone = f"its val data {group['data']} is {score}"
+            lines.append(f"  {shown}  not scored: {gone} (learned before this command)")
             held = False
             continue
-        lost = 1 - score / entry["score"] if entry["score"] else 0.0
+        lost = 1 - score / group["score"] if group["score"] else 0.0
         ok = lost <= limit
         held = held and ok
-        lines.append(f"  {task}  {PRIMARY[task]:<6} {score:.3f}  forgetting {lost:+6.1%}  {'PASS' if ok else 'FAIL'}"
-                     f"  (learned before this command: {entry['score']:.3f})")  # fmt: skip
+        lines.append(f"  {shown}  {PRIMARY[group['task']]:<6} {score:.3f}  forgetting {lost:+6.1%}  "
+                     f"{'PASS' if ok else 'FAIL'}  (learned before this command: {group['score']:.3f})")  # fmt: skip
     return lines, held
 
 
@@ -114,39 +161,41 @@ def after_training(
     limit: float,
     protected: bool = False,
 ) -> None:
-    """After a one-task or joint run from a model whose record is `before`: `record_command`, and, when the model knew
-    other tasks, print a summary that says PASS only if every one of them held (and that they were not protected,
-    unless `protected`)."""
-    known = record_command(before, weights, data, trained, trained, command, Path(weights).parent.parent / "known")
+    """After a one-task or joint run on `data` from a model whose record is `before`: `record_command`, and, when the
+    model knew other groups, print a summary that says PASS only if every one of them held (and that they were not
+    protected, unless `protected`)."""
+    learned = [(task, data, score) for task, score in trained.items()]
+    known, record = record_command(before, weights, learned, trained, command, Path(weights).parent.parent / "known")
     if not known:
         return
-    lines, held = known_lines(before, known, limit)
+    lines, held = known_lines(record, known, limit)
     verdict = "PASS" if held else "FAIL"
     head = f"{colorstr('bold', 'Summary')}: {verdict} (a task may lose at most {limit:.0%} of its score)"
-    done = [f"  {t}  {PRIMARY[t]:<6} {v:.3f}  trained now" for t, v in trained.items()]
+    done = [f"  {label(g, record['learned'])}  {PRIMARY[g['task']]:<6} {g['score']:.3f}  trained now"
+            for g in record["learned"] if key(g) not in known]  # fmt: skip
     note = [] if protected else ["  this run did not protect what the model knew (protect=False, or a joint run)"]
     LOGGER.info("\n".join([head, *done, *lines, *note]))
 
 
 def describe(weights: str | Path) -> str:
-    """What `weights` knows, as ``yolo-unified info`` prints it: tasks, the commands that trained it with their
-    scores, the stored images, the file's size."""
+    """What `weights` knows, as ``yolo-unified info`` prints it: tasks and class groups, the commands that trained it
+    with their scores, the stored images, the file's size."""
     record, size = knowledge_of(weights), Path(weights).stat().st_size / 1e6
     lines = [f"{weights} ({size:.1f} MB)"]
-    if not record["tasks"]:
+    if not record["learned"]:
         lines.append("  no record of what it learned (trained before yolo-unified kept one): later training cannot"
                      " protect its tasks; train it again, or validate it with yolo-unified val")  # fmt: skip
         return "\n".join(lines)
-    known = [t for t in TASKS if t in record["tasks"]]
+    learned = sorted(record["learned"], key=lambda g: TASKS.index(g["task"]))
     lines.append("  task  score         classes  data")
-    for task in known:
-        e = record["tasks"][task]
-        classes = ", ".join(e["classes"][:6]) + (f" (+{len(e['classes']) - 6})" if len(e["classes"]) > 6 else "")
-        lines.append(f"  {task:4}  {PRIMARY[task]:6} {e['score']:.3f}  {classes}  "
-                     f"{e['data']} ({data_status(e, task)})")  # fmt: skip
+    for g in learned:
+        classes = ", ".join(g["classes"][:6]) + (f" (+{len(g['classes']) - 6})" if len(g["classes"]) > 6 else "")
+        lines.append(f"  {g['task']:4}  {PRIMARY[g['task']]:6} {g['score']:.3f}  {classes}  "
+                     f"{g['data']} ({data_status(g)})")  # fmt: skip
     lines.append("  commands (scores each ended with):")
     for i, c in enumerate(record["commands"], 1):
-        scores = "  ".join(f"{t} {c['scores'][t]:.3f}" if t in c["scores"] else f"{t}   -  " for t in known)
+        scores = "  ".join(f"{label(g, learned)} {c['scores'][key(g)]:.3f}" if key(g) in c["scores"]
+                           else f"{label(g, learned)}   -  " for g in learned)  # fmt: skip
         lines.append(f"  {i}. {c['date']}  {scores}  trained {'+'.join(c['trained'])}: {c['command']}")
     lines.append(f"  memory   {memory_budget(weights) or 'no stored images'}")
     return "\n".join(lines)

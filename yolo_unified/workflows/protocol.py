@@ -119,13 +119,13 @@ def finished(protocol: Protocol, compare: str | None = None, command: str = "") 
     known = None
     if RANK in {-1, 0} and protocol.chain:
         final, done, start = protocol.root / "weights" / "best.pt", state["stages"], protocol.common.get("model")
-        trained = {t: score for s in done for t, score in own_scores(s).items()}
+        data = protocol.common["data"]
+        trained = [(t, data, score) for s in done for t, score in own_scores(s).items()]
         last = {t: v[PRIMARY_METRIC[t]] for t, v in done[-1]["scores"].items()}
         before = knowledge_of(start)
-        if now := record_command(
-            before, final, protocol.common["data"], trained, last, command, protocol.root / "known"
-        ):
-            known = known_lines(before, now, protocol.forget_limit)
+        now, record = record_command(before, final, trained, last, command, protocol.root / "known")
+        if now:
+            known = known_lines(record, now, protocol.forget_limit)
     if RANK in {-1, 0}:
         images = example_images(protocol.common["data"])
         memory = memory_budget(protocol.root / "weights" / "best.pt")

@@ -9,11 +9,18 @@ from ultralytics.utils import LOGGER, RANK, YAML
 
 from yolo_unified.common import PRIMARY_METRIC, TASKS, ULTRALYTICS_TASK
 from yolo_unified.continual import StageContext
+from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.nn.tasks import CFG_DIR
 from yolo_unified.workflows.base import memory_file, run_dir, stage_memory
-from yolo_unified.workflows.knowledge import after_training, command_line, knowledge_of
+from yolo_unified.workflows.knowledge import (
+    after_training,
+    command_line,
+    knowledge_of,
+    known_classes,
+    unrecorded_tasks,
+)
 
 
 def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
@@ -27,15 +34,24 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     start = start_model(keys)
     context = StageContext(index=0, task=task, memory=stage_memory(start))
     given, before = dict(keys), knowledge_of(start)
-    known = {t: e for t, e in before["tasks"].items() if t != task}
+    known = list(dict.fromkeys(g["task"] for g in before["learned"] if g["task"] != task))
+    added = added_classes(before, task, keys["data"])
     recipe = YAML.load(CFG_DIR / "protect.yaml") if keys.get("protect", True) else {}
-    kept = bool(known and recipe)
+    kept = bool((known or added) and recipe)
     if recipe and not keys.get("resume"):  # what later runs from this model will keep it by
-        keys = {"replay": recipe["replay"], **keys}
+        keys = {"replay": recipe["tasks"]["replay"], **keys}
     if kept:
-        keys = protected(known, start, recipe, keys, context)
-    elif known:
-        LOGGER.warning(f"protect=False: a plain fine-tune; {', '.join(known)}, which the model knows, are not kept")
+        keys = protected(before, known, added, start, recipe, keys, context)
+    elif known or added:
+        LOGGER.warning(f"protect=False: a plain fine-tune; {', '.join(kept_groups(before, known, task, added))}, "
+                       "which the model knows, are not kept")  # fmt: skip
+    if unrecorded := [t for t in unrecorded_tasks(start) if t != task]:
+        frozen = ", ".join(["backbone: 0", "neck: 0", "tower: 0", *(f"{t}: 0" for t in unrecorded)])
+        LOGGER.warning(
+            f"model={start} learned {', '.join(unrecorded)} before yolo-unified kept a record of what a model learned:"
+            " this run neither keeps nor scores it. To keep it exactly, freeze the shared network: "
+            f'lr_mult="{{{frozen}}}"'
+        )
     overrides = keys if keys.get("resume") else {**keys, "save_dir": str(save_dir)}
     trainer = TRAINERS[task](overrides=overrides, context=context)
     trainer.train()
@@ -48,16 +64,37 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     return {"weights": str(weights), "save_dirs": {task: str(trainer.save_dir)}}
 
 
+def added_classes(before: dict[str, Any], task: str, data: str) -> list[str]:
+    """The `task` classes of `data` that the model learned none of, where its record says it learned `task`."""
+    learned = known_classes(before, task)
+    names = task_names(load_data_config(data)).get(task, {})
+    return [n for n in names.values() if n not in learned] if learned else []
+
+
+def kept_groups(before: dict[str, Any], known: list[str], task: str, added: list[str]) -> list[str]:
+    """What a run protects, as logs name it: the other tasks, and `task`'s classes where the data adds `added`."""
+    return [*known, *([f"{task} {', '.join(sorted(known_classes(before, task)))}"] if added else [])]
+
+
 def protected(
-    known: dict[str, dict], start: str, recipe: dict[str, Any], keys: dict[str, Any], context: StageContext
+    before: dict[str, Any],
+    known: list[str],
+    added: list[str],
+    start: str,
+    recipe: dict[str, Any],
+    keys: dict[str, Any],
+    context: StageContext,
 ) -> dict[str, Any]:
-    """The keys of a one-task run from a model that knows other tasks (`known`, its record's): `recipe`
-    (cfg/protect.yaml) under the given ones, those tasks' heads held; `context` made that of a later stage (the known
-    tasks finished, their scores, the start model as the teacher)."""
-    context.previous, context.prev_weights = list(known), start
-    context.own_scores = {t: e["score"] for t, e in known.items()}
-    LOGGER.info(f"protect: keeping {', '.join(known)} (cfg/protect.yaml; protect=False for a plain fine-tune)")
-    return {**recipe, "lr_mult": dict.fromkeys(known, 0.0), **keys}
+    """The keys of a one-task run from a model whose record is `before`: cfg/protect.yaml's under the given ones,
+    those of ``tasks:`` for the other tasks it knows (`known`: their heads held, `context` made that of a later stage:
+    those tasks finished, their scores, the start model as the teacher), those of ``classes:`` where the data adds
+    classes to the run's task (`added`)."""
+    context.previous, context.prev_weights = known, start
+    context.own_scores = {g["task"]: g["score"] for g in before["learned"] if g["task"] in known}
+    what = ", ".join(kept_groups(before, known, context.task, added))
+    LOGGER.info(f"protect: keeping {what} (cfg/protect.yaml; protect=False for a plain fine-tune)")
+    merged = {**recipe["tasks"], **(recipe["classes"] if added else {})}
+    return {**merged, "lr_mult": dict.fromkeys(known, 0.0), **keys}
 
 
 def start_model(keys: dict[str, Any]) -> str | None:
