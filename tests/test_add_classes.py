@@ -14,7 +14,6 @@ from ultralytics.data.utils import load_dataset_cache_file
 from ultralytics.nn.tasks import load_checkpoint
 
 from yolo_unified import UnifiedYOLO, workflows
-from yolo_unified.common import MEMORY_FILE
 from yolo_unified.continual import StageContext, build_strategies, stage_samples
 from yolo_unified.continual.old_distill import OldDistill, unbiased_seg_distance
 from yolo_unified.continual.old_labels import OldLabels, merge_boxes, shift_background
@@ -27,7 +26,7 @@ from yolo_unified.defaults import unified_cfg
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import UnifiedModel, check_class_lists
-from yolo_unified.workflows.base import check_keys
+from yolo_unified.workflows.base import check_keys, stage_memory
 
 OLD = {"det": {0: "person", 1: "car"}, "seg": {0: "background", 1: "person"}, "cls": {0: "person", 1: "car"}}
 GROWN = {
@@ -341,17 +340,17 @@ def test_val_names_classification_classes_by_the_data_yaml_not_by_folder(synth_1
 
 
 def test_exemplars_the_first_run_keeps_are_replayed_when_classes_are_added(synth_12, tmp_path, logged):
-    """Stage 1 with replay= keeps images beside its best.pt; a stage adding classes replays them and adds its own."""
+    """Stage 1 with replay= keeps images in its best.pt; a stage adding classes replays them and adds its own."""
     first = split_classes(synth_12, "cls", ["circle", "rectangle"], tmp_path / "first")
     second = split_classes(synth_12, "cls", ["triangle"], tmp_path / "second")
     run = {"task": "cls", "project": str(tmp_path), **TINY}
     old = workflows.train(data=str(first), replay={"size": 4}, name="old", **run)
-    kept = torch.load(Path(old["weights"]).with_name(MEMORY_FILE), weights_only=False)["replay"]["cls"]
+    kept = stage_memory(old["weights"])["replay"]["cls"]
     assert len(kept) == 4 and {int(s["cls"]) for s in kept} <= {0, 1}
     keys = {"replay": {"size": 4, "batch": 2}, "old_labels": {"conf": 0.3}}
     new = workflows.train(data=str(second), model=old["weights"], name="new", **keys, **run)
     assert "old classes kept by replay" in logged.text  # the run says what keeps them (old_labels: not for cls)
     assert "train/replay" in (tmp_path / "new" / "results.csv").read_text().splitlines()[0]
-    memory = torch.load(Path(new["weights"]).with_name(MEMORY_FILE), weights_only=False)["replay"]["cls"]
+    memory = stage_memory(new["weights"])["replay"]["cls"]
     assert all(torch.equal(a["img"], b["img"]) for a, b in zip(memory[:4], kept, strict=True))  # old exemplars, then
     assert len(memory) == 8 and {int(s["cls"]) for s in memory[4:]} == {2}  # triangles in the model's id

@@ -8,12 +8,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import torch.distributed as dist
 import yaml
 
-from yolo_unified.common import MEMORY_FILE
 from yolo_unified.ddp import digest
+from yolo_unified.workflows.base import stage_memory
 
 STAGES = [
     {"tasks": ["det", "cls"], "epochs": 1, "balance": "upgrad"},  # joint: gradients averaged over the ranks
@@ -48,8 +47,8 @@ def test_two_process_cpu_protocol(synth_yaml, tmp_path):
     state = yaml.safe_load((root / "protocol.json").read_text())
     assert [s["task"] for s in state["stages"]] == ["det+cls", "seg", "det"] and (root / "forgetting.md").is_file()
     assert (root / "1-det+cls/diagnostics.csv").read_text().count("\n") == 2  # header and the one epoch, written once
-    memory = torch.load(root / "2-seg" / "weights" / MEMORY_FILE, weights_only=False)
+    memory = stage_memory(str(root / "2-seg" / "weights" / "best.pt"))
     assert set(memory) >= {"ewc", "replay"} and len(memory["replay"]["seg"]) == 2
-    final = torch.load(root / "weights" / MEMORY_FILE, weights_only=False)
+    final = stage_memory(str(root / "weights" / "best.pt"))
     assert len(final["replay"]["det"]) == 2 and digest(final["replay"]["seg"]) == digest(memory["replay"]["seg"])
     assert not list(root.rglob("*.tmp"))  # no half-written file from a second writer

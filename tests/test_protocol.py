@@ -18,6 +18,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_unified import workflows
+from yolo_unified.common import MEMORY_FILE, MEMORY_KEY
 from yolo_unified.continual import StageContext, Strategy, build_strategies
 from yolo_unified.defaults import unified_cfg
 from yolo_unified.files import UnreadableFile
@@ -58,16 +59,16 @@ def test_default_protocol_runs_every_stage_and_writes_the_report(protocol_run):
     assert set(state["stages"][-1]["scores"]) == {"seg", "det", "cls"}  # every learned task evaluated at the end
     md = (root / "forgetting.md").read_text()
     assert "| forgetting |" in md and ("PASS" in md or "FAIL" in md)
-    for s in state["stages"]:  # plain checkpoints: the strategies' memory (Fisher, anchors, replay) is beside them
-        assert "continual" not in torch.load(s["weights"], weights_only=False)
-        assert (Path(s["weights"]).parent / "memory.pt").is_file()
-    memory = stage_memory(state["stages"][-1]["weights"])  # stage 1's memory, carried through stages 2 and 3
-    assert set(memory) == {"ewc", "replay", "replay_of"} and set(memory["replay"]) == {"seg"}
-    final = root / "weights/best.pt"  # the final model beside the report: the last stage's weights, ~3 MB
+    for s in state["stages"]:  # each checkpoint carries the strategies' memory (Fisher, anchors, replay)
+        assert MEMORY_KEY in torch.load(s["weights"], weights_only=False)
+        assert not (Path(s["weights"]).parent / MEMORY_FILE).exists()
+    memory = stage_memory(state["stages"][-1]["weights"])  # stage 1's images, and stages 2 and 3's
+    assert set(memory) == {"replay", "replay_of"} and set(memory["replay"]) == {"seg", "det", "cls"}
+    assert memory["replay_of"] == {t: 8 for t in ("seg", "det", "cls")} and len(memory["replay"]["det"]) == 1  # 10%
+    final = root / "weights/best.pt"  # the final model beside the report: the last stage's weights and memory
     ckpt, last = (
         torch.load(f, weights_only=False)["model"].state_dict() for f in (final, state["stages"][-1]["weights"])
     )
-    assert "continual" not in torch.load(final, weights_only=False) and final.stat().st_size < 4e6
     assert ckpt.keys() == last.keys() and all(torch.equal(ckpt[k], last[k]) for k in ckpt)
     assert stage_memory(str(final)).keys() == memory.keys()  # a protocol started from it goes on with its memory
 
@@ -94,7 +95,7 @@ def test_resume_after_a_kill_finishes_every_stage(synth_yaml, tmp_path):
         args = yaml.safe_load((root / stage / "args.yaml").read_text())
         assert args["data"] == synth_yaml and args["imgsz"] == TINY["imgsz"], (stage, args["data"], args["imgsz"])
     assert all(Path(s["weights"]).is_file() for s in state["stages"])
-    assert set(stage_memory(state["stages"][1]["weights"])["replay"]) == {"seg"}  # the resumed stage read stage 1's
+    assert set(stage_memory(state["stages"][1]["weights"])["replay"]) == {"seg", "det"}  # stage 1's, and its own
     rows = (root / "2-det/results.csv").read_text().strip().splitlines()[1:]
     assert [int(float(r.split(",")[0])) for r in rows] == [1, 2, 3, 4]  # resumed, not restarted
     assert (root / "forgetting.md").is_file()
@@ -113,7 +114,7 @@ def test_a_moved_run_folder_keeps_its_weights_memory_and_teacher(protocol_run, t
     protocol.state["stages"] = protocol.state["stages"][:2]  # as before stage 3
     context = protocol.stage_context(2)
     assert context.prev_weights == str(moved / "2-det/weights/best.pt")  # the teacher of stage 3, in the moved run
-    assert set(context.memory) == {"ewc", "replay", "replay_of"} and context.teacher(torch.device("cpu")) is not None
+    assert set(context.memory) == {"replay", "replay_of"} and context.teacher(torch.device("cpu")) is not None
 
 
 def test_a_protocol_json_with_absolute_paths_is_still_read(tmp_path, monkeypatch):
@@ -261,12 +262,15 @@ def test_a_protocol_started_from_a_model_yaml_has_no_memory_to_load():
     assert stage_memory(str(CFG_DIR / "models/yolov8n-unified.yaml")) == {}  # a YAML is not a checkpoint
 
 
-def test_memory_of_a_checkpoint_from_before_memory_pt_is_still_read(tmp_path):
+def test_memory_is_read_from_the_checkpoint_else_from_a_memory_pt_beside_it(tmp_path):
     memory = {"ewc": {"fisher": {"w": torch.ones(2)}, "anchor": {"w": torch.zeros(2)}}}
-    torch.save({"model": None, "continual": memory}, tmp_path / "best.pt")  # how runs kept it inside best.pt before
+    torch.save({"model": None, MEMORY_KEY: memory}, tmp_path / "best.pt")
+    torch.save({"replay": {}}, tmp_path / MEMORY_FILE)  # the checkpoint's own wins
     assert torch.equal(stage_memory(str(tmp_path / "best.pt"))["ewc"]["fisher"]["w"], torch.ones(2))
-    torch.save({"model": None}, tmp_path / "plain.pt")
-    assert stage_memory(str(tmp_path / "plain.pt")) == {}
+    torch.save({"model": None}, tmp_path / "old.pt")  # how runs of 0.x kept it: memory.pt beside best.pt
+    assert stage_memory(str(tmp_path / "old.pt")) == {"replay": {}}
+    (tmp_path / MEMORY_FILE).unlink()
+    assert stage_memory(str(tmp_path / "old.pt")) == {}
 
 
 @pytest.mark.parametrize("name", ["seq", "seq-pretrained", "chain", "baselines"])

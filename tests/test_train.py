@@ -15,7 +15,7 @@ from ultralytics.utils import YAML
 
 from yolo_unified import UnifiedYOLO, workflows
 from yolo_unified.cli import run
-from yolo_unified.common import MEMORY_FILE
+from yolo_unified.common import MEMORY_KEY
 from yolo_unified.continual import STRATEGIES
 from yolo_unified.data.config import load_data_config, task_data
 from yolo_unified.data.synthetic import make_synthetic
@@ -183,10 +183,9 @@ def test_resume_of_a_single_task_checkpoint_finds_its_task(tmp_path, monkeypatch
     assert ran == {"task": "det", "keys": {"resume": str(tmp_path / "det.pt")}}  # no data=, no new run folder
 
 
-def test_a_resumed_run_reads_the_memory_beside_the_model_it_started_from(tmp_path):
-    """The strategies' memory (replay images) comes from beside ``model=``; a resumed run's from its recorded model."""
-    torch.save({"model": None}, tmp_path / "best.pt")
-    torch.save({"replay": {"cls": [{"img": torch.zeros(1)}]}}, tmp_path / MEMORY_FILE)
+def test_a_resumed_run_reads_the_memory_of_the_model_it_started_from(tmp_path):
+    """The strategies' memory (replay images) comes from ``model=``; a resumed run's from its recorded model."""
+    torch.save({"model": None, MEMORY_KEY: {"replay": {"cls": [{"img": torch.zeros(1)}]}}}, tmp_path / "best.pt")
     torch.save({"train_args": {"task": "classify", "model": str(tmp_path / "best.pt")}}, tmp_path / "last.pt")
     assert start_model({"model": str(tmp_path / "best.pt")}) == str(tmp_path / "best.pt")
     for keys in ({"resume": str(tmp_path / "last.pt")}, {"resume": True, "model": str(tmp_path / "last.pt")}):

@@ -52,7 +52,8 @@ def module_of(name: str) -> str:
 
 # Files of a sequential protocol's run folder.
 STATE_FILE = "protocol.json"  # the protocol's settings and each finished stage's record
-MEMORY_FILE = "memory.pt"  # the strategies' memory, beside each stage's best.pt (deployable weights stay plain)
+MEMORY_KEY = "continual"  # the checkpoint key of the strategies' memory (stored images, statistics); exports drop it
+MEMORY_FILE = "memory.pt"  # where runs of 0.x kept that memory instead: beside each stage's best.pt (still read)
 
 
 def listed(value: Any) -> list:

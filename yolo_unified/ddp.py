@@ -141,7 +141,7 @@ def digest(obj: Any) -> str:
 
 
 def same_on_every_rank(memory: dict[str, Any]) -> dict[str, Any]:
-    """`memory` after checking that every DDP rank holds the same (each read rank 0's memory.pt); else an error."""
+    """`memory` after checking that every DDP rank holds the same (each read rank 0's checkpoint); else an error."""
     if dist.is_initialized():
         digests = [None] * dist.get_world_size()
         dist.all_gather_object(digests, digest(memory))

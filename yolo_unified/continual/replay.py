@@ -112,7 +112,7 @@ class Replay(Strategy):
 
         size: int | float = setting(10, "images of the stage's task kept at its end (a number below 1: that share)")
         ratio: float | None = setting(None, "replayed images per current image (null: batch)")
-        batch: int = setting(2, "replayed images per task and step, without ratio")
+        batch: int = setting(2, "replayed images per task and step, without ratio (0: the stage only stores its own)")
         weight: float = setting(1.0, "weight of the replayed losses")
         mix: bool = setting(False, "stored classification images join a stage adding classes as its own data")
         oversample: bool = setting(False, "with mix, each drawn as often as an old class needs")
@@ -123,9 +123,15 @@ class Replay(Strategy):
         distill: float = setting(0.0, "weight of the starting model's outputs on the replayed images as targets")
         temperature: float = setting(2.0, "softmax temperature of distill")
 
+    @property
+    def draws(self) -> bool:
+        """Whether the stage trains on stored images (``batch`` or ``ratio`` above 0), not only stores its own."""
+        return self.settings.batch > 0 or bool(self.settings.ratio)
+
     def replays(self, task: str) -> bool:
-        """Whether this stage trains on stored images of `task`: the memory holds some and ``tasks`` names it."""
-        return bool(self.context.memory.get("replay", {}).get(task)) and task in self.settings.tasks
+        """Whether this stage trains on stored images of `task`: it `draws`, the memory holds some, ``tasks`` names
+        it."""
+        return self.draws and bool(self.context.memory.get("replay", {}).get(task)) and task in self.settings.tasks
 
     def keeps_old_classes_of(self, task: str) -> bool:
         """When the stage replays images of the task (its old classes')."""
@@ -161,10 +167,10 @@ class Replay(Strategy):
             for t in tasks
             if self.replays(t) and not self.mixed(t)
         }
-        if lacking := [t for t in self.context.old_classes if t in replayed and not stored.get(t)]:
+        if lacking := [t for t in self.context.old_classes if self.draws and t in replayed and not stored.get(t)]:
             LOGGER.warning(
-                f"replay: no stored {', '.join(lacking)} images of the old classes beside model={trainer.args.model} "
-                "(a run with replay= keeps some in memory.pt beside its best.pt); nothing of theirs is replayed"
+                f"replay: no stored {', '.join(lacking)} images of the old classes in model={trainer.args.model} "
+                "(a run with replay= keeps some in its best.pt); nothing of theirs is replayed"
             )
         self.rng = random.Random(int(trainer.args.seed))
 

@@ -1,21 +1,23 @@
-"""What every workflow shares: run folders, the built-in data, the strategies' memory beside a checkpoint, and the
+"""What every workflow shares: run folders, the built-in data, the strategies' memory in a checkpoint, and the
 ``cfg=`` / unknown-key handling of train keys."""
 
 from __future__ import annotations
 
+import io
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
+import torch
 from ultralytics.cfg import _handle_deprecation
 from ultralytics.utils import YAML
 from ultralytics.utils.files import increment_path
 
-from yolo_unified.common import MEMORY_FILE
+from yolo_unified.common import MEMORY_FILE, MEMORY_KEY
 from yolo_unified.data.synthetic import make_synthetic
 from yolo_unified.ddp import from_rank_zero
 from yolo_unified.defaults import train_keys
-from yolo_unified.files import read_checkpoint, read_data
+from yolo_unified.files import read_checkpoint, read_data, save_atomically
 from yolo_unified.nn.tasks import CFG_DIR
 
 DEFAULT_DATA_NAME = "unified-synth"  # the built-in synthetic dataset, generated into ./datasets on first use
@@ -40,24 +42,26 @@ def run_dir(project: str | Path | None, name: str | None, default_name: str, exi
     return from_rank_zero(increment_path(Path(project or "runs/unified").resolve() / (name or default_name), exist_ok))
 
 
-def memory_file(weights: str | Path) -> Path:
-    """Where the strategies' memory of a stage's checkpoint is kept: ``memory.pt`` beside it."""
-    return Path(weights).with_name(MEMORY_FILE)
+def save_memory(memory: dict[str, Any], weights: str | Path) -> None:
+    """Put the strategies' `memory` into checkpoint `weights` (its ``continual`` key), replacing what it held: a
+    copied ``best.pt`` carries what later runs need to keep its tasks."""
+    save_atomically({**read_checkpoint(weights), MEMORY_KEY: memory}, Path(weights))
 
 
 def stage_memory(weights: str | None) -> dict[str, Any]:
-    """The strategies' memory of a finished stage: ``memory.pt`` beside its checkpoint, else the checkpoint's
-    ``continual`` key (older runs); empty for a plain checkpoint or a model YAML."""
+    """The strategies' memory of a finished stage: the checkpoint's ``continual`` key, else ``memory.pt`` beside it
+    (runs of 0.x, read with ``weights_only``); empty for a plain checkpoint or a model YAML."""
     if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
         return {}
-    if (file := memory_file(weights)).is_file():
-        return read_data(file)
-    return read_checkpoint(weights).get("continual") or {}
+    if (memory := read_checkpoint(weights).get(MEMORY_KEY)) is not None:
+        return memory
+    file = Path(weights).with_name(MEMORY_FILE)
+    return read_data(file) if file.is_file() else {}
 
 
 def memory_budget(weights: str | Path) -> str | None:
-    """What the memory beside `weights` keeps, in words: the stored images of each task, the share of its training
-    images they are, and the file's size; None without stored images."""
+    """What the memory of `weights` keeps, in words: the stored images of each task, the share of its training
+    images they are, and the memory's size in the checkpoint; None without stored images."""
     memory = stage_memory(str(weights))
     stored, drawn_from = memory.get("replay") or {}, memory.get("replay_of") or {}
     if not any(stored.values()):
@@ -68,8 +72,9 @@ def memory_budget(weights: str | Path) -> str | None:
         for task, images in stored.items()
         if images
     ]
-    size = memory_file(weights).stat().st_size / 1e6
-    return f"{', '.join(counts)} training images stored ({memory_file(weights).name}: {size:.1f} MB)"
+    buffer = io.BytesIO()
+    torch.save(memory, buffer)
+    return f"{', '.join(counts)} training images stored (in {Path(weights).name}: {buffer.tell() / 1e6:.1f} MB)"
 
 
 def split_cfg(keys: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

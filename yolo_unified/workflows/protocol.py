@@ -12,7 +12,7 @@ from typing import Any
 
 from ultralytics.utils import LOGGER, RANK, YAML, colorstr
 
-from yolo_unified.common import PRIMARY_METRIC, STATE_FILE, TASKS
+from yolo_unified.common import MEMORY_KEY, PRIMARY_METRIC, STATE_FILE, TASKS
 from yolo_unified.continual import StageContext, check_strategy_settings
 from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.ddp import rank_zero_alone, same_on_every_rank, wait_for_rank_zero
@@ -21,7 +21,7 @@ from yolo_unified.models.unified.joint import JointTrainer
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import CFG_DIR
-from yolo_unified.workflows.base import memory_budget, memory_file, run_dir, stage_memory
+from yolo_unified.workflows.base import memory_budget, run_dir, save_memory, stage_memory
 from yolo_unified.workflows.knowledge import command_line, knowledge_of, known_lines, record_command
 from yolo_unified.workflows.report import run_summary, write_report
 from yolo_unified.workflows.scores import own_scores, stage_tasks
@@ -155,8 +155,8 @@ class Protocol:
 
     Each stage starts from the previous stage's best weights (``chain=True``) or the initial model; after it, every
     task learned so far is scored on the protocol's ``data`` and recorded in ``protocol.json`` (with the settings
-    ``resume`` continues from). The strategies' memory goes to ``memory.pt`` beside the stage's ``best.pt``; a stage
-    that keeps no weights keeps no memory. The final model is ``<root>/weights/best.pt``, its memory beside it.
+    ``resume`` continues from). The strategies' memory goes into the stage's ``best.pt``; a stage that keeps no weights
+    keeps no memory. The final model is ``<root>/weights/best.pt``, with its memory.
     """
 
     def __init__(
@@ -173,8 +173,11 @@ class Protocol:
         self.state = read_state(self.root) if self.state_file.is_file() else {"stages": []}
 
     def stage_args(self, i: int) -> dict[str, Any]:
-        """Ultralytics overrides of stage `i`: the common keys, then the stage's own (``task`` removed)."""
-        return {**self.common, **{k: v for k, v in self.stages[i].items() if k != "task"}}
+        """Ultralytics overrides of stage `i`: the common keys, then the stage's own (``task`` removed); where they do
+        not set ``replay``, cfg/protect.yaml's ``store:`` keys (unless ``protect=False``)."""
+        args = {**self.common, **{k: v for k, v in self.stages[i].items() if k != "task"}}
+        stored = YAML.load(CFG_DIR / "protect.yaml")["store"] if args.get("protect", True) else {}
+        return {**stored, **args} if args.get("replay") is None else args
 
     def eval_args(self, task: str) -> dict[str, Any]:
         """How a task is scored between stages: with the batch of the stage that learned it (its ``task_args``)."""
@@ -246,7 +249,7 @@ class Protocol:
             args.update(joint=True, tasks=tasks)
         trainer_class = JointTrainer if len(tasks) > 1 else TRAINERS[tasks[0]]
         best = self.train_stage(trainer_class, args, context, stage_dir)
-        if RANK > 0:  # DDP: rank 0 records the stage (scores, memory.pt, protocol.json); read what it wrote
+        if RANK > 0:  # DDP: rank 0 records the stage (scores, memory, protocol.json); read what it wrote
             wait_for_rank_zero()
             self.state = read_state(self.root)
             return
@@ -262,7 +265,7 @@ class Protocol:
             LOGGER.warning(f"stage {i + 1} ({context.task}) kept no weights; the protocol continues from {start}")
             best = start
         else:
-            save_atomically(context.memory, memory_file(best))
+            save_memory(context.memory, best)
         scores = {}
         for t in dict.fromkeys([*context.previous, *tasks]):
             scored = validate(best, self.common["data"], tasks=[t], save_dir=stage_dir / "eval", plots=False,
@@ -279,14 +282,11 @@ class Protocol:
         write_state(self.root, self.state)
 
     def write_final_model(self) -> None:
-        """``<root>/weights/best.pt``: the last stage's model (each task's image size on it), its memory beside it."""
+        """``<root>/weights/best.pt``: the last stage's model (each task's image size on it) with its memory."""
         last = self.state["stages"][-1]["weights"]
         final = self.root / "weights" / "best.pt"
         final.parent.mkdir(exist_ok=True)
-        ckpt = read_checkpoint(last)
-        memory = ckpt.pop("continual", None) or stage_memory(last)  # inside: before memory.pt existed
-        save_atomically(ckpt, final)
-        save_atomically(memory, memory_file(final))
+        save_atomically({**read_checkpoint(last), MEMORY_KEY: stage_memory(last)}, final)
 
     @staticmethod
     def train_stage(trainer_class: type, args: dict, context: StageContext, stage_dir: Path) -> str | None:

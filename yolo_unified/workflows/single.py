@@ -10,10 +10,10 @@ from ultralytics.utils import LOGGER, RANK, YAML
 from yolo_unified.common import PRIMARY_METRIC, TASKS, ULTRALYTICS_TASK
 from yolo_unified.continual import StageContext
 from yolo_unified.data.config import load_data_config, task_names
-from yolo_unified.files import read_checkpoint, save_atomically
+from yolo_unified.files import read_checkpoint
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.nn.tasks import CFG_DIR
-from yolo_unified.workflows.base import memory_file, run_dir, stage_memory
+from yolo_unified.workflows.base import run_dir, save_memory, stage_memory
 from yolo_unified.workflows.knowledge import (
     after_training,
     command_line,
@@ -38,10 +38,10 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     added = added_classes(before, task, keys["data"])
     recipe = YAML.load(CFG_DIR / "protect.yaml") if keys.get("protect", True) else {}
     kept = bool((known or added) and recipe)
-    if recipe and not keys.get("resume"):  # what later runs from this model will keep it by
-        keys = {"replay": recipe["tasks"]["replay"], **keys}
     if kept:
         keys = protected(before, known, added, start, recipe, keys, context)
+    if recipe and not keys.get("resume"):  # what later runs from this model will keep it by
+        keys = {**recipe["store"], **keys}
     elif known or added:
         LOGGER.warning(f"protect=False: a plain fine-tune; {', '.join(kept_groups(before, known, task, added))}, "
                        "which the model knows, are not kept")  # fmt: skip
@@ -57,7 +57,7 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     trainer.train()
     weights = trainer.best if trainer.best.exists() else trainer.last
     if context.memory and RANK in {-1, 0}:
-        save_atomically(context.memory, memory_file(weights))
+        save_memory(context.memory, weights)
     if RANK in {-1, 0} and (score := (trainer.metrics or {}).get(PRIMARY_METRIC[task])) is not None:
         command, limit = command_line({"task": task, **given}), float(trainer.args.forget_limit)
         after_training(before, weights, trainer.args.data, {task: float(score)}, command, limit, kept)
