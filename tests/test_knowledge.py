@@ -15,7 +15,7 @@ from yolo_unified.data.class_split import split_classes
 from yolo_unified.data.config import image_files, label_file, load_data_config
 from yolo_unified.data.synthetic import make_synthetic
 from yolo_unified.files import read_checkpoint
-from yolo_unified.workflows.knowledge import KNOWLEDGE, describe, key, knowledge_of, known_lines
+from yolo_unified.workflows.knowledge import KNOWLEDGE, describe, key, knowledge_of, known_lines, known_scores
 
 TINY = {"imgsz": 64, "batch": 4, "workers": 0, "plots": False, "epochs": 1, "exist_ok": True}
 
@@ -179,3 +179,18 @@ def test_a_command_adding_classes_keeps_and_scores_the_old_class_group(tmp_path,
     summary = next(m for m in messages if "Summary" in m)
     assert "det [circle, rectangle]  mAP50" in summary and "learned before this command" in summary
     assert "det [circle, rectangle]" in describe(second) and "det [triangle]" in describe(second)
+
+
+def test_a_group_whose_val_data_is_gone_is_scored_on_its_stored_images(two_commands, tmp_path):
+    """Bad input: the recorded val data is gone; the group is scored on the images the model stored, against its
+    score on them right after its training, and the summary says so."""
+    record = knowledge_of(two_commands[1])
+    seg = by_task(record)["seg"]
+    assert seg["stored"]["images"] >= 1 and 0 <= seg["stored"]["score"] <= 1  # recorded with the group
+    gone = {**seg, "data": str(tmp_path / "gone.yaml")}
+    (now,) = known_scores(two_commands[1], [gone], tmp_path).values()
+    assert now["status"] == "missing" and now["images"] == seg["stored"]["images"] and 0 <= now["score"] <= 1
+    lines, _ = known_lines({"learned": [gone]}, {key(gone): now}, 0.05)
+    assert f"on its {now['images']} stored images, as its val data {gone['data']} is missing" in lines[0], lines
+    stored = read_checkpoint(two_commands[1])[KNOWLEDGE]
+    assert all("stored" in g for g in stored["learned"])

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import torch
 import torch.nn.functional as F
 from ultralytics.utils import LOGGER
@@ -15,8 +14,8 @@ from ultralytics.utils import LOGGER
 from yolo_unified.common import TASKS
 from yolo_unified.continual.base import Strategy, draw_samples, training_images
 from yolo_unified.continual.lwf import task_distance
+from yolo_unified.data.stored import write_image
 from yolo_unified.data.transforms import random_zoom
-from yolo_unified.files import save_atomically
 from yolo_unified.nn.tasks import UnifiedLoss, loss_scale
 from yolo_unified.settings import setting
 
@@ -56,14 +55,6 @@ def training_form(sample: dict, device: torch.device) -> dict:
     floats already)."""
     img = sample["img"].float() / 255 if sample["img"].dtype == torch.uint8 else sample["img"]
     return {**{k: v.to(device) for k, v in sample.items()}, "img": img.to(device)}
-
-
-def write_image(path: Path, img: torch.Tensor) -> None:
-    """Save a stored image ``(1, 3, H, W)`` (8-bit, or floats in [0, 1]) as a PNG, replacing any file of that name
-    at once (a run in an existing folder never trains on an earlier run's image; DDP ranks write the same bytes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = stored_form({"img": img})["img"][0].permute(1, 2, 0).numpy()
-    save_atomically(cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes(), path)
 
 
 def oversampling_factor(own: list, stored: list[dict]) -> int:

@@ -14,9 +14,10 @@ from ultralytics.utils import LOGGER, colorstr
 
 from yolo_unified.common import PRIMARY_METRIC, TASKS, learned_tasks
 from yolo_unified.data.config import load_data_config, val_fingerprint
+from yolo_unified.data.stored import write_stored
 from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.models.unified.val import validate
-from yolo_unified.workflows.base import memory_budget
+from yolo_unified.workflows.base import memory_budget, stage_memory
 from yolo_unified.workflows.report import PRIMARY
 
 KNOWLEDGE = "knowledge"  # the checkpoint key
@@ -82,6 +83,8 @@ def record_command(
     the scores it ended with (`scores`, by task, and the known groups'). Returns the known groups' scores and the
     record written."""
     learned = list({key(g): g for g in (group_of(*t) for t in trained)}.values())  # a task trained twice: the last
+    for group in learned:  # what the group scores on the stored images, to check it by where its val data is gone
+        group["stored"] = stored_score(weights, group["task"], save_dir)
     retrained = {key(g) for g in learned}
     kept = [g for g in before["learned"] if key(g) not in retrained]
     known = known_scores(weights, kept, save_dir)
@@ -108,6 +111,19 @@ def group_of(task: str, data: str, score: float) -> dict[str, Any]:
     }
 
 
+def stored_score(weights: str | Path, task: str, save_dir: Path, count: int | None = None) -> dict[str, Any] | None:
+    """The score of `weights` on the first `count` (all) images of `task` its memory stores: ``{"images": how many,
+    "score": ...}``; None where it stores none."""
+    samples = ((stage_memory(str(weights)).get("replay") or {}).get(task) or [])[:count]
+    if not samples:
+        return None
+    names = list(read_checkpoint(weights)["model"].task_names[task].values())
+    folder = save_dir / f"stored-{task}-{len(samples)}"  # the first n images: the same files for the same n
+    data = write_stored(samples, task, names, folder)
+    scored = validate(str(weights), data, folder / "val", tasks=[task], plots=False)
+    return {"images": len(samples), "score": float(scored[task][PRIMARY_METRIC[task]])}
+
+
 def data_status(group: dict[str, Any]) -> str:
     """Whether a group's recorded val data is still there as it was: ``found``, ``changed`` or ``missing``."""
     try:
@@ -119,11 +135,13 @@ def data_status(group: dict[str, Any]) -> str:
 
 def known_scores(weights: str | Path, groups: list[dict[str, Any]], save_dir: Path) -> dict[str, Any]:
     """Each of `groups` (learned before this command): its score now on its recorded val data (the model's classes
-    matched to the data's by name), or, when that data is gone or changed, why it was not scored (`data_status`)."""
+    matched to the data's by name); when that data is gone or changed (`data_status`), ``{"status", "images",
+    "score"}`` on the task's images the group was checked on when learned (`stored_score`), else the status alone."""
     found: dict[str, Any] = {}
     for i, group in enumerate(groups):
         if (status := data_status(group)) != "found":
-            found[key(group)] = status
+            stored = group.get("stored") and stored_score(weights, group["task"], save_dir, group["stored"]["images"])
+            found[key(group)] = {"status": status, **stored} if stored else status
             continue
         task = group["task"]
         scored = validate(str(weights), group["data"], save_dir / f"{task}-{i}", tasks=[task], plots=False)
@@ -141,14 +159,19 @@ def known_lines(record: dict[str, Any], now: dict[str, Any], limit: float) -> tu
         shown = label(group, record["learned"])
         if isinstance(score, str):
             gone = f"its val data {group['data']} is {score}"
-            lines.append(f"  {shown}  not scored: {gone} (learned before this command)")
+            lines.append(f"  {shown}  not scored: {gone} (learned before this command; no stored images)")
             held = False
             continue
-        lost = 1 - score / group["score"] if group["score"] else 0.0
+        was, where = group["score"], "learned before this command"
+        if isinstance(score, dict):  # on its stored images
+            was, where = group["stored"]["score"], (f"on its {score['images']} stored images, as its val data "
+                                                    f"{group['data']} is {score['status']}")  # fmt: skip
+            score = score["score"]
+        lost = 1 - score / was if was else 0.0
         ok = lost <= limit
         held = held and ok
         lines.append(f"  {shown}  {PRIMARY[group['task']]:<6} {score:.3f}  forgetting {lost:+6.1%}  "
-                     f"{'PASS' if ok else 'FAIL'}  (learned before this command: {group['score']:.3f})")  # fmt: skip
+                     f"{'PASS' if ok else 'FAIL'}  ({where}: {was:.3f})")  # fmt: skip
     return lines, held
 
 
