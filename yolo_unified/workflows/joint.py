@@ -9,6 +9,7 @@ from ultralytics.utils import LOGGER, RANK
 
 from yolo_unified.common import PRIMARY_METRIC
 from yolo_unified.data.config import load_data_config
+from yolo_unified.ddp import rank_zero_alone
 from yolo_unified.models.unified.joint import JointTrainer, joint_tasks
 from yolo_unified.models.unified.joint.val import task_metric
 from yolo_unified.workflows.base import run_dir
@@ -57,5 +58,6 @@ def finished(trainer: JointTrainer, start: str | None, command: str) -> dict[str
     scores = {t: float(metrics[k]) for t in trainer.tasks if (k := task_metric(PRIMARY_METRIC[t], t)) in metrics}
     if RANK in {-1, 0} and scores:
         limit = float(trainer.args.forget_limit)
-        after_training(knowledge_of(start), weights, trainer.args.data, scores, command, limit)
+        with rank_zero_alone():  # DDP: it validates while the other ranks are done
+            after_training(knowledge_of(start), weights, trainer.args.data, scores, command, limit)
     return {"weights": str(weights), "save_dirs": dict.fromkeys(trainer.tasks, str(trainer.save_dir))}

@@ -123,7 +123,8 @@ def finished(protocol: Protocol, compare: str | None = None, command: str = "") 
         trained = [(t, data, score) for s in done for t, score in own_scores(s).items()]
         last = {t: v[PRIMARY_METRIC[t]] for t, v in done[-1]["scores"].items()}
         before = knowledge_of(start)
-        now, record = record_command(before, final, trained, last, command, protocol.root / "known")
+        with rank_zero_alone():  # DDP: it validates while the other ranks are done
+            now, record = record_command(before, final, trained, last, command, protocol.root / "known")
         if now:
             known = known_lines(record, now, protocol.forget_limit)
     if RANK in {-1, 0}:
@@ -173,10 +174,12 @@ class Protocol:
         self.state = read_state(self.root) if self.state_file.is_file() else {"stages": []}
 
     def stage_args(self, i: int) -> dict[str, Any]:
-        """Ultralytics overrides of stage `i`: the common keys, then the stage's own (``task`` removed); where they do
-        not set ``replay``, cfg/protect.yaml's ``store:`` keys (unless ``protect=False``)."""
+        """Ultralytics overrides of stage `i`: the common keys, then the stage's own (``task`` removed); in a one-task
+        stage whose keys do not set ``replay``, cfg/protect.yaml's ``store:`` keys (unless ``protect=False``; a joint
+        stage stores nothing)."""
         args = {**self.common, **{k: v for k, v in self.stages[i].items() if k != "task"}}
-        stored = YAML.load(CFG_DIR / "protect.yaml")["store"] if args.get("protect", True) else {}
+        one_task = len(stage_tasks(self.stages[i])) == 1
+        stored = YAML.load(CFG_DIR / "protect.yaml")["store"] if args.get("protect", True) and one_task else {}
         return {**stored, **args} if args.get("replay") is None else args
 
     def eval_args(self, task: str) -> dict[str, Any]:

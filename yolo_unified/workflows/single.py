@@ -10,6 +10,7 @@ from ultralytics.utils import LOGGER, RANK, YAML
 from yolo_unified.common import PRIMARY_METRIC, TASKS, ULTRALYTICS_TASK
 from yolo_unified.continual import StageContext
 from yolo_unified.data.config import load_data_config, task_names
+from yolo_unified.ddp import rank_zero_alone
 from yolo_unified.files import read_checkpoint
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.nn.tasks import CFG_DIR
@@ -40,11 +41,11 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     kept = bool((known or added) and recipe)
     if kept:
         keys = protected(before, known, added, start, recipe, keys, context)
-    if recipe and not keys.get("resume"):  # what later runs from this model will keep it by
-        keys = {**recipe["store"], **keys}
     elif known or added:
         LOGGER.warning(f"protect=False: a plain fine-tune; {', '.join(kept_groups(before, known, task, added))}, "
                        "which the model knows, are not kept")  # fmt: skip
+    if recipe and not keys.get("resume"):  # what later runs from this model will keep it by
+        keys = {**recipe["store"], **keys}
     if unrecorded := [t for t in unrecorded_tasks(start) if t != task]:
         frozen = ", ".join(["backbone: 0", "neck: 0", "tower: 0", *(f"{t}: 0" for t in unrecorded)])
         LOGGER.warning(
@@ -60,7 +61,8 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
         save_memory(context.memory, weights)
     if RANK in {-1, 0} and (score := (trainer.metrics or {}).get(PRIMARY_METRIC[task])) is not None:
         command, limit = command_line({"task": task, **given}), float(trainer.args.forget_limit)
-        after_training(before, weights, trainer.args.data, {task: float(score)}, command, limit, kept)
+        with rank_zero_alone():  # DDP: it validates while the other ranks are done
+            after_training(before, weights, trainer.args.data, {task: float(score)}, command, limit, kept)
     return {"weights": str(weights), "save_dirs": {task: str(trainer.save_dir)}}
 
 
