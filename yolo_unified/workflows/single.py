@@ -44,6 +44,11 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     elif known or added:
         LOGGER.warning(f"protect=False: a plain fine-tune; {', '.join(kept_groups(before, known, task, added))}, "
                        "which the model knows, are not kept")  # fmt: skip
+    if not added and (unlabelled := unlabelled_classes(before, task, keys["data"])):
+        LOGGER.warning(
+            f"{keys['data']} labels {task} classes the model knows but not {', '.join(unlabelled)}: this run trains "
+            "them as background and does not keep them (old classes are kept only by data that adds new ones)"
+        )
     if recipe and not keys.get("resume"):  # what later runs from this model will keep it by
         keys = {**recipe["store"], **keys}
     if unrecorded := [t for t in unrecorded_tasks(start) if t != task]:
@@ -71,6 +76,12 @@ def added_classes(before: dict[str, Any], task: str, data: str) -> list[str]:
     learned = known_classes(before, task)
     names = task_names(load_data_config(data)).get(task, {})
     return [n for n in names.values() if n not in learned] if learned else []
+
+
+def unlabelled_classes(before: dict[str, Any], task: str, data: str) -> list[str]:
+    """The `task` classes the model's record knows that `data` does not label (none where it does not know `task`)."""
+    names = set(task_names(load_data_config(data)).get(task, {}).values())
+    return sorted(known_classes(before, task) - names) if names else []
 
 
 def kept_groups(before: dict[str, Any], known: list[str], task: str, added: list[str]) -> list[str]:
