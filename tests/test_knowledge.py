@@ -16,7 +16,7 @@ from yolo_unified.data.config import image_files, label_file, load_data_config
 from yolo_unified.data.synthetic import make_synthetic
 from yolo_unified.files import read_checkpoint
 from yolo_unified.workflows.knowledge import KNOWLEDGE, describe, key, knowledge_of, known_lines, known_scores
-from yolo_unified.workflows.single import unlabelled_classes
+from yolo_unified.workflows.single import class_coverage
 
 TINY = {"imgsz": 64, "batch": 4, "workers": 0, "plots": False, "epochs": 1, "exist_ok": True}
 
@@ -189,7 +189,7 @@ def test_a_group_whose_val_data_is_gone_is_scored_on_its_stored_images(two_comma
     seg = by_task(record)["seg"]
     assert seg["stored"]["images"] >= 1 and 0 <= seg["stored"]["score"] <= 1  # recorded with the group
     gone = {**seg, "data": str(tmp_path / "gone.yaml")}
-    (now,) = known_scores(two_commands[1], [gone], tmp_path).values()
+    (now,) = known_scores(two_commands[1], read_checkpoint(two_commands[1]), [gone], tmp_path).values()
     assert now["status"] == "missing" and now["images"] == seg["stored"]["images"] and 0 <= now["score"] <= 1
     lines, _ = known_lines({"learned": [gone]}, {key(gone): now}, 0.05)
     assert f"on its {now['images']} stored images, as its val data {gone['data']} is missing" in lines[0], lines
@@ -201,5 +201,5 @@ def test_data_labelling_only_some_known_classes_is_named(synth_yaml):
     """A known task whose new data labels some of its classes and adds none: the classes it leaves out are named (the
     run warns that it does not keep them)."""
     record = {"learned": [{"task": "det", "classes": ["circle", "rectangle", "triangle", "star"]}]}
-    assert unlabelled_classes(record, "det", synth_yaml) == ["star"]
-    assert unlabelled_classes(record, "seg", synth_yaml) == []  # a task the record does not know
+    assert class_coverage(record, "det", synth_yaml) == ([], ["star"])  # adds none, leaves out star
+    assert class_coverage(record, "seg", synth_yaml) == ([], [])  # a task the record does not know

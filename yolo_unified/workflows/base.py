@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import copy
 import io
 from difflib import get_close_matches
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +50,33 @@ def save_memory(memory: dict[str, Any], weights: str | Path) -> None:
     save_atomically({**read_checkpoint(weights), MEMORY_KEY: memory}, Path(weights))
 
 
+def is_checkpoint_file(weights: str | Path | None) -> bool:
+    """Whether `weights` names a ``.pt`` file that exists (not None, not a model YAML)."""
+    return bool(weights) and Path(weights).suffix == ".pt" and Path(weights).is_file()
+
+
+@cache
+def packaged_recipe(name: str) -> dict[str, Any]:
+    """A YAML file of cfg/, read once."""
+    return YAML.load(CFG_DIR / name)
+
+
+def protect_recipe() -> dict[str, Any]:
+    """cfg/protect.yaml: the keys that keep what a trained model knows (``store``, ``tasks``, ``classes``); a copy,
+    which callers may change."""
+    return copy.deepcopy(packaged_recipe("protect.yaml"))
+
+
 def stage_memory(weights: str | None) -> dict[str, Any]:
-    """The strategies' memory of a finished stage: the checkpoint's ``continual`` key, else ``memory.pt`` beside it
-    (runs of 0.x, read with ``weights_only``); empty for a plain checkpoint or a model YAML."""
-    if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
-        return {}
-    if (memory := read_checkpoint(weights).get(MEMORY_KEY)) is not None:
+    """The strategies' memory of a finished stage (`checkpoint_memory`); empty for a plain checkpoint or a model
+    YAML."""
+    return checkpoint_memory(read_checkpoint(weights), weights) if is_checkpoint_file(weights) else {}
+
+
+def checkpoint_memory(ckpt: dict[str, Any], weights: str | Path) -> dict[str, Any]:
+    """The strategies' memory in `ckpt`, the checkpoint read from `weights`: its ``continual`` key, else ``memory.pt``
+    beside `weights` (runs of 0.x, read with ``weights_only``), else empty."""
+    if (memory := ckpt.get(MEMORY_KEY)) is not None:
         return memory
     file = Path(weights).with_name(MEMORY_FILE)
     return read_data(file) if file.is_file() else {}

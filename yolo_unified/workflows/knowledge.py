@@ -17,7 +17,7 @@ from yolo_unified.data.config import load_data_config, val_fingerprint
 from yolo_unified.data.stored import write_stored
 from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.models.unified.val import validate
-from yolo_unified.workflows.base import memory_budget, stage_memory
+from yolo_unified.workflows.base import checkpoint_memory, is_checkpoint_file, memory_budget
 from yolo_unified.workflows.report import PRIMARY
 
 KNOWLEDGE = "knowledge"  # the checkpoint key
@@ -26,7 +26,7 @@ KNOWLEDGE = "knowledge"  # the checkpoint key
 def knowledge_of(weights: str | Path | None) -> dict[str, Any]:
     """The record in checkpoint `weights`: ``{"learned": [group, ...], "commands": [...]}`` (empty for none, a model
     YAML, or a checkpoint written before records)."""
-    if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
+    if not is_checkpoint_file(weights):
         return {"learned": [], "commands": []}
     record = read_checkpoint(weights).get(KNOWLEDGE) or {"learned": [], "commands": []}
     if "tasks" in record:  # the first records (0.x, one entry per task, scores by task)
@@ -37,12 +37,12 @@ def knowledge_of(weights: str | Path | None) -> dict[str, Any]:
     return record
 
 
-def unrecorded_tasks(weights: str | Path | None) -> list[str]:
-    """The tasks checkpoint `weights` learned (``task_imgsz``) that its record does not name: a model trained before
+def unrecorded_tasks(weights: str | Path | None, record: dict[str, Any]) -> list[str]:
+    """The tasks checkpoint `weights` learned (``task_imgsz``) that its `record` does not name: a model trained before
     records were kept."""
-    if not weights or Path(weights).suffix != ".pt" or not Path(weights).is_file():
+    if not is_checkpoint_file(weights):
         return []
-    recorded = {g["task"] for g in knowledge_of(weights)["learned"]}
+    recorded = {g["task"] for g in record["learned"]}
     return [t for t in TASKS if t in learned_tasks(read_checkpoint(weights).get("model")) - recorded]
 
 
@@ -82,19 +82,20 @@ def record_command(
     score right after its training)`` in `trained` (the data's classes of that task), with the command appended and
     the scores it ended with (`scores`, by task, and the known groups'). Returns the known groups' scores and the
     record written."""
+    ckpt = read_checkpoint(weights)
     learned = list({key(g): g for g in (group_of(*t) for t in trained)}.values())  # a task trained twice: the last
     for group in learned:  # what the group scores on the stored images, to check it by where its val data is gone
-        group["stored"] = stored_score(weights, group["task"], save_dir)
+        group["stored"] = stored_score(weights, ckpt, group["task"], save_dir)
     retrained = {key(g) for g in learned}
     kept = [g for g in before["learned"] if key(g) not in retrained]
-    known = known_scores(weights, kept, save_dir)
+    known = known_scores(weights, ckpt, kept, save_dir)
     ended = {key(g): scores[g["task"]] for g in learned if g["task"] in scores}
     ended.update({k: v for k, v in known.items() if isinstance(v, float)})
     record = copy.deepcopy(before)
     record["learned"] = [*copy.deepcopy(kept), *learned]
     when = datetime.now().isoformat(timespec="seconds")
     record["commands"].append({"command": command, "date": when, "trained": [t for t, *_ in trained], "scores": ended})
-    save_atomically({**read_checkpoint(weights), KNOWLEDGE: record}, Path(weights))
+    save_atomically({**ckpt, KNOWLEDGE: record}, Path(weights))
     return known, record
 
 
@@ -111,13 +112,15 @@ def group_of(task: str, data: str, score: float) -> dict[str, Any]:
     }
 
 
-def stored_score(weights: str | Path, task: str, save_dir: Path, count: int | None = None) -> dict[str, Any] | None:
-    """The score of `weights` on the first `count` (all) images of `task` its memory stores: ``{"images": how many,
-    "score": ...}``; None where it stores none."""
-    samples = ((stage_memory(str(weights)).get("replay") or {}).get(task) or [])[:count]
+def stored_score(
+    weights: str | Path, ckpt: dict[str, Any], task: str, save_dir: Path, count: int | None = None
+) -> dict[str, Any] | None:
+    """The score of `weights` (`ckpt`: the checkpoint read from it) on the first `count` (all) images of `task` its
+    memory stores: ``{"images": how many, "score": ...}``; None where it stores none."""
+    samples = ((checkpoint_memory(ckpt, weights).get("replay") or {}).get(task) or [])[:count]
     if not samples:
         return None
-    names = list(read_checkpoint(weights)["model"].task_names[task].values())
+    names = list(ckpt["model"].task_names[task].values())
     folder = save_dir / f"stored-{task}-{len(samples)}"  # the first n images: the same files for the same n
     data = write_stored(samples, task, names, folder)
     scored = validate(str(weights), data, folder / "val", tasks=[task], plots=False)
@@ -133,14 +136,19 @@ def data_status(group: dict[str, Any]) -> str:
     return "found" if same else "changed"
 
 
-def known_scores(weights: str | Path, groups: list[dict[str, Any]], save_dir: Path) -> dict[str, Any]:
-    """Each of `groups` (learned before this command): its score now on its recorded val data (the model's classes
-    matched to the data's by name); when that data is gone or changed (`data_status`), ``{"status", "images",
-    "score"}`` on the task's images the group was checked on when learned (`stored_score`), else the status alone."""
+def known_scores(
+    weights: str | Path, ckpt: dict[str, Any], groups: list[dict[str, Any]], save_dir: Path
+) -> dict[str, Any]:
+    """Each of `groups` (learned before this command): the score of `weights` (`ckpt`: the checkpoint read from it)
+    now on the group's recorded val data (the model's classes matched to the data's by name); when that data is gone
+    or changed (`data_status`), ``{"status", "images", "score"}`` on the task's images the group was checked on when
+    learned (`stored_score`), else the status alone."""
     found: dict[str, Any] = {}
     for i, group in enumerate(groups):
         if (status := data_status(group)) != "found":
-            stored = group.get("stored") and stored_score(weights, group["task"], save_dir, group["stored"]["images"])
+            stored = group.get("stored") and stored_score(
+                weights, ckpt, group["task"], save_dir, group["stored"]["images"]
+            )
             found[key(group)] = {"status": status, **stored} if stored else status
             continue
         task = group["task"]

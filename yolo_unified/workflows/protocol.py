@@ -21,7 +21,7 @@ from yolo_unified.models.unified.joint import JointTrainer
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import CFG_DIR
-from yolo_unified.workflows.base import memory_budget, run_dir, save_memory, stage_memory
+from yolo_unified.workflows.base import memory_budget, protect_recipe, run_dir, save_memory, stage_memory
 from yolo_unified.workflows.knowledge import command_line, knowledge_of, known_lines, record_command
 from yolo_unified.workflows.report import run_summary, write_report
 from yolo_unified.workflows.scores import own_scores, stage_tasks
@@ -179,7 +179,7 @@ class Protocol:
         stage stores nothing)."""
         args = {**self.common, **{k: v for k, v in self.stages[i].items() if k != "task"}}
         one_task = len(stage_tasks(self.stages[i])) == 1
-        stored = YAML.load(CFG_DIR / "protect.yaml")["store"] if args.get("protect", True) and one_task else {}
+        stored = protect_recipe()["store"] if args.get("protect", True) and one_task else {}
         return {**stored, **args} if args.get("replay") is None else args
 
     def eval_args(self, task: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ultralytics.utils import LOGGER, RANK, YAML
+from ultralytics.utils import LOGGER, RANK
 
 from yolo_unified.common import PRIMARY_METRIC, TASKS, ULTRALYTICS_TASK
 from yolo_unified.continual import StageContext
@@ -13,8 +13,7 @@ from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.ddp import rank_zero_alone
 from yolo_unified.files import read_checkpoint
 from yolo_unified.models.unified.train import TRAINERS
-from yolo_unified.nn.tasks import CFG_DIR
-from yolo_unified.workflows.base import run_dir, save_memory, stage_memory
+from yolo_unified.workflows.base import protect_recipe, run_dir, save_memory, stage_memory
 from yolo_unified.workflows.knowledge import (
     after_training,
     command_line,
@@ -26,8 +25,8 @@ from yolo_unified.workflows.knowledge import (
 
 def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     """Train one task with its unified trainer (``resume=`` a last.pt: in that run's folder); return ``{"weights":
-    best.pt, "save_dirs": {task: run dir}}``. The strategies read the memory beside the start checkpoint and store
-    theirs beside the run's best.pt."""
+    best.pt, "save_dirs": {task: run dir}}``. The strategies read the memory in the start checkpoint and store theirs
+    in the run's best.pt."""
     if task not in TASKS:
         raise ValueError(f"task='{task}' is not a yolo-unified task; use one of {list(TASKS)} (or omit it)")
     keys = dict(keys)
@@ -36,22 +35,22 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     context = StageContext(index=0, task=task, memory=stage_memory(start))
     given, before = dict(keys), knowledge_of(start)
     known = list(dict.fromkeys(g["task"] for g in before["learned"] if g["task"] != task))
-    added = added_classes(before, task, keys["data"])
-    recipe = YAML.load(CFG_DIR / "protect.yaml") if keys.get("protect", True) else {}
+    added, unlabelled = class_coverage(before, task, keys["data"])
+    recipe = protect_recipe() if keys.get("protect", True) else {}
     kept = bool((known or added) and recipe)
     if kept:
         keys = protected(before, known, added, start, recipe, keys, context)
     elif known or added:
         LOGGER.warning(f"protect=False: a plain fine-tune; {', '.join(kept_groups(before, known, task, added))}, "
                        "which the model knows, are not kept")  # fmt: skip
-    if not added and (unlabelled := unlabelled_classes(before, task, keys["data"])):
+    if unlabelled and not added:
         LOGGER.warning(
             f"{keys['data']} labels {task} classes the model knows but not {', '.join(unlabelled)}: this run trains "
             "them as background and does not keep them (old classes are kept only by data that adds new ones)"
         )
     if recipe and not keys.get("resume"):  # what later runs from this model will keep it by
         keys = {**recipe["store"], **keys}
-    if unrecorded := [t for t in unrecorded_tasks(start) if t != task]:
+    if unrecorded := [t for t in unrecorded_tasks(start, before) if t != task]:
         frozen = ", ".join(["backbone: 0", "neck: 0", "tower: 0", *(f"{t}: 0" for t in unrecorded)])
         LOGGER.warning(
             f"model={start} learned {', '.join(unrecorded)} before yolo-unified kept a record of what a model learned:"
@@ -71,17 +70,14 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     return {"weights": str(weights), "save_dirs": {task: str(trainer.save_dir)}}
 
 
-def added_classes(before: dict[str, Any], task: str, data: str) -> list[str]:
-    """The `task` classes of `data` that the model learned none of, where its record says it learned `task`."""
+def class_coverage(before: dict[str, Any], task: str, data: str) -> tuple[list[str], list[str]]:
+    """Where the model's record `before` knows `task`: the `task` classes of `data` it learned none of (added), and
+    the ones it learned that `data` does not label (unlabelled, where `data` has `task`); both empty otherwise."""
     learned = known_classes(before, task)
-    names = task_names(load_data_config(data)).get(task, {})
-    return [n for n in names.values() if n not in learned] if learned else []
-
-
-def unlabelled_classes(before: dict[str, Any], task: str, data: str) -> list[str]:
-    """The `task` classes the model's record knows that `data` does not label (none where it does not know `task`)."""
-    names = set(task_names(load_data_config(data)).get(task, {}).values())
-    return sorted(known_classes(before, task) - names) if names else []
+    names = list(task_names(load_data_config(data)).get(task, {}).values())
+    if not learned or not names:
+        return [], []
+    return [n for n in names if n not in learned], sorted(learned - set(names))
 
 
 def kept_groups(before: dict[str, Any], known: list[str], task: str, added: list[str]) -> list[str]:
