@@ -14,7 +14,7 @@ from ultralytics.utils import LOGGER
 from yolo_unified.common import TASKS
 from yolo_unified.continual.base import Strategy, draw_samples, training_images
 from yolo_unified.continual.lwf import task_distance
-from yolo_unified.data.stored import write_image
+from yolo_unified.data.stored import as_8bit, write_image
 from yolo_unified.data.transforms import random_zoom
 from yolo_unified.nn.tasks import UnifiedLoss, loss_scale
 from yolo_unified.settings import setting
@@ -46,8 +46,7 @@ def collate(samples: list[dict]) -> dict:
 
 def stored_form(sample: dict) -> dict:
     """A single-image batch as the memory keeps it: on the CPU, the image as 8-bit RGB (a quarter of its floats)."""
-    img = (sample["img"].clamp(0, 1) * 255).round().to(torch.uint8)
-    return {**{k: v.cpu() for k, v in sample.items()}, "img": img.cpu()}
+    return {**{k: v.cpu() for k, v in sample.items()}, "img": as_8bit(sample["img"]).cpu()}
 
 
 def training_form(sample: dict, device: torch.device) -> dict:

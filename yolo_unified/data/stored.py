@@ -15,13 +15,17 @@ from yolo_unified.data.layout import LAYOUT, YAML_HEADER
 from yolo_unified.files import save_atomically
 
 
+def as_8bit(img: torch.Tensor) -> torch.Tensor:
+    """An image of floats in [0, 1] as 8-bit values (one already 8-bit as it is)."""
+    return img if img.dtype == torch.uint8 else (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def write_image(path: Path, img: torch.Tensor) -> None:
     """Save a stored image ``(1, 3, H, W)`` (8-bit, or floats in [0, 1] as memories of earlier versions hold them) as
     a PNG, replacing any file of that name at once (a run in an existing folder never reads an earlier run's image;
     DDP ranks write the same bytes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = img[0] if img.dtype == torch.uint8 else (img[0].clamp(0, 1) * 255).round().to(torch.uint8)
-    rgb = pixels.permute(1, 2, 0).cpu().numpy()
+    rgb = as_8bit(img[0]).permute(1, 2, 0).cpu().numpy()
     save_atomically(cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes(), path)
 
 
