@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ultralytics.utils import LOGGER, colorstr
+from ultralytics.utils import LOGGER
 
 from yolo_unified.common import PRIMARY_METRIC, TASKS, learned_tasks
 from yolo_unified.data.config import load_data_config, val_fingerprint
@@ -18,7 +18,7 @@ from yolo_unified.data.stored import write_stored
 from yolo_unified.files import read_checkpoint, save_atomically
 from yolo_unified.models.unified.val import validate
 from yolo_unified.workflows.base import checkpoint_memory, is_checkpoint_file, memory_budget
-from yolo_unified.workflows.report import PRIMARY
+from yolo_unified.workflows.report import PRIMARY, summary_head
 
 KNOWLEDGE = "knowledge"  # the checkpoint key
 
@@ -200,8 +200,7 @@ def after_training(
     if not known:
         return
     lines, held = known_lines(record, known, limit)
-    verdict = "PASS" if held else "FAIL"
-    head = f"{colorstr('bold', 'Summary')}: {verdict} (a task may lose at most {limit:.0%} of its score)"
+    head = summary_head(held, limit)
     done = [f"  {label(g, record['learned'])}  {PRIMARY[g['task']]:<6} {g['score']:.3f}  trained now"
             for g in record["learned"] if key(g) not in known]  # fmt: skip
     note = [] if protected else ["  this run did not protect what the model knew (protect=False, or a joint run)"]

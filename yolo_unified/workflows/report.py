@@ -102,6 +102,12 @@ def shown(path: str | Path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
+def summary_head(passed: bool, limit: float) -> str:
+    """The first line of a run's summary: its verdict and the forgetting limit it was judged by."""
+    verdict_word = "PASS" if passed else "FAIL"
+    return f"{colorstr('bold', 'Summary')}: {verdict_word} (a task may lose at most {limit:.0%} of its score)"
+
+
 def run_summary(
     root: Path,
     state: dict[str, Any],
@@ -117,8 +123,7 @@ def run_summary(
     tasks the start model knew beyond the protocol's and whether they held (PASS needs them too)."""
     weights = shown(root / "weights" / "best.pt")
     passed = verdict(state, limit) == "PASS" and (known is None or known[1])
-    head = f"{colorstr('bold', 'Summary')}: {'PASS' if passed else 'FAIL'}"
-    lines = [f"{head} (a task may lose at most {limit:.0%} of its score)"]
+    lines = [summary_head(passed, limit)]
     for t, d in forgetting(state, limit).items():
         result = "PASS" if d["pass"] else "FAIL"
         lines.append(f"  {t}  {PRIMARY[t]:<6} {d['final']:.3f}  forgetting {d['relative']:+6.1%}  {result}")
