@@ -136,7 +136,8 @@ def run_summary(
                 f"forgetting {g['relative']:+6.1%}  {result}  (new {g['new']:.3f})"
             )
     baselines = load_baselines((state.get("config") or {}).get("baselines"))
-    if found := [f"{k} {v:+.3f}" for k, v in protocol_transfer(state, baselines).items() if v is not None]:
+    transfer = protocol_transfer(state, baselines).items()
+    if found := [f"{k} {round(v, 3) + 0.0:+.3f}" for k, v in transfer if v is not None]:  # +0.000, not -0.000
         lines.append(f"  transfer  {'  '.join(found)}  (accuracy matrix in the report)")
     if memory:
         lines.append(f"  memory   {memory}")
