@@ -59,6 +59,8 @@ def test_the_record_survives_stripping_and_loading(two_commands, tmp_path):
 def test_info_says_what_the_model_knows_and_whether_its_data_is_still_there(two_commands, synth_yaml, tmp_path):
     text = describe(two_commands[1])
     assert "seg   mIoU" in text and "det   mAP50" in text and text.count("(found)") == 2
+    for g in knowledge_of(two_commands[1])["learned"]:  # each group's score on its stored images, as recorded
+        assert f"{g['score']:.3f}  {g['stored']['score']:.3f} ({g['stored']['images']})" in text
     assert "1. " in text and "2. " in text and "trained det" in text
     section = load_data_config(synth_yaml)["tasks"]["det"]
     label = label_file(image_files(section["val"])[0], "det", section)
@@ -138,16 +140,19 @@ def test_a_protocol_from_a_model_that_knows_more_scores_it_too(two_commands, syn
     assert set(record["commands"][-1]["scores"]) == {key(g) for g in record["learned"]}
 
 
-def test_a_second_command_keeps_what_the_first_taught_unless_protect_is_off(tmp_path, logged):
-    """Classification (48 images at 64 px), then detection at the full rate in a second command from that model:
-    protected by default (cfg/protect.yaml), it keeps classification far better than a plain fine-tune."""
+@pytest.mark.parametrize("form", ["task", "protocol"])
+def test_a_second_command_keeps_what_the_first_taught_unless_protect_is_off(form, tmp_path, logged):
+    """Classification (48 images at 64 px), then detection at the full rate in a second command from that model, as one
+    task or as a one-stage protocol: protected by default (cfg/protect.yaml), it keeps classification far better than
+    a plain fine-tune."""
     data = str(make_synthetic(tmp_path / "data", n_train=48, n_val=24, imgsz=64, seed=0))
     keys = {**TINY, "batch": 8, "optimizer": "AdamW", "warmup_epochs": 0, "project": str(tmp_path), "data": data}
     first = workflows.train(task="cls", lr0=0.002, name="cls", **{**keys, "epochs": 20})["weights"]
+    detection = {"task": "det"} if form == "task" else {"stages": [{"task": "det"}]}
     after = {}
     for protect in (True, False):
         run = workflows.train(
-            task="det", lr0=0.01, model=first, protect=protect, name=f"det-{protect}", **{**keys, "epochs": 6}
+            **detection, lr0=0.01, model=first, protect=protect, name=f"det-{protect}", **{**keys, "epochs": 6}
         )
         after[protect] = knowledge_of(run["weights"])["commands"][-1]["scores"][
             key(by_task(knowledge_of(first))["cls"])

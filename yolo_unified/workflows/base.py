@@ -67,6 +67,15 @@ def protect_recipe() -> dict[str, Any]:
     return copy.deepcopy(packaged_recipe("protect.yaml"))
 
 
+def protect_keys(recipe: dict[str, Any], known: list[str], keys: dict[str, Any], added: bool = False) -> dict[str, Any]:
+    """`keys` over cfg/protect.yaml's (`recipe`) that keep the tasks `known` (``tasks:``, their heads held: lr_mult 0
+    unless `keys` set theirs) and, where the run adds classes to its task (`added`), its old classes (``classes:``)."""
+    merged = {**recipe["tasks"], **(recipe["classes"] if added else {})}
+    given = keys.get("lr_mult") or {}
+    held = {**dict.fromkeys(known, 0.0), **given} if isinstance(given, dict) else given
+    return {**merged, **keys, "lr_mult": held}
+
+
 def stage_memory(weights: str | None) -> dict[str, Any]:
     """The strategies' memory of a finished stage (`checkpoint_memory`); empty for a plain checkpoint or a model
     YAML."""

@@ -208,8 +208,9 @@ def after_training(
 
 
 def describe(weights: str | Path) -> str:
-    """What `weights` knows, as ``yolo-unified info`` prints it: tasks and class groups, the commands that trained it
-    with their scores, the stored images, the file's size."""
+    """What `weights` knows, as ``yolo-unified info`` prints it: tasks and class groups (each with its score right
+    after its training, on its val data and on its stored images), the commands that trained it with their scores,
+    the stored images, the file's size."""
     record, size = knowledge_of(weights), Path(weights).stat().st_size / 1e6
     lines = [f"{weights} ({size:.1f} MB)"]
     if not record["learned"]:
@@ -217,10 +218,11 @@ def describe(weights: str | Path) -> str:
                      " protect its tasks; train it again, or validate it with yolo-unified val")  # fmt: skip
         return "\n".join(lines)
     learned = sorted(record["learned"], key=lambda g: TASKS.index(g["task"]))
-    lines.append("  task  score         classes  data")
+    lines.append("  task  score         stored (images)  classes  data")
     for g in learned:
         classes = ", ".join(g["classes"][:6]) + (f" (+{len(g['classes']) - 6})" if len(g["classes"]) > 6 else "")
-        lines.append(f"  {g['task']:4}  {PRIMARY[g['task']]:6} {g['score']:.3f}  {classes}  "
+        stored = f"{g['stored']['score']:.3f} ({g['stored']['images']})" if g.get("stored") else "-"
+        lines.append(f"  {g['task']:4}  {PRIMARY[g['task']]:6} {g['score']:.3f}  {stored:15}  {classes}  "
                      f"{g['data']} ({data_status(g)})")  # fmt: skip
     lines.append("  commands (scores each ended with):")
     for i, c in enumerate(record["commands"], 1):

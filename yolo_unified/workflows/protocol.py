@@ -21,7 +21,14 @@ from yolo_unified.models.unified.joint import JointTrainer
 from yolo_unified.models.unified.train import TRAINERS
 from yolo_unified.models.unified.val import validate
 from yolo_unified.nn.tasks import CFG_DIR
-from yolo_unified.workflows.base import memory_budget, protect_recipe, run_dir, save_memory, stage_memory
+from yolo_unified.workflows.base import (
+    memory_budget,
+    protect_keys,
+    protect_recipe,
+    run_dir,
+    save_memory,
+    stage_memory,
+)
 from yolo_unified.workflows.knowledge import command_line, knowledge_of, known_lines, record_command
 from yolo_unified.workflows.report import run_summary, write_report
 from yolo_unified.workflows.scores import own_scores, stage_tasks
@@ -172,14 +179,30 @@ class Protocol:
         self.stages, self.root, self.common, self.chain, self.baselines = stages, Path(root), common, chain, baselines
         self.state_file = self.root / STATE_FILE
         self.state = read_state(self.root) if self.state_file.is_file() else {"stages": []}
+        self.before = knowledge_of(common.get("model")) if chain else knowledge_of(None)  # what the start model knows
+        self.recipe = protect_recipe() if common.get("protect", True) else {}
+
+    def known(self, i: int) -> list[str]:
+        """The tasks the start model's record knows that stage `i`, a one-task stage, does not train."""
+        trained = stage_tasks(self.stages[i])
+        if len(trained) > 1:  # a joint stage trains every task of its data; the others are scored at the end
+            return []
+        return [t for t in dict.fromkeys(g["task"] for g in self.before["learned"]) if t not in trained]
+
+    def kept(self, i: int) -> list[str]:
+        """The `known` tasks stage `i` keeps as finished tasks (cfg/protect.yaml's ``tasks:`` under the stage's keys),
+        unless ``protect=False``."""
+        return self.known(i) if self.recipe else []
 
     def stage_args(self, i: int) -> dict[str, Any]:
-        """Ultralytics overrides of stage `i`: the common keys, then the stage's own (``task`` removed); in a one-task
-        stage whose keys do not set ``replay``, cfg/protect.yaml's ``store:`` keys (unless ``protect=False``; a joint
-        stage stores nothing)."""
+        """Ultralytics overrides of stage `i`: the common keys, then the stage's own (``task`` removed), over
+        cfg/protect.yaml's ``tasks:`` keys where the start model knows tasks the stage does not train (`known`); in a
+        one-task stage whose keys do not set ``replay``, cfg/protect.yaml's ``store:`` keys (unless ``protect=False``;
+        a joint stage stores nothing)."""
         args = {**self.common, **{k: v for k, v in self.stages[i].items() if k != "task"}}
-        one_task = len(stage_tasks(self.stages[i])) == 1
-        stored = protect_recipe()["store"] if args.get("protect", True) and one_task else {}
+        if kept := self.kept(i):
+            args = protect_keys(self.recipe, kept, args)
+        stored = self.recipe["store"] if self.recipe and len(stage_tasks(self.stages[i])) == 1 else {}
         return {**stored, **args} if args.get("replay") is None else args
 
     def eval_args(self, task: str) -> dict[str, Any]:
@@ -226,14 +249,18 @@ class Protocol:
         return done[-1]["weights"] if done and self.chain else self.common.get("model")
 
     def stage_context(self, i: int) -> StageContext:
-        """What stage `i`'s strategies know: the finished tasks, their scores and sizes, the memory, an evaluator."""
-        done, weights = self.state["stages"], self.start_weights()
-        learned = list(dict.fromkeys(t for s in done for t in stage_tasks(s)))
+        """What stage `i`'s strategies know: the finished tasks (the protocol's, and those the start model knows:
+        `known`), their scores and sizes, the memory, an evaluator."""
+        done, weights, learned = self.state["stages"], self.start_weights(), self.learned()
+        known = [t for t in self.kept(i) if t not in learned]
         return StageContext(
             index=i,
             task="+".join(stage_tasks(self.stages[i])),
-            previous=learned if self.chain else [],
-            own_scores={t: score for s in done for t, score in own_scores(s).items()},
+            previous=[*learned, *known] if self.chain else [],
+            own_scores={
+                **{g["task"]: g["score"] for g in self.before["learned"] if g["task"] in known},
+                **{t: score for s in done for t, score in own_scores(s).items()},
+            },
             eval_args={t: self.eval_args(t) for t in learned},
             prev_weights=weights if self.chain else None,
             data=self.common["data"],
@@ -243,9 +270,18 @@ class Protocol:
             evaluate=partial(validate, data=self.common["data"]),
         )
 
+    def learned(self) -> list[str]:
+        """The tasks the recorded stages trained, in order."""
+        return list(dict.fromkeys(t for s in self.state["stages"] for t in stage_tasks(s)))
+
     def run_stage(self, i: int) -> None:
         """Train stage `i`, then (rank 0) score every task learned so far and record the stage in protocol.json."""
         tasks, context = stage_tasks(self.stages[i]), self.stage_context(i)
+        if kept := self.kept(i):
+            LOGGER.info(f"protect: stage {i + 1} keeps {', '.join(kept)}, which model={self.common['model']} knows "
+                        "(cfg/protect.yaml under the stage's keys; protect=False for a plain fine-tune)")  # fmt: skip
+        elif known := self.known(i):
+            LOGGER.warning(f"protect=False: a plain fine-tune; {', '.join(known)}, which the model knows, are not kept")
         stage_dir = self.stage_dir(i)
         args = {**self.stage_args(i), "model": self.start_weights(), "save_dir": str(stage_dir)}
         if len(tasks) > 1:
@@ -270,7 +306,7 @@ class Protocol:
         else:
             save_memory(context.memory, best)
         scores = {}
-        for t in dict.fromkeys([*context.previous, *tasks]):
+        for t in dict.fromkeys([*(self.learned() if self.chain else []), *tasks]):  # the start model's: at the end
             scored = validate(best, self.common["data"], tasks=[t], save_dir=stage_dir / "eval", plots=False,
                               per_class=True, **self.eval_args(t))  # fmt: skip
             scores.update(scored)

@@ -13,7 +13,7 @@ from yolo_unified.data.config import load_data_config, task_names
 from yolo_unified.ddp import rank_zero_alone
 from yolo_unified.files import read_checkpoint
 from yolo_unified.models.unified.train import TRAINERS
-from yolo_unified.workflows.base import protect_recipe, run_dir, save_memory, stage_memory
+from yolo_unified.workflows.base import protect_keys, protect_recipe, run_dir, save_memory, stage_memory
 from yolo_unified.workflows.knowledge import (
     after_training,
     command_line,
@@ -102,8 +102,7 @@ def protected(
     context.own_scores = {g["task"]: g["score"] for g in before["learned"] if g["task"] in known}
     what = ", ".join(kept_groups(before, known, context.task, added))
     LOGGER.info(f"protect: keeping {what} (cfg/protect.yaml; protect=False for a plain fine-tune)")
-    merged = {**recipe["tasks"], **(recipe["classes"] if added else {})}
-    return {**merged, "lr_mult": dict.fromkeys(known, 0.0), **keys}
+    return protect_keys(recipe, known, keys, bool(added))
 
 
 def start_model(keys: dict[str, Any]) -> str | None:
