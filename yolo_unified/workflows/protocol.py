@@ -125,13 +125,11 @@ def finished(protocol: Protocol, compare: str | None = None, command: str = "") 
     state = protocol.run()
     known = None
     if RANK in {-1, 0} and protocol.chain:
-        final, done, start = protocol.root / "weights" / "best.pt", state["stages"], protocol.common.get("model")
-        data = protocol.common["data"]
+        final, done, data = protocol.root / "weights" / "best.pt", state["stages"], protocol.common["data"]
         trained = [(t, data, score) for s in done for t, score in own_scores(s).items()]
         last = {t: v[PRIMARY_METRIC[t]] for t, v in done[-1]["scores"].items()}
-        before = knowledge_of(start)
         with rank_zero_alone():  # DDP: it validates while the other ranks are done
-            now, record = record_command(before, final, trained, last, command, protocol.root / "known")
+            now, record = record_command(protocol.before, final, trained, last, command, protocol.root / "known")
         if now:
             known = known_lines(record, now, protocol.forget_limit)
     if RANK in {-1, 0}:
