@@ -59,6 +59,21 @@ def label(group: dict[str, Any], learned: list[dict[str, Any]]) -> str:
     return f"{group['task']} [{', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''}]"
 
 
+def recorded_tasks(record: dict[str, Any], besides: list[str]) -> list[str]:
+    """The tasks `record` knows, in the order it learned them, but those in `besides`."""
+    return [t for t in dict.fromkeys(g["task"] for g in record["learned"]) if t not in besides]
+
+
+def recorded_scores(record: dict[str, Any], tasks: list[str]) -> dict[str, float]:
+    """The score `record` holds for each of `tasks`, right after its training (a task of several groups: the last)."""
+    return {g["task"]: g["score"] for g in record["learned"] if g["task"] in tasks}
+
+
+def warn_unprotected(what: list[str]) -> None:
+    """Say that a run with ``protect=False`` does not keep `what` (tasks or class groups the model knows)."""
+    LOGGER.warning(f"protect=False: a plain fine-tune; {', '.join(what)}, which the model knows, are not kept")
+
+
 def known_classes(record: dict[str, Any], task: str) -> set[str]:
     """Every class of `task` the record's groups learned."""
     return {c for g in record["learned"] if g["task"] == task for c in g["classes"]}

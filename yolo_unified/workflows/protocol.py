@@ -29,7 +29,15 @@ from yolo_unified.workflows.base import (
     save_memory,
     stage_memory,
 )
-from yolo_unified.workflows.knowledge import command_line, knowledge_of, known_lines, record_command
+from yolo_unified.workflows.knowledge import (
+    command_line,
+    knowledge_of,
+    known_lines,
+    record_command,
+    recorded_scores,
+    recorded_tasks,
+    warn_unprotected,
+)
 from yolo_unified.workflows.report import run_summary, write_report
 from yolo_unified.workflows.scores import own_scores, stage_tasks
 
@@ -177,7 +185,7 @@ class Protocol:
         self.stages, self.root, self.common, self.chain, self.baselines = stages, Path(root), common, chain, baselines
         self.state_file = self.root / STATE_FILE
         self.state = read_state(self.root) if self.state_file.is_file() else {"stages": []}
-        self.before = knowledge_of(common.get("model")) if chain else knowledge_of(None)  # what the start model knows
+        self.before = knowledge_of(common.get("model") if chain else None)  # what the start model knows
         self.recipe = protect_recipe() if common.get("protect", True) else {}
 
     def known(self, i: int) -> list[str]:
@@ -185,7 +193,7 @@ class Protocol:
         trained = stage_tasks(self.stages[i])
         if len(trained) > 1:  # a joint stage trains every task of its data; the others are scored at the end
             return []
-        return [t for t in dict.fromkeys(g["task"] for g in self.before["learned"]) if t not in trained]
+        return recorded_tasks(self.before, trained)
 
     def kept(self, i: int) -> list[str]:
         """The `known` tasks stage `i` keeps as finished tasks (cfg/protect.yaml's ``tasks:`` under the stage's keys),
@@ -256,7 +264,7 @@ class Protocol:
             task="+".join(stage_tasks(self.stages[i])),
             previous=[*learned, *known] if self.chain else [],
             own_scores={
-                **{g["task"]: g["score"] for g in self.before["learned"] if g["task"] in known},
+                **recorded_scores(self.before, known),
                 **{t: score for s in done for t, score in own_scores(s).items()},
             },
             eval_args={t: self.eval_args(t) for t in learned},
@@ -279,7 +287,7 @@ class Protocol:
             LOGGER.info(f"protect: stage {i + 1} keeps {', '.join(kept)}, which model={self.common['model']} knows "
                         "(cfg/protect.yaml under the stage's keys; protect=False for a plain fine-tune)")  # fmt: skip
         elif known := self.known(i):
-            LOGGER.warning(f"protect=False: a plain fine-tune; {', '.join(known)}, which the model knows, are not kept")
+            warn_unprotected(known)
         stage_dir = self.stage_dir(i)
         args = {**self.stage_args(i), "model": self.start_weights(), "save_dir": str(stage_dir)}
         if len(tasks) > 1:

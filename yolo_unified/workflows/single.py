@@ -19,7 +19,10 @@ from yolo_unified.workflows.knowledge import (
     command_line,
     knowledge_of,
     known_classes,
+    recorded_scores,
+    recorded_tasks,
     unrecorded_tasks,
+    warn_unprotected,
 )
 
 
@@ -34,15 +37,14 @@ def train_task(task: str, keys: dict[str, Any]) -> dict[str, Any]:
     start = start_model(keys)
     context = StageContext(index=0, task=task, memory=stage_memory(start))
     given, before = dict(keys), knowledge_of(start)
-    known = list(dict.fromkeys(g["task"] for g in before["learned"] if g["task"] != task))
+    known = recorded_tasks(before, [task])
     added, unlabelled = class_coverage(before, task, keys["data"])
     recipe = protect_recipe() if keys.get("protect", True) else {}
     kept = bool((known or added) and recipe)
     if kept:
         keys = protected(before, known, added, start, recipe, keys, context)
     elif known or added:
-        LOGGER.warning(f"protect=False: a plain fine-tune; {', '.join(kept_groups(before, known, task, added))}, "
-                       "which the model knows, are not kept")  # fmt: skip
+        warn_unprotected(kept_groups(before, known, task, added))
     if unlabelled and not added:
         LOGGER.warning(
             f"{keys['data']} labels {task} classes the model knows but not {', '.join(unlabelled)}: this run trains "
@@ -99,7 +101,7 @@ def protected(
     those tasks finished, their scores, the start model as the teacher), those of ``classes:`` where the data adds
     classes to the run's task (`added`)."""
     context.previous, context.prev_weights = known, start
-    context.own_scores = {g["task"]: g["score"] for g in before["learned"] if g["task"] in known}
+    context.own_scores = recorded_scores(before, known)
     what = ", ".join(kept_groups(before, known, context.task, added))
     LOGGER.info(f"protect: keeping {what} (cfg/protect.yaml; protect=False for a plain fine-tune)")
     return protect_keys(recipe, known, keys, bool(added))
